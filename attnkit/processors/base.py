@@ -1,0 +1,157 @@
+"""The one processor attnkit installs per site, and the `Control` interface features implement.
+
+A site processor replays the stock projection and output code of its architecture, and in between hands one
+`AttentionCall` to every active control: before the attention kernel (to change q/k/v or restrict the mask, or to
+supply the kernel itself) and after it (to observe the output and its log-sum-exp). Several features active on the
+same site therefore share one attention computation instead of wrapping each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..errors import AttnkitError
+from ..sites import Site
+from ..state import State
+
+__all__ = ["TokenLayout", "AttentionCall", "Control", "SiteProcessor", "sdpa"]
+
+Part = str  # "image" or "text"
+Kernel = Callable[["AttentionCall"], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which parts (image, text) lie where along the query and key axes of one call, in order."""
+
+    queries: tuple[tuple[Part, int], ...]
+    keys: tuple[tuple[Part, int], ...]
+
+    def span(self, axis: str, part: Part) -> slice:
+        """Slice of `part` along `axis` ("queries" or "keys"); an error if this call has no such part."""
+        start = 0
+        for name, length in getattr(self, axis):
+            if name == part:
+                return slice(start, start + length)
+            start += length
+        raise AttnkitError(f"this attention call has no {part} {axis} (layout {getattr(self, axis)}).")
+
+    def has(self, axis: str, part: Part) -> bool:
+        return any(name == part for name, _ in getattr(self, axis))
+
+
+@dataclass
+class AttentionCall:
+    """One attention computation at one site, as controls see it: q, k, v are (batch, heads, tokens, head_dim)."""
+
+    site: Site
+    state: State
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    layout: TokenLayout
+    grid: tuple[int, int] | None
+    scale: float
+    mask: torch.Tensor | None = None
+    kernel: Kernel | None = None
+    kernel_owner: str | None = field(default=None, repr=False)
+
+    def restrict(self, allowed: torch.Tensor) -> None:
+        """Allow attention only where `allowed` (bool, broadcastable to (B, H, Lq, Lk)) is True, on top of any mask."""
+        if self.mask is None:
+            self.mask = allowed
+        elif self.mask.dtype == torch.bool:
+            self.mask = self.mask & allowed
+        else:
+            self.mask = self.mask.masked_fill(~allowed, float("-inf"))
+
+    def use_kernel(self, kernel: Kernel, owner: str) -> None:
+        """Compute this call's attention with `kernel` (returns output and lse); one owner per call."""
+        if self.kernel is not None and self.kernel_owner != owner:
+            raise AttnkitError(
+                f"two features want to compute attention at {self.site.name}: {self.kernel_owner!r} and {owner!r}. "
+                "Select disjoint sites or steps for them."
+            )
+        self.kernel, self.kernel_owner = kernel, owner
+
+    def probabilities(self, lse: torch.Tensor, queries: Part | slice, keys: Part | slice) -> torch.Tensor:
+        """Exact attention probabilities (B, H, q, k) of a block of queries over a block of keys, via the lse."""
+        rows = self.layout.span("queries", queries) if isinstance(queries, str) else queries
+        cols = self.layout.span("keys", keys) if isinstance(keys, str) else keys
+        mask = None
+        if self.mask is not None:
+            mask = self.mask[..., rows if self.mask.shape[-2] != 1 else slice(None), cols]
+        return ops.probabilities(self.q[:, :, rows], self.k[:, :, cols], lse[:, :, rows], self.scale, mask)
+
+
+class Control:
+    """One feature's behaviour at the sites it was installed on; override `before` and/or `after`.
+
+    Controls keep nothing per call on themselves beyond what they aggregate: the step, CFG branches and frame come
+    from `call.state`, which the session fills from the pipeline.
+    """
+
+    name: str = "control"
+    needs_lse: bool = False
+
+    def before(self, call: AttentionCall) -> None:
+        """Change `call.q/k/v`, restrict `call.mask`, or `call.use_kernel(...)` before attention runs."""
+
+    def after(self, call: AttentionCall, out: torch.Tensor, lse: torch.Tensor | None) -> None:
+        """Observe the attention output (B, H, Lq, D) and its lse (B, H, Lq), given when `needs_lse`."""
+
+
+class SiteProcessor:
+    """Base of the per-architecture processors: runs the active controls around one shared attention kernel."""
+
+    def __init__(self, site: Site, original: object):
+        self.site = site
+        self.original = original
+        self.entries: list[tuple[Control, State]] = []
+
+    def attend(self, call: AttentionCall, plain: Callable[[AttentionCall], torch.Tensor]) -> torch.Tensor:
+        """Attention output (B, H, Lq, D) for `call`; `plain` is the architecture's stock kernel, used when no
+        control needs a mask, an lse or its own kernel, so that output stays bit-identical to diffusers'."""
+        stock_mask = call.mask
+        for control, state in self.entries:
+            call.state = state
+            control.before(call)
+        needs_lse = any(control.needs_lse for control, _ in self.entries)
+        lse = None
+        if call.kernel is not None:
+            out, lse = call.kernel(call)
+        elif needs_lse or call.mask is not stock_mask:
+            out, lse = ops.attention(call.q, call.k, call.v, call.mask, call.scale)
+        else:
+            out = plain(call)
+        for control, state in self.entries:
+            call.state = state
+            control.after(call, out, lse)
+        return out
+
+    def grid_for(self, image_tokens: int) -> tuple[int, int] | None:
+        """Token grid (rows, cols) of the image part, from the latent size the session saw; None if unknown."""
+        latent = self.entries[0][1].latent if self.entries else None
+        if latent is None:
+            return None
+        rows, cols = self.site.grid(latent)
+        if rows * cols != image_tokens:
+            raise AttnkitError(
+                f"{self.site.name} got {image_tokens} image tokens, but a {latent[0]}x{latent[1]} latent at stride "
+                f"{self.site.stride} gives a {rows}x{cols} grid. Was the denoiser called outside its pipeline?"
+            )
+        return rows, cols
+
+    def __repr__(self) -> str:
+        names = [control.name for control, _ in self.entries]
+        return f"{type(self).__name__}({self.site.name}, controls={names}, original={type(self.original).__name__})"
+
+
+def sdpa(call: AttentionCall) -> torch.Tensor:
+    """The stock kernel of `AttnProcessor2_0` and `JointAttnProcessor2_0`."""
+    return F.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=call.mask, dropout_p=0.0, is_causal=False)

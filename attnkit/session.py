@@ -1,0 +1,196 @@
+"""Install controls on selected sites of a stock pipeline, and put back exactly what was there on exit.
+
+A session is a context manager. On entry it checks every selected site first (nothing is changed when one cannot be
+handled), registers a named diffusers hook on the denoiser that fills the session's `State` from the pipeline before
+each forward, and adds its controls to the site processors. On exit, also after an exception, it removes its
+controls; a site whose processor has no controls left gets back the very processor object it had before. Sessions
+nest, and may end in any order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
+
+from .errors import AttnkitError
+from .processors import FAMILIES, Control, SiteProcessor
+from .sites import Site, SiteList, architecture_of, denoiser_of, sites
+from .state import State
+
+__all__ = ["Session", "attach"]
+
+
+class Session:
+    """Controls attached to sites of one pipeline (or denoiser), with the state they read."""
+
+    def __init__(self, target: Any, plan: Mapping[Control, Iterable[Site]] | Iterable[tuple[Control, Iterable[Site]]]):
+        self.target = target
+        self.model = denoiser_of(target)
+        self.architecture = architecture_of(self.model)
+        self.sites = sites(target)
+        items = plan.items() if isinstance(plan, Mapping) else plan
+        self.plan: list[tuple[Control, SiteList]] = [(control, SiteList(chosen)) for control, chosen in items]
+        self.state = State()
+        self._hook_name = f"attnkit.state.{id(self):x}"
+        self._installed: list[tuple[torch.nn.Module, SiteProcessor, Control]] = []
+        self._active = False
+
+    def __enter__(self) -> Session:
+        if self._active:
+            raise AttnkitError("this session is already active; make a new one to attach the same controls twice.")
+        modules = self._check()
+        self.state.reset()
+        try:
+            HookRegistry.check_if_exists_or_initialize(self.model).register_hook(
+                _StateHook(self.state, self.target, self.model, self.architecture.name), self._hook_name
+            )
+            for control, chosen in self.plan:
+                for site in chosen:
+                    self._add(modules[site.name], site, control)
+        except BaseException:
+            self._remove()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._remove()
+
+    def _check(self) -> dict[str, torch.nn.Module]:
+        """Every selected site's module, after checking that each one can be taken over; an error lists the rest."""
+        family = FAMILIES[self.architecture.name]
+        named = dict(self.model.named_modules())
+        modules, refused = {}, []
+        for _, chosen in self.plan:
+            for site in chosen:
+                module = named.get(site.module_name)
+                if module is None:
+                    raise AttnkitError(f"site {site.name} is not in {type(self.model).__name__}; "
+                                       "take sites from `attnkit.sites()` of the same pipeline.")
+                processor = module.get_processor()
+                if not isinstance(processor, SiteProcessor) and not family.can_replace(processor):
+                    refused.append(f"{site.name}: {type(processor).__name__}")
+                modules[site.name] = module
+        if refused:
+            allowed = ", ".join(cls.__name__ for cls in family.replaces)
+            raise AttnkitError(
+                f"attnkit cannot take over {len(refused)} attention site(s), whose processors it does not know: "
+                f"{'; '.join(refused[:5])}{' ...' if len(refused) > 5 else ''}. It composes with the stock "
+                f"processors ({allowed}): call `{_denoiser_attr(self.target)}.set_default_attn_processor()` or "
+                "unload the adapter that installed them, or select other sites."
+            )
+        return modules
+
+    def _add(self, module: torch.nn.Module, site: Site, control: Control) -> None:
+        processor = module.get_processor()
+        if not isinstance(processor, SiteProcessor):
+            processor = FAMILIES[self.architecture.name].processor(site, processor)
+            module.set_processor(processor)
+        processor.entries.append((control, self.state))
+        self._installed.append((module, processor, control))
+
+    def _remove(self) -> None:
+        for module, processor, control in reversed(self._installed):
+            processor.entries = [(c, s) for c, s in processor.entries if not (c is control and s is self.state)]
+            if not processor.entries and module.get_processor() is processor:
+                module.set_processor(processor.original)
+        self._installed.clear()
+        registry = HookRegistry.check_if_exists_or_initialize(self.model)
+        if registry.get_hook(self._hook_name) is not None:
+            registry.remove_hook(self._hook_name, recurse=False)
+        self._active = False
+
+
+def attach(
+    target: Any,
+    control: Control,
+    sites_: Iterable[Site] | None = None,
+    **selection: Any,
+) -> Session:
+    """A session running `control` at the sites chosen by `sites_` or by `SiteList.select(**selection)` (all by
+    default): `with attnkit.attach(pipe, MyControl(), kind="cross") as session: pipe(...)`."""
+    if sites_ is not None and selection:
+        raise AttnkitError("give either explicit sites or selection keywords, not both.")
+    chosen = SiteList(sites_) if sites_ is not None else sites(target).select(**selection) if selection else sites(target)
+    return Session(target, [(control, chosen)])
+
+
+def _denoiser_attr(target: Any) -> str:
+    if isinstance(target, torch.nn.Module):
+        return "model"
+    return "pipe.transformer" if getattr(target, "transformer", None) is not None else "pipe.unet"
+
+
+class _ContextName:
+    """What diffusers' `cache_context("cond" | "uncond")` tells a stateful hook; attnkit keeps no per-context data."""
+
+    def reset(self) -> None:
+        """Nothing to reset."""
+
+
+class _StateHook(ModelHook):
+    """Fills a session's `State` before every denoiser forward: step from the scheduler, CFG branch per batch item,
+    latent size and text length from the forward's inputs."""
+
+    _is_stateful = True
+
+    def __init__(self, state: State, target: Any, model: torch.nn.Module, architecture: str):
+        super().__init__()
+        self.state = state
+        self.pipeline = None if isinstance(target, torch.nn.Module) else target
+        self.architecture = architecture
+        self.signature = inspect.signature(type(model).forward)
+        self.contexts = StateManager(_ContextName)
+        self._origin: int = 0
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
+        bound = self.signature.bind_partial(module, *args, **kwargs).arguments
+        sample = bound.get("sample", bound.get("hidden_states"))
+        text = bound.get("encoder_hidden_states")
+        timestep = bound.get("timestep")
+        state = self.state
+        state.forwards += 1
+        state.text_tokens = None if text is None else int(text.shape[1])
+        state.latent = self._latent(sample, bound)
+        state.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
+        state.branches = self._branches(int(sample.shape[0]))
+        state.step, state.num_steps = self._step()
+        return args, kwargs
+
+    def _latent(self, sample: torch.Tensor, bound: dict[str, Any]) -> tuple[int, int]:
+        if self.architecture != "flux":
+            return int(sample.shape[-2]), int(sample.shape[-1])
+        ids = bound.get("img_ids")
+        if ids is None:
+            raise AttnkitError("the Flux transformer was called without `img_ids`; attnkit needs them for the grid.")
+        ids = ids.reshape(-1, ids.shape[-1])
+        rows = int(ids[:, 1].max() - ids[:, 1].min()) + 1
+        cols = int(ids[:, 2].max() - ids[:, 2].min()) + 1
+        return rows * 2, cols * 2
+
+    def _branches(self, batch: int) -> tuple[str, ...]:
+        context = self.contexts._context
+        if context is not None and context.name in ("cond", "uncond"):
+            return (context.name,) * batch
+        if getattr(self.pipeline, "do_classifier_free_guidance", False) and batch % 2 == 0:
+            return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
+        return ("cond",) * batch
+
+    def _step(self) -> tuple[int | None, int | None]:
+        """The pipeline loop's `i`: the scheduler's step index counted from where this run began."""
+        scheduler = getattr(self.pipeline, "scheduler", None)
+        if scheduler is None or not hasattr(scheduler, "step_index"):
+            return None, None
+        index = scheduler.step_index
+        if index is None:  # no scheduler step yet: a new run starts here
+            self._origin = scheduler.begin_index or 0
+            index = self._origin
+        return index - self._origin, len(scheduler.timesteps) - self._origin
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state.reset()
+        return module

@@ -1,0 +1,306 @@
+"""Discovery of attention sites: where attention happens in a denoiser, typed by what it attends over.
+
+A site is one attention module, addressed by its full processor name as diffusers' `attn_processors` keys it.
+Each supported architecture is one row of `ARCHITECTURES`: its token order and how its sites are typed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+
+from .errors import AttnkitError
+
+__all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "sites", "denoiser_of", "architecture_of"]
+
+Kind = Literal["self", "cross", "joint", "single", "self2"]
+KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2")
+_STAGE_ORDER = {"down": 0, "mid": 1, "up": 2, "joint": 3, "single": 4}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One supported denoiser family: its token order in joint attention and the token stride of its sites."""
+
+    name: str
+    model_class: type
+    token_order: tuple[str, ...]  # order of image and text tokens in a joint sequence
+
+    def matches(self, model: torch.nn.Module) -> bool:
+        return isinstance(model, self.model_class)
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture("unet", UNet2DConditionModel, ("image",)),
+    Architecture("sd3", SD3Transformer2DModel, ("image", "text")),
+    Architecture("flux", FluxTransformer2DModel, ("text", "image")),
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One attention module of a denoiser.
+
+    `index` is the 1-based position among sites of the same kind in execution order (seed 003's numbering).
+    `stride` is how many latent pixels one token spans per side; `resolution` is the token grid (rows, cols) once
+    an image size is known.
+    """
+
+    name: str
+    kind: Kind
+    block: str
+    heads: int
+    head_dim: int
+    index: int
+    stride: int
+    architecture: str
+    resolution: tuple[int, int] | None = None
+
+    @property
+    def module_name(self) -> str:
+        return self.name.removesuffix(".processor")
+
+    @property
+    def stage(self) -> str:
+        return self.block.split(".")[0]
+
+    def grid(self, latent: tuple[int, int]) -> tuple[int, int]:
+        """Token grid of this site for a denoiser input of `latent` (rows, cols) latent pixels."""
+        if self.architecture == "unet":  # each down-sampling conv rounds odd sizes up
+            return math.ceil(latent[0] / self.stride), math.ceil(latent[1] / self.stride)
+        return latent[0] // self.stride, latent[1] // self.stride
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "block": self.block, "heads": self.heads,
+                "head_dim": self.head_dim}
+
+
+class SiteList(tuple):
+    """Sites in execution order, with selection by kind, block, resolution, index or any predicate."""
+
+    def __new__(cls, items: Iterable[Site] = ()) -> SiteList:
+        return super().__new__(cls, tuple(items))
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self]
+
+    def get(self, name: str) -> Site:
+        """The site called `name` (with or without the `.processor` suffix)."""
+        for site in self:
+            if name in (site.name, site.module_name):
+                return site
+        close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise AttnkitError(
+            f"unknown site {name!r}: this model has {len(self)} sites named like {self[0].name!r}.{hint} "
+            "List them with `attnkit.sites(pipe)` or `attnkit sites MODEL`."
+        )
+
+    def select(
+        self,
+        kind: str | Iterable[str] | None = None,
+        block: str | Iterable[str] | None = None,
+        resolution: int | tuple[int, int] | None = None,
+        index: int | range | Iterable[int] | None = None,
+        names: Iterable[str] | None = None,
+        where: Callable[[Site], bool] | None = None,
+    ) -> SiteList:
+        """Sites matching every given filter; an error naming the filter when none match.
+
+        `block` matches a stage ("up", "joint") or one block ("up.1", "joint.3"); `resolution` an int matches
+        sites whose longer grid side is that many tokens; `index` is the per-kind 1-based `Site.index`.
+        """
+        chosen = list(self)
+        filters: list[str] = []
+        if names is not None:
+            wanted = {self.get(n).name for n in ([names] if isinstance(names, str) else names)}
+            chosen = [s for s in chosen if s.name in wanted]
+            filters.append(f"names={sorted(wanted)}")
+        if kind is not None:
+            kinds = {kind} if isinstance(kind, str) else set(kind)
+            unknown = kinds - set(KINDS)
+            if unknown:
+                raise AttnkitError(f"unknown site kind {sorted(unknown)}: kinds are {', '.join(KINDS)}.")
+            chosen = [s for s in chosen if s.kind in kinds]
+            filters.append(f"kind={sorted(kinds)}")
+        if block is not None:
+            blocks = {block} if isinstance(block, str) else set(block)
+            chosen = [s for s in chosen if s.block in blocks or s.stage in blocks]
+            filters.append(f"block={sorted(blocks)}")
+        if resolution is not None:
+            if any(s.resolution is None for s in self):
+                raise AttnkitError(
+                    "selection by resolution needs the image size: call `attnkit.sites(pipe, height=H, width=W)`."
+                )
+            chosen = [s for s in chosen if _resolution_matches(s.resolution, resolution)]
+            filters.append(f"resolution={resolution}")
+        if index is not None:
+            indices = {index} if isinstance(index, int) else set(index)
+            chosen = [s for s in chosen if s.index in indices]
+            filters.append(f"index={sorted(indices)}")
+        if where is not None:
+            chosen = [s for s in chosen if where(s)]
+            filters.append("where=<predicate>")
+        if not chosen:
+            raise AttnkitError(
+                f"no site matches {', '.join(filters)}. This model has kinds {sorted({s.kind for s in self})}, "
+                f"blocks {_summary(s.block for s in self)}"
+                + (f", resolutions {_summary(str(s.resolution) for s in self)}" if self and self[0].resolution else "")
+                + ". Loosen the selection."
+            )
+        return SiteList(chosen)
+
+    def __repr__(self) -> str:
+        return f"SiteList({len(self)} sites: {dict(_count(s.kind for s in self))})"
+
+
+def _resolution_matches(grid: tuple[int, int] | None, wanted: int | tuple[int, int]) -> bool:
+    if grid is None:
+        return False
+    return tuple(grid) == tuple(wanted) if isinstance(wanted, tuple) else max(grid) == wanted
+
+
+def _count(values: Iterable[str]) -> Iterator[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return iter(counts.items())
+
+
+def _summary(values: Iterable[str]) -> str:
+    return "[" + ", ".join(dict.fromkeys(values)) + "]"
+
+
+def denoiser_of(obj: Any) -> torch.nn.Module:
+    """The attention-bearing denoiser of a pipeline (its `transformer` or `unet`), or the model itself."""
+    if isinstance(obj, torch.nn.Module):
+        model = obj
+    else:
+        components = getattr(obj, "components", None)
+        if not isinstance(components, dict):
+            raise AttnkitError(
+                f"expected a diffusers pipeline or model, got {type(obj).__name__}. "
+                "Pass e.g. a StableDiffusion3Pipeline or its `transformer`."
+            )
+        model = components.get("transformer") or components.get("unet")
+        if model is None:
+            raise AttnkitError(
+                f"{type(obj).__name__} has no `transformer` or `unet` component, so attnkit finds no denoiser. "
+                f"Components: {sorted(k for k, v in components.items() if v is not None)}."
+            )
+    architecture_of(model)
+    return model
+
+
+def architecture_of(model: torch.nn.Module) -> Architecture:
+    for arch in ARCHITECTURES:
+        if arch.matches(model):
+            return arch
+    has_processors = any(hasattr(m, "get_processor") for m in model.modules())
+    reason = "it has attention modules, but attnkit does not know their token layout" if has_processors else (
+        "it has no attention processors at all")
+    raise AttnkitError(
+        f"unsupported model {type(model).__name__}: {reason}. attnkit supports "
+        f"{', '.join(a.model_class.__name__ for a in ARCHITECTURES)} (SD1.x, SDXL, SD3, SD3.5, Flux.1)."
+    )
+
+
+def sites(
+    obj: Any,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    latent: tuple[int, int] | None = None,
+) -> SiteList:
+    """Every attention site of a pipeline's denoiser (or of a denoiser model), in execution order.
+
+    With `height`/`width` (pixels, needs a pipeline) or `latent` (latent pixels), each site's token-grid
+    `resolution` is filled in.
+    """
+    model = denoiser_of(obj)
+    arch = architecture_of(model)
+    if (height is None) != (width is None):
+        raise AttnkitError("give both `height` and `width`, or neither.")
+    if height is not None:
+        factor = getattr(obj, "vae_scale_factor", None)
+        if factor is None:
+            raise AttnkitError("`height`/`width` are pixel sizes and need a pipeline; for a bare model pass `latent=(h, w)`.")
+        latent = (height // factor, width // factor)
+    strides = _unet_strides(model) if arch.name == "unet" else {}
+    found: list[tuple[tuple, Site]] = []
+    for module_name, module in model.named_modules():
+        if not hasattr(module, "get_processor"):
+            continue
+        stage, block_index = _block_of(module_name)
+        kind = _kind_of(arch, module_name, module)
+        stride = strides.get(f"{stage}.{block_index}", 1) if arch.name == "unet" else _transformer_stride(arch, model)
+        heads = int(module.heads)
+        head_dim = int(getattr(module, "head_dim", None) or module.inner_dim // heads)
+        site = Site(f"{module_name}.processor", kind, f"{stage}.{block_index}", heads, head_dim, 0, stride, arch.name)
+        found.append(((_STAGE_ORDER[stage], block_index, _natural(module_name)), site))
+    if not found:
+        raise AttnkitError(f"{type(model).__name__} has no attention processors; nothing for attnkit to attach to.")
+    ordered = [site for _, site in sorted(found, key=lambda item: item[0])]
+    per_kind: dict[str, int] = {}
+    numbered = []
+    for site in ordered:
+        per_kind[site.kind] = per_kind.get(site.kind, 0) + 1
+        grid = site.grid(latent) if latent is not None else None
+        numbered.append(replace(site, index=per_kind[site.kind], resolution=grid))
+    return SiteList(numbered)
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.]", name))
+
+
+def _block_of(module_name: str) -> tuple[str, int]:
+    parts = module_name.split(".")
+    head = parts[0]
+    if head in ("down_blocks", "up_blocks"):
+        return head.removesuffix("_blocks"), int(parts[1])
+    if head == "mid_block":
+        return "mid", 0
+    if head == "transformer_blocks":
+        return "joint", int(parts[1])
+    if head == "single_transformer_blocks":
+        return "single", int(parts[1])
+    raise AttnkitError(f"attention module {module_name!r} lies outside the blocks attnkit knows for this model.")
+
+
+def _kind_of(arch: Architecture, module_name: str, module: torch.nn.Module) -> Kind:
+    if arch.name == "unet":
+        return "cross" if getattr(module, "is_cross_attention", False) else "self"
+    if getattr(module, "added_kv_proj_dim", None) is not None:
+        return "joint"
+    return "single" if module_name.startswith("single_transformer_blocks") else "self2"
+
+
+def _transformer_stride(arch: Architecture, model: torch.nn.Module) -> int:
+    if arch.name == "flux":
+        return 2  # Flux packs 2x2 latent pixels into one token before the transformer
+    return int(model.config.patch_size)
+
+
+def _unet_strides(model: torch.nn.Module) -> dict[str, int]:
+    """Token stride per UNet block, found by walking the down- and up-samplers in execution order."""
+    strides: dict[str, int] = {}
+    stride = 1
+    for i, block in enumerate(model.down_blocks):
+        strides[f"down.{i}"] = stride
+        if getattr(block, "downsamplers", None):
+            stride *= 2
+    strides["mid.0"] = stride
+    for i, block in enumerate(model.up_blocks):
+        strides[f"up.{i}"] = stride
+        if getattr(block, "upsamplers", None):
+            stride //= 2
+    return strides
