@@ -1,0 +1,40 @@
+"""Model names the CLI accepts: built-in offline pipelines by name, else a local folder or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import AttnkitError
+
+__all__ = ["load_pipeline", "builtin_names"]
+
+
+def builtin_names() -> tuple[str, ...]:
+    from .testing import PIPELINE_NAMES
+
+    return tuple(PIPELINE_NAMES)
+
+
+def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:
+    """A pipeline for `model`: a built-in name, a folder saved with `save_pretrained`, or a hub id."""
+    from diffusers import DiffusionPipeline
+
+    if model in builtin_names():
+        from .testing import build_pipeline
+
+        return build_pipeline(model)
+    path = Path(model)
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise AttnkitError(f"{model!r} is a folder without model_index.json; point at a folder written by "
+                               "`pipe.save_pretrained(...)` or at a hub id.")
+        return DiffusionPipeline.from_pretrained(path, **from_pretrained_kwargs)
+    if "/" not in model:
+        raise AttnkitError(f"unknown model {model!r}: built-in names are {', '.join(builtin_names())}; "
+                           "or give a local pipeline folder or a hub id such as 'org/name'.")
+    try:
+        return DiffusionPipeline.from_pretrained(model, **from_pretrained_kwargs)
+    except (OSError, ValueError) as error:
+        raise AttnkitError(f"could not load {model!r} from the hub or the local cache ({error}). "
+                           "Check the id, or download it first, or use a built-in name.") from error
