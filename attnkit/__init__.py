@@ -4,6 +4,7 @@ Typed attention **sites** -> composable **controls** run by one processor per si
 the pipeline; sessions restore the pipeline's own processors on exit.
 """
 
+from . import ops
 from .errors import AttnkitError
 from .inspector import ShapeRecord, ShapeRecorder, inspect_shapes
 from .processors import AttentionCall, Control, TokenLayout
@@ -12,7 +13,7 @@ from .sites import Site, SiteList, sites
 from .state import State
 
 __all__ = [
-    "AttnkitError", "AttentionCall", "Control", "Session", "ShapeRecord", "ShapeRecorder", "Site", "SiteList",
+    "AttnkitError", "AttentionCall", "ops", "Control", "Session", "ShapeRecord", "ShapeRecorder", "Site", "SiteList",
     "State", "TokenLayout", "attach", "inspect_shapes", "sites",
 ]
 __version__ = "0.1.0"
