@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 
 from .errors import AttnkitError
 
-__all__ = ["main"]
+__all__ = ["main", "MODEL_HELP"]
+
+MODEL_HELP = "built-in name (tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, random-sd15), local folder or hub id"
+
+# Feature packages add their subcommands through a `register(commands)` function in these modules.
+FEATURE_COMMANDS: tuple[str, ...] = (
+)
 
 
 def _sites(args: argparse.Namespace) -> None:
@@ -51,20 +58,21 @@ def _shape(shape: Sequence[int]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="Control and observe attention in diffusers pipelines.")
     commands = parser.add_subparsers(dest="command", required=True)
-    model_help = "built-in name (tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, random-sd15), local folder or hub id"
 
     p = commands.add_parser("sites", help="list the attention sites of a model's denoiser")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON list of {name, kind, block, heads, head_dim}")
     p.set_defaults(run=_sites)
 
     p = commands.add_parser("inspect", help="Q/K/V and attention shapes at every site during one denoising step")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON list of {index, site, kind, query, key, value, attention}")
     p.set_defaults(run=_inspect)
+    for module in FEATURE_COMMANDS:
+        importlib.import_module(module).register(commands)
     return parser
 
 
