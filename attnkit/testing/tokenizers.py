@@ -1,0 +1,144 @@
+"""In-memory CLIP and T5 tokenizers for the tiny test pipelines.
+
+Real tokenizers live on the Hub; tests must run offline, so these are built from a
+small fixed word list. Every word in :data:`VOCABULARY_WORDS` is a single token in
+both tokenizers, so tests can address "the token for *cat*" without caring about
+sub-word splits. Unknown words still encode (CLIP: byte-level characters, T5:
+single characters), never as ``unk``, so any ASCII prompt works.
+
+Building is deterministic: the BPE merges are learned by a tiny trainer written
+here (ties broken lexicographically) instead of ``tokenizers``' trainer, whose
+tie-breaking depends on hash-map order and so could change token ids between runs.
+"""
+
+from __future__ import annotations
+
+import string
+from collections import Counter
+from functools import lru_cache
+from itertools import pairwise
+
+from tokenizers import pre_tokenizers
+from transformers import CLIPTokenizer, T5Tokenizer
+
+__all__ = [
+    "CLIP_MODEL_MAX_LENGTH",
+    "T5_MODEL_MAX_LENGTH",
+    "VOCABULARY_WORDS",
+    "tiny_clip_tokenizer",
+    "tiny_t5_tokenizer",
+]
+
+#: Words guaranteed to be one token each (lower-case; CLIP lower-cases its input).
+VOCABULARY_WORDS: tuple[str, ...] = (
+    # function words
+    "a", "an", "the", "and", "of", "on", "in", "at", "to", "with", "is", "next",
+    # colours
+    "red", "green", "blue", "yellow", "orange", "purple", "black", "white",
+    # shapes and objects
+    "circle", "square", "triangle", "cat", "dog", "bird", "car", "house", "tree",
+    "man", "woman", "park", "sky", "beach", "mountain", "flower",
+    # composition and style
+    "photo", "painting", "left", "right", "top", "bottom", "big", "small",
+    "blurry", "sharp", "high", "low", "quality", "bad", "ugly",
+)  # fmt: skip
+
+#: Positions the CLIP text encoders accept, as in every Stable Diffusion release.
+CLIP_MODEL_MAX_LENGTH = 77
+#: Longest T5 prompt the pipelines request (Flux's default ``max_sequence_length``).
+T5_MODEL_MAX_LENGTH = 512
+
+_CLIP_BOS = "<|startoftext|>"
+_CLIP_EOS = "<|endoftext|>"
+_END_OF_WORD = "</w>"
+
+_T5_PAD, _T5_EOS, _T5_UNK = "<pad>", "</s>", "<unk>"
+_T5_SPACE = "▁"  # SentencePiece's word-start marker
+# Unigram log-probabilities: a whole word must always beat spelling it out.
+_T5_SPECIAL_SCORE = 0.0
+_T5_WORD_SCORE = -1.0
+_T5_CHAR_SCORE = -5.0
+_T5_CHARACTERS = string.ascii_letters + string.digits + string.punctuation
+
+
+def _learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Learns BPE merges until every word is one symbol; ties go to the smallest pair."""
+    segmented = [[*word[:-1], word[-1] + _END_OF_WORD] for word in sorted(set(words))]
+    merges: list[tuple[str, str]] = []
+    while True:
+        pair_counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
+        if not pair_counts:
+            return merges
+        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
+        merges.append(best)
+        segmented = [_apply_merge(symbols, best) for symbols in segmented]
+
+
+def _apply_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    merged: list[str] = []
+    index = 0
+    while index < len(symbols):
+        if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
+            merged.append(symbols[index] + symbols[index + 1])
+            index += 2
+        else:
+            merged.append(symbols[index])
+            index += 1
+    return merged
+
+
+@lru_cache(maxsize=1)
+def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """CLIP's layout: byte alphabet, the same with ``</w>``, merges, then bos and eos last."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = _learn_merges(VOCABULARY_WORDS)
+    tokens = [
+        *alphabet,
+        *(symbol + _END_OF_WORD for symbol in alphabet),
+        *(left + right for left, right in merges),
+        _CLIP_BOS,
+        _CLIP_EOS,
+    ]
+    # Two merges can spell the same token; keep ids contiguous all the same.
+    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
+
+
+def tiny_clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over :data:`VOCABULARY_WORDS`, padded with eos like SD's.
+
+    bos and eos are the two highest ids, as in the real 49408-token vocabulary, so
+    CLIP's pooling (first eos, or legacy argmax) picks the same position either way.
+    """
+    vocab, merges = _clip_vocab_and_merges()
+    return CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        unk_token=_CLIP_EOS,
+        bos_token=_CLIP_BOS,
+        eos_token=_CLIP_EOS,
+        pad_token=_CLIP_EOS,
+        model_max_length=CLIP_MODEL_MAX_LENGTH,
+    )
+
+
+def tiny_t5_tokenizer() -> T5Tokenizer:
+    """A T5 Unigram tokenizer over :data:`VOCABULARY_WORDS` with T5's ids: pad 0, eos 1, unk 2.
+
+    No sentinel (``<extra_id_*>``) tokens: the pipelines only use T5 as an encoder.
+    """
+    pieces = [
+        (_T5_PAD, _T5_SPECIAL_SCORE),
+        (_T5_EOS, _T5_SPECIAL_SCORE),
+        (_T5_UNK, _T5_SPECIAL_SCORE),
+        (_T5_SPACE, _T5_CHAR_SCORE),
+        *((_T5_SPACE + word, _T5_WORD_SCORE) for word in VOCABULARY_WORDS),
+        *((character, _T5_CHAR_SCORE) for character in _T5_CHARACTERS),
+    ]
+    return T5Tokenizer(
+        vocab=pieces,
+        eos_token=_T5_EOS,
+        unk_token=_T5_UNK,
+        pad_token=_T5_PAD,
+        extra_ids=0,
+        model_max_length=T5_MODEL_MAX_LENGTH,
+    )
