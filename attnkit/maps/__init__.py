@@ -1,0 +1,15 @@
+"""Attention maps (issue 5): which word of the prompt each image region attends to, exact and memory-flat.
+
+    with attnkit.maps.trace(pipe, prompt) as tc:
+        image = pipe(prompt).images[0]
+    tc.heatmap("circle"); tc.word_maps(); tc.save("maps.safetensors")
+
+Built only on the foundation: a `MapRecorder` control reads exact probabilities through the kernel's log-sum-exp
+and sums them into one fixed-size buffer; `plot` draws overlays (matplotlib, imported lazily).
+"""
+
+from .recorder import RELATIONS, MapRecorder
+from .tokens import PromptTokens, Word, prompt_tokens
+from .trace import DEFAULT_KINDS, Trace, trace
+
+__all__ = ["DEFAULT_KINDS", "MapRecorder", "PromptTokens", "RELATIONS", "Trace", "Word", "prompt_tokens", "trace"]

@@ -1,0 +1,74 @@
+"""`attnkit maps MODEL --prompt P --out DIR`: generate one image and write its per-word attention maps.
+
+Writes DIR/image.png, DIR/<word>.png (overlay per word), DIR/grid.png (all words) and DIR/maps.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cli import MODEL_HELP
+from ..errors import AttnkitError
+
+__all__ = ["register"]
+
+_RESERVED = ("image", "grid")  # file names the command writes besides the words
+
+
+def register(commands: Any) -> None:
+    """Add the `maps` subcommand to the `attnkit` parser's subcommands."""
+    p = commands.add_parser("maps", help="generate one image and write per-word attention heat maps")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--prompt", required=True, help="the prompt to generate")
+    p.add_argument("--out", required=True, type=Path, help="folder to write image.png, <word>.png, grid.png, "
+                   "maps.safetensors")
+    p.add_argument("--words", default=None, help="comma-separated words of the prompt (default: every word)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the model's)")
+    p.set_defaults(run=_maps)
+
+
+def _maps(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..models import load_pipeline
+    from . import plot
+    from .trace import trace
+
+    words = _words(args.words)
+    pipe = load_pipeline(args.model)
+    with trace(pipe, prompt=args.prompt) as tc, torch.inference_mode():
+        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.size, width=args.size,
+                     generator=torch.Generator().manual_seed(args.seed)).images[0]
+    if words is None:
+        words = [w for w in tc.tokens().unique_words if w not in _RESERVED]
+        skipped = [w for w in tc.tokens().unique_words if w in _RESERVED]
+        if skipped:
+            print(f"attnkit: skipped {', '.join(skipped)}: the name is taken by {skipped[0]}.png", file=sys.stderr)
+    maps = {w: heat[0] for w, heat in tc.word_maps(words).items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    image.save(args.out / "image.png")
+    for word, heat in maps.items():
+        plot.overlay(image, heat).save(args.out / f"{word}.png")
+    plot.grid(image, maps).save(args.out / "grid.png")
+    tc.save(args.out / "maps.safetensors", words)
+    print(f"wrote {args.out / 'image.png'}, {len(maps)} word map(s) ({', '.join(maps)}), "
+          f"{args.out / 'grid.png'}, {args.out / 'maps.safetensors'}")
+
+
+def _words(text: str | None) -> list[str] | None:
+    """The --words list, lower-cased; words named like the other output files are refused."""
+    if text is None:
+        return None
+    words = [w.strip().lower() for w in text.split(",") if w.strip()]
+    if not words:
+        raise AttnkitError(f"--words {text!r} names no word; give e.g. --words red,square.")
+    taken = [w for w in words if w in _RESERVED]
+    if taken:
+        raise AttnkitError(f"--words {', '.join(taken)}: {taken[0]}.png is the name of another output file; "
+                           "leave that word out.")
+    return words

@@ -1,0 +1,182 @@
+"""Attention maps recorded while generating: exact probabilities, aggregated on the fly into one fixed-size buffer.
+
+`MapRecorder` is an attnkit `Control`. At every selected site and step it takes one block of the attention
+probabilities (image queries over text keys by default), normalised as the model normalises them: over all keys of
+the call, so in joint attention the text columns of a softmax over image and text keys. It sums the block over
+heads, upsamples the site's token grid to one common resolution, and adds it to one fp32 buffer per batch item of
+the chosen CFG branch. Nothing per layer or per step is kept: memory is O(text tokens x image tokens) however many
+steps and sites are recorded.
+
+Two exact paths give the same numbers: `exact="lse"` rebuilds p = exp(q . k * scale - lse) for the wanted keys from
+the log-sum-exp that the fused kernel returns with the model's own output (the full matrix is never formed);
+`exact="explicit"` leaves the model's kernel alone and recomputes the normalisation with
+`attnkit.ops.explicit_attention`, chunked over queries, for devices or inputs where no fused kernel gives an lse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..errors import AttnkitError
+from ..processors import AttentionCall, Control
+from ..sites import Site, SiteList
+
+__all__ = ["MapRecorder", "RELATIONS", "Relation", "Exact"]
+
+Relation = Literal["image->text", "text->image"]
+Exact = Literal["lse", "explicit"]
+#: (query part, key part) of each relation, and the site kinds that have both parts.
+RELATIONS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "image->text": ("image", "text", frozenset({"cross", "joint", "single"})),
+    "text->image": ("text", "image", frozenset({"joint", "single"})),
+}
+_BRANCHES = ("cond", "uncond")
+_GAPS_SHOWN = 5
+
+
+class MapRecorder(Control):
+    """Sums one relation's attention probabilities over heads, sites and steps into `total`: (items, text, rows, cols).
+
+    `count` is how many head maps were added per batch item, so `total / count` is the mean probability. Every
+    selected site must contribute to every recorded denoiser forward; `check()` raises otherwise.
+    """
+
+    name = "maps"
+
+    def __init__(
+        self,
+        sites: Iterable[Site],
+        *,
+        relation: Relation = "image->text",
+        steps: Iterable[int] | None = None,
+        branch: str = "cond",
+        exact: Exact = "lse",
+    ) -> None:
+        if relation not in RELATIONS:
+            raise AttnkitError(f"unknown relation {relation!r}: choose one of {', '.join(RELATIONS)}.")
+        if exact not in ("lse", "explicit"):
+            raise AttnkitError(f"exact={exact!r}: choose 'lse' (fused kernel) or 'explicit' (fallback).")
+        if branch not in _BRANCHES:
+            raise AttnkitError(f"branch={branch!r}: choose 'cond' or 'uncond'.")
+        self.sites = SiteList(sites)
+        queries, keys, kinds = RELATIONS[relation]
+        unfit = [f"{s.name} ({s.kind})" for s in self.sites if s.kind not in kinds]
+        if unfit:
+            raise AttnkitError(
+                f"{relation} maps need {queries} queries and {keys} keys, found at sites of kind "
+                f"{', '.join(sorted(kinds))}; {len(unfit)} selected site(s) have none: {', '.join(unfit[:3])}"
+                f"{' ...' if len(unfit) > 3 else ''}. Select kind={sorted(kinds)}."
+            )
+        self.relation, self.queries, self.keys = relation, queries, keys
+        self.steps = None if steps is None else frozenset(steps)
+        self.branch = branch
+        self.exact = exact
+        self.needs_lse = exact == "lse"
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.resolution: tuple[int, int] | None = None
+        self.steps_recorded: set[int | None] = set()
+        self._expected = frozenset(self.sites.names)
+        self._forward: int | None = None
+        self._step: int | None = None
+        self._seen: set[str] = set()
+        self._gaps: list[str] = []
+
+    def after(self, call: AttentionCall, out: torch.Tensor, lse: torch.Tensor | None) -> None:
+        state = call.state
+        if self.steps is not None:
+            if state.step is None:
+                raise AttnkitError("`steps` selects denoising steps of a pipeline run, but this denoiser call has "
+                                   "no step: run the pipeline (not the bare denoiser) inside the trace.")
+            if state.step not in self.steps:
+                return
+        items = state.batch_index(self.branch)
+        if not items:
+            return
+        if state.forwards != self._forward:
+            self._close_forward()
+            self._forward, self._step = state.forwards, state.step
+        self._seen.add(call.site.name)
+        view, lse = _batch_items(call, items, lse)
+        if self.exact == "explicit":
+            lse = _explicit_lse(view, view.layout.span("queries", self.queries))
+        probs = view.probabilities(lse, self.queries, self.keys).sum(1)  # (items, Lq, Lk)
+        if self.queries == "image":
+            probs = probs.transpose(1, 2)
+        if call.grid is None:
+            raise AttnkitError(f"{call.site.name} has no image grid: the latent size is unknown. Run the "
+                               "pipeline or the denoiser inside the trace.")
+        heat = probs.reshape(len(items), probs.shape[1], *call.grid)
+        self._add(heat, state.latent, call.site.heads)
+        self.steps_recorded.add(state.step)
+
+    def _add(self, heat: torch.Tensor, latent: tuple[int, int], heads: int) -> None:
+        resolution = max((s.grid(latent) for s in self.sites), key=lambda grid: grid[0] * grid[1])
+        if self.total is None:
+            self.resolution = resolution
+            self.total = torch.zeros(*heat.shape[:2], *resolution, dtype=torch.float32, device=heat.device)
+        if resolution != self.resolution or heat.shape[:2] != self.total.shape[:2]:
+            raise AttnkitError(
+                f"this trace recorded {tuple(self.total.shape[:2])} (batch items, text tokens) at "
+                f"{self.resolution[0]}x{self.resolution[1]} tokens, now gets {tuple(heat.shape[:2])} at "
+                f"{resolution[0]}x{resolution[1]}: run one generation per trace."
+            )
+        if tuple(heat.shape[-2:]) != resolution:
+            heat = F.interpolate(heat, size=resolution, mode="bilinear", align_corners=False)
+        self.total += heat
+        self.count += heads
+
+    def _close_forward(self) -> None:
+        if self._seen and self._seen != self._expected:
+            missing = sorted(self._expected - self._seen)
+            self._gaps.append(f"step {self._step}: {len(missing)} site(s) missing, e.g. {missing[0]}")
+        self._seen = set()
+
+    def check(self) -> None:
+        """An error unless every selected site contributed to every recorded forward, and something was recorded."""
+        self._close_forward()
+        self._forward = None
+        if self._gaps:
+            raise AttnkitError(
+                f"incomplete attention maps: {len(self._gaps)} recorded denoiser call(s) did not pass through every "
+                f"selected site ({'; '.join(self._gaps[:_GAPS_SHOWN])}{' ...' if len(self._gaps) > _GAPS_SHOWN else ''}"
+                "). Another feature changed those processors or the model skipped layers (skip-layer guidance?): "
+                "select only sites that run at every step."
+            )
+        if self.total is None:
+            raise AttnkitError(
+                "no attention maps were recorded. Did you run the pipeline inside `with attnkit.maps.trace(...)`? "
+                f"Check also `steps` ({sorted(self.steps) if self.steps is not None else 'all'}) and the "
+                f"branch ({self.branch!r}: without CFG there is no 'uncond' branch)."
+            )
+
+
+def _batch_items(
+    call: AttentionCall, items: list[int], lse: torch.Tensor | None
+) -> tuple[AttentionCall, torch.Tensor | None]:
+    """The call restricted to the batch items of one CFG branch, so that nothing is computed for the others."""
+    if len(items) == call.q.shape[0]:
+        return call, lse
+    index = torch.tensor(items, device=call.q.device)
+    mask = call.mask
+    if mask is not None and mask.ndim == 4 and mask.shape[0] != 1:
+        mask = mask[index]
+    view = replace(call, q=call.q[index], k=call.k[index], v=call.v[index], mask=mask)
+    return view, None if lse is None else lse[index]
+
+
+def _explicit_lse(call: AttentionCall, rows: slice) -> torch.Tensor:
+    """Log-sum-exp of the query `rows` over all keys by the explicit, query-chunked computation (zeros elsewhere)."""
+    mask = call.mask
+    if mask is not None and mask.ndim >= 2 and mask.shape[-2] != 1:
+        mask = mask[..., rows, :]
+    _, lse_rows = ops.explicit_attention(call.q[:, :, rows], call.k, call.v, mask, call.scale)
+    lse = lse_rows.new_zeros(call.q.shape[:3])
+    lse[:, :, rows] = lse_rows
+    return lse

@@ -1,0 +1,103 @@
+"""Which positions of the denoiser's text sequence belong to which word of the prompt.
+
+The text sequence is built by the pipeline from one or more tokenizers: UNets (SD1.x, SDXL) see CLIP tokens, with
+the begin-of-text token first; SD3 and SD3.5 see 77 CLIP tokens followed by T5 tokens; Flux sees T5 tokens only
+(labelling them with CLIP tokens gives maps of the wrong words). A word may be split into several tokens and may
+occur several times. Positions come from each tokenizer's character offsets over the very prompt the pipeline
+tokenizes, so sub-word splits, special tokens and case are handled by the tokenizer itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AttnkitError
+from ..sites import architecture_of, denoiser_of
+
+__all__ = ["Word", "PromptTokens", "prompt_tokens"]
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Word:
+    """One occurrence of a word in the prompt and its positions in the denoiser's text sequence."""
+
+    text: str
+    start: int  # character offset in the prompt
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """The words of one prompt, in order (a repeated word occurs several times), with their token positions."""
+
+    prompt: str
+    words: tuple[Word, ...]
+
+    def positions(self, word: str, occurrence: int | None = None) -> list[int]:
+        """Positions of `word` (any case): of every occurrence, or of the `occurrence`-th (0-based) only."""
+        matches = [w for w in self.words if w.text.lower() == word.lower()]
+        if not matches:
+            raise AttnkitError(
+                f"{word!r} is not a word of the prompt {self.prompt!r}; its words are "
+                f"{', '.join(dict.fromkeys(w.text.lower() for w in self.words)) or 'none'}."
+            )
+        if occurrence is not None:
+            if not 0 <= occurrence < len(matches):
+                raise AttnkitError(f"{word!r} occurs {len(matches)} time(s) in {self.prompt!r}; "
+                                   f"occurrence={occurrence} is out of range.")
+            matches = matches[occurrence:occurrence + 1]
+        found = [p for w in matches for p in w.positions]
+        if not found:
+            raise AttnkitError(f"{word!r} in {self.prompt!r} lies beyond the text the pipeline encodes (truncated): "
+                               "shorten the prompt or raise `max_sequence_length`.")
+        return found
+
+    @property
+    def unique_words(self) -> list[str]:
+        """The distinct words, lower-cased, in order of first occurrence."""
+        return list(dict.fromkeys(w.text.lower() for w in self.words))
+
+
+def prompt_tokens(pipe: Any, prompt: str, text_tokens: int) -> PromptTokens:
+    """Label the `text_tokens` positions of `pipe`'s denoiser text sequence for `prompt` with its words."""
+    spans = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(prompt)]
+    positions: list[list[int]] = [[] for _ in spans]
+    for tokenizer, offset, length in _streams(pipe, text_tokens):
+        encoded = tokenizer(prompt, max_length=length, truncation=True, return_offsets_mapping=True,
+                            return_special_tokens_mask=True)
+        for index, ((start, end), special) in enumerate(zip(encoded["offset_mapping"], encoded["special_tokens_mask"])):
+            if special or start == end:
+                continue
+            for word, (_, word_start, word_end) in enumerate(spans):
+                if start < word_end and word_start < end:
+                    positions[word].append(offset + index)
+    words = tuple(Word(text, start, tuple(p)) for (text, start, _), p in zip(spans, positions))
+    return PromptTokens(prompt, words)
+
+
+def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
+    """(tokenizer, first position, length) of each token stream in the denoiser's text sequence."""
+    architecture = architecture_of(denoiser_of(pipe)).name
+    if architecture == "unet":
+        return [(_tokenizer(pipe, "tokenizer", "tokenizer_2"), 0, text_tokens)]
+    if architecture == "sd3":
+        clip = _tokenizer(pipe, "tokenizer", "tokenizer_2")
+        clip_length = min(clip.model_max_length, text_tokens)
+        streams = [(clip, 0, clip_length)]
+        if getattr(pipe, "tokenizer_3", None) is not None and text_tokens > clip_length:
+            streams.append((pipe.tokenizer_3, clip_length, text_tokens - clip_length))
+        return streams
+    return [(_tokenizer(pipe, "tokenizer_2"), 0, text_tokens)]
+
+
+def _tokenizer(pipe: Any, *names: str) -> Any:
+    for name in names:
+        tokenizer = getattr(pipe, name, None)
+        if tokenizer is not None:
+            return tokenizer
+    raise AttnkitError(f"{type(pipe).__name__} has no {' or '.join(names)}, so attnkit cannot tell which token "
+                       "is which word. Use the raw maps (`trace.total`) instead of words.")

@@ -1,0 +1,145 @@
+"""`attnkit.maps.trace`: the one entry for attention maps, a context manager around one generation.
+
+    with attnkit.maps.trace(pipe, prompt="a red circle and a blue square") as tc:
+        image = pipe("a red circle and a blue square").images[0]
+    tc.heatmap("circle")            # (rows, cols) mean probability of attending to "circle"
+    tc.word_maps(["red", "square"]) # {word: (batch items, rows, cols)}
+    tc.save("maps.safetensors")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AttnkitError
+from ..session import Session
+from ..sites import SiteList, architecture_of, denoiser_of, sites
+from .recorder import MapRecorder, Relation
+from .tokens import PromptTokens, prompt_tokens
+
+__all__ = ["Trace", "trace", "DEFAULT_KINDS"]
+
+#: Sites recorded when no selection is given: every site with image->text attention.
+DEFAULT_KINDS: dict[str, tuple[str, ...]] = {"unet": ("cross",), "sd3": ("joint",), "flux": ("joint", "single")}
+
+
+class Trace:
+    """A map recorder attached to one pipeline for the span of a `with` block; results are read after it."""
+
+    def __init__(self, pipe: Any, recorder: MapRecorder, prompt: str | Sequence[str] | None) -> None:
+        self.pipe = pipe
+        self.recorder = recorder
+        self.prompts = [prompt] if isinstance(prompt, str) else None if prompt is None else list(prompt)
+        self.session = Session(pipe, [(recorder, recorder.sites)])
+        self._failed = False
+        self._tokens: dict[str, PromptTokens] = {}
+
+    def __enter__(self) -> Trace:
+        self.session.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.session.__exit__(exc_type, *exc_info)
+        self._failed = exc_type is not None
+
+    @property
+    def total(self) -> torch.Tensor:
+        """Sum over heads, sites and steps: (batch items, text tokens, rows, cols), fp32; checked complete."""
+        if self._failed:
+            raise AttnkitError("the traced generation raised an exception, so its maps are incomplete.")
+        self.recorder.check()
+        return self.recorder.total
+
+    @property
+    def count(self) -> int:
+        """Head maps summed into `total` per batch item (heads x sites x steps)."""
+        self.recorder.check()
+        return self.recorder.count
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """Mean attention probability per text token: `total / count`, (batch items, text tokens, rows, cols)."""
+        return self.total / self.count
+
+    def tokens(self, item: int = 0) -> PromptTokens:
+        """The words of batch item `item`'s prompt with their positions in the text sequence."""
+        total = self.total
+        if self.prompts is None:
+            raise AttnkitError("word maps need the prompt: `attnkit.maps.trace(pipe, prompt=...)` with the prompt "
+                               "(or list of prompts) given to the pipeline.")
+        items = total.shape[0]
+        if not 0 <= item < items:
+            raise AttnkitError(f"item={item} is out of range: this trace recorded {items} batch item(s).")
+        if items % len(self.prompts):
+            raise AttnkitError(f"the pipeline ran {items} batch item(s) per branch, which is not a multiple of the "
+                               f"{len(self.prompts)} prompt(s) given to the trace: give the same prompts.")
+        prompt = self.prompts[item // (items // len(self.prompts))]
+        if prompt not in self._tokens:
+            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, total.shape[1])
+        return self._tokens[prompt]
+
+    def heatmap(self, word: str, item: int = 0, occurrence: int | None = None) -> torch.Tensor:
+        """(rows, cols) map of `word` in batch item `item`: the mean probability summed over the word's tokens
+        (all its occurrences unless `occurrence` picks one)."""
+        positions = self.tokens(item).positions(word, occurrence)
+        return self.total[item, positions].sum(0) / self.count
+
+    def word_maps(self, words: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """{word: (batch items, rows, cols)} for `words` (default: every word of the first prompt)."""
+        chosen = self.tokens(0).unique_words if words is None else [w.lower() for w in words]
+        items = self.total.shape[0]
+        return {w: torch.stack([self.heatmap(w, item) for item in range(items)]) for w in dict.fromkeys(chosen)}
+
+    def save(self, path: str | Path, words: Iterable[str] | None = None) -> None:
+        """Raw maps as safetensors: `maps` (mean per text token), `word.<w>` per word, and a JSON header."""
+        from safetensors.torch import save_file
+
+        tensors = {"maps": self.maps.contiguous()}
+        metadata = {
+            "relation": self.recorder.relation,
+            "architecture": architecture_of(denoiser_of(self.pipe)).name,
+            "sites": json.dumps(self.recorder.sites.names),
+            "steps": json.dumps(sorted(s for s in self.recorder.steps_recorded if s is not None)),
+            "branch": self.recorder.branch,
+            "count": str(self.count),
+        }
+        if self.prompts is not None:
+            metadata["prompts"] = json.dumps(self.prompts)
+            for word, heat in self.word_maps(words).items():
+                tensors[f"word.{word}"] = heat.contiguous()
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def trace(
+    pipe: Any,
+    prompt: str | Sequence[str] | None = None,
+    *,
+    relation: Relation = "image->text",
+    steps: Iterable[int] | None = None,
+    branch: str = "cond",
+    exact: str = "lse",
+    sites_: Iterable[Any] | None = None,
+    **selection: Any,
+) -> Trace:
+    """Record attention maps of the generation run inside the `with` block.
+
+    `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps).
+    Sites: `sites_`, or `SiteList.select(**selection)` (kind, block, resolution, index, names, where); default
+    every image->text site (UNet cross, SD3 joint, Flux joint and single). `steps`: 0-based denoising steps to
+    record (default all). `branch`: the CFG branch ("cond"). `exact`: "lse" (fused kernel) or "explicit".
+    """
+    if sites_ is not None and selection:
+        raise AttnkitError("give either explicit sites or selection keywords, not both.")
+    found = sites(pipe)
+    if sites_ is not None:
+        chosen = SiteList(sites_)
+    else:
+        selection.setdefault("kind", DEFAULT_KINDS[architecture_of(denoiser_of(pipe)).name])
+        chosen = found.select(**selection)
+    recorder = MapRecorder(chosen, relation=relation, steps=steps, branch=branch, exact=exact)
+    return Trace(pipe, recorder, prompt)
