@@ -146,6 +146,7 @@ class _StateHook(ModelHook):
         self.signature = inspect.signature(type(model).forward)
         self.contexts = StateManager(_ContextName)
         self._origin: int = 0
+        self._run_timesteps: torch.Tensor | None = None
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
@@ -158,7 +159,7 @@ class _StateHook(ModelHook):
         state.latent = self._latent(sample, bound)
         state.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
         state.branches = self._branches(int(sample.shape[0]))
-        state.step, state.num_steps = self._step()
+        state.step, state.num_steps = self._step(timestep)
         return args, kwargs
 
     def _latent(self, sample: torch.Tensor, bound: dict[str, Any]) -> tuple[int, int]:
@@ -180,17 +181,33 @@ class _StateHook(ModelHook):
             return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
         return ("cond",) * batch
 
-    def _step(self) -> tuple[int | None, int | None]:
-        """The pipeline loop's `i`: the scheduler's step index counted from where this run began."""
+    def _step(self, timestep: Any) -> tuple[int | None, int | None]:
+        """The pipeline loop's `i`: where this forward lies in the scheduler's timesteps, counted from where this
+        run began (a run begins when `set_timesteps` gives the scheduler a new timesteps tensor)."""
         scheduler = getattr(self.pipeline, "scheduler", None)
-        if scheduler is None or not hasattr(scheduler, "step_index"):
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None:
             return None, None
-        index = scheduler.step_index
-        if index is None:  # no scheduler step yet: a new run starts here
-            self._origin = scheduler.begin_index or 0
-            index = self._origin
-        return index - self._origin, len(scheduler.timesteps) - self._origin
+        if hasattr(scheduler, "step_index"):
+            index = scheduler.step_index
+            if index is None:  # the scheduler has not stepped yet in this run
+                index = scheduler.begin_index or 0
+        else:  # schedulers without a step index (DDIM, PNDM): find the timestep itself
+            index = _position(timesteps, timestep)
+            if index is None:
+                return None, None
+        if timesteps is not self._run_timesteps:
+            self._run_timesteps, self._origin = timesteps, index
+        return index - self._origin, len(timesteps) - self._origin
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
         return module
+
+
+def _position(timesteps: torch.Tensor, timestep: Any) -> int | None:
+    if timestep is None:
+        return None
+    value = torch.as_tensor(timestep).flatten()[0].to(timesteps.device, timesteps.dtype)
+    hits = (timesteps == value).nonzero()
+    return int(hits[0]) if len(hits) else None
