@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -42,7 +43,7 @@ def grid(image: Image.Image, maps: Mapping[str, torch.Tensor], cmap: str = "jet"
         axes.axis("off")
     figure.tight_layout()
     canvas.draw()
-    return Image.fromarray(canvas.buffer_rgba()).convert("RGB")
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
 def _normalised(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,246 @@
+"""Attention maps: exact against an fp64 softmax, generation untouched, memory flat, words mapped to the right tokens."""
+
+import gc
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY, generate
+from diffusers import DiffusionPipeline
+from safetensors import safe_open
+
+import attnkit
+import attnkit.maps
+from attnkit import AttnkitError, Control
+from attnkit.cli import main
+from attnkit.maps import prompt_tokens
+
+PROMPT = "a red circle and a blue square"
+
+
+class Capture(Control):
+    """Keeps what an independent reference needs from every call: q, k, mask, layout, grid, branches, step."""
+
+    name = "capture"
+
+    def __init__(self):
+        self.calls = []
+
+    def after(self, call, out, lse):
+        state = call.state
+        self.calls.append((call.q, call.k, call.mask, call.layout, call.grid, call.scale, state.branches, state.step))
+
+
+def reference(calls, steps, branch="cond", queries="image", keys="text"):
+    """Sum over heads, calls and steps of the fp64 softmax block, each grid bilinearly upsampled to the largest."""
+    grids = [c[4] for c in calls]
+    size = max(grids, key=lambda g: g[0] * g[1])
+    total, count = 0, 0
+    for q, k, mask, layout, grid, scale, branches, step in calls:
+        items = [i for i, b in enumerate(branches) if b == branch]
+        if step not in steps or not items:
+            continue
+        scores = q[items].double() @ k[items].double().transpose(-1, -2) * scale
+        if mask is not None:
+            scores = scores + attnkit.ops.additive(mask, torch.float64)
+        block = torch.softmax(scores, -1)[:, :, layout.span("queries", queries), layout.span("keys", keys)].sum(1)
+        if queries == "image":
+            block = block.transpose(1, 2)
+        heat = block.reshape(len(items), block.shape[1], *grid)
+        total = total + F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
+        count += q.shape[1]
+    return total, count
+
+
+def processors(pipe):
+    denoiser = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
+    return dict(denoiser.attn_processors)
+
+
+def traced(pipe, capture=None, steps=3, trace_kwargs=None, **generate_kwargs):
+    """A trace around one generation, with an optional capture control on the same sites; returns (trace, latents)."""
+    tc = attnkit.maps.trace(pipe, generate_kwargs.get("prompt", PROMPT), **(trace_kwargs or {}))
+    with tc:
+        if capture is None:
+            latents = generate(pipe, steps=steps, **generate_kwargs)
+        else:
+            with attnkit.attach(pipe, capture, tc.recorder.sites):
+                latents = generate(pipe, steps=steps, **generate_kwargs)
+    return tc, latents
+
+
+@pytest.mark.parametrize("exact", ["lse", "explicit"])
+@pytest.mark.parametrize("name", TINY)
+def test_maps_equal_an_fp64_softmax_reference(pipelines, name, exact):
+    """Both paths give the model's own normalisation (joint: softmax over all keys), cond branch, selected steps."""
+    capture = Capture()
+    tc, _ = traced(pipelines[name], capture, trace_kwargs={"exact": exact, "steps": [1, 2]})
+    want, count = reference(capture.calls, steps={1, 2})
+    assert tc.count == count and tc.recorder.steps_recorded == {1, 2}
+    torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_text_to_image_maps_of_joint_attention_equal_the_reference(pipelines, name):
+    capture = Capture()
+    tc, _ = traced(pipelines[name], capture, trace_kwargs={"relation": "text->image"})
+    want, _ = reference(capture.calls, steps={0, 1, 2}, queries="text", keys="image")
+    torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("branch", ["cond", "uncond"])
+def test_batches_of_prompts_give_maps_per_item(pipelines, branch):
+    """Two prompts x two images each: four maps, item i labelled with prompt i // 2."""
+    pipe, prompts = pipelines["tiny-sd15"], ["a red circle", "a blue zebra square"]
+    capture = Capture()
+    tc = attnkit.maps.trace(pipe, prompts, branch=branch)
+    with tc, attnkit.attach(pipe, capture, tc.recorder.sites):
+        generate(pipe, prompt=prompts, num_images_per_prompt=2)
+    want, _ = reference(capture.calls, steps={0, 1}, branch=branch)
+    assert tc.total.shape == (4, 77, 16, 16)
+    torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(tc.total[0], tc.total[2])
+    torch.testing.assert_close(tc.heatmap("circle", item=1), tc.maps[1, 3])
+    torch.testing.assert_close(tc.heatmap("square", item=3), tc.maps[3, 8])
+    with pytest.raises(AttnkitError, match="'circle' is not a word of the prompt 'a blue zebra square'"):
+        tc.heatmap("circle", item=2)
+
+
+@pytest.mark.parametrize("exact", ["lse", "explicit"])
+@pytest.mark.parametrize("name", TINY)
+def test_recording_leaves_the_generation_unchanged(pipelines, name, exact):
+    """explicit keeps the stock kernel; lse swaps in the CPU flash kernel, which is the one SDPA runs here too."""
+    pipe = pipelines[name]
+    want = generate(pipe, steps=3)
+    _, got = traced(pipe, trace_kwargs={"exact": exact})
+    assert torch.equal(got, want)
+
+
+def held_tensor_bytes(root):
+    """Bytes of tensor storage reachable from `root`, not counting models, pipelines, modules, classes, functions."""
+    skip = (torch.nn.Module, DiffusionPipeline, type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+            types.MethodType)
+    seen, storages, todo = set(), {}, [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            continue
+        todo.extend(gc.get_referents(obj))
+    return sum(storages.values())
+
+
+def test_memory_is_flat_over_steps(pipelines):
+    """50 recorded steps hold exactly what 1 step holds: the aggregate, never per-step or per-layer maps."""
+    pipe = pipelines["tiny-sd15"]
+    one, _ = traced(pipe, steps=1)
+    fifty, _ = traced(pipe, steps=50)
+    assert len(fifty.recorder.steps_recorded) == 50 and fifty.count == 50 * one.count
+    assert fifty.total.shape == one.total.shape
+    assert held_tensor_bytes(fifty) == held_tensor_bytes(one) == fifty.total.nbytes
+
+
+def test_clip_words_split_into_tokens_repeat_and_follow_the_bos(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    prompt = "A Red zebra and a red square"
+    labels = prompt_tokens(pipe, prompt, 77)
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77).input_ids
+    tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
+    zebra = labels.positions("zebra")
+    assert len(zebra) > 1 and "".join(tokens[p] for p in zebra) == "zebra</w>"
+    assert labels.positions("a") == [1, 9]  # position 0 is the begin-of-text token; "A" matches "a"
+    red = labels.positions("RED")
+    assert [tokens[p] for p in red] == ["red</w>", "red</w>"] and labels.positions("red", occurrence=1) == red[1:]
+    assert labels.unique_words == ["a", "red", "zebra", "and", "square"]
+
+
+def test_sd3_words_map_to_both_the_clip_and_the_t5_stream(pipelines):
+    pipe = pipelines["tiny-sd3"]
+    labels = prompt_tokens(pipe, PROMPT, 77 + 256)
+    t5 = pipe.tokenizer_3.convert_ids_to_tokens(pipe.tokenizer_3(PROMPT).input_ids)
+    clip = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(PROMPT).input_ids)
+    clip_position, t5_position = labels.positions("square")
+    assert clip[clip_position] == "square</w>" and t5[t5_position - 77] == "▁square"
+
+
+def test_flux_words_are_labelled_with_t5_tokens_not_clip(pipelines):
+    pipe = pipelines["tiny-flux"]
+    tc, _ = traced(pipe, steps=1)
+    t5 = pipe.tokenizer_2.convert_ids_to_tokens(pipe.tokenizer_2(PROMPT).input_ids)
+    (position,) = tc.tokens().positions("red")
+    assert t5[position] == "▁red" and position == 1  # CLIP, with its begin-of-text token, would say 2
+    torch.testing.assert_close(tc.heatmap("red"), tc.maps[0, 1])
+
+
+def test_missing_and_truncated_words_are_clear_errors(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    with pytest.raises(AttnkitError, match="'dog' is not a word of the prompt .*its words are a, red, circle, and, "
+                                           "blue, square"):
+        prompt_tokens(pipe, PROMPT, 77).positions("dog")
+    with pytest.raises(AttnkitError, match="'square' in .* lies beyond the text the pipeline encodes"):
+        prompt_tokens(pipe, PROMPT, 4).positions("square")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_processors_are_restored_after_the_trace_and_after_an_error(pipelines, name):
+    pipe = pipelines[name]
+    before = processors(pipe)
+    traced(pipe, steps=1)
+    assert all(processors(pipe)[k] is before[k] for k in before)
+
+    def boom(*_):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        traced(pipe, steps=2, callback_on_step_end=boom)
+    assert all(processors(pipe)[k] is before[k] for k in before)
+
+
+def test_maps_never_come_back_incomplete(pipelines):
+    """A site that stops being recorded mid-run (another tool swapped its processor) makes the maps an error."""
+    pipe = pipelines["tiny-sd15"]
+    site = attnkit.sites(pipe).select(kind="cross")[0]
+    module = pipe.unet.get_submodule(site.module_name)
+
+    def swap(pipe_, step, timestep, kwargs):
+        if step == 0:
+            module.set_processor(module.processor.original)
+        return kwargs
+
+    tc, _ = traced(pipe, steps=2, callback_on_step_end=swap)
+    with pytest.raises(AttnkitError, match=f"incomplete attention maps: 1 recorded .*step 1: 1 site.*{site.name}"):
+        tc.maps
+
+
+def test_nothing_recorded_and_sites_without_text_are_errors(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    with attnkit.maps.trace(pipe, PROMPT) as tc:
+        pass
+    with pytest.raises(AttnkitError, match="no attention maps were recorded"):
+        tc.maps
+    with pytest.raises(AttnkitError, match=r"image->text maps need image queries and text keys.*kind=\['cross'"):
+        attnkit.maps.trace(pipe, kind="self")
+    with pytest.raises(AttnkitError, match="text->image maps need text queries"):
+        attnkit.maps.trace(pipe, relation="text->image")
+
+
+def test_cli_writes_image_word_maps_grid_and_safetensors(tmp_path, capsys):
+    out = tmp_path / "maps"
+    assert main(["maps", "tiny-sd15", "--prompt", PROMPT, "--out", str(out), "--words", "red,square",
+                 "--steps", "2", "--seed", "1", "--size", "64"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "image.png", "maps.safetensors", "red.png",
+                                                   "square.png"]
+    from PIL import Image
+
+    assert Image.open(out / "red.png").size == Image.open(out / "image.png").size == (64, 64)
+    with safe_open(out / "maps.safetensors", "pt") as f:
+        assert f.get_tensor("maps").shape == (1, 77, 16, 16) and f.get_tensor("word.red").shape == (1, 16, 16)
+        assert f.metadata()["prompts"] == f'["{PROMPT}"]'
+    assert main(["maps", "tiny-sd15", "--prompt", PROMPT, "--out", str(tmp_path / "x"), "--words", "dog",
+                 "--steps", "1"]) == 2
+    assert "'dog' is not a word of the prompt" in capsys.readouterr().err and not (tmp_path / "x").exists()
