@@ -1,0 +1,131 @@
+"""The regional-prompting `Control`: applies the regional mask at the sites it is installed on, in its step range.
+
+Each call reads the step and the CFG branches from `call.state`, picks the rules active at that step, and looks up
+(or compiles once) the `Plan` for the call's token layout, image grid, branches, rules, device and dtype. It sets
+`call.mask` to the plan's dense mask, so that every other control on the site sees the attention that really
+happens (`call.probabilities` stays exact), and computes the attention with the plan's split kernel; if another
+control changed the mask after it, the kernel falls back to the dense mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from .. import ops
+from ..errors import AttnkitError
+from ..processors import AttentionCall, Control
+from .encode import Encoded
+from .mask import Plan, Rules
+from .spec import RegionSpec
+
+__all__ = ["RegionalControl", "Schedule", "StepRange"]
+
+StepRange = tuple[int, int | None]  # [start, end) in steps; end None = to the last step
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When each part of the mask is on: the text parts in `steps`, image isolation in `image_isolation_steps`."""
+
+    rules: Rules
+    steps: StepRange = (0, None)
+    image_isolation_steps: StepRange = (0, None)
+
+    def at(self, step: int | None) -> Rules | None:
+        """The rules in force at `step`, or None where the call is plain joint attention."""
+        masked, isolated = _inside(self.steps, step), self.rules.image_isolation and _inside(
+            self.image_isolation_steps, step)
+        if not masked and not isolated:
+            return None
+        if masked:
+            return replace(self.rules, image_isolation=isolated)
+        return Rules(False, False, False, True, False, 0.0)
+
+
+def _inside(steps: StepRange, step: int | None) -> bool:
+    start, end = steps
+    if step is None:
+        if (start, end) == (0, None):
+            return True
+        raise AttnkitError(f"the mask is scheduled for steps {list(steps)}, but this denoiser call has no step: run "
+                           "the pipeline inside the `with attnkit.regional(...)` block.")
+    return start <= step and (end is None or step < end)
+
+
+class RegionalControl(Control):
+    """Regional joint-attention mask for one spec and its encoded text segments."""
+
+    name = "regional"
+
+    def __init__(self, spec: RegionSpec, encoded: Encoded, schedule: Schedule,
+                 kernel: Literal["split", "dense"] = "split"):
+        self.spec = spec
+        self.encoded = encoded
+        self.schedule = schedule
+        self.kernel = kernel
+        self._plans: dict[tuple, Plan] = {}
+        self._owners: dict[tuple[int, int], torch.Tensor] = {}
+
+    def before(self, call: AttentionCall) -> None:
+        rules = self.schedule.at(call.state.step)
+        if rules is None:
+            return
+        plan = self.plan(call, rules)
+        if plan.noop:
+            return
+        call.mask = plan.mask if call.mask is None else _combine(call.mask, plan.mask, call.q.dtype)
+        if self.kernel == "split" and call.mask is plan.mask:
+            call.use_kernel(lambda c: plan.attend(c.q, c.k, c.v, c.scale) if c.mask is plan.mask else
+                            _dense(c), self.name)
+
+    def plan(self, call: AttentionCall, rules: Rules) -> Plan:
+        """The compiled mask for this call's layout, grid, branches, rules, device and dtype (cached)."""
+        layout = call.layout
+        if layout.queries != layout.keys:
+            raise AttnkitError(f"{call.site.name}: regional masks need the same tokens as queries and keys, got "
+                               f"{layout.queries} and {layout.keys}.")
+        branches = call.state.branches or ("cond",) * call.q.shape[0]
+        key = (layout, call.grid, branches, rules, call.q.device, call.q.dtype)
+        if key not in self._plans:
+            parts = [name for name, n in layout.queries for _ in range(n)]
+            owners = [self._owners_of(call, branch) for branch in branches]
+            self._plans[key] = Plan(parts, owners, rules, call.q.dtype, call.q.device)
+        return self._plans[key]
+
+    def _owners_of(self, call: AttentionCall, branch: str) -> torch.Tensor:
+        """Owner of every token of the call in `branch`, in the call's order."""
+        if call.grid is None:
+            raise AttnkitError(f"{call.site.name}: the image token grid is unknown; run the pipeline inside the "
+                               "`with attnkit.regional(...)` block.")
+        if call.grid not in self._owners:
+            self._owners[call.grid] = self.spec.check_grid(call.grid)
+        image = self._owners[call.grid]
+        if branch == "uncond" and not self.encoded.regional_negatives:
+            image = torch.zeros_like(image)  # the global negative is one whole-image region: plain attention
+        pieces = []
+        for part, n in call.layout.queries:
+            if part == "image":
+                pieces.append(image)
+                continue
+            text = self.encoded.text_owners(branch)
+            if len(text) != n:
+                raise AttnkitError(
+                    f"{call.site.name} got {n} text tokens, but the region spec encodes {len(text)}: pass the "
+                    "embeddings from `call(...)` of the same `attnkit.regional` session, not a `prompt` of your own."
+                )
+            pieces.append(text)
+        return torch.cat(pieces)
+
+
+def _combine(mask: torch.Tensor, regional: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A mask that the pipeline or another control set, intersected with the regional one."""
+    if mask.dtype == torch.bool and regional.dtype == torch.bool:
+        return mask & regional
+    return ops.additive(mask, dtype) + ops.additive(regional, dtype)
+
+
+def _dense(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+    return ops.attention(call.q, call.k, call.v, call.mask, call.scale)

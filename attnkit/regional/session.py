@@ -1,0 +1,181 @@
+"""`attnkit.regional(pipe, spec)`: regional prompting on a stock SD3 / SD3.5 / Flux pipeline in one `with` block.
+
+```python
+with attnkit.regional(pipe, "spec.yaml") as call:
+    image = pipe(**call(seed=0, num_inference_steps=28)).images[0]
+```
+
+Entry validates the spec against the pipeline, encodes every region with the pipeline's own `encode_prompt` and
+installs the regional control through an `attnkit.Session`; exit, also after an error, gives the pipeline back its
+processors. `call(...)` returns the pipeline's keyword arguments: the regional embeddings, the size, a generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..errors import AttnkitError
+from ..session import Session
+from ..sites import SiteList, architecture_of, denoiser_of, sites
+from .control import RegionalControl, Schedule, StepRange
+from .encode import Encoded, encode, truncation_problems
+from .mask import Rules, base_bias
+from .spec import RegionSpec, load_spec
+
+__all__ = ["RegionalOptions", "Regional", "regional"]
+
+_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+_OWN_ARGUMENTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
+                  "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+@dataclass(frozen=True)
+class RegionalOptions:
+    """How the regional mask is applied. The defaults are seed 000's mask: image tokens see only their region's
+    text, region texts see only their region's image tokens and not each other; image tokens still see the whole
+    image unless `image_isolation` is on (within `image_isolation_steps`).
+
+    `steps` / `blocks`: the mask applies in steps [start, end) and in these blocks (e.g. "joint", "joint.3",
+    "single"); elsewhere attention is plain joint attention over all tokens. `pooled`: the pooled embedding is the
+    mean over regions or the base prompt's. `negatives`: "regional" gives each region's text slot its own negative
+    under the same mask, "global" the global negative unmasked, "auto" regional when any region has a negative.
+    `kernel`: "split" computes only the allowed blocks with fused kernels; "dense" runs the kernel with the dense
+    mask (the reference). `max_sequence_length`: T5 tokens per region (the pipeline's default when None).
+    """
+
+    image_to_text: bool = True
+    text_to_image: bool = True
+    text_isolation: bool = True
+    image_isolation: bool = False
+    steps: StepRange = (0, None)
+    image_isolation_steps: StepRange = (0, None)
+    blocks: str | tuple[str, ...] | None = None
+    pooled: Literal["mean", "base"] = "mean"
+    negatives: Literal["auto", "regional", "global"] = "auto"
+    kernel: Literal["split", "dense"] = "split"
+    max_sequence_length: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "image_isolation_steps"):
+            start, end = _step_range(getattr(self, name), name)
+            object.__setattr__(self, name, (start, end))
+        for name, choices in (("pooled", ("mean", "base")), ("negatives", ("auto", "regional", "global")),
+                              ("kernel", ("split", "dense"))):
+            if getattr(self, name) not in choices:
+                raise AttnkitError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}.")
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        msl = self.max_sequence_length
+        if msl is not None and (not isinstance(msl, int) or msl < 1):
+            raise AttnkitError(f"max_sequence_length must be a positive number of T5 tokens, got {msl!r}.")
+
+
+def _step_range(steps: Any, name: str) -> StepRange:
+    if not isinstance(steps, (tuple, list)) or len(steps) != 2:
+        raise AttnkitError(f"{name} must be (start, end) with end None for 'to the last step', got {steps!r}.")
+    start, end = steps
+    if not isinstance(start, int) or start < 0 or (end is not None and (not isinstance(end, int) or end < start)):
+        raise AttnkitError(f"{name}={list(steps)}: need 0 <= start <= end (end None = to the last step).")
+    return start, end
+
+
+class Regional:
+    """One regional-prompting session on a pipeline: a context manager, and a callable giving pipeline kwargs."""
+
+    def __init__(self, pipe: Any, spec: RegionSpec | dict | str | Path, options: RegionalOptions):
+        self.pipe = pipe
+        self.spec = load_spec(spec)
+        self.options = options
+        self.architecture = architecture_of(denoiser_of(pipe)).name
+        if self.architecture not in _DEFAULT_MAX_SEQUENCE_LENGTH:
+            raise AttnkitError(f"regional prompting through joint-attention masks needs an SD3, SD3.5 or Flux.1 "
+                               f"pipeline; {type(pipe).__name__} is a {self.architecture} model.")
+        self.max_sequence_length = options.max_sequence_length or _DEFAULT_MAX_SEQUENCE_LENGTH[self.architecture]
+        self.encoded: Encoded | None = None
+        self.control: RegionalControl | None = None
+        self._session: Session | None = None
+
+    def __enter__(self) -> Regional:
+        if self._session is not None:
+            raise AttnkitError("this regional session is already active; make a new one with `attnkit.regional`.")
+        problems = truncation_problems(self.pipe, self.spec, self.max_sequence_length)
+        if problems:
+            raise AttnkitError("; ".join(problems) + ". Shorten these prompts"
+                               + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
+        with_negatives = self.architecture == "sd3" or bool(
+            self.spec.negative or any(r.negative for r in self.spec.regions))
+        self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
+                              pooled=self.options.pooled, negatives=self.options.negatives,
+                              with_negatives=with_negatives)
+        o = self.options
+        weight = self.spec.base.weight if self.spec.base is not None else 1.0
+        rules = Rules(o.image_to_text, o.text_to_image, o.text_isolation, o.image_isolation, True, base_bias(weight))
+        self.control = RegionalControl(self.spec, self.encoded, Schedule(rules, o.steps, o.image_isolation_steps),
+                                       o.kernel)
+        session = Session(self.pipe, [(self.control, self.sites())])
+        session.__enter__()
+        self._session = session
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            self._session.__exit__(*exc_info)
+            self._session = None
+
+    def sites(self) -> SiteList:
+        """Where the mask goes: joint attention (and Flux single blocks), MMDiT-X image-only attention only when
+        image isolation is on; restricted to `options.blocks`."""
+        kinds = ["joint", "single"] + (["self2"] if self.options.image_isolation else [])
+        found = sites(self.pipe)
+        kinds = [k for k in kinds if any(s.kind == k for s in found)]
+        return found.select(kind=kinds, block=self.options.blocks)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The image token grid (rows, cols) at `height` x `width` pixels; an error if tokens would not tile it."""
+        pixels = self.pipe.vae_scale_factor * sites(self.pipe)[0].stride
+        if height % pixels or width % pixels or height <= 0 or width <= 0:
+            raise AttnkitError(
+                f"image size {height}x{width} is not divisible by the token grid: each image token spans {pixels}x"
+                f"{pixels} pixels in this pipeline. Use e.g. {max(pixels, height - height % pixels)}x"
+                f"{max(pixels, width - width % pixels)}."
+            )
+        return height // pixels, width // pixels
+
+    def __call__(self, seed: int | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Keyword arguments for `pipe(...)`: the regional embeddings, `height`/`width` (checked against the spec's
+        coverage on the token grid), a CPU generator seeded with `seed`, and everything else passed through."""
+        if self.encoded is None or self._session is None:
+            raise AttnkitError("call(...) works inside `with attnkit.regional(pipe, spec) as call:` only.")
+        clashing = sorted(set(kwargs) & set(_OWN_ARGUMENTS))
+        if clashing:
+            raise AttnkitError(f"{clashing} come from the region spec; leave them out of call(...).")
+        if seed is not None and "generator" in kwargs:
+            raise AttnkitError("give either `seed` or `generator`, not both.")
+        default = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        height = kwargs.pop("height", None) or default
+        width = kwargs.pop("width", None) or default
+        self.spec.check_grid(self.grid(height, width))
+        e = self.encoded
+        embeds = {"prompt_embeds": e.prompt_embeds, "pooled_prompt_embeds": e.pooled_prompt_embeds}
+        if e.negative_prompt_embeds is not None:
+            embeds |= {"negative_prompt_embeds": e.negative_prompt_embeds,
+                       "negative_pooled_prompt_embeds": e.negative_pooled_prompt_embeds}
+        if seed is not None:
+            kwargs["generator"] = torch.Generator().manual_seed(seed)
+        return {**embeds, "height": height, "width": width, **kwargs}
+
+
+def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) -> Regional:
+    """Regional prompting on a stock SD3 / SD3.5 / Flux pipeline; `options` are `RegionalOptions` fields.
+
+    `with attnkit.regional(pipe, spec) as call: image = pipe(**call(seed=0, num_inference_steps=28)).images[0]`
+    """
+    known = {f.name for f in fields(RegionalOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise AttnkitError(f"unknown regional option(s) {unknown}; options are {sorted(known)}.")
+    return Regional(pipe, spec, RegionalOptions(**options))

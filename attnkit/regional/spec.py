@@ -1,0 +1,318 @@
+"""Region specs: which prompt goes where, as plain Python objects that load from YAML or JSON.
+
+```yaml
+negative: "blurry"                              # optional, global
+base: {prompt: "a park at noon", weight: 0.3}   # optional: a whole-image prompt mixed in
+regions:
+  - prompt: "a red circle"
+    box: [0.0, 0.0, 0.5, 1.0]                   # x0 y0 x1 y1, fractions of width / height
+  - prompt: "a blue square"
+    mask: right.png                             # any size; area-averaged onto the token grid
+    negative: "green"                           # optional per-region negative
+# or, instead of box / mask per region:  grid: "1,1"  (sd-webui-regional-prompter ratios)
+```
+
+Overlap rule: every image token belongs to exactly one region, the one covering the largest share of the token's
+area; on a tie the region listed later wins (regions are painted in order). A token no region touches belongs to
+the base prompt alone, so a spec that leaves tokens uncovered needs `base`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import AttnkitError
+
+__all__ = ["Base", "Region", "RegionSpec", "load_spec", "parse_grid", "BASE"]
+
+#: Owner of the image tokens that no region covers (they see the base prompt only), and of the base prompt's text.
+BASE = -1
+
+MaskSource = str | Path | Image.Image | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Base:
+    """A whole-image prompt; `weight` multiplies the unnormalised attention of every image token on its tokens."""
+
+    prompt: str
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_prompt(self.prompt, "base")
+        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
+            raise AttnkitError(f"base weight must be a finite number >= 0, got {self.weight!r}.")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One prompt and the part of the image it describes: a `box` (x0, y0, x1, y1 as fractions) or a `mask`
+    (an image path, a PIL image or a 2-D tensor of values in [0, 1]; any size)."""
+
+    prompt: str
+    box: tuple[float, float, float, float] | None = None
+    mask: MaskSource | None = None
+    negative: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """Regions (in order: later ones win overlaps), an optional base prompt and an optional global negative.
+
+    `grid` (sd-webui-regional-prompter ratio syntax) replaces per-region boxes; `root` is the folder that relative
+    mask paths are read from (the spec file's folder when loaded from a file).
+    """
+
+    regions: tuple[Region, ...]
+    negative: str | None = None
+    base: Base | None = None
+    grid: str | None = None
+    root: Path | None = field(default=None, compare=False)
+    _areas: tuple[torch.Tensor, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regions", tuple(self.regions))
+        if not self.regions:
+            raise AttnkitError("the region spec has no regions: give `regions: [{prompt: ..., box: [...]}, ...]`.")
+        if self.negative is not None:
+            _check_prompt(self.negative, "negative", allow_empty=True)
+        boxes = parse_grid(self.grid, len(self.regions)) if self.grid is not None else None
+        areas = []
+        for i, region in enumerate(self.regions):
+            where = f"region {i + 1} ({region.prompt!r})" if isinstance(region.prompt, str) else f"region {i + 1}"
+            _check_prompt(region.prompt, where)
+            if region.negative is not None:
+                _check_prompt(region.negative, f"{where} negative", allow_empty=True)
+            if boxes is not None:
+                if region.box is not None or region.mask is not None:
+                    raise AttnkitError(f"{where} has a box or mask, but the spec divides the image by `grid`; "
+                                       "use one or the other.")
+                areas.append(_box_area(boxes[i], where))
+            elif (region.box is None) == (region.mask is None):
+                raise AttnkitError(f"{where} needs exactly one of `box: [x0, y0, x1, y1]` or `mask: file.png`"
+                                   " (or give the spec a `grid`).")
+            elif region.box is not None:
+                areas.append(_box_area(region.box, where))
+            else:
+                areas.append(_mask_area(region.mask, self.root, where))
+        object.__setattr__(self, "_areas", tuple(areas))
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r.prompt for r in self.regions]
+
+    def coverage(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Share (0..1) of every token's area that each region covers: (regions, rows, cols)."""
+        return torch.stack([area(grid) for area in self._areas])
+
+    def owners(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The region index of every image token in row-major order, `BASE` where no region reaches (the overlap
+        rule of this module: most area wins, ties go to the later region)."""
+        cover = self.coverage(grid).flatten(1)
+        best = cover.flip(0).argmax(0)  # argmax returns the first maximum: flipped, the last listed region
+        owners = len(self.regions) - 1 - best
+        return torch.where(cover.amax(0) > 0, owners, torch.full_like(owners, BASE))
+
+    def check_grid(self, grid: tuple[int, int]) -> torch.Tensor:
+        """`owners(grid)`, after checking that every token has a prompt and every region has a token."""
+        owners = self.owners(grid)
+        rows, cols = grid
+        uncovered = (owners == BASE).nonzero().flatten()
+        if self.base is None and len(uncovered):
+            first = int(uncovered[0])
+            raise AttnkitError(
+                f"{len(uncovered)} of the {rows}x{cols} image tokens lie in no region (the first at row "
+                f"{first // cols}, column {first % cols}) and the spec has no base prompt to give them: extend the "
+                "regions to cover the image, or add `base: {prompt: ...}`."
+            )
+        counts = torch.bincount(owners[owners != BASE], minlength=len(self.regions))
+        empty = [i + 1 for i, n in enumerate(counts.tolist()) if n == 0]
+        if empty:
+            raise AttnkitError(
+                f"region(s) {empty} get no image token on the {rows}x{cols} token grid: each is smaller than a "
+                "token or lies under later regions (the later region wins an overlap). Enlarge or reorder them."
+            )
+        return owners
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec in its file form (masks given as tensors or images are noted, not embedded)."""
+        data: dict[str, Any] = {}
+        if self.negative is not None:
+            data["negative"] = self.negative
+        if self.base is not None:
+            data["base"] = asdict(self.base)
+        if self.grid is not None:
+            data["grid"] = self.grid
+        regions = []
+        for region in self.regions:
+            entry: dict[str, Any] = {"prompt": region.prompt}
+            if region.box is not None:
+                entry["box"] = [float(x) for x in region.box]
+            if region.mask is not None:
+                entry["mask"] = str(region.mask) if isinstance(region.mask, (str, Path)) else "<in-memory mask>"
+            if region.negative is not None:
+                entry["negative"] = region.negative
+            regions.append(entry)
+        data["regions"] = regions
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, root: Path | None = None) -> RegionSpec:
+        """A spec from the parsed YAML / JSON form; unknown keys are an error naming the known ones."""
+        if not isinstance(data, dict):
+            raise AttnkitError(f"a region spec is a mapping with `regions:`, got {type(data).__name__}.")
+        _check_keys(data, {"negative", "base", "regions", "grid"}, "the spec")
+        regions = data.get("regions")
+        if not isinstance(regions, list):
+            raise AttnkitError("the region spec has no regions: give `regions: [{prompt: ..., box: [...]}, ...]`.")
+        parsed = []
+        for i, entry in enumerate(regions):
+            if not isinstance(entry, dict):
+                raise AttnkitError(f"region {i + 1} must be a mapping with `prompt` and `box` or `mask`, got {entry!r}.")
+            _check_keys(entry, {"prompt", "box", "mask", "negative"}, f"region {i + 1}")
+            box = entry.get("box")
+            parsed.append(Region(entry.get("prompt"), tuple(box) if isinstance(box, list) else box, entry.get("mask"),
+                                 entry.get("negative")))
+        base = data.get("base")
+        if base is not None:
+            if isinstance(base, str):
+                base = {"prompt": base}
+            if not isinstance(base, dict):
+                raise AttnkitError(f"`base` must be `{{prompt: ..., weight: ...}}`, got {base!r}.")
+            _check_keys(base, {"prompt", "weight"}, "base")
+            base = Base(base.get("prompt"), base.get("weight", 1.0))
+        return cls(tuple(parsed), data.get("negative"), base, data.get("grid"), root)
+
+
+def load_spec(source: RegionSpec | dict | str | Path) -> RegionSpec:
+    """A spec from a `RegionSpec`, a dict, or a YAML / JSON file (relative mask paths resolve next to the file)."""
+    if isinstance(source, RegionSpec):
+        return source
+    if isinstance(source, dict):
+        return RegionSpec.from_dict(source)
+    path = Path(source)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise AttnkitError(f"cannot read the region spec {str(path)!r}: {error.strerror or error}.") from error
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise AttnkitError(f"{str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
+    return RegionSpec.from_dict(data, root=path.parent)
+
+
+def parse_grid(grid: str, count: int) -> list[tuple[float, float, float, float]]:
+    """Boxes of a regional-prompter ratio string, in reading order.
+
+    "1,2,1" divides the width into columns 1:2:1. With ";" the string lists rows: "1,1;2,3,1" is a row of height
+    1 holding one cell, then a row of height 2 split 3:1; a row with a single number is one full-width cell.
+    """
+    if not isinstance(grid, str) or not grid.strip():
+        raise AttnkitError(f"`grid` must be a ratio string such as '1,1' or '1;2,1,1', got {grid!r}.")
+    try:
+        rows = [[float(x) for x in row.split(",")] for row in grid.split(";")]
+    except ValueError:
+        raise AttnkitError(f"grid {grid!r}: ratios must be numbers separated by ',' (columns) and ';' (rows).") from None
+    if any(x <= 0 or not math.isfinite(x) for row in rows for x in row):
+        raise AttnkitError(f"grid {grid!r}: every ratio must be a positive number.")
+    if len(rows) == 1:
+        cells = [[1.0, *rows[0]]]
+    else:
+        cells = [[row[0], *(row[1:] or [1.0])] for row in rows]
+    found = sum(len(row) - 1 for row in cells)
+    if found != count:
+        raise AttnkitError(f"grid {grid!r} divides the image into {found} cells, but the spec has {count} region "
+                           f"prompts: give one region per cell, in reading order.")
+    boxes = []
+    height_total = sum(row[0] for row in cells)
+    top = 0.0
+    for height, *widths in cells:
+        bottom = top + height / height_total
+        left = 0.0
+        for width in widths:
+            right = left + width / sum(widths)
+            boxes.append((left, top, right, bottom))
+            left = right
+        top = bottom
+    return boxes
+
+
+def _check_prompt(prompt: Any, where: str, allow_empty: bool = False) -> None:
+    if not isinstance(prompt, str) or (not allow_empty and not prompt.strip()):
+        raise AttnkitError(f"{where}: the prompt must be a non-empty string, got {prompt!r}.")
+
+
+def _check_keys(data: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AttnkitError(f"{where} has unknown key(s) {unknown}; known keys are {sorted(known)}.")
+
+
+def _box_area(box: Any, where: str):
+    """Coverage of each token of a grid by the box, exactly by area."""
+    if not isinstance(box, (tuple, list)) or len(box) != 4 or not all(isinstance(x, (int, float)) for x in box):
+        raise AttnkitError(f"{where}: box must be four numbers [x0, y0, x1, y1], got {box!r}.")
+    x0, y0, x1, y1 = (float(x) for x in box)
+    if not all(0.0 <= x <= 1.0 for x in (x0, y0, x1, y1)):
+        raise AttnkitError(f"{where}: box {list(box)} lies outside [0, 1]; coordinates are fractions of the image.")
+    if x1 <= x0 or y1 <= y0:
+        raise AttnkitError(f"{where}: box {list(box)} is empty; it needs x0 < x1 and y0 < y1.")
+
+    def area(grid: tuple[int, int]) -> torch.Tensor:
+        rows, cols = grid
+        return _overlap(y0, y1, rows)[:, None] * _overlap(x0, x1, cols)[None, :]
+
+    return area
+
+
+def _overlap(start: float, end: float, cells: int) -> torch.Tensor:
+    """Share of each of `cells` equal cells of [0, 1] that lies inside [start, end]."""
+    edges = torch.arange(cells + 1, dtype=torch.float64) / cells
+    return ((torch.minimum(edges[1:], torch.tensor(end)) - torch.maximum(edges[:-1], torch.tensor(start))) * cells
+            ).clamp(0, 1).float()
+
+
+def _mask_area(mask: MaskSource, root: Path | None, where: str):
+    """Coverage of each token by a mask image, by area averaging (PIL's box filter) onto the token grid."""
+    image = _read_mask(mask, root, where)
+    if image.getextrema()[1] == 0:
+        raise AttnkitError(f"{where}: the mask is entirely black, so the region covers nothing.")
+
+    def area(grid: tuple[int, int]) -> torch.Tensor:
+        rows, cols = grid
+        small = image.resize((cols, rows), Image.Resampling.BOX)
+        return torch.tensor(list(small.getdata()), dtype=torch.float32).view(rows, cols)
+
+    return area
+
+
+def _read_mask(mask: MaskSource, root: Path | None, where: str) -> Image.Image:
+    """The mask as a float ("F") PIL image with values in [0, 1]."""
+    if isinstance(mask, torch.Tensor):
+        if mask.ndim != 2 or mask.numel() == 0 or not bool(((mask >= 0) & (mask <= 1)).all()):
+            raise AttnkitError(f"{where}: a tensor mask must be 2-D with values in [0, 1], got shape "
+                               f"{tuple(mask.shape)}.")
+        return Image.fromarray(mask.detach().float().cpu().numpy(), mode="F")
+    if isinstance(mask, Image.Image):
+        image = mask
+    elif isinstance(mask, (str, Path)):
+        path = Path(mask) if root is None or Path(mask).is_absolute() else root / mask
+        try:
+            with Image.open(path) as opened:
+                image = opened.copy()
+        except (OSError, UnidentifiedImageError) as error:
+            raise AttnkitError(f"{where}: cannot read mask {str(path)!r} ({error}). Give a PNG/JPEG path, relative "
+                               "to the spec file, where white marks the region.") from error
+    else:
+        raise AttnkitError(f"{where}: mask must be an image path, a PIL image or a 2-D tensor, got "
+                           f"{type(mask).__name__}.")
+    return image.convert("L").convert("F").point(lambda value: value * (1 / 255))
