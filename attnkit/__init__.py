@@ -17,3 +17,6 @@ __all__ = [
     "State", "TokenLayout", "attach", "inspect_shapes", "sites",
 ]
 __version__ = "0.1.0"
+
+from .regional import regional  # noqa: E402  (after the foundation, which it builds on)
+__all__ += ["regional"]
