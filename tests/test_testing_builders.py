@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
+from attnkit import AttnkitError
 from attnkit.testing import (
     DENOISER_NAMES,
     PIPELINE_NAMES,
@@ -185,11 +186,11 @@ def test_meta_denoiser_covers_all_names() -> None:
 
 
 def test_unknown_names_list_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown model 'nope'") as error:
+    with pytest.raises(AttnkitError, match="unknown model 'nope'") as error:
         build_pipeline("nope")
     assert all(name in str(error.value) for name in PIPELINE_NAMES)
     assert "hub id" in str(error.value)
-    with pytest.raises(ValueError, match="unknown denoiser 'nope'; known: sd15, sdxl"):
+    with pytest.raises(AttnkitError, match="unknown denoiser 'nope'; known: sd15, sdxl"):
         meta_denoiser("nope")
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
+from ..errors import AttnkitError
+
 __all__ = [
     "DENOISER_NAMES",
     "FLUX_DEV_TRANSFORMER_CONFIG",
@@ -210,7 +212,7 @@ def meta_denoiser(name: str) -> torch.nn.Module:
     try:
         model_class, config = _DENOISERS[name]
     except KeyError:
-        raise ValueError(f"unknown denoiser {name!r}; known: {', '.join(DENOISER_NAMES)}") from None
+        raise AttnkitError(f"unknown denoiser {name!r}; known: {', '.join(DENOISER_NAMES)}") from None
     with torch.device("meta"):
         model = model_class(**copy.deepcopy(config))
     return model.eval()

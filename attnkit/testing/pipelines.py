@@ -48,6 +48,7 @@ from transformers import (
     T5Tokenizer,
 )
 
+from ..errors import AttnkitError
 from .configs import SD15_SCHEDULER_CONFIG, SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
@@ -433,7 +434,7 @@ def build_pipeline(name: str, *, seed: int = DEFAULT_SEED) -> DiffusionPipeline:
     try:
         builder = _BUILDERS[name]
     except KeyError:
-        raise ValueError(
+        raise AttnkitError(
             f"unknown model {name!r}; known: {', '.join(PIPELINE_NAMES)} — or pass a hub id / local folder"
         ) from None
     return builder(seed=seed)
