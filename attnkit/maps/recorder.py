@@ -160,10 +160,12 @@ class MapRecorder(Control):
 def _batch_items(
     call: AttentionCall, items: list[int], lse: torch.Tensor | None
 ) -> tuple[AttentionCall, torch.Tensor | None]:
-    """The call restricted to the batch items of one CFG branch, so that nothing is computed for the others."""
+    """The call restricted to the batch items of one CFG branch, so that nothing is computed for the others (views,
+    not copies, when the items are consecutive, as CFG batches [uncond..., cond...] have them)."""
     if len(items) == call.q.shape[0]:
         return call, lse
-    index = torch.tensor(items, device=call.q.device)
+    consecutive = items == list(range(items[0], items[-1] + 1))
+    index = slice(items[0], items[-1] + 1) if consecutive else torch.tensor(items, device=call.q.device)
     mask = call.mask
     if mask is not None and mask.ndim == 4 and mask.shape[0] != 1:
         mask = mask[index]
