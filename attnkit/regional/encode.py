@@ -71,7 +71,7 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int, pooled: Lit
 
 def _encode(pipe: Any, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(text embeddings (n, T, C), pooled (n, P)) of `prompts`, in one batch."""
-    with torch.inference_mode():
+    with torch.no_grad():
         if hasattr(pipe, "text_encoder_3"):
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
                                                       do_classifier_free_guidance=False,
@@ -79,7 +79,7 @@ def _encode(pipe: Any, prompts: list[str], max_sequence_length: int) -> tuple[to
         else:
             embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None,
                                                    max_sequence_length=max_sequence_length)
-    return embeds.clone(), pooled.clone()
+    return embeds, pooled
 
 
 def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int) -> list[str]:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -290,7 +291,7 @@ def _mask_area(mask: MaskSource, root: Path | None, where: str):
     def area(grid: tuple[int, int]) -> torch.Tensor:
         rows, cols = grid
         small = image.resize((cols, rows), Image.Resampling.BOX)
-        return torch.tensor(list(small.getdata()), dtype=torch.float32).view(rows, cols)
+        return torch.from_numpy(np.asarray(small, dtype=np.float32).copy())
 
     return area
 
