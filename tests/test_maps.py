@@ -32,10 +32,10 @@ class Capture(Control):
         self.calls.append((call.q, call.k, call.mask, call.layout, call.grid, call.scale, state.branches, state.step))
 
 
-def reference(calls, steps, branch="cond", queries="image", keys="text"):
+def reference(calls, steps, branch="cond", relation="image->text"):
     """Sum over heads, calls and steps of the fp64 softmax block, each grid bilinearly upsampled to the largest."""
-    grids = [c[4] for c in calls]
-    size = max(grids, key=lambda g: g[0] * g[1])
+    queries, keys = relation.split("->")
+    size = max((c[4] for c in calls), key=lambda g: g[0] * g[1])
     total, count = 0, 0
     for q, k, mask, layout, grid, scale, branches, step in calls:
         items = [i for i, b in enumerate(branches) if b == branch]
@@ -45,10 +45,12 @@ def reference(calls, steps, branch="cond", queries="image", keys="text"):
         if mask is not None:
             scores = scores + attnkit.ops.additive(mask, torch.float64)
         block = torch.softmax(scores, -1)[:, :, layout.span("queries", queries), layout.span("keys", keys)].sum(1)
-        if queries == "image":
-            block = block.transpose(1, 2)
-        heat = block.reshape(len(items), block.shape[1], *grid)
-        total = total + F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
+        if relation != "text->text":
+            block = {"image->text": block.transpose(1, 2), "text->image": block,
+                     "image->image": block.sum(1, keepdim=True)}[relation]
+            block = F.interpolate(block.reshape(*block.shape[:2], *grid), size=size, mode="bilinear",
+                                  align_corners=False)
+        total = total + block
         count += q.shape[1]
     return total, count
 
@@ -81,11 +83,46 @@ def test_maps_equal_an_fp64_softmax_reference(pipelines, name, exact):
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
-def test_text_to_image_maps_of_joint_attention_equal_the_reference(pipelines, name):
+@pytest.mark.parametrize(("name", "relation"), [
+    ("tiny-sd3", "text->image"), ("tiny-flux", "text->image"), ("tiny-sd35", "text->text"), ("tiny-flux", "text->text"),
+    ("tiny-sd15", "image->image"), ("tiny-sd35", "image->image"), ("tiny-flux", "image->image"),
+])
+def test_other_relations_equal_the_reference_also_in_query_chunks(pipelines, name, relation, monkeypatch):
+    """Joint attention's text->image and text->text blocks, and image->image summed over queries (self, joint, single,
+    MMDiT-X attn2 sites), with a chunk budget so small that every call is computed a few query rows at a time."""
+    monkeypatch.setattr(attnkit.maps.recorder, "_CHUNK_BYTES", 4096)
     capture = Capture()
-    tc, _ = traced(pipelines[name], capture, trace_kwargs={"relation": "text->image"})
-    want, _ = reference(capture.calls, steps={0, 1, 2}, queries="text", keys="image")
+    tc, _ = traced(pipelines[name], capture, trace_kwargs={"relation": relation})
+    want, count = reference(capture.calls, steps={0, 1, 2}, relation=relation)
+    assert tc.count == count
+    torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_flux_true_cfg_records_the_cond_pass_only(pipelines):
+    """Flux runs the negative prompt as a separate forward; the state's branch (from diffusers' cache context) skips it."""
+    capture = Capture()
+    tc, _ = traced(pipelines["tiny-flux"], capture, negative_prompt="ugly", true_cfg_scale=2.0)
+    assert {c[6] for c in capture.calls} == {("cond",), ("uncond",)}
+    want, count = reference(capture.calls, steps={0, 1, 2})
+    assert tc.count == count
+    torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["img2img", "controlnet"])
+def test_img2img_and_controlnet_pipelines_of_the_family_record_the_same_way(pipelines, variant):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline
+
+    sd = pipelines["tiny-sd15"]
+    if variant == "img2img":
+        pipe, extra = StableDiffusionImg2ImgPipeline(**sd.components), {"strength": 0.5}
+    else:
+        pipe, extra = StableDiffusionControlNetPipeline(**sd.components, controlnet=ControlNetModel.from_unet(
+            sd.unet, conditioning_embedding_out_channels=(8, 16, 16))), {}  # 4x down, as the tiny VAE
+    capture = Capture()
+    tc, _ = traced(pipe, capture, steps=4, image=torch.rand(1, 3, 64, 64), **extra)
+    recorded = {0, 1} if variant == "img2img" else {0, 1, 2, 3}
+    assert tc.recorder.steps_recorded == recorded
+    want, _ = reference(capture.calls, steps=recorded)
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
 
 
@@ -227,6 +264,11 @@ def test_nothing_recorded_and_sites_without_text_are_errors(pipelines):
         attnkit.maps.trace(pipe, kind="self")
     with pytest.raises(AttnkitError, match="text->image maps need text queries"):
         attnkit.maps.trace(pipe, relation="text->image")
+    sd3 = pipelines["tiny-sd3"]
+    with attnkit.maps.trace(sd3, PROMPT, relation="text->text") as tc:
+        generate(sd3)
+    with pytest.raises(AttnkitError, match="text->text maps have no heat map per word"):
+        tc.heatmap("red")
 
 
 def test_cli_writes_image_word_maps_grid_and_safetensors(tmp_path, capsys):

@@ -10,6 +10,6 @@ and sums them into one fixed-size buffer; `plot` draws overlays (matplotlib, imp
 
 from .recorder import RELATIONS, MapRecorder
 from .tokens import PromptTokens, Word, prompt_tokens
-from .trace import DEFAULT_KINDS, Trace, trace
+from .trace import WORD_RELATIONS, Trace, trace
 
-__all__ = ["DEFAULT_KINDS", "MapRecorder", "PromptTokens", "RELATIONS", "Trace", "Word", "prompt_tokens", "trace"]
+__all__ = ["MapRecorder", "PromptTokens", "RELATIONS", "Trace", "WORD_RELATIONS", "Word", "prompt_tokens", "trace"]

@@ -1,11 +1,17 @@
 """Attention maps recorded while generating: exact probabilities, aggregated on the fly into one fixed-size buffer.
 
 `MapRecorder` is an attnkit `Control`. At every selected site and step it takes one block of the attention
-probabilities (image queries over text keys by default), normalised as the model normalises them: over all keys of
-the call, so in joint attention the text columns of a softmax over image and text keys. It sums the block over
-heads, upsamples the site's token grid to one common resolution, and adds it to one fp32 buffer per batch item of
-the chosen CFG branch. Nothing per layer or per step is kept: memory is O(text tokens x image tokens) however many
+probabilities, normalised as the model normalises them: over all keys of the call, so in joint attention e.g. the
+text columns of a softmax over image and text keys. It sums the block over heads, upsamples the site's token grid to
+one common resolution, and adds it to one fp32 buffer per batch item of the chosen CFG branch. Nothing per layer or
+per step is kept, and the block is computed in query chunks: memory is O(text tokens x image tokens) however many
 steps and sites are recorded.
+
+Relations and the map each adds per call (summed over heads):
+- "image->text": for every text token, its probability at each image query: (text, rows, cols);
+- "text->image": for every text token (query), its probability over the image keys: (text, rows, cols);
+- "text->text": (text queries, text keys), joint attention only;
+- "image->image": attention each image key receives, summed over image queries: (1, rows, cols); 1 is uniform.
 
 Two exact paths give the same numbers: `exact="lse"` rebuilds p = exp(q . k * scale - lse) for the wanted keys from
 the log-sum-exp that the fused kernel returns with the model's own output (the full matrix is never formed);
@@ -29,19 +35,23 @@ from ..sites import Site, SiteList
 
 __all__ = ["MapRecorder", "RELATIONS", "Relation", "Exact"]
 
-Relation = Literal["image->text", "text->image"]
+Relation = Literal["image->text", "text->image", "text->text", "image->image"]
 Exact = Literal["lse", "explicit"]
 #: (query part, key part) of each relation, and the site kinds that have both parts.
 RELATIONS: dict[str, tuple[str, str, frozenset[str]]] = {
     "image->text": ("image", "text", frozenset({"cross", "joint", "single"})),
     "text->image": ("text", "image", frozenset({"joint", "single"})),
+    "text->text": ("text", "text", frozenset({"joint", "single"})),
+    "image->image": ("image", "image", frozenset({"self", "joint", "single", "self2"})),
 }
 _BRANCHES = ("cond", "uncond")
 _GAPS_SHOWN = 5
+_CHUNK_BYTES = 64 * 2**20  # transient probability block per query chunk
 
 
 class MapRecorder(Control):
-    """Sums one relation's attention probabilities over heads, sites and steps into `total`: (items, text, rows, cols).
+    """Sums one relation's attention probabilities over heads, sites and steps into `total`: (items, channels, rows,
+    cols), channels being text tokens (or 1 for image->image); (items, text, text) for text->text.
 
     `count` is how many head maps were added per batch item, so `total / count` is the mean probability. Every
     selected site must contribute to every recorded denoiser forward; `check()` raises otherwise.
@@ -80,7 +90,6 @@ class MapRecorder(Control):
         self.needs_lse = exact == "lse"
         self.total: torch.Tensor | None = None
         self.count = 0
-        self.resolution: tuple[int, int] | None = None
         self.steps_recorded: set[int | None] = set()
         self._expected = frozenset(self.sites.names)
         self._forward: int | None = None
@@ -104,31 +113,42 @@ class MapRecorder(Control):
             self._forward, self._step = state.forwards, state.step
         self._seen.add(call.site.name)
         view, lse = _batch_items(call, items, lse)
+        rows = view.layout.span("queries", self.queries)
         if self.exact == "explicit":
-            lse = _explicit_lse(view, view.layout.span("queries", self.queries))
-        probs = view.probabilities(lse, self.queries, self.keys).sum(1)  # (items, Lq, Lk)
-        if self.queries == "image":
-            probs = probs.transpose(1, 2)
-        if call.grid is None:
-            raise AttnkitError(f"{call.site.name} has no image grid: the latent size is unknown. Run the "
-                               "pipeline or the denoiser inside the trace.")
-        heat = probs.reshape(len(items), probs.shape[1], *call.grid)
+            lse = _explicit_lse(view, rows)
+        heat = self._block(view, lse, rows)
+        if self.relation != "text->text":
+            if call.grid is None:
+                raise AttnkitError(f"{call.site.name} has no image grid: the latent size is unknown. Run the "
+                                   "pipeline or the denoiser inside the trace.")
+            heat = heat.reshape(*heat.shape[:2], *call.grid)
         self._add(heat, state.latent, call.site.heads)
         self.steps_recorded.add(state.step)
 
+    def _block(self, view: AttentionCall, lse: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The relation's block summed over heads, as (items, channels, keys or image queries), by query chunks."""
+        cols = view.layout.span("keys", self.keys)
+        items, heads = view.q.shape[:2]
+        step = max(1, _CHUNK_BYTES // (4 * items * heads * (cols.stop - cols.start)))
+        parts = []
+        for start in range(rows.start, rows.stop, step):
+            probs = view.probabilities(lse, slice(start, min(start + step, rows.stop)), cols).sum(1)
+            parts.append(probs.sum(1, keepdim=True) if self.relation == "image->image" else probs)
+        if self.relation == "image->image":
+            return torch.stack(parts).sum(0)
+        block = torch.cat(parts, dim=1)
+        return block.transpose(1, 2) if self.relation == "image->text" else block
+
     def _add(self, heat: torch.Tensor, latent: tuple[int, int], heads: int) -> None:
-        resolution = max((s.grid(latent) for s in self.sites), key=lambda grid: grid[0] * grid[1])
+        if self.relation != "text->text":
+            resolution = max((s.grid(latent) for s in self.sites), key=lambda grid: grid[0] * grid[1])
+            if tuple(heat.shape[-2:]) != resolution:
+                heat = F.interpolate(heat, size=resolution, mode="bilinear", align_corners=False)
         if self.total is None:
-            self.resolution = resolution
-            self.total = torch.zeros(*heat.shape[:2], *resolution, dtype=torch.float32, device=heat.device)
-        if resolution != self.resolution or heat.shape[:2] != self.total.shape[:2]:
-            raise AttnkitError(
-                f"this trace recorded {tuple(self.total.shape[:2])} (batch items, text tokens) at "
-                f"{self.resolution[0]}x{self.resolution[1]} tokens, now gets {tuple(heat.shape[:2])} at "
-                f"{resolution[0]}x{resolution[1]}: run one generation per trace."
-            )
-        if tuple(heat.shape[-2:]) != resolution:
-            heat = F.interpolate(heat, size=resolution, mode="bilinear", align_corners=False)
+            self.total = torch.zeros_like(heat, dtype=torch.float32)
+        if heat.shape != self.total.shape:
+            raise AttnkitError(f"this trace recorded maps of shape {tuple(self.total.shape)}, now gets "
+                               f"{tuple(heat.shape)}: run one generation per trace.")
         self.total += heat
         self.count += heads
 

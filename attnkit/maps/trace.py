@@ -19,13 +19,13 @@ import torch
 from ..errors import AttnkitError
 from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
-from .recorder import MapRecorder, Relation
+from .recorder import RELATIONS, MapRecorder, Relation
 from .tokens import PromptTokens, prompt_tokens
 
-__all__ = ["Trace", "trace", "DEFAULT_KINDS"]
+__all__ = ["Trace", "trace", "WORD_RELATIONS"]
 
-#: Sites recorded when no selection is given: every site with image->text attention.
-DEFAULT_KINDS: dict[str, tuple[str, ...]] = {"unet": ("cross",), "sd3": ("joint",), "flux": ("joint", "single")}
+#: Relations whose maps have one spatial map per text token, so that words have heat maps.
+WORD_RELATIONS = ("image->text", "text->image")
 
 
 class Trace:
@@ -86,6 +86,9 @@ class Trace:
     def heatmap(self, word: str, item: int = 0, occurrence: int | None = None) -> torch.Tensor:
         """(rows, cols) map of `word` in batch item `item`: the mean probability summed over the word's tokens
         (all its occurrences unless `occurrence` picks one)."""
+        if self.recorder.relation not in WORD_RELATIONS:
+            raise AttnkitError(f"{self.recorder.relation} maps have no heat map per word; words have maps in "
+                               f"{' and '.join(WORD_RELATIONS)} traces. Read `maps` instead.")
         positions = self.tokens(item).positions(word, occurrence)
         return self.total[item, positions].sum(0) / self.count
 
@@ -110,6 +113,7 @@ class Trace:
         }
         if self.prompts is not None:
             metadata["prompts"] = json.dumps(self.prompts)
+        if self.prompts is not None and self.recorder.relation in WORD_RELATIONS:
             for word, heat in self.word_maps(words).items():
                 tensors[f"word.{word}"] = heat.contiguous()
         save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
@@ -129,9 +133,11 @@ def trace(
     """Record attention maps of the generation run inside the `with` block.
 
     `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps).
-    Sites: `sites_`, or `SiteList.select(**selection)` (kind, block, resolution, index, names, where); default
-    every image->text site (UNet cross, SD3 joint, Flux joint and single). `steps`: 0-based denoising steps to
-    record (default all). `branch`: the CFG branch ("cond"). `exact`: "lse" (fused kernel) or "explicit".
+    `relation`: "image->text" (default), "text->image", "text->text" or "image->image" (see `recorder`).
+    Sites: `sites_`, or `SiteList.select(**selection)` (kind, block, resolution, index, names, where) among the
+    sites of the kinds that have the relation (image->text: UNet cross, SD3 joint, Flux joint and single).
+    `steps`: 0-based denoising steps to record (default all). `branch`: the CFG branch ("cond").
+    `exact`: "lse" (fused kernel) or "explicit" (fallback); the same numbers.
     """
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
@@ -139,7 +145,9 @@ def trace(
     if sites_ is not None:
         chosen = SiteList(sites_)
     else:
-        selection.setdefault("kind", DEFAULT_KINDS[architecture_of(denoiser_of(pipe)).name])
-        chosen = found.select(**selection)
+        fit = RELATIONS[relation][2] if relation in RELATIONS else frozenset()
+        # without a kind, only the kinds that have this relation; none at all: the recorder says which kinds do
+        base = found if "kind" in selection else SiteList(s for s in found if s.kind in fit) or found
+        chosen = base.select(**selection) if selection else base
     recorder = MapRecorder(chosen, relation=relation, steps=steps, branch=branch, exact=exact)
     return Trace(pipe, recorder, prompt)
