@@ -190,7 +190,7 @@ def denoiser_of(obj: Any) -> torch.nn.Module:
                 f"expected a diffusers pipeline or model, got {type(obj).__name__}. "
                 "Pass e.g. a StableDiffusion3Pipeline or its `transformer`."
             )
-        model = components.get("transformer") or components.get("unet")
+        model = next((components[k] for k in ("transformer", "unet") if components.get(k) is not None), None)
         if model is None:
             raise AttnkitError(
                 f"{type(obj).__name__} has no `transformer` or `unet` component, so attnkit finds no denoiser. "

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import AttnkitError
+
 __all__ = ["State", "Branch"]
 
 Branch = str  # "cond" or "uncond"; CFG batches are [uncond..., cond...]
@@ -43,8 +45,6 @@ class State:
 
     def batch_index(self, branch: Branch) -> list[int]:
         """Indices of the batch items in `branch`; an error if the branch layout is unknown."""
-        from .errors import AttnkitError
-
         if not self.branches:
             raise AttnkitError(
                 "the CFG branch of the batch is unknown: no denoiser forward has run inside this session. "
