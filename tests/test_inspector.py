@@ -76,3 +76,13 @@ def test_cli_unknown_model_is_one_clear_error(capsys):
 def test_cli_inspect_tables(capsys):
     code, out, _ = run_cli(capsys, "inspect", "tiny-flux", "--height", "64", "--width", "64")
     assert code == 0 and "joint attention" in out and "single attention" in out and "Attention Probability" in out
+
+
+def test_cli_loads_a_local_saved_pipeline_with_from_pretrained(capsys, pipelines, tmp_path):
+    pipelines["tiny-sd15"].save_pretrained(tmp_path / "saved")
+    code, out, _ = run_cli(capsys, "sites", str(tmp_path / "saved"), "--json")
+    assert code == 0
+    assert [s["name"] for s in json.loads(out)] == attnkit.sites(pipelines["tiny-sd15"]).names
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "sites", str(tmp_path / "empty"))
+    assert code == 2 and "without model_index.json" in err
