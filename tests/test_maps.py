@@ -1,4 +1,4 @@
-"""Attention maps: exact against an fp64 softmax, generation untouched, memory flat, words mapped to the right tokens."""
+"""Attention maps: exact against an fp64 softmax, generation untouched, memory flat, words on the right tokens."""
 
 import gc
 import types
@@ -99,7 +99,7 @@ def test_other_relations_equal_the_reference_also_in_query_chunks(pipelines, nam
 
 
 def test_flux_true_cfg_records_the_cond_pass_only(pipelines):
-    """Flux runs the negative prompt as a separate forward; the state's branch (from diffusers' cache context) skips it."""
+    """Flux runs the negative prompt as a separate forward; the state's branch (diffusers' cache context) skips it."""
     capture = Capture()
     tc, _ = traced(pipelines["tiny-flux"], capture, negative_prompt="ugly", true_cfg_scale=2.0)
     assert {c[6] for c in capture.calls} == {("cond",), ("uncond",)}
@@ -238,19 +238,23 @@ def test_processors_are_restored_after_the_trace_and_after_an_error(pipelines, n
     assert all(processors(pipe)[k] is before[k] for k in before)
 
 
-def test_maps_never_come_back_incomplete(pipelines):
-    """A site that stops being recorded mid-run (another tool swapped its processor) makes the maps an error."""
+@pytest.mark.parametrize("swapped", ["one", "all"])
+def test_maps_never_come_back_incomplete(pipelines, swapped):
+    """Sites that stop being recorded mid-run (another tool swapped their processors) make the maps an error."""
     pipe = pipelines["tiny-sd15"]
-    site = attnkit.sites(pipe).select(kind="cross")[0]
-    module = pipe.unet.get_submodule(site.module_name)
+    cross = attnkit.sites(pipe).select(kind="cross")
+    modules = [pipe.unet.get_submodule(s.module_name) for s in (cross[:1] if swapped == "one" else cross)]
 
     def swap(pipe_, step, timestep, kwargs):
         if step == 0:
-            module.set_processor(module.processor.original)
+            for module in modules:
+                module.set_processor(module.processor.original)
         return kwargs
 
-    tc, _ = traced(pipe, steps=2, callback_on_step_end=swap)
-    with pytest.raises(AttnkitError, match=f"incomplete attention maps: 1 recorded .*step 1: 1 site.*{site.name}"):
+    tc, _ = traced(pipe, steps=3, callback_on_step_end=swap)
+    message = (f"step 1: 1 site.*{cross[0].name}; step 2: 1 site" if swapped == "one"
+               else r"steps \[1, 2\] of 3: no site at all")
+    with pytest.raises(AttnkitError, match=f"incomplete attention maps: .*{message}"):
         tc.maps
 
 

@@ -94,11 +94,13 @@ class MapRecorder(Control):
         self._expected = frozenset(self.sites.names)
         self._forward: int | None = None
         self._step: int | None = None
+        self._num_steps: int | None = None
         self._seen: set[str] = set()
         self._gaps: list[str] = []
 
     def after(self, call: AttentionCall, out: torch.Tensor, lse: torch.Tensor | None) -> None:
         state = call.state
+        self._num_steps = state.num_steps
         if self.steps is not None:
             if state.step is None:
                 raise AttnkitError("`steps` selects denoising steps of a pipeline run, but this denoiser call has "
@@ -159,14 +161,21 @@ class MapRecorder(Control):
         self._seen = set()
 
     def check(self) -> None:
-        """An error unless every selected site contributed to every recorded forward, and something was recorded."""
+        """An error unless something was recorded, every selected step of the run was, and every selected site
+        contributed to every recorded denoiser forward."""
         self._close_forward()
         self._forward = None
-        if self._gaps:
+        gaps = list(self._gaps)
+        if self._num_steps is not None and self.total is not None:
+            run = set(range(self._num_steps))
+            missing = sorted((run if self.steps is None else self.steps & run) - self.steps_recorded)
+            if missing:
+                gaps.append(f"steps {missing} of {self._num_steps}: no site at all")
+        if gaps:
             raise AttnkitError(
-                f"incomplete attention maps: {len(self._gaps)} recorded denoiser call(s) did not pass through every "
-                f"selected site ({'; '.join(self._gaps[:_GAPS_SHOWN])}{' ...' if len(self._gaps) > _GAPS_SHOWN else ''}"
-                "). Another feature changed those processors or the model skipped layers (skip-layer guidance?): "
+                f"incomplete attention maps: {len(gaps)} recorded denoiser call(s) or steps did not pass through every "
+                f"selected site ({'; '.join(gaps[:_GAPS_SHOWN])}{' ...' if len(gaps) > _GAPS_SHOWN else ''}). "
+                "Another feature changed those processors or the model skipped layers (skip-layer guidance?): "
                 "select only sites that run at every step."
             )
         if self.total is None:

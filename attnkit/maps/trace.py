@@ -49,22 +49,27 @@ class Trace:
 
     @property
     def total(self) -> torch.Tensor:
-        """Sum over heads, sites and steps: (batch items, text tokens, rows, cols), fp32; checked complete."""
-        if self._failed:
-            raise AttnkitError("the traced generation raised an exception, so its maps are incomplete.")
-        self.recorder.check()
-        return self.recorder.total
+        """Sum over heads, sites and steps, fp32, checked complete: (batch items, text tokens, rows, cols) for
+        image->text and text->image, (batch items, 1, rows, cols) for image->image, (items, text, text) for
+        text->text."""
+        return self._checked().total
 
     @property
     def count(self) -> int:
         """Head maps summed into `total` per batch item (heads x sites x steps)."""
-        self.recorder.check()
-        return self.recorder.count
+        return self._checked().count
 
     @property
     def maps(self) -> torch.Tensor:
-        """Mean attention probability per text token: `total / count`, (batch items, text tokens, rows, cols)."""
+        """`total / count`: the mean attention probability (image->image: relative to uniform attention)."""
         return self.total / self.count
+
+    def _checked(self) -> MapRecorder:
+        """The recorder, once its maps are known to be complete."""
+        if self._failed:
+            raise AttnkitError("the traced generation raised an exception, so its maps are incomplete.")
+        self.recorder.check()
+        return self.recorder
 
     def tokens(self, item: int = 0) -> PromptTokens:
         """The words of batch item `item`'s prompt with their positions in the text sequence."""
@@ -80,7 +85,7 @@ class Trace:
                                f"{len(self.prompts)} prompt(s) given to the trace: give the same prompts.")
         prompt = self.prompts[item // (items // len(self.prompts))]
         if prompt not in self._tokens:
-            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, total.shape[1])
+            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, self.session.state.text_tokens)
         return self._tokens[prompt]
 
     def heatmap(self, word: str, item: int = 0, occurrence: int | None = None) -> torch.Tensor:
