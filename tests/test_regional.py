@@ -157,12 +157,12 @@ def test_split_kernel_equals_explicit_masked_softmax(regions, image_tokens, text
     generator = torch.Generator().manual_seed(seed)
     image = torch.randint(BASE if base else 0, regions, (image_tokens,), generator=generator)
     text_owners = [r for r in range(regions) for _ in range(text)] + [BASE] * (text if base else 0) + [PAD] * pads
-    image_parts = ["image"] * image_tokens
-    text_parts = ["text"] * len(text_owners)
-    parts = text_parts + image_parts if text_first else image_parts + text_parts
+    runs = (("image", image_tokens), ("text", len(text_owners)))
+    runs = runs[::-1] if text_first else runs
+    parts = [part for part, n in runs for _ in range(n)]
     owners = text_owners + image.tolist() if text_first else image.tolist() + text_owners
     rules = Rules(*flags, True, math.log(weight) if weight else float("-inf"))
-    plan = Plan(parts, [torch.tensor(owners)], rules, torch.float32, torch.device("cpu"))
+    plan = Plan(runs, [torch.tensor(owners)], rules, torch.float32, torch.device("cpu"))
     q, k, v = (torch.randn(2, 3, len(parts), 8, generator=generator) for _ in range(3))
     out, lse = plan.attend(q, k, v, 0.35)
     bias = reference_bias(parts, owners, rules)

@@ -10,6 +10,7 @@ control changed the mask after it, the kernel falls back to the dense mask.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -36,13 +37,15 @@ class Schedule:
 
     def at(self, step: int | None) -> Rules | None:
         """The rules in force at `step`, or None where the call is plain joint attention."""
-        masked, isolated = _inside(self.steps, step), self.rules.image_isolation and _inside(
-            self.image_isolation_steps, step)
-        if not masked and not isolated:
-            return None
-        if masked:
-            return replace(self.rules, image_isolation=isolated)
-        return Rules(False, False, False, True, False, 0.0)
+        masked = _inside(self.steps, step)
+        isolated = self.rules.image_isolation and _inside(self.image_isolation_steps, step)
+        return self._phases[masked, isolated]
+
+    @cached_property
+    def _phases(self) -> dict[tuple[bool, bool], Rules | None]:
+        """The rules of each (text parts on, image isolation on) phase, built once."""
+        return {(True, True): self.rules, (True, False): replace(self.rules, image_isolation=False),
+                (False, True): Rules(False, False, False, True, False, 0.0), (False, False): None}
 
 
 def _inside(steps: StepRange, step: int | None) -> bool:
@@ -90,9 +93,8 @@ class RegionalControl(Control):
         branches = call.state.branches or ("cond",) * call.q.shape[0]
         key = (layout, call.grid, branches, rules, call.q.device, call.q.dtype)
         if key not in self._plans:
-            parts = [name for name, n in layout.queries for _ in range(n)]
             owners = [self._owners_of(call, branch) for branch in branches]
-            self._plans[key] = Plan(parts, owners, rules, call.q.dtype, call.q.device)
+            self._plans[key] = Plan(layout.queries, owners, rules, call.q.dtype, call.q.device)
         return self._plans[key]
 
     def _owners_of(self, call: AttentionCall, branch: str) -> torch.Tensor:

@@ -31,6 +31,9 @@ PAD = -2
 _NEG_INF = float("-inf")
 
 
+Layout = tuple[tuple[str, int], ...]  # (part, tokens) runs in the call's order, as `TokenLayout.queries`
+
+
 class Token(NamedTuple):
     part: str  # "image" or "text"
     owner: int  # region index, BASE or PAD
@@ -76,13 +79,12 @@ def allowed(query: Token, key: Token, rules: Rules) -> float:
 
 @dataclass(frozen=True)
 class Block:
-    """Queries [q0, q1) attend keys [k0, k1) of the grouped order, with `bias` added to their logits; `first`
-    writes the result, otherwise it is merged into what earlier blocks wrote for these queries."""
+    """Queries [q0, q1) attend the keys of `keys` (ranges [k0, k1) of the grouped order, concatenated) with `bias`
+    added to their logits; `first` writes the result, otherwise it is merged into what earlier blocks wrote."""
 
     q0: int
     q1: int
-    k0: int
-    k1: int
+    keys: tuple[tuple[int, int], ...]
     bias: float
     first: bool
 
@@ -90,20 +92,22 @@ class Block:
 class TokenGroups:
     """The tokens of one attention call (same layout for queries and keys), grouped by (part, owner).
 
-    `owners` gives every token's owner in the call's order; `parts` the part of every token. Groups are ordered
+    `layout` gives the parts in the call's order, `owners` every token's owner. Groups are ordered
     image before text (image groups by owner, BASE last; text groups as they appear), which keeps every region's
     image tokens contiguous after one permutation.
     """
 
-    def __init__(self, parts: list[str], owners: torch.Tensor):
+    def __init__(self, layout: Layout, owners: torch.Tensor):
         owners = owners.cpu()
-        is_text = torch.tensor([p == "text" for p in parts])
-        keys = [Token("image", o) for o in sorted(set(owners[~is_text].tolist()), key=lambda o: (o < 0, o))]
-        keys += list(dict.fromkeys(Token("text", o) for o in owners[is_text].tolist()))
-        self.groups: tuple[Token, ...] = tuple(keys)
-        index = {g: i for i, g in enumerate(keys)}
-        self.group_of = torch.tensor([index[Token(p, o)] for p, o in zip(parts, owners.tolist())], dtype=torch.long)
-        self.sizes = torch.bincount(self.group_of, minlength=len(keys)).tolist()
+        is_text = torch.cat([torch.full((n,), part == "text") for part, n in layout])
+        image = sorted(owners[~is_text].unique().tolist(), key=lambda o: (o < 0, o))
+        text = list(dict.fromkeys(torch.unique_consecutive(owners[is_text]).tolist()))
+        self.groups: tuple[Token, ...] = tuple([Token("image", o) for o in image] + [Token("text", o) for o in text])
+        lookup = torch.zeros(2, int(owners.max()) - PAD + 1, dtype=torch.long)  # [is_text, owner - PAD] -> group
+        for i, group in enumerate(self.groups):
+            lookup[int(group.part == "text"), group.owner - PAD] = i
+        self.group_of = lookup[is_text.long(), owners - PAD]
+        self.sizes = torch.bincount(self.group_of, minlength=len(self.groups)).tolist()
         self.perm = torch.argsort(self.group_of, stable=True)
 
     def matrix(self, rules: Rules) -> torch.Tensor:
@@ -112,20 +116,20 @@ class TokenGroups:
 
     def dense(self, matrix: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The mask over the call's tokens (L, L): bool (True = attend) when it has no bias, else additive float."""
-        full = matrix[self.group_of[:, None], self.group_of[None, :]]
-        values = set(matrix.unique().tolist())
-        if values <= {0.0, _NEG_INF}:
-            return (full == 0).to(device)
-        return full.to(device=device, dtype=dtype)
+        index = self.group_of.to(device)
+        small = matrix == 0 if set(matrix.unique().tolist()) <= {0.0, _NEG_INF} else matrix.to(dtype)
+        return torch.gather(small.to(device).index_select(0, index), 1, index.expand(len(index), -1))
 
     def blocks(self, matrix: torch.Tensor) -> list[Block]:
-        """The exact split of the masked attention into (query range, key range) blocks of the grouped order."""
+        """The exact split of the masked attention into blocks of the grouped order: per query group, the allowed
+        keys of each logit bias in one call (their ranges concatenated); query groups with the same keys share it."""
         starts = [0]
         for size in self.sizes:
             starts.append(starts[-1] + size)
         n = len(self.groups)
-        shared: dict[tuple[int, int, float], list[int]] = {}
+        shared: dict[tuple[tuple[tuple[int, int], ...], float], list[int]] = {}
         for g in range(n):
+            by_bias: dict[float, list[tuple[int, int]]] = {}
             h = 0
             while h < n:
                 bias = float(matrix[g, h])
@@ -135,15 +139,17 @@ class TokenGroups:
                 end = h + 1
                 while end < n and float(matrix[g, end]) == bias:
                     end += 1
-                shared.setdefault((h, end, bias), []).append(g)
+                by_bias.setdefault(bias, []).append((starts[h], starts[end]))
                 h = end
-        spans = [(q0, q1, k0, k1, bias) for (k0, k1, bias), groups in shared.items() for q0, q1 in _runs(groups)]
+            for bias, ranges in by_bias.items():
+                shared.setdefault((tuple(ranges), bias), []).append(g)
+        spans = [(q0, q1, keys, bias) for (keys, bias), groups in shared.items() for q0, q1 in _runs(groups)]
         spans.sort(key=lambda s: (-(starts[s[1]] - starts[s[0]]), s[0], s[2]))
         written = [False] * n
         blocks = []
-        for q0, q1, k0, k1, bias in spans:
+        for q0, q1, keys, bias in spans:
             for a, b, done in _status_runs(written, q0, q1):
-                blocks.append(Block(starts[a], starts[b], starts[k0], starts[k1], bias, not done))
+                blocks.append(Block(starts[a], starts[b], keys, bias, not done))
             written[q0:q1] = [True] * (q1 - q0)
         return blocks
 
@@ -173,14 +179,14 @@ class Plan:
     """One compiled mask for one token layout, CFG branch set, device and dtype: the dense mask (reference, and
     what `AttentionCall.probabilities` reads) and the blocks of the split kernel, per batch group."""
 
-    def __init__(self, parts: list[str], owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
+    def __init__(self, layout: Layout, owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
                  device: torch.device):
         compiled: dict[tuple, tuple[TokenGroups, torch.Tensor]] = {}
         self.items: list[tuple[TokenGroups, torch.Tensor]] = []
         for owners in owners_per_item:
             key = tuple(owners.tolist())
             if key not in compiled:
-                groups = TokenGroups(parts, owners)
+                groups = TokenGroups(layout, owners)
                 compiled[key] = (groups, groups.matrix(rules))
             self.items.append(compiled[key])
         self.noop = all(bool((matrix == 0).all()) for _, matrix in compiled.values())
@@ -195,10 +201,10 @@ class Plan:
             rows = [i for i, (g, _) in enumerate(self.items) if g is groups]
             blocks = groups.blocks(matrix)
             identity = bool((groups.perm == torch.arange(len(groups.perm))).all())
-            whole = len(blocks) == 1 and blocks[0] == Block(0, len(groups.perm), 0, len(groups.perm), 0.0, True)
+            whole = len(blocks) == 1 and blocks[0] == Block(0, len(groups.perm), ((0, len(groups.perm)),), 0.0, True)
             perm = None if identity or whole else groups.perm.to(device)
             inverse = None if perm is None else torch.argsort(groups.perm).to(device)
-            index = None if len(variants) == 1 else torch.tensor(rows, device=device)
+            index = None if len(variants) == 1 else _batch_index(rows, device)
             self._batches.append((index, perm, inverse, blocks))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
@@ -215,6 +221,13 @@ class Plan:
         return out, lse
 
 
+def _batch_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
+    """Batch items of one branch: a slice when contiguous (CFG batches are [uncond..., cond...]), so no copy."""
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, device=device)
+
+
 def _split(q, k, v, scale, perm, inverse, blocks: list[Block]) -> tuple[torch.Tensor, torch.Tensor]:
     if perm is not None:
         q, k, v = (t.index_select(2, perm) for t in (q, k, v))
@@ -222,7 +235,12 @@ def _split(q, k, v, scale, perm, inverse, blocks: list[Block]) -> tuple[torch.Te
     out = q.new_empty(q.shape, dtype=accumulate)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     for b in blocks:
-        o, l = ops.attention(q[:, :, b.q0:b.q1], k[:, :, b.k0:b.k1], v[:, :, b.k0:b.k1], None, scale)
+        if len(b.keys) == 1:
+            keys, values = k[:, :, b.keys[0][0]:b.keys[0][1]], v[:, :, b.keys[0][0]:b.keys[0][1]]
+        else:
+            keys = torch.cat([k[:, :, k0:k1] for k0, k1 in b.keys], dim=2)
+            values = torch.cat([v[:, :, k0:k1] for k0, k1 in b.keys], dim=2)
+        o, l = ops.attention(q[:, :, b.q0:b.q1], keys, values, None, scale)
         if b.bias:
             l = l + b.bias
         if b.first:

@@ -1,0 +1,214 @@
+"""Cost of regional prompting (issue 4): masked vs unmasked generation with the same text tokens, as ratios measured
+in one run on CPU; writes benchmarks/results/regional-cpu.json.
+
+    python benchmarks/regional.py [--rounds N] [--steps N] [--mid-steps N] [--threads N] [--skip-mid]
+
+"Unmasked" runs the stock pipeline on exactly the embeddings the regional session produces (every region's text
+concatenated), outside the session; "masked (split)" runs it inside `attnkit.regional` with the default exact split
+into fused kernels; "masked (dense)" with the dense-mask reference kernel. Configs: the tiny SD3 / SD3.5 / Flux
+pipelines (overhead-dominated), and mid-size SD3 and Flux (random-init transformers with SD3-medium's / Flux's head
+size around the tiny text encoders, 1024 image tokens). Variants alternate within each round so drift in the shared
+machine's load hits all alike; medians of this process's CPU time (wall time is kept too). Peak memory is the rise of
+the resident set above its level before the generation (Linux VmHWM, reset before each run). A last row times the
+attention op alone at the issue's shape (1024 image + 2 x 333 text tokens, 24 heads of 64) with its error against
+an fp64 masked reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+import attnkit
+from attnkit import ops
+from attnkit.regional import Plan, Rules
+from attnkit.testing import build_pipeline
+
+RESULTS = Path(__file__).parent / "results"
+SPEC = {"regions": [{"prompt": "a red circle", "box": [0.0, 0.0, 0.5, 1.0]},
+                    {"prompt": "a blue square", "box": [0.5, 0.0, 1.0, 1.0]}]}
+MID_IMAGE_SIZE = 256  # tiny VAE (4x), patch / packing 2: 32x32 = 1024 image tokens
+MID_HEADS, MID_HEAD_DIM = 8, 64
+
+
+def mid_sd3() -> StableDiffusion3Pipeline:
+    """4 MMDiT blocks with SD3-medium's head size; 2 regions x (77 CLIP + 256 T5) text tokens, CFG batch 2."""
+    tiny = build_pipeline("tiny-sd3")
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=MID_IMAGE_SIZE // tiny.vae_scale_factor, patch_size=2, in_channels=4, out_channels=4,
+        num_layers=4, attention_head_dim=MID_HEAD_DIM, num_attention_heads=MID_HEADS,
+        joint_attention_dim=tiny.transformer.config.joint_attention_dim, caption_projection_dim=MID_HEADS * MID_HEAD_DIM,
+        pooled_projection_dim=tiny.transformer.config.pooled_projection_dim, pos_embed_max_size=64,
+    ).eval()
+    pipe = StableDiffusion3Pipeline(**{**tiny.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mid_flux() -> FluxPipeline:
+    """2 double + 4 single blocks with Flux's head size; 2 regions x 512 T5 tokens, no CFG batch (distilled)."""
+    tiny = build_pipeline("tiny-flux")
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=tiny.transformer.config.in_channels, num_layers=2, num_single_layers=4,
+        attention_head_dim=MID_HEAD_DIM, num_attention_heads=MID_HEADS,
+        joint_attention_dim=tiny.transformer.config.joint_attention_dim,
+        pooled_projection_dim=tiny.transformer.config.pooled_projection_dim, guidance_embeds=True,
+        axes_dims_rope=(16, 24, 24),
+    ).eval()
+    pipe = FluxPipeline(**{**tiny.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def run_once(fn: Callable[[], None]) -> tuple[float, float, float | None]:
+    """(CPU seconds, wall seconds, peak MiB above the starting resident set) of one call of `fn`."""
+    gc.collect()
+    _malloc_trim()
+    start = _rss_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    except OSError:
+        start = None
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    peak = _rss_kib("VmHWM")
+    return cpu, wall, None if start is None or peak is None else (peak - start) / 1024
+
+
+def measure(name: str, pipe, steps: int, rounds: int, size: int | None) -> list[dict]:
+    """Median cost of unmasked, masked (split) and masked (dense) generation with the same tokens."""
+    variants = {"unmasked": None, "masked (split)": "split", "masked (dense)": "dense"}
+    samples: dict[str, list[tuple[float, float, float | None]]] = {v: [] for v in variants}
+    tokens = {}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for variant, kernel in variants.items():
+            with attnkit.regional(pipe, SPEC, kernel=kernel or "split") as call:
+                kwargs = call(seed=0, num_inference_steps=steps, height=size, width=size, output_type="latent")
+                grid = call.grid(kwargs["height"], kwargs["width"])
+                tokens = {"image_tokens": grid[0] * grid[1], "text_tokens": kwargs["prompt_embeds"].shape[1]}
+                if kernel is not None:
+                    sample = run_once(lambda: _generate(pipe, kwargs))
+            if kernel is None:
+                sample = run_once(lambda: _generate(pipe, kwargs))
+            if round_:
+                samples[variant].append(sample)
+    base = _medians(samples["unmasked"])
+    rows = []
+    for variant in variants:
+        cpu, wall, peak = _medians(samples[variant])
+        rows.append({"model": name, "regions": len(SPEC["regions"]), **tokens, "steps": steps, "variant": variant,
+                     "cpu_s": cpu, "wall_s": wall, "time_ratio": cpu / base[0], "wall_ratio": wall / base[1],
+                     "peak_mib": peak, "memory_ratio": None if peak is None or not base[2] else peak / base[2]})
+    return rows
+
+
+def _generate(pipe, kwargs: dict) -> None:
+    with torch.inference_mode():
+        pipe(**{**kwargs, "generator": torch.Generator().manual_seed(0)})
+
+
+def _medians(samples: list[tuple[float, float, float | None]]) -> tuple[float, float, float | None]:
+    cpu, wall, peak = zip(*samples)
+    return statistics.median(cpu), statistics.median(wall), None if None in peak else statistics.median(peak)
+
+
+def attention_op(rounds: int) -> list[dict]:
+    """The issue's shape: 1024 image + 2 x 333 text tokens, 24 heads of 64, left/right regions."""
+    image_side, text, heads, head_dim = 32, 333, 24, 64
+    owners = torch.cat([(torch.arange(image_side) * 2 // image_side).repeat(image_side),
+                        torch.arange(2).repeat_interleave(text)])
+    plan = Plan((("image", image_side**2), ("text", 2 * text)), [owners], Rules(), torch.float32, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, len(owners), head_dim, generator=generator) for _ in range(3))
+    scale = head_dim**-0.5
+    variants = {
+        "unmasked (flash)": lambda: F.scaled_dot_product_attention(q, k, v),
+        "masked (split)": lambda: plan.attend(q, k, v, scale),
+        "masked (SDPA bool mask)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask),
+    }
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for round_ in range(rounds + 1):
+        for variant, fn in variants.items():
+            cpu = time.process_time()
+            fn()
+            if round_:
+                times[variant].append(time.process_time() - cpu)
+    reference, _ = ops.explicit_attention(q.double(), k.double(), v.double(), plan.mask, scale)
+    error = (plan.attend(q, k, v, scale)[0].double() - reference).abs().max().item()
+    base = statistics.median(times["unmasked (flash)"])
+    return [{"model": "attention op", "regions": 2, "image_tokens": image_side**2, "text_tokens": 2 * text,
+             "variant": variant, "cpu_s": statistics.median(t), "time_ratio": statistics.median(t) / base,
+             "max_abs_error_vs_fp64": error if variant == "masked (split)" else None}
+            for variant, t in times.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=28, help="steps of the tiny pipelines (default 28)")
+    parser.add_argument("--mid-steps", type=int, default=4, help="steps of the mid-size pipelines (default 4)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-mid", action="store_true", help="tiny pipelines only")
+    parser.add_argument("--out", type=Path, default=RESULTS / "regional-cpu.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    configs: list[tuple[str, Callable[[], object], int | None, int]] = [
+        (name, lambda name=name: build_pipeline(name), None, args.steps) for name in ("tiny-sd3", "tiny-sd35", "tiny-flux")]
+    if not args.skip_mid:
+        configs += [("mid-sd3", mid_sd3, MID_IMAGE_SIZE, args.mid_steps),
+                    ("mid-flux", mid_flux, MID_IMAGE_SIZE, args.mid_steps)]
+    rows = []
+    for name, build, size, steps in configs:
+        rows += measure(name, build(), steps, args.rounds, size)
+        _print(rows[-3:])
+    rows += attention_op(args.rounds)
+    _print(rows[-3:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
+                    "threads": args.threads},
+        "rounds": args.rounds, "rows": rows}, indent=1))
+    print(args.out)
+
+
+def _print(rows: list[dict]) -> None:
+    for r in rows:
+        memory = "" if r.get("memory_ratio") is None else f"  memory {r['memory_ratio']:.2f}x ({r['peak_mib']:.0f} MiB)"
+        print(f"{r['model']:<13} {r['variant']:<24} {r['image_tokens']:>5}+{r['text_tokens']:<5} tokens  "
+              f"time {r['time_ratio']:.2f}x ({r['cpu_s']:.3f} s){memory}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
