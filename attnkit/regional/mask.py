@@ -7,10 +7,12 @@ Every token has a part (image or text) and an owner: the region whose prompt it 
 tokens with the same part and owner form a group whose rows and columns of the mask are identical, so the function
 is evaluated once per pair of groups and the result expanded.
 
-The split: in an order that puts each group's tokens next to each other, the allowed key groups of every query
-group form a few contiguous key ranges; each (query range, key range) block is one call of the fused kernel, and
-blocks over disjoint keys of the same queries are merged exactly through their log-sum-exps. The masked-out work
-is never done, so masked attention costs less than unmasked attention over the same tokens.
+The split: in the grouped order (each group's tokens next to each other), the allowed keys of a query group are a
+few ranges. Each query group attends all its keys of one logit bias in one fused kernel call (the ranges mapped back
+to the call's order: a view where they are consecutive there, else one gather); query groups with the same keys share
+the call. Keys with another bias (the base prompt at a weight other than 1) get their own call, merged exactly
+through the log-sum-exps. The masked-out work is never done, so masked attention costs less than unmasked attention
+over the same tokens.
 """
 
 from __future__ import annotations
@@ -92,9 +94,8 @@ class Block:
 class TokenGroups:
     """The tokens of one attention call (same layout for queries and keys), grouped by (part, owner).
 
-    `layout` gives the parts in the call's order, `owners` every token's owner. Groups are ordered
-    image before text (image groups by owner, BASE last; text groups as they appear), which keeps every region's
-    image tokens contiguous after one permutation.
+    `layout` gives the parts in the call's order, `owners` every token's owner. The grouped order puts image groups
+    (by owner, BASE last) before text groups (as they appear); `perm` maps its positions to the call's order.
     """
 
     def __init__(self, layout: Layout, owners: torch.Tensor):
@@ -166,6 +167,7 @@ def _runs(groups: list[int]) -> list[tuple[int, int]]:
 
 
 def _status_runs(written: list[bool], start: int, end: int) -> list[tuple[int, int, bool]]:
+    """Runs [a, b) of groups in [start, end) that earlier blocks have (or have not) written."""
     runs: list[tuple[int, int, bool]] = []
     for g in range(start, end):
         if runs and runs[-1][2] == written[g]:
@@ -190,67 +192,77 @@ class Plan:
                 compiled[key] = (groups, groups.matrix(rules))
             self.items.append(compiled[key])
         self.noop = all(bool((matrix == 0).all()) for _, matrix in compiled.values())
+        if self.noop:  # everything sees everything: the stock kernel does it
+            return
         variants = list(compiled.values())
         masks = {id(groups): groups.dense(matrix, dtype, device) for groups, matrix in variants}
         if len(variants) == 1:
             self.mask = masks[id(variants[0][0])][None, None]
         else:
             self.mask = torch.stack([masks[id(groups)] for groups, _ in self.items])[:, None]
-        self._batches = []
+        self._batches: list[tuple[slice | torch.Tensor, list[_Call]]] = []
         for groups, matrix in variants:
             rows = [i for i, (g, _) in enumerate(self.items) if g is groups]
-            blocks = groups.blocks(matrix)
-            identity = bool((groups.perm == torch.arange(len(groups.perm))).all())
-            whole = len(blocks) == 1 and blocks[0] == Block(0, len(groups.perm), ((0, len(groups.perm)),), 0.0, True)
-            perm = None if identity or whole else groups.perm.to(device)
-            inverse = None if perm is None else torch.argsort(groups.perm).to(device)
-            index = None if len(variants) == 1 else _batch_index(rows, device)
-            self._batches.append((index, perm, inverse, blocks))
+            perm = groups.perm.to(device)
+            calls = [_Call(_index(perm[b.q0:b.q1]), _index(torch.cat([perm[k0:k1] for k0, k1 in b.keys])), b.bias,
+                           b.first) for b in groups.blocks(matrix)]
+            batch = slice(None) if len(variants) == 1 else _index(torch.tensor(rows, device=device))
+            self._batches.append((batch, calls))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked attention (out (B, H, L, D), lse (B, H, L)) by the split: fused calls on the allowed blocks only."""
-        if len(self._batches) == 1:
-            _, perm, inverse, blocks = self._batches[0]
-            return _split(q, k, v, scale, perm, inverse, blocks)
         out = torch.empty_like(q)
         lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-        for index, perm, inverse, blocks in self._batches:
-            o, l = _split(q[index], k[index], v[index], scale, perm, inverse, blocks)
-            out[index], lse[index] = o, l
+        for batch, calls in self._batches:
+            if isinstance(batch, slice):
+                _split(q[batch], k[batch], v[batch], scale, calls, out[batch], lse[batch])
+            else:
+                o, l = out[batch], lse[batch]
+                _split(q[batch], k[batch], v[batch], scale, calls, o, l)
+                out[batch], lse[batch] = o, l
         return out, lse
 
 
-def _batch_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
-    """Batch items of one branch: a slice when contiguous (CFG batches are [uncond..., cond...]), so no copy."""
-    if rows == list(range(rows[0], rows[-1] + 1)):
-        return slice(rows[0], rows[-1] + 1)
-    return torch.tensor(rows, device=device)
+@dataclass(frozen=True)
+class _Call:
+    """One fused kernel call of the split, with its queries and keys as positions in the call's own order."""
+
+    queries: slice | torch.Tensor
+    keys: slice | torch.Tensor
+    bias: float
+    first: bool
 
 
-def _split(q, k, v, scale, perm, inverse, blocks: list[Block]) -> tuple[torch.Tensor, torch.Tensor]:
-    if perm is not None:
-        q, k, v = (t.index_select(2, perm) for t in (q, k, v))
-    accumulate = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    out = q.new_empty(q.shape, dtype=accumulate)
-    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-    for b in blocks:
-        if len(b.keys) == 1:
-            keys, values = k[:, :, b.keys[0][0]:b.keys[0][1]], v[:, :, b.keys[0][0]:b.keys[0][1]]
-        else:
-            keys = torch.cat([k[:, :, k0:k1] for k0, k1 in b.keys], dim=2)
-            values = torch.cat([v[:, :, k0:k1] for k0, k1 in b.keys], dim=2)
-        o, l = ops.attention(q[:, :, b.q0:b.q1], keys, values, None, scale)
-        if b.bias:
-            l = l + b.bias
-        if b.first:
-            out[:, :, b.q0:b.q1], lse[:, :, b.q0:b.q1] = o, l
-        else:
-            merged, total = ops.merge([(out[:, :, b.q0:b.q1], lse[:, :, b.q0:b.q1]), (o, l)])
-            out[:, :, b.q0:b.q1], lse[:, :, b.q0:b.q1] = merged, total
-    if inverse is not None:
-        out, lse = out.index_select(2, inverse), lse.index_select(2, inverse)
-    return out.to(q.dtype), lse
+def _index(positions: torch.Tensor) -> slice | torch.Tensor:
+    """Positions as a slice where they are consecutive (a view, no copy), else as an index to gather."""
+    start = int(positions[0])
+    if torch.equal(positions, torch.arange(start, start + len(positions), device=positions.device)):
+        return slice(start, start + len(positions))
+    return positions
+
+
+def _take(t: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    return t[:, :, index] if isinstance(index, slice) else t.index_select(2, index)
+
+
+def _put(t: torch.Tensor, index: slice | torch.Tensor, value: torch.Tensor) -> None:
+    if isinstance(index, slice):
+        t[:, :, index] = value
+    else:
+        t.index_copy_(2, index, value.to(t.dtype))
+
+
+def _split(q, k, v, scale: float, calls: list[_Call], out: torch.Tensor, lse: torch.Tensor) -> None:
+    """Run the calls of one batch group, writing (and merging by lse) into `out` and `lse` in place."""
+    for c in calls:
+        o, l = ops.attention(_take(q, c.queries), _take(k, c.keys), _take(v, c.keys), None, scale)
+        if c.bias:
+            l = l + c.bias
+        if not c.first:
+            o, l = ops.merge([(_take(out, c.queries), _take(lse, c.queries)), (o, l)])
+        _put(out, c.queries, o)
+        _put(lse, c.queries, l)
 
 
 def base_bias(weight: float) -> float:

@@ -70,8 +70,8 @@ class RegionalOptions:
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
         msl = self.max_sequence_length
-        if msl is not None and (not isinstance(msl, int) or msl < 1):
-            raise AttnkitError(f"max_sequence_length must be a positive number of T5 tokens, got {msl!r}.")
+        if msl is not None and (not isinstance(msl, int) or msl < 0):
+            raise AttnkitError(f"max_sequence_length must be a number of T5 tokens >= 0, got {msl!r}.")
 
 
 def _step_range(steps: Any, name: str) -> StepRange:
@@ -94,7 +94,8 @@ class Regional:
         if self.architecture not in _DEFAULT_MAX_SEQUENCE_LENGTH:
             raise AttnkitError(f"regional prompting through joint-attention masks needs an SD3, SD3.5 or Flux.1 "
                                f"pipeline; {type(pipe).__name__} is a {self.architecture} model.")
-        self.max_sequence_length = options.max_sequence_length or _DEFAULT_MAX_SEQUENCE_LENGTH[self.architecture]
+        self.max_sequence_length = (_DEFAULT_MAX_SEQUENCE_LENGTH[self.architecture] if options.max_sequence_length
+                                    is None else options.max_sequence_length)
         self.encoded: Encoded | None = None
         self.control: RegionalControl | None = None
         self._session: Session | None = None
