@@ -17,6 +17,7 @@ MODEL_HELP = "built-in name (tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flu
 # Feature packages add their subcommands through a `register(commands)` function in these modules.
 FEATURE_COMMANDS: tuple[str, ...] = (
     "attnkit.maps.cli",
+    "attnkit.shapes.cli",
     "attnkit.regional.cli",
 )
 

@@ -11,15 +11,20 @@ __all__ = ["load_pipeline", "builtin_names"]
 
 
 def builtin_names() -> tuple[str, ...]:
+    from .shapes import MODEL_NAMES
     from .testing import PIPELINE_NAMES
 
-    return tuple(PIPELINE_NAMES)
+    return tuple(PIPELINE_NAMES) + MODEL_NAMES
 
 
 def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:
     """A pipeline for `model`: a built-in name, a folder saved with `save_pretrained`, or a hub id."""
     from diffusers import DiffusionPipeline
 
+    from .shapes import MODEL_NAMES, load
+
+    if model in MODEL_NAMES:
+        return load(model, **from_pretrained_kwargs)
     if model in builtin_names():
         from .testing import build_pipeline
 

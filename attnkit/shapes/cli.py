@@ -1,0 +1,68 @@
+"""`attnkit demo` (the first command to run: real pictures, no download) and `attnkit eval MODEL` (quality numbers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cli import MODEL_HELP
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add the `demo` and `eval` subcommands to the `attnkit` parser's subcommands."""
+    p = commands.add_parser("demo", help="offline demo on the shipped shapes-sd3 model: plain vs regional prompt, "
+                            "attention maps; writes PNGs")
+    p.add_argument("--out", type=Path, default=Path("attnkit-demo"), help="folder for the PNGs (default attnkit-demo)")
+    p.add_argument("--model", default="shapes-sd3", help="a shapes model (default shapes-sd3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the model is tiny, more threads "
+                   "only add overhead)")
+    p.set_defaults(run=_demo)
+
+    p = commands.add_parser("eval", help="quality benchmark on shapes models, judged by colour segmentation")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="shapes-sd3, or a folder trained by attnkit.shapes.train")
+    p.add_argument("--seeds", type=int, default=8, help="images per single-object prompt; 4x as many two-object "
+                   "layouts (default 8)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per model: model, prompt_following, "
+                   "regional_adherence, plain_adherence, map_iou (each in [0, 1] or null)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from . import load
+    from .evaluate import METRICS, evaluate
+
+    torch.set_num_threads(args.threads)
+    for model in args.models:
+        pipe = load(model)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.inference_mode():
+            result = evaluate(pipe, seeds=args.seeds)
+        metrics = {"model": model, **{k: result[k] for k in METRICS}}
+        if args.json:
+            print(json.dumps(metrics))
+        else:
+            print(model)
+            for key in METRICS:
+                value = result[key]
+                print(f"  {key:<20} {'n/a (feature not installed)' if value is None else f'{value:.3f}'}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from .demo import run_demo
+
+    torch.set_num_threads(args.threads)
+    start = time.monotonic()
+    written = run_demo(args.model, args.out, seed=args.seed)
+    print(f"wrote {', '.join(str(p) for p in written)} in {time.monotonic() - start:.1f} s")

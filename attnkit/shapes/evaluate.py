@@ -1,0 +1,136 @@
+"""Quality benchmark on a shapes model, judged by colour segmentation of the generated images (issue 6).
+
+Metrics, each a rate in [0, 1], or None while the feature it measures does not exist in this install:
+- `prompt_following`: single-object prompts, the largest object has the right colour and shape;
+- `regional_adherence` / `plain_adherence`: two objects, left and right half, by the strict object-level rule
+  (`scorer.region_success`), with attnkit's regional prompting vs a plain prompt naming both objects;
+- `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import CALL_KWARGS
+from .data import COLORS, SHAPES, SIZE
+from .regional import available as regional_available
+from .regional import regional_images
+from .scorer import detect, follows_prompt, region_success
+
+__all__ = ["HALVES", "METRICS", "evaluate", "generate", "layouts"]
+
+METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou")
+STEPS, GUIDANCE = 28, 4.0
+MAP_THRESHOLD = 0.4
+#: Left and right halves of the image, the two regions of every regional layout.
+HALVES: tuple[np.ndarray, np.ndarray] = (np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool))
+HALVES[0][:, : SIZE // 2] = True
+HALVES[1][:, SIZE // 2:] = True
+
+
+def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS, guidance: float = GUIDANCE,
+             batch: int = 16, **call: Any) -> list[np.ndarray]:
+    """uint8 (64, 64, 3) images, one per (prompt, seed), batched; each image depends only on its own seed."""
+    images: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch):
+        chunk = slice(start, start + batch)
+        out = pipe(prompt=prompts[chunk], generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]],
+                   num_inference_steps=steps, guidance_scale=guidance, output_type="np", height=SIZE, width=SIZE,
+                   **{**CALL_KWARGS, **call}).images
+        images += [np.round(np.asarray(im) * 255).clip(0, 255).astype(np.uint8) for im in out]
+    return images
+
+
+def layouts(count: int, seed: int = 0) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """`count` (left (colour, shape), right (colour, shape)) pairs with two different colours, seeded."""
+    rng = np.random.default_rng(seed)
+    pairs = [(a, b) for a, b in itertools.permutations(COLORS, 2)]
+    out = []
+    for _ in range(count):
+        left, right = pairs[rng.integers(len(pairs))]
+        out.append(((left, SHAPES[rng.integers(3)]), (right, SHAPES[rng.integers(3)])))
+    return out
+
+
+def _phrase(obj: tuple[str, str]) -> str:
+    return f"a {obj[0]} {obj[1]}"
+
+
+def prompt_following(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
+    """Rate of single-object prompts whose largest object has the right colour and shape (and colour alone)."""
+    combos = [(c, s) for c in COLORS for s in SHAPES]
+    jobs = [(c, s, k) for c, s in combos for k in range(seeds)]
+    images = generate(pipe, [f"a {c} {s}" for c, s, _ in jobs], [1000 + k for *_, k in jobs], **gen)
+    judged = [follows_prompt(im, c, s) for im, (c, s, _) in zip(images, jobs)]
+    per_color = {c: float(np.mean([both for (both_c, both), (jc, _, _) in zip(((a, b) for a, b in judged), jobs)
+                                   if jc == c])) for c in COLORS}
+    return {"rate": float(np.mean([b for _, b in judged])), "color_rate": float(np.mean([a for a, _ in judged])),
+            "per_color": per_color, "images": len(images)}
+
+
+def _map_iou(trace: Any, images: list[np.ndarray], words: list[list[str]]) -> list[float]:
+    """IoU of each colour word's thresholded map with the pixels of that colour's objects, where one was drawn."""
+    scores = []
+    for item, (image, item_words) in enumerate(zip(images, words)):
+        blobs = detect(image)
+        for word in item_words:
+            truth = np.any([b.mask for b in blobs if b.color == word], axis=0) if any(
+                b.color == word for b in blobs) else None
+            if truth is None:
+                continue
+            heat = trace.heatmap(word, item=item).float()[None, None]
+            heat = torch.nn.functional.interpolate(heat, size=(SIZE, SIZE), mode="bilinear")[0, 0].numpy()
+            pred = heat >= heat.min() + MAP_THRESHOLD * (heat.max() - heat.min())
+            scores.append(float((pred & truth).sum() / (pred | truth).sum()))
+    return scores
+
+
+def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
+    """Plain prompts naming both objects of each layout (with maps if attnkit.maps exists), and regional ones."""
+    cases = layouts(4 * seeds)
+    prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
+    gen_seeds = [2000 + k for k in range(len(cases))]
+    wanted = [[left, right] for left, right in cases]
+    result: dict[str, Any] = {"layouts": len(cases)}
+    if importlib.util.find_spec("attnkit.maps") is not None:
+        from ..maps import trace
+
+        plain, ious = [], []
+        for start in range(0, len(prompts), 16):
+            chunk = slice(start, start + 16)
+            with trace(pipe, prompts[chunk]) as tc:
+                images = generate(pipe, prompts[chunk], gen_seeds[chunk], batch=16, **gen)
+            plain += images
+            ious += _map_iou(tc, images, [[left[0], right[0]] for left, right in cases[chunk]])
+        result["map_iou"] = float(np.mean(ious)) if ious else None
+        result["map_words"] = len(ious)
+    else:
+        plain = generate(pipe, prompts, gen_seeds, **gen)
+        result["map_iou"] = None
+    regions = list(HALVES)
+    plain_ok = [region_success(im, regions, w) for im, w in zip(plain, wanted)]
+    result["plain"] = float(np.mean(plain_ok))
+    result["plain_both"] = float(np.mean([all(r) for r in plain_ok]))
+    if not regional_available():
+        result["regional"] = None
+        return result
+    regional = regional_images(pipe, cases, gen_seeds, **gen)
+    regional_ok = [region_success(im, regions, w) for im, w in zip(regional, wanted)]
+    result["regional"] = float(np.mean(regional_ok))
+    result["regional_both"] = float(np.mean([all(r) for r in regional_ok]))
+    return result
+
+
+def evaluate(pipe: Any, seeds: int = 8, **gen: Any) -> dict[str, Any]:
+    """All metrics plus details; `seeds` images per single-object prompt and 4 x `seeds` two-object layouts."""
+    single = prompt_following(pipe, seeds, **gen)
+    pair = two_objects(pipe, seeds, **gen)
+    return {"prompt_following": single["rate"], "regional_adherence": pair["regional"],
+            "plain_adherence": pair["plain"], "map_iou": pair["map_iou"],
+            "details": {"single": single, "two_objects": pair, "steps": gen.get("steps", STEPS),
+                        "guidance": gen.get("guidance", GUIDANCE), "seeds": seeds}}

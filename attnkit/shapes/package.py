@@ -1,0 +1,113 @@
+"""Ship a trained run: `python -m attnkit.shapes.package RUN_DIR NAME [--quality JSON]`.
+
+Copies RUN_DIR/pipeline into `attnkit/shapes/models/NAME` with the transformer and VAE weights stored in fp16
+(half the bytes; they load back as fp32, and the images are checked to stay the same), and writes the model card
+from the run's own records, so no figure in it is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import AttnkitError
+from . import CALL_KWARGS, MODELS_DIR
+
+__all__ = ["main", "model_card", "package"]
+
+
+def _sample(pipe: Any) -> np.ndarray:
+    return pipe(["a red circle", "a yellow triangle"], num_inference_steps=8, output_type="np",
+                generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **CALL_KWARGS).images
+
+
+def package(run: Path, name: str) -> Path:
+    """fp16 copy of `run` (a saved pipeline folder) in the package; refuses if fp16 changes the images visibly."""
+    from diffusers import DiffusionPipeline
+
+    if not (run / "model_index.json").is_file():
+        raise AttnkitError(f"{run} is not a saved pipeline folder (no model_index.json)")
+    pipe = DiffusionPipeline.from_pretrained(run, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    reference = _sample(pipe)
+    out = MODELS_DIR / name
+    shutil.rmtree(out, ignore_errors=True)
+    pipe.transformer.to(torch.float16)
+    pipe.vae.to(torch.float16)
+    pipe.save_pretrained(out)
+    shutil.copy(run / "training.json", out / "training.json")
+    shipped = DiffusionPipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    shipped.set_progress_bar_config(disable=True)
+    error = float(np.abs(_sample(shipped) - reference).max())
+    if error > 0.05:
+        shutil.rmtree(out)
+        raise AttnkitError(f"fp16 weights change the images by up to {error:.3f}: ship fp32 instead")
+    return out
+
+
+def model_card(name: str, training: dict[str, Any], transformer: dict[str, Any], quality: dict[str, Any] | None) -> str:
+    """README.md of a shipped model, from training.json, the transformer's config and the benchmark's JSON."""
+    lines = [
+        f"# {name}", "",
+        "A stock `StableDiffusion3Pipeline` trained from scratch by `python -m attnkit.shapes.train` on the attnkit "
+        "shapes world: 64x64 images of 1-3 flat-coloured circles, squares and triangles (red, green, blue, yellow) "
+        "on a dark grey background, captioned like \"a red circle and a blue square\".", "",
+        "Load: `attnkit.shapes.load(\"" + name + "\")` or `attnkit.models.load_pipeline(\"" + name + "\")` "
+        "(`from_pretrained` on this folder with `text_encoder_3=None, tokenizer_3=None`). There is no T5: pass "
+        "`max_sequence_length=0` to every call (`attnkit.shapes.CALL_KWARGS`).", "",
+        "## Recipe", "",
+        "- Text: two tiny CLIP text encoders (hidden 64, 2 layers), frozen at random init with large token and "
+        "position embeddings; a tokenizer where each vocabulary word is one token.",
+        "- VAE: `AutoencoderKL` (32, 64, 64) channels, 4 latent channels, 4x down (16x16 latents); L1 + MSE + 1e-6 "
+        f"KL on 32 px crops then whole scenes, {training['vae_steps']} steps of 16.",
+        f"- Transformer: `SD3Transformer2DModel`, patch 2 (8x8 image tokens), {transformer['num_layers']} layers, "
+        f"{transformer['num_attention_heads']} heads x {transformer['attention_head_dim']}; rectified flow, "
+        "logit-normal sigmas, AdamW 1e-3 with warm-up and cosine decay, 10% caption dropout, EMA; "
+        f"{training['scenes']} pre-encoded scenes.",
+        f"- Trained {training['steps']} steps of batch {training['batch']} in {training['minutes']} minutes on one "
+        f"CPU thread (seed {training['seed']}); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
+        "- Weights of the transformer and VAE are stored in fp16 and load as fp32.", "",
+        "## Measured quality", "",
+    ]
+    if quality is None:
+        lines.append("Not measured yet: run `python benchmarks/quality.py " + name + "`.")
+    else:
+        d = quality["details"]
+        lines += [
+            f"From `benchmarks/results/quality-{name}.json` ({d['steps']} steps, CFG {d['guidance']}, "
+            f"{d['single']['images']} single-object images, {d['two_objects']['layouts']} two-object layouts):", "",
+            "| metric | value |", "| --- | --- |",
+            *(f"| {k} | {'n/a' if quality[k] is None else f'{quality[k]:.3f}'} |"
+              for k in ("prompt_following", "regional_adherence", "plain_adherence", "map_iou")),
+            f"| colour only, single object | {d['single']['color_rate']:.3f} |",
+            *(f"| colour and shape, {c} | {v:.3f} |" for c, v in d["single"]["per_color"].items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnkit.shapes.package", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a pipeline folder written by attnkit.shapes.train (RUN/pipeline)")
+    parser.add_argument("name", help="model name, e.g. shapes-sd3")
+    parser.add_argument("--quality", type=Path, default=None, help="benchmark JSON for the card (optional)")
+    parser.add_argument("--card-only", action="store_true", help="rewrite the card of an already shipped model")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = MODELS_DIR / args.name if args.card_only else package(args.run, args.name)
+    training = json.loads((out / "training.json").read_text())
+    quality = json.loads(args.quality.read_text()) if args.quality else None
+    transformer = json.loads((out / "transformer" / "config.json").read_text())
+    (out / "README.md").write_text(model_card(args.name, training, transformer, quality))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

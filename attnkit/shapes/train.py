@@ -1,0 +1,251 @@
+"""Train a shapes-world pipeline from scratch: `python -m attnkit.shapes.train --arch sd3 --out DIR`.
+
+Every part is built from a config and the result is a stock diffusers pipeline folder (`save_pretrained`), so the
+shipped models exercise exactly the code paths of real checkpoints. Recipe (see shapes-world-notes): a small VAE
+first, then scenes pre-encoded once, then the denoiser with rectified flow, logit-normal sigmas, 10% caption
+dropout and EMA. Time-boxed: a checkpoint of the EMA weights is saved every `--checkpoint-minutes` so a usable
+model always exists, and training stops at `--steps` or `--minutes`, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AttnkitError
+from .data import SIZE, random_scene
+from .tokenizer import MAX_LENGTH, shapes_tokenizer
+
+__all__ = ["build_sd3", "main", "scene_batch"]
+
+#: T5 is dropped: the pipeline pads with `max_sequence_length` zero "T5" tokens, so 0 keeps them out entirely.
+#: Pass these to every call of a shapes-sd3 pipeline (training encodes prompts with them too).
+SD3_CALL_KWARGS: dict[str, Any] = {"max_sequence_length": 0}
+
+_TEXT_HIDDEN = 64  # per CLIP encoder; the two concatenate to the transformer's joint_attention_dim
+
+
+def _text_encoder(seed: int, vocab_size: int, eos_id: int) -> Any:
+    """A tiny CLIP text encoder, frozen at random init with large embeddings so word identity and order survive."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_LENGTH,
+                            projection_dim=_TEXT_HIDDEN, eos_token_id=eos_id, bos_token_id=eos_id - 1,
+                            pad_token_id=eos_id)
+    model = CLIPTextModelWithProjection(config)
+    with torch.no_grad():
+        model.text_model.embeddings.token_embedding.weight.normal_(0.0, 1.0)
+        model.text_model.embeddings.position_embedding.weight.normal_(0.0, 0.5)
+    return model.eval().requires_grad_(False)
+
+
+def _vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=SIZE)
+
+
+def build_sd3(seed: int, layers: int = 8, heads: int = 4, head_dim: int = 32, shift: float = 1.0) -> Any:
+    """An untrained shapes-sd3 pipeline (64 px, 16x16 latents, 8x8 image tokens), deterministic for `seed`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer = shapes_tokenizer()
+    eos = tokenizer.eos_token_id
+    text_1 = _text_encoder(seed + 1, len(tokenizer), eos)
+    text_2 = _text_encoder(seed + 2, len(tokenizer), eos)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=SIZE // 4, patch_size=2, in_channels=4, out_channels=4, num_layers=layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=2 * _TEXT_HIDDEN,
+        caption_projection_dim=heads * head_dim, pooled_projection_dim=2 * _TEXT_HIDDEN, pos_embed_max_size=16)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(),
+        text_encoder=text_1, tokenizer=tokenizer, text_encoder_2=text_2, tokenizer_2=shapes_tokenizer(),
+        text_encoder_3=None, tokenizer_3=None)
+
+
+def scene_batch(seeds: range | list[int]) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1] (N, 3, 64, 64) and captions of the scenes with these seeds."""
+    scenes = [random_scene(s) for s in seeds]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images, [s.caption for s in scenes]
+
+
+class _Log:
+    """Progress line on stderr and a JSON-lines loss log, so a run can be followed and plotted."""
+
+    def __init__(self, path: Path, total: int, stage: str) -> None:
+        self.file = path.open("a")
+        self.total, self.stage, self.start = total, stage, time.monotonic()
+
+    def __call__(self, step: int, **values: float) -> None:
+        elapsed = time.monotonic() - self.start
+        self.file.write(json.dumps({"stage": self.stage, "step": step, "seconds": round(elapsed, 1), **values}) + "\n")
+        self.file.flush()
+        done = step / self.total
+        bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
+        shown = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+        print(f"\r{self.stage} [{bar}] {step}/{self.total} {shown} {elapsed / 60:.1f} min", end="", file=sys.stderr,
+              flush=True)
+
+
+def train_vae(vae: Any, steps: int, seed: int, log: _Log) -> None:
+    """L1 + MSE + tiny KL on random 32 px crops (4x cheaper than full scenes; the VAE is convolutional)."""
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    vae.train()
+    for step in range(1, steps + 1):
+        images, _ = scene_batch(rng.integers(0, 2**31, size=16).tolist())
+        crop = SIZE // 2
+        if step <= steps * 4 // 5:
+            y, x = (int(v) for v in rng.integers(0, SIZE - crop + 1, size=2))
+            images = images[:, :, y:y + crop, x:x + crop]
+        else:
+            images = images[:4]  # last fifth on whole scenes, so borders and context are seen too
+        posterior = vae.encode(images).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == steps:
+            log(step, loss=loss.item())
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_scenes(pipe: Any, count: int, seed: int) -> dict[str, torch.Tensor]:
+    """Latent mean/std of `count` scenes and their caption embeddings, computed once; sets the VAE's latent scaling."""
+    means, stds, captions = [], [], []
+    for start in range(0, count, 256):
+        images, caps = scene_batch(range(seed + start, seed + min(start + 256, count)))
+        dist = pipe.vae.encode(images).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+        captions += caps
+    mean, std = torch.cat(means), torch.cat(stds)
+    pipe.vae.register_to_config(shift_factor=float(mean.mean()), scaling_factor=float(1.0 / mean.std()))
+    unique = sorted(set(captions)) + [""]
+    embeds, pooled = [], []
+    for start in range(0, len(unique), 512):
+        e, _, p, _ = pipe.encode_prompt(prompt=unique[start:start + 512], prompt_2=None, prompt_3=None,
+                                        do_classifier_free_guidance=False, **SD3_CALL_KWARGS)
+        embeds.append(e)
+        pooled.append(p)
+    index = {c: i for i, c in enumerate(unique)}
+    return {"mean": mean, "std": std, "caption": torch.tensor([index[c] for c in captions]),
+            "embeds": torch.cat(embeds), "pooled": torch.cat(pooled)}
+
+
+def _save(pipe: Any, ema: torch.nn.Module, out: Path, meta: dict[str, Any]) -> None:
+    """Writes the pipeline with the EMA denoiser to out/pipeline atomically (a temp folder renamed over it)."""
+    live = pipe.transformer
+    pipe.transformer = ema
+    tmp = out / "pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(meta, indent=1))
+    pipe.transformer = live
+    final = out / "pipeline"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Namespace, log: _Log, out: Path) -> None:
+    """Rectified flow: x_t = (1 - s) x0 + s noise, the model predicts noise - x0 at timestep 1000 s."""
+    model = pipe.transformer
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(args.seed)
+    shift, scale = pipe.vae.config.shift_factor, pipe.vae.config.scaling_factor
+    empty = len(data["embeds"]) - 1
+    start = last_save = time.monotonic()
+    losses: list[float] = []
+    model.train()
+    for step in range(1, args.steps + 1):
+        warm = min(1.0, step / 100)
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in opt.param_groups:
+            group["lr"] = args.lr * warm * cosine
+        idx = torch.randint(len(data["mean"]), (args.batch,), generator=gen)
+        x0 = data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen)
+        x0 = (x0 - shift) * scale
+        cap = data["caption"][idx].clone()
+        cap[torch.rand(args.batch, generator=gen) < 0.1] = empty
+        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1)
+        pred = model(hidden_states=(1 - s) * x0 + s * noise, encoder_hidden_states=data["embeds"][cap],
+                     pooled_projections=data["pooled"][cap], timestep=sigma * 1000).sample
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            log(step, loss=float(np.mean(losses[-100:])), lr=opt.param_groups[0]["lr"])
+        now = time.monotonic()
+        done = step == args.steps or now - start > args.minutes * 60
+        if done or now - last_save > args.checkpoint_minutes * 60:
+            _save(pipe, ema, out, {"arch": args.arch, "seed": args.seed, "steps": step, "batch": args.batch,
+                                   "minutes": round((now - start) / 60, 1), "loss": float(np.mean(losses[-100:])),
+                                   "scenes": args.scenes, "vae_steps": args.vae_steps, "layers": args.layers,
+                                   "heads": args.heads})
+            last_save = now
+        if done:
+            break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnkit.shapes.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=["sd3"], default="sd3")
+    parser.add_argument("--out", type=Path, required=True, help="run folder; the model goes to OUT/pipeline")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=6000, help="denoiser steps (also sets the cosine LR schedule)")
+    parser.add_argument("--minutes", type=float, default=80.0, help="time box for the denoiser")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--scenes", type=int, default=10000, help="pre-encoded training scenes")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (shared machines: keep 1)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.minutes <= 0:
+        raise AttnkitError("--steps must be >= 1 and --minutes > 0")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    pipe = build_sd3(args.seed, layers=args.layers, heads=args.heads)
+    train_vae(pipe.vae, args.vae_steps, args.seed, _Log(args.out / "loss.jsonl", args.vae_steps, "vae"))
+    print(file=sys.stderr)
+    data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes)
+    train_denoiser(pipe, data, args, _Log(args.out / "loss.jsonl", args.steps, "denoiser"), args.out)
+    print(f"\nsaved {args.out / 'pipeline'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
