@@ -79,7 +79,7 @@ def test_maps_equal_an_fp64_softmax_reference(pipelines, name, exact):
     capture = Capture()
     tc, _ = traced(pipelines[name], capture, trace_kwargs={"exact": exact, "steps": [1, 2]})
     want, count = reference(capture.calls, steps={1, 2})
-    assert tc.count == count and tc.recorder.steps_recorded == {1, 2}
+    assert tc.count == count and tc.recorder.steps_recorded == {1, 2} and tc.recorder.needs_lse == (exact == "lse")
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
 
 
@@ -126,17 +126,18 @@ def test_img2img_and_controlnet_pipelines_of_the_family_record_the_same_way(pipe
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("branch", ["cond", "uncond"])
-def test_batches_of_prompts_give_maps_per_item(pipelines, branch):
-    """Two prompts x two images each: four maps, item i labelled with prompt i // 2."""
+def test_batches_of_prompts_give_maps_per_item(pipelines):
+    """Two prompts x two images each: four maps per branch, item i labelled with prompt i // 2; two traces (cond and
+    uncond branch) share the sites of one generation."""
     pipe, prompts = pipelines["tiny-sd15"], ["a red circle", "a blue zebra square"]
     capture = Capture()
-    tc = attnkit.maps.trace(pipe, prompts, branch=branch)
-    with tc, attnkit.attach(pipe, capture, tc.recorder.sites):
+    tc, uncond = attnkit.maps.trace(pipe, prompts), attnkit.maps.trace(pipe, branch="uncond")
+    with tc, uncond, attnkit.attach(pipe, capture, tc.recorder.sites):
         generate(pipe, prompt=prompts, num_images_per_prompt=2)
-    want, _ = reference(capture.calls, steps={0, 1}, branch=branch)
-    assert tc.total.shape == (4, 77, 16, 16)
-    torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
+    for trace, branch in ((tc, "cond"), (uncond, "uncond")):
+        want, _ = reference(capture.calls, steps={0, 1}, branch=branch)
+        assert trace.total.shape == (4, 77, 16, 16)
+        torch.testing.assert_close(trace.total.double(), want, rtol=1e-4, atol=1e-6)
     assert not torch.equal(tc.total[0], tc.total[2])
     torch.testing.assert_close(tc.heatmap("circle", item=1), tc.maps[1, 3])
     torch.testing.assert_close(tc.heatmap("square", item=3), tc.maps[3, 8])
