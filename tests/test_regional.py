@@ -4,6 +4,7 @@ issue asks for (whole-image region == plain prompt, isolation, schedules), every
 import json
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -355,6 +356,28 @@ def test_masks_are_cached_per_layout_and_rebuilt_for_a_new_size(pipelines, name)
         grids = {key[1] for key in call.control._plans}
         assert grids == {(8, 8), (12, 8)}
         assert all(plan.mask.shape[-1] == sum(n for _, n in key[0].queries) for key, plan in call.control._plans.items())
+
+
+def test_pooled_is_the_region_mean_or_the_base_prompts(pipelines):
+    pipe = pipelines["tiny-sd3"]
+    spec = {"base": "a park", **LEFT_RIGHT}
+    with torch.no_grad():
+        _, _, pooled, _ = pipe.encode_prompt(["a red circle", "a blue square", "a park"], None, None,
+                                             do_classifier_free_guidance=False)
+    with attnkit.regional(pipe, spec) as call:
+        torch.testing.assert_close(call(seed=0)["pooled_prompt_embeds"], pooled[:2].mean(0, keepdim=True))
+    with attnkit.regional(pipe, spec, pooled="base") as call:
+        torch.testing.assert_close(call(seed=0)["pooled_prompt_embeds"], pooled[2:])
+    with pytest.raises(AttnkitError, match="has no `base`"):
+        with attnkit.regional(pipe, LEFT_RIGHT, pooled="base"):
+            pass
+
+
+def test_example_specs_load():
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("regional-*.yaml"))
+    assert examples
+    for path in examples:
+        assert load_spec(path).regions
 
 
 # --- errors, and restoration after each ----------------------------------------------------------------------------

@@ -114,7 +114,8 @@ class Regional:
                               with_negatives=with_negatives)
         o = self.options
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
-        rules = Rules(o.image_to_text, o.text_to_image, o.text_isolation, o.image_isolation, True, base_bias(weight))
+        rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
+                      image_isolation=o.image_isolation, base_bias=base_bias(weight))
         self.control = RegionalControl(self.spec, self.encoded, Schedule(rules, o.steps, o.image_isolation_steps),
                                        o.kernel)
         session = Session(self.pipe, [(self.control, self.sites())])

@@ -42,7 +42,13 @@ MaskSource = str | Path | Image.Image | torch.Tensor
 
 @dataclass(frozen=True)
 class Base:
-    """A whole-image prompt; `weight` multiplies the unnormalised attention of every image token on its tokens."""
+    """A whole-image prompt, visible to every image token.
+
+    `weight` w is a logit bias of log(w) on the base prompt's tokens for every image query: it multiplies the
+    unnormalised attention an image token pays them by w, against its own region's text and the image. w = 1 treats
+    the base prompt like the token's own region prompt, 0 hides it (its text still sees the whole image, and image
+    tokens that no region covers then see no text at all).
+    """
 
     prompt: str
     weight: float = 1.0
