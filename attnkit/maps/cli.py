@@ -45,10 +45,11 @@ def _maps(args: argparse.Namespace) -> None:
         image = pipe(args.prompt, num_inference_steps=args.steps, height=args.size, width=args.size,
                      generator=torch.Generator().manual_seed(args.seed)).images[0]
     if words is None:
-        words = [w for w in tc.tokens().unique_words if w not in _RESERVED]
-        skipped = [w for w in tc.tokens().unique_words if w in _RESERVED]
+        every = tc.tokens().unique_words
+        words = [w for w in every if w not in _RESERVED]
+        skipped = sorted(set(every) - set(words))
         if skipped:
-            print(f"attnkit: skipped {', '.join(skipped)}: the name is taken by {skipped[0]}.png", file=sys.stderr)
+            print(f"attnkit: no map for {', '.join(skipped)}: image.png and grid.png are other outputs", file=sys.stderr)
     maps = {w: heat[0] for w, heat in tc.word_maps(words).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     image.save(args.out / "image.png")
