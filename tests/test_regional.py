@@ -122,10 +122,16 @@ BAD_SPECS = {
 
 
 @pytest.mark.parametrize("case", BAD_SPECS)
-def test_each_bad_spec_raises_its_error(case, tmp_path):
+def test_each_bad_spec_raises_its_error(pipelines, case, tmp_path):
     data, message = BAD_SPECS[case]
     with pytest.raises(AttnkitError, match=re.escape(message)):
         RegionSpec.from_dict(data, root=tmp_path)
+    pipe = pipelines["tiny-sd3"]
+    before = state_of(pipe)
+    with pytest.raises(AttnkitError, match=re.escape(message)):
+        with attnkit.regional(pipe, data):
+            pass
+    assert state_of(pipe) == before
 
 
 def test_unreadable_mask_file_and_spec_file(tmp_path):
@@ -345,7 +351,7 @@ def test_negatives_regional_share_the_mask_global_is_unmasked(pipelines, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_masks_are_cached_per_layout_and_rebuilt_for_a_new_size(pipelines, name):
+def test_masks_are_compiled_once_per_layout_and_never_reused_across_sizes_or_specs(pipelines, name):
     pipe = pipelines[name]
     with attnkit.regional(pipe, LEFT_RIGHT, max_sequence_length=SHORT_T5) as call:
         latents(pipe, **call(seed=0, num_inference_steps=2))
@@ -353,9 +359,15 @@ def test_masks_are_cached_per_layout_and_rebuilt_for_a_new_size(pipelines, name)
         latents(pipe, **call(seed=0, num_inference_steps=2))
         assert call.control._plans == first  # same layout: compiled once, reused
         latents(pipe, **call(seed=0, num_inference_steps=1, height=96, width=64))
-        grids = {key[1] for key in call.control._plans}
-        assert grids == {(8, 8), (12, 8)}
-        assert all(plan.mask.shape[-1] == sum(n for _, n in key[0].queries) for key, plan in call.control._plans.items())
+        plans = call.control._plans
+        assert {key[1] for key in plans} == {(8, 8), (12, 8)}
+        assert all(plan.mask.shape[-1] == sum(n for _, n in key[0].queries) for key, plan in plans.items())
+    swapped = {"regions": [{**LEFT_RIGHT["regions"][0], "box": [0.5, 0, 1, 1]},
+                           {**LEFT_RIGHT["regions"][1], "box": [0, 0, 0.5, 1]}]}
+    with attnkit.regional(pipe, swapped, max_sequence_length=SHORT_T5) as call:
+        latents(pipe, **call(seed=0, num_inference_steps=1))
+        key, plan = next(iter(call.control._plans.items()))
+    assert not torch.equal(plan.mask, plans[key].mask)
 
 
 def test_pooled_is_the_region_mean_or_the_base_prompts(pipelines):
