@@ -115,11 +115,11 @@ class TokenGroups:
         """`allowed` for every pair of groups: (groups, groups) float64 of 0 / bias / -inf."""
         return torch.tensor([[allowed(q, k, rules) for k in self.groups] for q in self.groups], dtype=torch.float64)
 
-    def dense(self, matrix: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The mask over the call's tokens (L, L): bool (True = attend) when it has no bias, else additive float."""
-        index = self.group_of.to(device)
-        small = matrix == 0 if set(matrix.unique().tolist()) <= {0.0, _NEG_INF} else matrix.to(dtype)
-        return torch.gather(small.to(device).index_select(0, index), 1, index.expand(len(index), -1))
+    def dense(self, small: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the mask over the call's tokens (L, L) into `out`, from the group-level mask `small` (bool True =
+        attend, or additive float): one gather of rows, one of columns, nothing larger than `out` on the way."""
+        index = self.group_of.to(out.device)
+        torch.gather(small.to(out.device).index_select(0, index), 1, index.expand(len(index), -1), out=out)
 
     def blocks(self, matrix: torch.Tensor) -> list[Block]:
         """The exact split of the masked attention into blocks of the grouped order: per query group, the allowed
@@ -178,8 +178,9 @@ def _status_runs(written: list[bool], start: int, end: int) -> list[tuple[int, i
 
 
 class Plan:
-    """One compiled mask for one token layout, CFG branch set, device and dtype: the dense mask (reference, and
-    what `AttentionCall.probabilities` reads) and the blocks of the split kernel, per batch group."""
+    """One compiled mask for one token layout, CFG branch set, device and dtype: the dense mask `mask` (B or 1, 1,
+    L, L) (the reference, and what `AttentionCall.probabilities` reads) and the calls of the split kernel, per group
+    of batch items that share a mask."""
 
     def __init__(self, layout: Layout, owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
                  device: torch.device):
@@ -195,11 +196,12 @@ class Plan:
         if self.noop:  # everything sees everything: the stock kernel does it
             return
         variants = list(compiled.values())
-        masks = {id(groups): groups.dense(matrix, dtype, device) for groups, matrix in variants}
-        if len(variants) == 1:
-            self.mask = masks[id(variants[0][0])][None, None]
-        else:
-            self.mask = torch.stack([masks[id(groups)] for groups, _ in self.items])[:, None]
+        boolean = all(set(matrix.unique().tolist()) <= {0.0, _NEG_INF} for _, matrix in variants)
+        tokens = len(variants[0][0].group_of)
+        self.mask = torch.empty(1 if len(variants) == 1 else len(self.items), 1, tokens, tokens,
+                                dtype=torch.bool if boolean else dtype, device=device)
+        for i, (groups, matrix) in enumerate(variants if len(variants) == 1 else self.items):
+            groups.dense(matrix == 0 if boolean else matrix.to(dtype), self.mask[i, 0])
         self._batches: list[tuple[slice | torch.Tensor, list[_Call]]] = []
         for groups, matrix in variants:
             rows = [i for i, (g, _) in enumerate(self.items) if g is groups]
