@@ -307,6 +307,7 @@ def test_step_and_block_schedules(pipelines):
     by_step = {c.step: c for c in recorder.calls if c.mask is not None and c.site.kind == "joint"}
     image, text = by_step[0].layout.span("keys", "image"), by_step[0].layout.span("keys", "text")
     assert by_step[0].mask[..., image, text].all()  # step 0: image isolation only, text parts off
+    assert not by_step[0].mask[1, 0][image, image].all()
     assert by_step[1].mask[..., image, image].all() and not by_step[1].mask[..., image, text].all()
 
 

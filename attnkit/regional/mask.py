@@ -185,26 +185,26 @@ class Plan:
     def __init__(self, layout: Layout, owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
                  device: torch.device):
         compiled: dict[tuple, tuple[TokenGroups, torch.Tensor]] = {}
-        self.items: list[tuple[TokenGroups, torch.Tensor]] = []
+        items: list[tuple[TokenGroups, torch.Tensor]] = []
         for owners in owners_per_item:
             key = tuple(owners.tolist())
             if key not in compiled:
                 groups = TokenGroups(layout, owners)
                 compiled[key] = (groups, groups.matrix(rules))
-            self.items.append(compiled[key])
+            items.append(compiled[key])
         self.noop = all(bool((matrix == 0).all()) for _, matrix in compiled.values())
         if self.noop:  # everything sees everything: the stock kernel does it
             return
         variants = list(compiled.values())
         boolean = all(set(matrix.unique().tolist()) <= {0.0, _NEG_INF} for _, matrix in variants)
         tokens = len(variants[0][0].group_of)
-        self.mask = torch.empty(1 if len(variants) == 1 else len(self.items), 1, tokens, tokens,
+        self.mask = torch.empty(1 if len(variants) == 1 else len(items), 1, tokens, tokens,
                                 dtype=torch.bool if boolean else dtype, device=device)
-        for i, (groups, matrix) in enumerate(variants if len(variants) == 1 else self.items):
+        for i, (groups, matrix) in enumerate(variants if len(variants) == 1 else items):
             groups.dense(matrix == 0 if boolean else matrix.to(dtype), self.mask[i, 0])
         self._batches: list[tuple[slice | torch.Tensor, list[_Call]]] = []
         for groups, matrix in variants:
-            rows = [i for i, (g, _) in enumerate(self.items) if g is groups]
+            rows = [i for i, (g, _) in enumerate(items) if g is groups]
             perm = groups.perm.to(device)
             calls = [_Call(_index(perm[b.q0:b.q1]), _index(torch.cat([perm[k0:k1] for k0, k1 in b.keys])), b.bias,
                            b.first) for b in groups.blocks(matrix)]

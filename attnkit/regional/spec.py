@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class RegionSpec:
     base: Base | None = None
     grid: str | None = None
     root: Path | None = field(default=None, compare=False)
-    _areas: tuple[torch.Tensor, ...] = field(init=False, repr=False, compare=False)
+    _areas: tuple[Callable[[tuple[int, int]], torch.Tensor], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", tuple(self.regions))
@@ -94,6 +95,9 @@ class RegionSpec:
         boxes = parse_grid(self.grid, len(self.regions)) if self.grid is not None else None
         areas = []
         for i, region in enumerate(self.regions):
+            if not isinstance(region, Region):
+                raise AttnkitError(f"region {i + 1} is a {type(region).__name__}, not a `Region`; build specs from "
+                                   "dicts with `RegionSpec.from_dict` or `attnkit.regional.load_spec`.")
             where = f"region {i + 1} ({region.prompt!r})" if isinstance(region.prompt, str) else f"region {i + 1}"
             _check_prompt(region.prompt, where)
             if region.negative is not None:
