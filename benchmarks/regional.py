@@ -4,8 +4,9 @@ in one run on CPU; writes benchmarks/results/regional-cpu.json.
     python benchmarks/regional.py [--rounds N] [--steps N] [--mid-steps N] [--threads N] [--skip-mid]
 
 "Unmasked" runs the stock pipeline on exactly the embeddings the regional session produces (every region's text
-concatenated), outside the session; "masked (split)" runs it inside `attnkit.regional` with the default exact split
-into fused kernels; "masked (dense)" with the dense-mask reference kernel. Configs: the tiny SD3 / SD3.5 / Flux
+concatenated), outside the session; "foundation only" with a no-op control on the same sites (the cost of attnkit's
+site processors alone); "masked (split)" inside `attnkit.regional` with the default exact split into fused kernels
+(the mask compiled inside the timed run, as in real use); "masked (dense)" with the dense-mask reference kernel. Configs: the tiny SD3 / SD3.5 / Flux
 pipelines (overhead-dominated), and mid-size SD3 and Flux (random-init transformers with SD3-medium's / Flux's head
 size around the tiny text encoders, 1024 image tokens). Variants alternate within each round so drift in the shared
 machine's load hits all alike; ratios use the minimum over rounds of this process's CPU time (other jobs on the shared
@@ -27,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 import attnkit
-from attnkit import ops
+from attnkit import Control, ops
 from attnkit.regional import Plan, Rules
 from attnkit.testing import build_pipeline
 
@@ -109,20 +111,28 @@ def run_once(fn: Callable[[], None]) -> tuple[float, float, float | None]:
     return cpu, wall, None if start is None or peak is None else (peak - start) / 1024
 
 
+class _Noop(Control):
+    """Does nothing: what the foundation's site processors cost by themselves."""
+
+    name = "noop"
+
+
 def measure(name: str, pipe, steps: int, rounds: int, size: int | None) -> list[dict]:
-    """Median cost of unmasked, masked (split) and masked (dense) generation with the same tokens."""
-    variants = {"unmasked": None, "masked (split)": "split", "masked (dense)": "dense"}
+    """Cost of unmasked generation, of the foundation alone (a no-op control on the regional sites), and of masked
+    generation with the split and the dense kernel, all on the same tokens."""
+    variants = ("unmasked", "foundation only (no-op control)", "masked (split)", "masked (dense)")
     samples: dict[str, list[tuple[float, float, float | None]]] = {v: [] for v in variants}
-    tokens = {}
+    with attnkit.regional(pipe, SPEC) as call:
+        kwargs = call(seed=0, num_inference_steps=steps, height=size, width=size, output_type="latent")
+        grid = call.grid(kwargs["height"], kwargs["width"])
+        sites = call.sites()
+    tokens = {"image_tokens": grid[0] * grid[1], "text_tokens": kwargs["prompt_embeds"].shape[1]}
+    sessions = {"unmasked": nullcontext, "foundation only (no-op control)": lambda: attnkit.attach(pipe, _Noop(), sites),
+                "masked (split)": lambda: attnkit.regional(pipe, SPEC, kernel="split"),
+                "masked (dense)": lambda: attnkit.regional(pipe, SPEC, kernel="dense")}
     for round_ in range(rounds + 1):  # round 0 warms up
-        for variant, kernel in variants.items():
-            with attnkit.regional(pipe, SPEC, kernel=kernel or "split") as call:
-                kwargs = call(seed=0, num_inference_steps=steps, height=size, width=size, output_type="latent")
-                grid = call.grid(kwargs["height"], kwargs["width"])
-                tokens = {"image_tokens": grid[0] * grid[1], "text_tokens": kwargs["prompt_embeds"].shape[1]}
-                if kernel is not None:
-                    sample = run_once(lambda: _generate(pipe, kwargs))
-            if kernel is None:
+        for variant in variants:
+            with sessions[variant]():
                 sample = run_once(lambda: _generate(pipe, kwargs))
             if round_:
                 samples[variant].append(sample)
@@ -196,10 +206,12 @@ def main() -> None:
                     ("mid-flux", mid_flux, MID_IMAGE_SIZE, args.mid_steps)]
     rows = []
     for name, build, size, steps in configs:
-        rows += measure(name, build(), steps, args.rounds, size)
-        _print(rows[-3:])
-    rows += attention_op(args.rounds)
-    _print(rows[-3:])
+        measured = measure(name, build(), steps, args.rounds, size)
+        _print(measured)
+        rows += measured
+    measured = attention_op(args.rounds)
+    _print(measured)
+    rows += measured
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
@@ -212,7 +224,7 @@ def _print(rows: list[dict]) -> None:
     for r in rows:
         memory = "" if r.get("memory_ratio") is None else (
             f"  memory {r['memory_ratio']:.2f}x ({r['peak_mib_median']:.1f} MiB)")
-        print(f"{r['model']:<13} {r['variant']:<24} {r['image_tokens']:>5}+{r['text_tokens']:<5} tokens  "
+        print(f"{r['model']:<13} {r['variant']:<32} {r['image_tokens']:>5}+{r['text_tokens']:<5} tokens  "
               f"time {r['time_ratio']:.2f}x ({r['cpu_s_min']:.3f} s){memory}", flush=True)
 
 
