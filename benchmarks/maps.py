@@ -8,6 +8,15 @@ Configs: every tiny pipeline (overhead-dominated), and a mid-size SD3 (a 4-block
 Also the issue's op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder.
 Variants alternate within each round, so drift in the shared machine's load hits all of them alike. Times are this
 process's CPU time (other jobs on the shared cores inflate wall time unevenly); ratios of the minima, medians kept too.
+
+Side by side, where it is importable: attention-map-diffusers 1.0.0 (`pip install --no-deps
+attention-map-diffusers==1.0.0`; else its columns are skipped with a note) recording image->text at every timestep
+(`AttentionCapture(pipe, relations="image->text", timesteps="all", heads="mean")`, maps materialised with
+`.compute()` inside the timed region) in its "exact" mode (softmax during the call) and its default "fast" mode (keeps
+q/k, softmax after generation). It swaps processor objects on the pipeline's own modules and restores them on exit, so
+it runs in this process as two more variants rotating with attnkit's in every round; the benchmark asserts that the
+original processors and hooks are back and that latents after all rounds equal those before. Also its retained bytes
+(`peak_capture_bytes`) beside attnkit's aggregate, and, on the transformer pipelines, its maps vs attnkit's.
 """
 
 from __future__ import annotations
@@ -31,6 +40,22 @@ from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E
 import attnkit.maps  # noqa: E402
 from attnkit import AttentionCall, Site, State, TokenLayout, ops  # noqa: E402
 from attnkit.testing import build_pipeline  # noqa: E402
+
+try:
+    import attention_map_diffusers as amd  # optional peer, never a dependency of attnkit
+except ImportError:
+    amd = None
+AMD_INSTALL = "pip install --no-deps attention-map-diffusers==1.0.0"
+AMD_MODES = {"amd-exact": "exact", "amd-fast": "fast"}
+AMD_SETTINGS = 'AttentionCapture(pipe, relations="image->text", timesteps="all", heads="mean", mode=MODE); .compute()'
+AMD_METHOD = (
+    "attention-map-diffusers runs in the same process as two more variants in every round (rotating order with none, "
+    "lse, explicit): it replaces processor objects on the pipeline's modules (not classes) and restores them on exit; "
+    "after the rounds the original processor objects and hook counts are asserted back and latents of a generation "
+    "after all rounds are asserted equal to those before. Its time includes .compute() (fast mode computes the maps "
+    "there). kept_bytes is its own peak_capture_bytes (retained q/k and maps, both CFG branches, per layer and step); "
+    "attnkit's aggregate_bytes is its one fp32 buffer (cond branch). Transient memory is not measured for either."
+)
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red circle and a blue square"
@@ -82,9 +107,9 @@ def timed(variants: dict[str, Callable[[], object]], rounds: int) -> dict:
 def measure(pipe, steps: int, rounds: int, size: int | None) -> dict:
     """One generation without recording, and with a trace on every image->text site at every step, each path."""
 
-    def generate() -> None:
-        pipe(PROMPT, num_inference_steps=steps, height=size, width=size, output_type="latent",
-             generator=torch.Generator().manual_seed(0))
+    def generate() -> torch.Tensor:
+        return pipe(PROMPT, num_inference_steps=steps, height=size, width=size, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
 
     def recorded(exact: str) -> Callable[[], int]:
         def run() -> int:
@@ -94,11 +119,100 @@ def measure(pipe, steps: int, rounds: int, size: int | None) -> dict:
         return run
 
     sites = attnkit.maps.trace(pipe).recorder.sites
+    variants = {"none": generate, "lse": recorded("lse"), "explicit": recorded("explicit")}
     with torch.inference_mode():
-        result = timed({"none": generate, "lse": recorded("lse"), "explicit": recorded("explicit")}, rounds)
+        peer = amd_variants(pipe, generate, variants) if amd is not None else None
+        state = pipeline_state(pipe)
+        before = generate()
+        result = timed(variants, rounds)
         aggregate = recorded("lse")()
-    return {"steps": steps, "sites": len(sites), "kinds": sorted({s.kind for s in sites}), **result,
-            "aggregate_bytes": aggregate}
+        if peer is not None and "error" not in peer:
+            # its restore left nothing behind: same processor objects and hooks, same latents as before the rounds
+            assert pipeline_state(pipe) == state, "attention-map-diffusers left the pipeline patched"
+            assert torch.equal(generate(), before), "latents changed after attention-map-diffusers' rounds"
+            peer["restored_checked"] = True
+            peer["kept_bytes"] = peer.pop("_kept")
+            if kinds_compared(pipe):
+                peer["maps_vs_attnkit"] = compare_maps(pipe, generate, peer["captured_layers"])
+    out = {"steps": steps, "sites": len(sites), "kinds": sorted({s.kind for s in sites}), **result,
+           "aggregate_bytes": aggregate}
+    if peer is not None:
+        out["attention_map_diffusers"] = peer
+    return out
+
+
+def pipeline_state(pipe) -> tuple:
+    """Identity of every processor object of the denoiser, and its modules' hook counts."""
+    model = getattr(pipe, "transformer", None) or pipe.unet
+    processors = tuple((name, id(m.processor)) for name, m in model.named_modules() if hasattr(m, "processor"))
+    hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+    return processors, hooks
+
+
+def amd_variants(pipe, generate: Callable[[], torch.Tensor], variants: dict) -> dict:
+    """Adds attention-map-diffusers' two modes to `variants` if it installs on `pipe`; what it covers, or why not."""
+    kept: dict[str, int] = {}
+
+    def recorded(name: str) -> Callable[[], object]:
+        def run() -> object:
+            with amd.AttentionCapture(pipe, relations="image->text", timesteps="all", heads="mean",
+                                      mode=AMD_MODES[name]) as capture:
+                generate()
+            maps = capture.compute()
+            kept[name] = max(kept.get(name, 0), capture.collector.peak_capture_bytes)
+            run.capture, run.maps = capture, maps
+            return maps
+        return run
+
+    runs = {name: recorded(name) for name in AMD_MODES}
+    try:
+        runs["amd-exact"]()
+    except (RuntimeError, ValueError) as error:  # it refuses pipelines it cannot cover completely
+        return {"error": str(error).splitlines()[0]}
+    capture, maps = runs["amd-exact"].capture, runs["amd-exact"].maps
+    variants.update(runs)
+    return {
+        "captured_modules": capture.coverage["captured_modules"],
+        "attention_modules": capture.coverage["attention_modules"],
+        "captured_layers": sorted({r.layer_id for r in maps.records}),
+        "records": len(maps.records),
+        "record_shape": list(maps.records[0].data.shape),
+        "_kept": kept,
+    }
+
+
+def kinds_compared(pipe) -> bool:
+    """Maps are compared on transformers only: one token grid for all sites (UNet sites have several resolutions,
+    which attnkit upsamples to one and attention-map-diffusers keeps apart)."""
+    return getattr(pipe, "transformer", None) is not None
+
+
+def compare_maps(pipe, generate: Callable[[], torch.Tensor], layers: list[str]) -> dict:
+    """attnkit's mean image->text map (cond branch, mean over heads, sites and steps) vs attention-map-diffusers'
+    exact-mode records averaged the same way, over the sites both record (it records no Flux single blocks)."""
+    names = {layer.split(".", 1)[1] + ".processor" for layer in layers}
+    shared = [s for s in attnkit.maps.trace(pipe).recorder.sites if s.name in names]
+    with attnkit.maps.trace(pipe, PROMPT, sites_=shared) as tc:
+        generate()
+    ours = tc.maps  # (items, text, rows, cols)
+    with amd.AttentionCapture(pipe, relations="image->text", timesteps="all", heads="mean", mode="exact") as cap:
+        generate()
+    records = [r for r in cap.compute().records if r.relation == "image->text"]
+    data = torch.stack([r.data for r in records]).float()  # (records, batch, 1, image, text)
+    cond = data[:, data.shape[1] // 2:, 0]  # CFG batches are [uncond, cond]; without CFG the one branch
+    grid = records[0].q_shape
+    theirs = cond.mean(0).unflatten(1, (grid.height, grid.width)).permute(0, 3, 1, 2)
+    word = "circle"
+    positions = tc.tokens(0).positions(word)
+    ours_word, theirs_word = ours[0, positions].sum(0).flatten(), theirs[0, positions].sum(0).flatten()
+    return {
+        "sites_compared": len(shared),
+        "records": len(records),
+        "max_abs_diff": float((ours - theirs).abs().max()),
+        "max_value": float(ours.abs().max()),
+        "pearson_all": round(float(torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1]), 8),
+        f"pearson_{word}": round(float(torch.corrcoef(torch.stack([ours_word, theirs_word]))[0, 1]), 8),
+    }
 
 
 def attention_op(rounds: int) -> dict:
@@ -121,9 +235,31 @@ def attention_op(rounds: int) -> dict:
     def explicit() -> None:
         explicit_recorder.after(call, F.scaled_dot_product_attention(q, k, v), None)
 
-    result = timed({"none": lambda: F.scaled_dot_product_attention(q, k, v), "lse": with_lse, "explicit": explicit},
-                   rounds)
+    variants = {"none": lambda: F.scaled_dot_product_attention(q, k, v), "lse": with_lse, "explicit": explicit}
+    if amd is not None:
+        from attention_map_diffusers.capture.records import make_layout
+
+        # attention-map-diffusers' exact mode per call: softmax over all keys (chunked over queries) for both CFG
+        # items, mean over heads, text columns kept; here one record per call, cleared each time
+        collector = amd.AttentionCollector(amd.CaptureConfig(relations="image->text", timesteps="all", heads="mean",
+                                                             mode="exact"))
+        ranges = [amd.ModalityRange("image", 0, OP_IMAGE, amd.TokenGrid(height=32, width=32)),
+                  amd.ModalityRange("text", OP_IMAGE, OP_IMAGE + OP_TEXT)]
+        layout = make_layout(ranges, ranges)
+
+        def peer() -> None:
+            collector.clear()
+            collector.capture_qk(layer_id="op", attention_type="joint", query=q, key=k, layout=layout,
+                                 scale=call.scale)
+            F.scaled_dot_product_attention(q, k, v)
+
+        variants["amd-exact"] = peer
+    result = timed(variants, rounds)
     torch.testing.assert_close(lse_recorder.total, explicit_recorder.total, rtol=1e-4, atol=1e-5)
+    if amd is not None:
+        theirs = collector.records[0].data[1, 0].T.unflatten(1, (32, 32)) * OP_HEADS  # cond item, sum over heads
+        torch.testing.assert_close(lse_recorder.total[0] / lse_recorder.count * OP_HEADS, theirs,
+                                   rtol=1e-4, atol=1e-5)
     return result
 
 
@@ -137,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                "configs": {}}
+    if amd is None:
+        print(f"attention-map-diffusers is not importable: its columns are skipped ({AMD_INSTALL} to add them)",
+              flush=True)
+        results["attention_map_diffusers"] = None
+    else:
+        results["attention_map_diffusers"] = {"version": amd.__version__, "settings": AMD_SETTINGS,
+                                              "method": AMD_METHOD}
     results["attention_op"] = attention_op(args.tiny_rounds)
     print("attention op (24 heads, 1024+333 tokens, CFG)", json.dumps(results["attention_op"]["ratio"]), flush=True)
     for name in TINY:
@@ -147,10 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     print(mid, json.dumps(results["configs"][mid]["ratio"]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "maps-cpu.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\nconfig | no recording, CPU s (min) | lse ratio | explicit ratio | lse ratio of medians | aggregate bytes")
+    print("\nconfig | no recording, CPU s (min) | lse ratio | explicit ratio | amd exact ratio | amd fast ratio | "
+          "lse ratio of medians | attnkit aggregate bytes | amd kept bytes exact / fast")
     for name, r in {"attention op": results["attention_op"], **results["configs"]}.items():
+        peer = r.get("attention_map_diffusers") or {}
+        kept = peer.get("kept_bytes")
+        amd_cells = [f"{r['ratio'][k]:.3f}" if k in r["ratio"] else peer.get("error", "-")[:40] for k in AMD_MODES]
         print(f"{name} | {r['cpu_seconds_min']['none']:.4f} | {r['ratio']['lse']:.3f} | {r['ratio']['explicit']:.3f} | "
-              f"{r['ratio_median']['lse']:.3f} | {r.get('aggregate_bytes', '-')}")
+              f"{' | '.join(amd_cells)} | {r['ratio_median']['lse']:.3f} | {r.get('aggregate_bytes', '-')} | "
+              f"{' / '.join(str(kept.get(k, '-')) for k in AMD_MODES) if kept else '-'}")
+    for name, r in results["configs"].items():
+        if "maps_vs_attnkit" in (r.get("attention_map_diffusers") or {}):
+            print(name, "maps vs attention-map-diffusers:", json.dumps(r["attention_map_diffusers"]["maps_vs_attnkit"]))
     return 0
 
 
