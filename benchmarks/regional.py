@@ -6,14 +6,16 @@ in one run on CPU; writes benchmarks/results/regional-cpu.json.
 "Unmasked" runs the stock pipeline on exactly the embeddings the regional session produces (every region's text
 concatenated), outside the session; "foundation only" with a no-op control on the same sites (the cost of attnkit's
 site processors alone); "masked (split)" inside `attnkit.regional` with the default exact split into fused kernels
-(the mask compiled inside the timed run, as in real use); "masked (dense)" with the dense-mask reference kernel. Configs: the tiny SD3 / SD3.5 / Flux
-pipelines (overhead-dominated), and mid-size SD3 and Flux (random-init transformers with SD3-medium's / Flux's head
-size around the tiny text encoders, 1024 image tokens). Variants alternate within each round so drift in the shared
-machine's load hits all alike; ratios use the minimum over rounds of this process's CPU time (other jobs on the shared
-cores only ever add to it; the median wall time is kept too). Peak memory is the rise of the resident set above its
-level before the generation (Linux VmHWM, reset before each run), with glibc told to give every allocation over 64 KiB
-back on free, so that the resident set follows the live tensors. A last row times the attention op alone at the
-issue's shape (1024 image + 2 x 333 text tokens, 24 heads of 64) with its error against an fp64 masked reference.
+(the mask compiled inside the timed run, as in real use); "masked (dense)" with the dense-mask reference kernel.
+
+Configs: the tiny SD3 / SD3.5 / Flux pipelines (overhead-dominated), and mid-size SD3 and Flux (random-init
+transformers with SD3-medium's / Flux's head size around the tiny text encoders, 1024 image tokens). Variants
+alternate within each round so drift in the shared machine's load hits all alike; ratios use the minimum over rounds
+of this process's CPU time (other jobs on the shared cores only ever add to it; the median wall time is kept too).
+Peak memory, measured in a child process after one warm-up, is the rise of the resident set above its level before
+the generation (Linux VmHWM, reset before each run), with glibc told to give every allocation over 64 KiB back on
+free so that the resident set follows the live tensors. A last row times the attention op alone at the issue's shape
+(1024 image + 2 x 333 text tokens, 24 heads of 64) with its error against an fp64 masked reference.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -95,20 +98,25 @@ def _malloc_trim() -> None:
         pass
 
 
-def run_once(fn: Callable[[], None]) -> tuple[float, float, float | None]:
-    """(CPU seconds, wall seconds, peak MiB above the starting resident set) of one call of `fn`."""
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one call of `fn`."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def peak_mib(fn: Callable[[], None]) -> float | None:
+    """Rise of the resident set (MiB) above its level before one call of `fn`; None where Linux cannot tell."""
     gc.collect()
     _malloc_trim()
     start = _rss_kib("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
     except OSError:
-        start = None
-    cpu, wall = time.process_time(), time.perf_counter()
+        return None
     fn()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     peak = _rss_kib("VmHWM")
-    return cpu, wall, None if start is None or peak is None else (peak - start) / 1024
+    return None if start is None or peak is None else (peak - start) / 1024
 
 
 class _Noop(Control):
@@ -117,32 +125,37 @@ class _Noop(Control):
     name = "noop"
 
 
-def measure(name: str, pipe, steps: int, rounds: int, size: int | None) -> list[dict]:
-    """Cost of unmasked generation, of the foundation alone (a no-op control on the regional sites), and of masked
-    generation with the split and the dense kernel, all on the same tokens."""
-    variants = ("unmasked", "foundation only (no-op control)", "masked (split)", "masked (dense)")
-    samples: dict[str, list[tuple[float, float, float | None]]] = {v: [] for v in variants}
+VARIANTS = ("unmasked", "foundation only (no-op control)", "masked (split)", "masked (dense)")
+
+
+def measure(name: str, pipe, steps: int, rounds: int, size: int | None, memory: bool) -> list[dict]:
+    """Per variant: CPU and wall time of generation (or, with `memory`, its peak memory), all on the same tokens:
+    unmasked, the foundation alone (a no-op control on the regional sites), masked with the split and dense kernel."""
     with attnkit.regional(pipe, SPEC) as call:
         kwargs = call(seed=0, num_inference_steps=steps, height=size, width=size, output_type="latent")
         grid = call.grid(kwargs["height"], kwargs["width"])
         sites = call.sites()
-    tokens = {"image_tokens": grid[0] * grid[1], "text_tokens": kwargs["prompt_embeds"].shape[1]}
     sessions = {"unmasked": nullcontext, "foundation only (no-op control)": lambda: attnkit.attach(pipe, _Noop(), sites),
                 "masked (split)": lambda: attnkit.regional(pipe, SPEC, kernel="split"),
                 "masked (dense)": lambda: attnkit.regional(pipe, SPEC, kernel="dense")}
+    samples: dict[str, list] = {v: [] for v in VARIANTS}
     for round_ in range(rounds + 1):  # round 0 warms up
-        for variant in variants:
+        for variant in VARIANTS:
             with sessions[variant]():
-                sample = run_once(lambda: _generate(pipe, kwargs))
+                sample = (peak_mib if memory else timed)(lambda: _generate(pipe, kwargs))
             if round_:
                 samples[variant].append(sample)
-    base = _summary(samples["unmasked"])
+    tokens = {"image_tokens": grid[0] * grid[1], "text_tokens": kwargs["prompt_embeds"].shape[1]}
     rows = []
-    for variant in variants:
-        cpu, wall, peak = _summary(samples[variant])
-        rows.append({"model": name, "regions": len(SPEC["regions"]), **tokens, "steps": steps, "variant": variant,
-                     "cpu_s_min": cpu, "wall_s_median": wall, "time_ratio": cpu / base[0],
-                     "wall_ratio": wall / base[1], "peak_mib_median": peak, "memory_ratio": None if peak is None or not base[2] else peak / base[2]})
+    for variant in VARIANTS:
+        row = {"model": name, "regions": len(SPEC["regions"]), **tokens, "steps": steps, "variant": variant}
+        if memory:
+            peaks = samples[variant]
+            row["peak_mib"] = None if None in peaks else statistics.median(peaks)
+        else:
+            cpu, wall = zip(*samples[variant])
+            row |= {"cpu_s_min": min(cpu), "wall_s_median": statistics.median(wall)}
+        rows.append(row)
     return rows
 
 
@@ -151,10 +164,15 @@ def _generate(pipe, kwargs: dict) -> None:
         pipe(**{**kwargs, "generator": torch.Generator().manual_seed(0)})
 
 
-def _summary(samples: list[tuple[float, float, float | None]]) -> tuple[float, float, float | None]:
-    """(minimum CPU seconds, median wall seconds, median peak MiB) over rounds."""
-    cpu, wall, peak = zip(*samples)
-    return min(cpu), statistics.median(wall), None if None in peak else statistics.median(peak)
+def _ratios(rows: list[dict]) -> None:
+    """Each row's time and memory as ratios to the unmasked row of its model."""
+    base = {r["model"]: r for r in rows if r["variant"] == VARIANTS[0]}
+    for r in rows:
+        b = base[r["model"]]
+        r["time_ratio"] = r["cpu_s_min"] / b["cpu_s_min"]
+        r["wall_ratio"] = r["wall_s_median"] / b["wall_s_median"]
+        peak, base_peak = r.get("peak_mib"), b.get("peak_mib")
+        r["memory_ratio"] = None if peak is None or not base_peak else peak / base_peak
 
 
 def attention_op(rounds: int) -> list[dict]:
@@ -188,8 +206,6 @@ def attention_op(rounds: int) -> list[dict]:
 
 
 def main() -> None:
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # glibc reads it at start-up only: run again with it set
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=28, help="steps of the tiny pipelines (default 28)")
@@ -197,6 +213,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-mid", action="store_true", help="tiny pipelines only")
     parser.add_argument("--out", type=Path, default=RESULTS / "regional-cpu.json")
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)  # the child measuring memory
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configs: list[tuple[str, Callable[[], object], int | None, int]] = [
@@ -204,14 +221,22 @@ def main() -> None:
     if not args.skip_mid:
         configs += [("mid-sd3", mid_sd3, MID_IMAGE_SIZE, args.mid_steps),
                     ("mid-flux", mid_flux, MID_IMAGE_SIZE, args.mid_steps)]
+    if args.memory:
+        print(json.dumps([row for name, build, size, steps in configs
+                          for row in measure(name, build(), steps, 1, size, memory=True)]))
+        return
     rows = []
     for name, build, size, steps in configs:
-        measured = measure(name, build(), steps, args.rounds, size)
+        measured = measure(name, build(), steps, args.rounds, size, memory=False)
+        _ratios(measured)
         _print(measured)
         rows += measured
-    measured = attention_op(args.rounds)
-    _print(measured)
-    rows += measured
+    peaks = {(r["model"], r["variant"]): r["peak_mib"] for r in _memory_rows(args)}
+    for r in rows:
+        r["peak_mib"] = peaks[r["model"], r["variant"]]
+    _ratios(rows)
+    rows += attention_op(max(args.rounds, 10))
+    _print(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
@@ -220,10 +245,19 @@ def main() -> None:
     print(args.out)
 
 
+def _memory_rows(args: argparse.Namespace) -> list[dict]:
+    """Peak memory from a child process in which glibc hands every allocation over 64 KiB back on free, so that the
+    resident set follows the live tensors (that setting slows allocation, hence not in the timed process)."""
+    command = [sys.executable, __file__, "--memory", "--steps", str(args.steps), "--mid-steps", str(args.mid_steps),
+               "--threads", str(args.threads)] + (["--skip-mid"] if args.skip_mid else [])
+    done = subprocess.run(command, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}, capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _print(rows: list[dict]) -> None:
     for r in rows:
-        memory = "" if r.get("memory_ratio") is None else (
-            f"  memory {r['memory_ratio']:.2f}x ({r['peak_mib_median']:.1f} MiB)")
+        memory = "" if r.get("memory_ratio") is None else f"  memory {r['memory_ratio']:.2f}x ({r['peak_mib']:.1f} MiB)"
         print(f"{r['model']:<13} {r['variant']:<32} {r['image_tokens']:>5}+{r['text_tokens']:<5} tokens  "
               f"time {r['time_ratio']:.2f}x ({r['cpu_s_min']:.3f} s){memory}", flush=True)
 
