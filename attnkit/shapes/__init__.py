@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import AttnkitError
 
-__all__ = ["CALL_KWARGS", "MODEL_NAMES", "MODELS_DIR", "load"]
+__all__ = ["CALL_KWARGS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3",)
@@ -22,6 +22,8 @@ MODELS_DIR = Path(__file__).parent / "models"
 #: Keyword arguments every call of a shapes-sd3 pipeline needs: T5 is dropped and the pipeline would otherwise pad
 #: the text with 256 zero "T5" tokens the model never saw in training (much worse images, 3x slower).
 CALL_KWARGS: dict[str, Any] = {"max_sequence_length": 0}
+#: Sampler settings of the demo and the benchmark (chosen on the shipped model, see its card).
+STEPS, GUIDANCE = 28, 7.0
 
 
 def load(model: str, **from_pretrained_kwargs: Any) -> Any:

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP
-
 __all__ = ["register"]
 
 

@@ -66,13 +66,16 @@ def model_card(name: str, training: dict[str, Any], transformer: dict[str, Any],
         "- Text: two tiny CLIP text encoders (hidden 64, 2 layers), frozen at random init with large token and "
         "position embeddings; a tokenizer where each vocabulary word is one token.",
         "- VAE: `AutoencoderKL` (32, 64, 64) channels, 4 latent channels, 4x down (16x16 latents); L1 + MSE + 1e-6 "
-        f"KL on 32 px crops then whole scenes, {training['vae_steps']} steps of 16.",
+        f"KL on 32 px crops then whole scenes, {training['vae_steps']} steps of 16"
+        + (f"; after the denoiser, {training['decoder_steps']} more decoder steps (batch 8) with the encoder frozen."
+           if training.get("decoder_steps") else "."),
         f"- Transformer: `SD3Transformer2DModel`, patch 2 (8x8 image tokens), {transformer['num_layers']} layers, "
         f"{transformer['num_attention_heads']} heads x {transformer['attention_head_dim']}; rectified flow, "
         "logit-normal sigmas, AdamW 1e-3 with warm-up and cosine decay, 10% caption dropout, EMA; "
         f"{training['scenes']} pre-encoded scenes.",
         f"- Trained {training['steps']} steps of batch {training['batch']} in {training['minutes']} minutes on one "
-        f"CPU thread (seed {training['seed']}); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
+        f"CPU thread (seed {training['seed']}; the cosine schedule was planned for {training['planned_steps']} steps "
+        f"and the time box stopped it there); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
         "- Weights of the transformer and VAE are stored in fp16 and load as fp32.", "",
         "## Measured quality", "",
     ]
@@ -81,6 +84,8 @@ def model_card(name: str, training: dict[str, Any], transformer: dict[str, Any],
     else:
         d = quality["details"]
         lines += [
+            "Regional prompting runs through `attnkit.regional` with one zero T5 token per region (it needs at least "
+            "one; the model never saw any), the plain prompt names both objects.", "",
             f"From `benchmarks/results/quality-{name}.json` ({d['steps']} steps, CFG {d['guidance']}, "
             f"{d['single']['images']} single-object images, {d['two_objects']['layouts']} two-object layouts):", "",
             "| metric | value |", "| --- | --- |",
@@ -88,6 +93,7 @@ def model_card(name: str, training: dict[str, Any], transformer: dict[str, Any],
               for k in ("prompt_following", "regional_adherence", "plain_adherence", "map_iou")),
             f"| colour only, single object | {d['single']['color_rate']:.3f} |",
             *(f"| colour and shape, {c} | {v:.3f} |" for c, v in d["single"]["per_color"].items()),
+            *(f"| colour and shape, {s} | {v:.3f} |" for s, v in d["single"]["per_shape"].items()),
         ]
     return "\n".join(lines) + "\n"
 

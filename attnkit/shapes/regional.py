@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from . import GUIDANCE, STEPS
+
 __all__ = ["REGIONAL_T5_TOKENS", "available", "layout_spec", "regional_images"]
 
 Layout = tuple[tuple[str, str], tuple[str, str]]
@@ -34,8 +36,8 @@ def layout_spec(layout: Layout) -> dict[str, Any]:
                         {"prompt": f"a {right[0]} {right[1]}", "box": [0.5, 0.0, 1.0, 1.0]}]}
 
 
-def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int = 28, guidance: float = 4.0,
-                    **options: Any) -> list[np.ndarray]:
+def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int = STEPS,
+                    guidance: float = GUIDANCE, **options: Any) -> list[np.ndarray]:
     """uint8 images, one per (layout, seed); `options` are `attnkit.regional.RegionalOptions` fields."""
     from ..regional import regional
 

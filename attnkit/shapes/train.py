@@ -230,7 +230,7 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
         if done or now - last_save > args.checkpoint_minutes * 60:
             _save(pipe, ema, out, {"arch": args.arch, "seed": args.seed, "steps": step, "batch": args.batch,
                                    "minutes": round((now - start) / 60, 1), "loss": float(np.mean(losses[-100:])),
-                                   "scenes": args.scenes, "vae_steps": args.vae_steps, "layers": args.layers,
+                                   "scenes": args.scenes, "vae_steps": args.vae_steps, "planned_steps": args.steps, "layers": args.layers,
                                    "heads": args.heads})
             last_save = now
         if done:
