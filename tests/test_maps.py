@@ -291,3 +291,23 @@ def test_cli_writes_image_word_maps_grid_and_safetensors(tmp_path, capsys):
     assert main(["maps", "tiny-sd15", "--prompt", PROMPT, "--out", str(tmp_path / "x"), "--words", "dog",
                  "--steps", "1"]) == 2
     assert "'dog' is not a word of the prompt" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_maps_per_region_prompt_lie_in_their_segment_and_their_region(pipelines, name):
+    pipe = pipelines[name]
+    spec = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
+                        {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
+    with attnkit.regional(pipe, spec) as call, attnkit.maps.trace(pipe, call) as tc:
+        pipe(**call(seed=0, num_inference_steps=2))
+    (_, first), (_, second) = call.encoded.cond
+    red, blue = tc.tokens(region=0).positions("red"), tc.tokens(region=1).positions("blue")
+    assert red and all(p < first for p in red) and blue and all(first <= p < first + second for p in blue)
+    cols = tc.total.shape[-1]
+    blue_map, red_map = tc.heatmap("blue", region=1), tc.heatmap("red", region=0)
+    assert torch.all(blue_map[:, : cols // 2] == 0) and torch.all(blue_map[:, cols // 2:] > 0)
+    assert torch.all(red_map[:, cols // 2:] == 0) and torch.all(red_map[:, : cols // 2] > 0)
+    with pytest.raises(AttnkitError, match="region=2 is not in this regional prompt"):
+        tc.heatmap("red", region=2)
+    with pytest.raises(AttnkitError, match="'blue' is not a word of the prompt 'a red circle'"):
+        tc.heatmap("blue", region=0)

@@ -62,11 +62,12 @@ class PromptTokens:
         return list(dict.fromkeys(w.text.lower() for w in self.words))
 
 
-def prompt_tokens(pipe: Any, prompt: str, text_tokens: int) -> PromptTokens:
-    """Label the `text_tokens` positions of `pipe`'s denoiser text sequence for `prompt` with its words."""
+def prompt_tokens(pipe: Any, prompt: str, text_tokens: int, offset: int = 0) -> PromptTokens:
+    """Label the `text_tokens` positions of `pipe`'s denoiser text sequence for `prompt` with its words; `offset`
+    is where the prompt's segment starts (regional prompts concatenate one segment per region)."""
     spans = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(prompt)]
     positions: list[list[int]] = [[] for _ in spans]
-    for tokenizer, offset, length in _streams(pipe, text_tokens):
+    for tokenizer, stream_offset, length in _streams(pipe, text_tokens):
         encoded = tokenizer(prompt, max_length=length, truncation=True, return_offsets_mapping=True,
                             return_special_tokens_mask=True)
         for index, ((start, end), special) in enumerate(zip(encoded["offset_mapping"], encoded["special_tokens_mask"])):
@@ -74,7 +75,7 @@ def prompt_tokens(pipe: Any, prompt: str, text_tokens: int) -> PromptTokens:
                 continue
             for word, (_, word_start, word_end) in enumerate(spans):
                 if start < word_end and word_start < end:
-                    positions[word].append(offset + index)
+                    positions[word].append(offset + stream_offset + index)
     words = tuple(Word(text, start, tuple(p)) for (text, start, _), p in zip(spans, positions))
     return PromptTokens(prompt, words)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
+from ..regional import BASE, Regional
 from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .recorder import RELATIONS, MapRecorder, Relation
@@ -31,10 +32,15 @@ WORD_RELATIONS = ("image->text", "text->image")
 class Trace:
     """A map recorder attached to one pipeline for the span of a `with` block; results are read after it."""
 
-    def __init__(self, pipe: Any, recorder: MapRecorder, prompt: str | Sequence[str] | None) -> None:
+    def __init__(self, pipe: Any, recorder: MapRecorder, prompt: str | Sequence[str] | Regional | None) -> None:
         self.pipe = pipe
         self.recorder = recorder
-        self.prompts = [prompt] if isinstance(prompt, str) else None if prompt is None else list(prompt)
+        self.regional = prompt if isinstance(prompt, Regional) else None
+        self.prompts: list[str] | None = None
+        if isinstance(prompt, str):
+            self.prompts = [prompt]
+        elif prompt is not None and self.regional is None:
+            self.prompts = list(prompt)
         self.session = Session(pipe, [(recorder, recorder.sites)])
         self._failed = False
         self._tokens: dict[str, PromptTokens] = {}
@@ -71,9 +77,12 @@ class Trace:
         self.recorder.check()
         return self.recorder
 
-    def tokens(self, item: int = 0) -> PromptTokens:
-        """The words of batch item `item`'s prompt with their positions in the text sequence."""
+    def tokens(self, item: int = 0, region: int | str | None = None) -> PromptTokens:
+        """The words of batch item `item`'s prompt with their positions in the text sequence; for a regional
+        prompt, those of region `region` (0-based, or "base")."""
         total = self.total
+        if self.regional is not None or region is not None:
+            return self._region_tokens(region)
         if self.prompts is None:
             raise AttnkitError("word maps need the prompt: `attnkit.maps.trace(pipe, prompt=...)` with the prompt "
                                "(or list of prompts) given to the pipeline.")
@@ -88,20 +97,45 @@ class Trace:
             self._tokens[prompt] = prompt_tokens(self.pipe, prompt, self.session.state.text_tokens)
         return self._tokens[prompt]
 
-    def heatmap(self, word: str, item: int = 0, occurrence: int | None = None) -> torch.Tensor:
+    def _region_tokens(self, region: int | str | None) -> PromptTokens:
+        """Words of one regional prompt, at the positions of its segment in the concatenated text."""
+        if self.regional is None:
+            raise AttnkitError("`region=` labels maps of a regional prompt: pass the object of "
+                               "`with attnkit.regional(pipe, spec) as call` as the trace's prompt.")
+        spec = self.regional.spec
+        owners = {"base": BASE} | {i: i for i in range(len(spec.regions))}
+        if region not in owners or (region == "base" and spec.base is None):
+            raise AttnkitError(f"region={region!r} is not in this regional prompt: give 0..{len(spec.regions) - 1}"
+                               + (' or "base"' if spec.base else "") + ".")
+        owner = owners[region]
+        offset = 0
+        for segment_owner, length in self.regional.encoded.cond:
+            if segment_owner == owner:
+                prompt = spec.base.prompt if owner == BASE else spec.regions[owner].prompt
+                key = f"{owner}:{prompt}"
+                if key not in self._tokens:
+                    self._tokens[key] = prompt_tokens(self.pipe, prompt, length, offset)
+                return self._tokens[key]
+            offset += length
+        raise AttnkitError(f"region={region!r} has no text segment in this regional prompt.")
+
+    def heatmap(self, word: str, item: int = 0, occurrence: int | None = None,
+                region: int | str | None = None) -> torch.Tensor:
         """(rows, cols) map of `word` in batch item `item`: the mean probability summed over the word's tokens
-        (all its occurrences unless `occurrence` picks one)."""
+        (all its occurrences unless `occurrence` picks one); `region` picks the prompt of a regional trace."""
         if self.recorder.relation not in WORD_RELATIONS:
             raise AttnkitError(f"{self.recorder.relation} maps have no heat map per word; words have maps in "
                                f"{' and '.join(WORD_RELATIONS)} traces. Read `maps` instead.")
-        positions = self.tokens(item).positions(word, occurrence)
+        positions = self.tokens(item, region).positions(word, occurrence)
         return self.total[item, positions].sum(0) / self.count
 
-    def word_maps(self, words: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """{word: (batch items, rows, cols)} for `words` (default: every word of the first prompt)."""
-        chosen = self.tokens(0).unique_words if words is None else [w.lower() for w in words]
+    def word_maps(self, words: Iterable[str] | None = None, region: int | str | None = None) -> dict[str, torch.Tensor]:
+        """{word: (batch items, rows, cols)} for `words` (default: every word of the first prompt, or of region
+        `region` of a regional trace)."""
+        chosen = self.tokens(0, region).unique_words if words is None else [w.lower() for w in words]
         items = self.total.shape[0]
-        return {w: torch.stack([self.heatmap(w, item) for item in range(items)]) for w in dict.fromkeys(chosen)}
+        return {w: torch.stack([self.heatmap(w, item, region=region) for item in range(items)])
+                for w in dict.fromkeys(chosen)}
 
     def save(self, path: str | Path, words: Iterable[str] | None = None) -> None:
         """Raw maps as safetensors: `maps` (mean per text token), `word.<w>` per word, and a JSON header."""
@@ -126,7 +160,7 @@ class Trace:
 
 def trace(
     pipe: Any,
-    prompt: str | Sequence[str] | None = None,
+    prompt: str | Sequence[str] | Regional | None = None,
     *,
     relation: Relation = "image->text",
     steps: Iterable[int] | None = None,
@@ -137,7 +171,8 @@ def trace(
 ) -> Trace:
     """Record attention maps of the generation run inside the `with` block.
 
-    `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps).
+    `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps), or the
+    object of `with attnkit.regional(pipe, spec) as call` for maps per region prompt (`heatmap(word, region=i)`).
     `relation`: "image->text" (default), "text->image", "text->text" or "image->image" (see `recorder`).
     Sites: `sites_`, or `SiteList.select(**selection)` (kind, block, resolution, index, names, where) among the
     sites of the kinds that have the relation (image->text: UNet cross, SD3 joint, Flux joint and single).
