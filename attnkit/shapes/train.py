@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--decoder-steps", type=int, default=400, help="decoder refinement after the denoiser")
+    parser.add_argument("--decoder-steps", type=int, default=0,
+                        help="decoder refinement after the denoiser (default 0: 300 steps did not help shapes-sd3)")
     parser.add_argument("--refine-decoder", action="store_true",
                         help="only refine the decoder of the model already in OUT/pipeline (--decoder-steps)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (shared machines: keep 1)")
