@@ -6,11 +6,10 @@ small deterministic BPE (ties broken lexicographically), so token ids never depe
 
 from __future__ import annotations
 
-from collections import Counter
-
 from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer
 
+from ..testing.tokenizers import learn_merges
 from .data import COLORS, SHAPES
 
 __all__ = ["MAX_LENGTH", "WORDS", "shapes_tokenizer"]
@@ -22,36 +21,10 @@ MAX_LENGTH = 16
 _BOS, _EOS, _EOW = "<|startoftext|>", "<|endoftext|>", "</w>"
 
 
-def _merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
-    """BPE merges until every word is one symbol; the most frequent pair first, ties to the smallest pair."""
-    segmented = [[*w[:-1], w[-1] + _EOW] for w in sorted(set(words))]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(p for s in segmented for p in zip(s, s[1:]))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(best)
-        segmented = [_merge(s, best) for s in segmented]
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-            out.append(symbols[i] + symbols[i + 1])
-            i += 2
-        else:
-            out.append(symbols[i])
-            i += 1
-    return out
-
-
 def shapes_tokenizer() -> CLIPTokenizer:
     """CLIP BPE over :data:`WORDS` (byte alphabet kept, so any ASCII prompt encodes), padded with eos like SD's."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = _merges(WORDS)
+    merges = learn_merges(WORDS)
     tokens = [*alphabet, *(c + _EOW for c in alphabet), *(a + b for a, b in merges), _BOS, _EOS]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=_EOS, bos_token=_BOS, eos_token=_EOS,

@@ -61,8 +61,9 @@ _T5_CHAR_SCORE = -5.0
 _T5_CHARACTERS = string.ascii_letters + string.digits + string.punctuation
 
 
-def _learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Learns BPE merges until every word is one symbol; ties go to the smallest pair."""
+def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Learns BPE merges until every word is one symbol, deterministically: ties go to the smallest pair (the
+    `tokenizers` trainer breaks ties in hash order). Shared with the shapes-world tokenizer."""
     segmented = [[*word[:-1], word[-1] + _END_OF_WORD] for word in sorted(set(words))]
     merges: list[tuple[str, str]] = []
     while True:
@@ -91,7 +92,7 @@ def _apply_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
 def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP's layout: byte alphabet, the same with ``</w>``, merges, then bos and eos last."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = _learn_merges(VOCABULARY_WORDS)
+    merges = learn_merges(VOCABULARY_WORDS)
     tokens = [
         *alphabet,
         *(symbol + _END_OF_WORD for symbol in alphabet),
