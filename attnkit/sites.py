@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -27,20 +28,19 @@ _STAGE_ORDER = {"down": 0, "mid": 1, "up": 2, "joint": 3, "single": 4}
 
 @dataclass(frozen=True)
 class Architecture:
-    """One supported denoiser family: its token order in joint attention and the token stride of its sites."""
+    """One supported denoiser family; its site processor (in `processors`) knows its token layout."""
 
     name: str
     model_class: type
-    token_order: tuple[str, ...]  # order of image and text tokens in a joint sequence
 
     def matches(self, model: torch.nn.Module) -> bool:
         return isinstance(model, self.model_class)
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture("unet", UNet2DConditionModel, ("image",)),
-    Architecture("sd3", SD3Transformer2DModel, ("image", "text")),
-    Architecture("flux", FluxTransformer2DModel, ("text", "image")),
+    Architecture("unet", UNet2DConditionModel),
+    Architecture("sd3", SD3Transformer2DModel),
+    Architecture("flux", FluxTransformer2DModel),
 )
 
 
@@ -159,20 +159,13 @@ class SiteList(tuple):
         return SiteList(chosen)
 
     def __repr__(self) -> str:
-        return f"SiteList({len(self)} sites: {dict(_count(s.kind for s in self))})"
+        return f"SiteList({len(self)} sites: {dict(Counter(s.kind for s in self))})"
 
 
 def _resolution_matches(grid: tuple[int, int] | None, wanted: int | tuple[int, int]) -> bool:
     if grid is None:
         return False
     return tuple(grid) == tuple(wanted) if isinstance(wanted, tuple) else max(grid) == wanted
-
-
-def _count(values: Iterable[str]) -> Iterator[tuple[str, int]]:
-    counts: dict[str, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    return iter(counts.items())
 
 
 def _summary(values: Iterable[str]) -> str:

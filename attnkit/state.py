@@ -6,8 +6,7 @@ every later step); the step is read from the pipeline's scheduler before each de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from .errors import AttnkitError
 
@@ -35,7 +34,6 @@ class State:
     forwards: int = 0
     frame: int | None = None
     phase: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Forget everything from an earlier run."""

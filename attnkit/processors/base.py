@@ -41,9 +41,6 @@ class TokenLayout:
             start += length
         raise AttnkitError(f"this attention call has no {part} {axis} (layout {getattr(self, axis)}).")
 
-    def has(self, axis: str, part: Part) -> bool:
-        return any(name == part for name, _ in getattr(self, axis))
-
 
 @dataclass
 class AttentionCall:
