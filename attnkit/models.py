@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["load_pipeline", "builtin_names"]
+__all__ = ["builtin_names", "call_kwargs", "load_pipeline"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -15,6 +15,16 @@ def builtin_names() -> tuple[str, ...]:
     from .testing import PIPELINE_NAMES
 
     return tuple(PIPELINE_NAMES) + MODEL_NAMES
+
+
+def call_kwargs(model: str, pipe: Any) -> dict[str, Any]:
+    """Keyword arguments every call of `model`'s pipeline needs: those of shapes models (shipped names, or folders
+    written by `attnkit.shapes.train`, which leave a training.json); nothing for any other model."""
+    from . import shapes
+
+    if model in shapes.MODEL_NAMES or (Path(model) / "training.json").is_file():
+        return shapes.call_kwargs(pipe)
+    return {}
 
 
 def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:

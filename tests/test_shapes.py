@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from attnkit import AttnkitError
-from attnkit.shapes import CALL_KWARGS, MODEL_NAMES, MODELS_DIR, load
+from attnkit.models import call_kwargs as model_call_kwargs
+from attnkit.shapes import MODEL_NAMES, MODELS_DIR, call_kwargs, load
+from attnkit.shapes import train
+from attnkit.shapes.package import model_card
 from attnkit.shapes.data import BACKGROUND, PALETTE, ShapeObject, random_scene, random_video, render
 from attnkit.shapes.scorer import detect, follows_prompt, region_success
 from attnkit.shapes.tokenizer import WORDS, shapes_tokenizer
@@ -72,25 +77,82 @@ def test_unknown_model_is_an_attnkit_error() -> None:
         load("shapes-nope")
 
 
-@pytest.fixture(scope="module")
-def shapes_sd3():
-    return load("shapes-sd3")
+@pytest.fixture(scope="module", params=MODEL_NAMES)
+def shipped(request):
+    return request.param, load(request.param)
 
 
-def test_shipped_model_is_a_stock_pipeline_loaded_from_the_package(shapes_sd3) -> None:
-    assert "shapes-sd3" in MODEL_NAMES and (MODELS_DIR / "shapes-sd3" / "model_index.json").is_file()
-    assert type(shapes_sd3).__name__ == "StableDiffusion3Pipeline"
-    assert shapes_sd3.text_encoder_3 is None and shapes_sd3.transformer.dtype == torch.float32
-    size = sum(f.stat().st_size for f in (MODELS_DIR / "shapes-sd3").rglob("*") if f.is_file())
+PIPELINE_CLASSES = {"shapes-sd3": "StableDiffusion3Pipeline", "shapes-sd15": "StableDiffusionPipeline"}
+
+
+def test_shipped_model_is_a_stock_pipeline_loaded_from_the_package(shipped) -> None:
+    name, pipe = shipped
+    assert (MODELS_DIR / name / "model_index.json").is_file() and (MODELS_DIR / name / "README.md").is_file()
+    assert type(pipe).__name__ == PIPELINE_CLASSES[name]
+    denoiser = pipe.transformer if name == "shapes-sd3" else pipe.unet
+    assert denoiser.dtype == torch.float32 and pipe.vae.dtype == torch.float32
+    size = sum(f.stat().st_size for f in (MODELS_DIR / name).rglob("*") if f.is_file())
     assert size < 25 * 2**20
 
 
-def test_two_step_generation_is_deterministic(shapes_sd3) -> None:
+def test_two_step_generation_is_deterministic(shipped) -> None:
+    _, pipe = shipped
+
     def run() -> np.ndarray:
-        out = shapes_sd3("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                         output_type="np", **CALL_KWARGS)
+        out = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                   output_type="np", **call_kwargs(pipe))
         return out.images[0]
 
     first, second = run(), run()
     assert first.shape == (64, 64, 3)
     np.testing.assert_array_equal(first, second)
+
+
+def test_call_kwargs_drop_t5_padding_only_for_shapes_sd3(pipelines) -> None:
+    sd3, sd15 = load("shapes-sd3"), pipelines["tiny-sd15"]
+    assert call_kwargs(sd3) == {"max_sequence_length": 0} and call_kwargs(sd15) == {}
+    assert model_call_kwargs("shapes-sd3", sd3) == {"max_sequence_length": 0}
+    assert model_call_kwargs("tiny-sd3", pipelines["tiny-sd3"]) == {}, "stock SD3 pads T5 as usual"
+
+
+def _train(out, *args: str) -> dict:
+    assert train.main(["--out", str(out), "--steps", "2", "--scenes", "24", "--minutes", "5", *args]) == 0
+    return json.loads((out / "pipeline" / "training.json").read_text())
+
+
+@pytest.mark.parametrize("arch", ["sd3", "sd15"])
+def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) -> None:
+    vae = ["--vae-steps", "2"] if arch == "sd3" else ["--vae", str(MODELS_DIR / "shapes-sd3" / "vae")]
+    first = _train(tmp_path / "a", "--arch", arch, *vae)
+    _train(tmp_path / "b", "--arch", arch, *vae)
+    weights = sorted((tmp_path / "a" / "pipeline").rglob("*.safetensors"))
+    assert len(weights) >= 3
+    for path in weights:
+        twin = tmp_path / "b" / path.relative_to(tmp_path / "a")
+        assert path.read_bytes() == twin.read_bytes(), f"{path.name} differs between two runs with one seed"
+
+    pipe = load(str(tmp_path / "a" / "pipeline"))
+    assert type(pipe).__name__ == PIPELINE_CLASSES[f"shapes-{arch}"]
+    if arch == "sd15":
+        assert pipe.vae.config.shift_factor is None, "SD1.x pipelines only scale latents"
+    second = _train(tmp_path / "c", "--arch", arch, "--init", str(tmp_path / "a" / "pipeline"), "--seed", "1")
+    assert second["init_training"] == first and second["steps"] == 2
+    continued = load(str(tmp_path / "c" / "pipeline"))
+    assert continued.vae.config.scaling_factor == pipe.vae.config.scaling_factor, "--init keeps the latent scaling"
+    card = model_card(f"shapes-{arch}", second, _denoiser_config(tmp_path / "c" / "pipeline"), None)
+    assert "- Run 1: 2 steps" in card and "- Run 2: continued from" in card
+
+
+def _denoiser_config(folder) -> dict:
+    name = "transformer" if (folder / "transformer").is_dir() else "unet"
+    return json.loads((folder / name / "config.json").read_text())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "sd15", "--layers", "4"], "--layers"),
+    (["--arch", "sd15", "--init", "shapes-sd3"], "not an sd15 pipeline"),
+    (["--init", "shapes-sd3", "--heads", "2"], "--init continues"),
+])
+def test_trainer_refuses_conflicting_options(tmp_path, argv: list[str], message: str) -> None:
+    with pytest.raises(AttnkitError, match=message):
+        train.main(["--out", str(tmp_path), *argv])

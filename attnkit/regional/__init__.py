@@ -7,10 +7,10 @@ fused kernel calls in `mask.py`; the `Control` that applies it in `control.py`.
 from .control import RegionalControl, Schedule
 from .encode import Encoded
 from .mask import PAD, Plan, Rules, Token, allowed
-from .session import Regional, RegionalOptions, regional
+from .session import Regional, RegionalOptions, regional, supports
 from .spec import BASE, Base, Region, RegionSpec, load_spec, parse_grid
 
 __all__ = [
     "BASE", "PAD", "Base", "Encoded", "Plan", "Region", "RegionSpec", "Regional", "RegionalControl",
-    "RegionalOptions", "Rules", "Schedule", "Token", "allowed", "load_spec", "parse_grid", "regional",
+    "RegionalOptions", "Rules", "Schedule", "Token", "allowed", "load_spec", "parse_grid", "regional", "supports",
 ]

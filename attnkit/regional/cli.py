@@ -65,10 +65,10 @@ def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from ..models import load_pipeline
+    from ..models import call_kwargs, load_pipeline
 
     pipe = load_pipeline(args.model)
-    options = _options(args)
+    options = _options(args) | call_kwargs(args.model, pipe)
     with torch.inference_mode():
         image = pipe(prompt=args.prompt, generator=torch.Generator().manual_seed(args.seed), **options).images[0]
     _save(image, args.out, {"command": "generate", "model": args.model, "prompt": args.prompt, "seed": args.seed,
@@ -76,7 +76,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _regional(args: argparse.Namespace) -> None:
-    from ..models import load_pipeline
+    from ..models import call_kwargs, load_pipeline
     from .outline import draw_outlines
     from .session import regional
     from .spec import load_spec
@@ -84,7 +84,7 @@ def _regional(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     pipe = load_pipeline(args.model)
     options = _options(args)
-    with regional(pipe, spec) as call:
+    with regional(pipe, spec, **call_kwargs(args.model, pipe)) as call:
         kwargs = call(seed=args.seed, **options)
         with torch.inference_mode():
             image = pipe(**kwargs).images[0]

@@ -26,7 +26,7 @@ from .encode import Encoded, encode, truncation_problems
 from .mask import Rules, base_bias
 from .spec import RegionSpec, load_spec
 
-__all__ = ["RegionalOptions", "Regional", "regional"]
+__all__ = ["Regional", "RegionalOptions", "regional", "supports"]
 
 _DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
 _OWN_ARGUMENTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
@@ -83,6 +83,11 @@ def _step_range(steps: Any, name: str) -> StepRange:
     return start, end
 
 
+def supports(pipe: Any) -> bool:
+    """Whether regional prompting works on this pipeline: joint attention (SD3, SD3.5, Flux.1); not yet UNets."""
+    return architecture_of(denoiser_of(pipe)).name in _DEFAULT_MAX_SEQUENCE_LENGTH
+
+
 class Regional:
     """One regional-prompting session on a pipeline: a context manager, and a callable giving pipeline kwargs."""
 
@@ -91,7 +96,7 @@ class Regional:
         self.spec = load_spec(spec)
         self.options = options
         self.architecture = architecture_of(denoiser_of(pipe)).name
-        if self.architecture not in _DEFAULT_MAX_SEQUENCE_LENGTH:
+        if not supports(pipe):
             raise AttnkitError(f"regional prompting through joint-attention masks needs an SD3, SD3.5 or Flux.1 "
                                f"pipeline; {type(pipe).__name__} is a {self.architecture} model.")
         self.max_sequence_length = (_DEFAULT_MAX_SEQUENCE_LENGTH[self.architecture] if options.max_sequence_length

@@ -4,7 +4,7 @@ Their ground truth is known, so the effect of every attnkit feature can be *seen
 *measured* (colour segmentation of the output) offline. Importing this package is cheap; diffusers loads lazily.
 
     pipe = attnkit.shapes.load("shapes-sd3")
-    image = pipe("a red circle", **attnkit.shapes.CALL_KWARGS).images[0]
+    image = pipe("a red circle", **attnkit.shapes.call_kwargs(pipe)).images[0]
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ from typing import Any
 
 from ..errors import AttnkitError
 
-__all__ = ["CALL_KWARGS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "load"]
+__all__ = ["GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3",)
 MODELS_DIR = Path(__file__).parent / "models"
-#: Keyword arguments every call of a shapes-sd3 pipeline needs: T5 is dropped and the pipeline would otherwise pad
-#: the text with 256 zero "T5" tokens the model never saw in training (much worse images, 3x slower).
-CALL_KWARGS: dict[str, Any] = {"max_sequence_length": 0}
 #: Sampler settings of the demo and the benchmark (chosen on the shipped model, see its card).
 STEPS, GUIDANCE = 28, 7.0
+
+
+def call_kwargs(pipe: Any) -> dict[str, Any]:
+    """Keyword arguments every call of a shapes pipeline needs. shapes-sd3 has no T5: without
+    `max_sequence_length=0` the pipeline pads the text with 256 zero "T5" tokens the model never saw in training
+    (much worse images, 3x slower). SD1.x pipelines need nothing."""
+    return {"max_sequence_length": 0} if hasattr(pipe, "text_encoder_3") else {}
 
 
 def load(model: str, **from_pretrained_kwargs: Any) -> Any:

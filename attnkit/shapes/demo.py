@@ -6,16 +6,18 @@ colour their prompt asks for, so a glance shows whether each object landed in it
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..maps import trace
+from ..regional import supports as regional_supported
 from . import load
 from .data import PALETTE, SIZE
 from .evaluate import HALVES, generate
-from .regional import available as regional_available
 from .regional import regional_images
 
 __all__ = ["DEMO_LAYOUT", "run_demo"]
@@ -67,36 +69,30 @@ def _row(panels: list[Image.Image]) -> Image.Image:
 
 
 def run_demo(model: str, out: Path, seed: int = 0) -> list[Path]:
-    """Writes plain.png, regional.png (when attnkit.regional exists), maps.png (when attnkit.maps exists), demo.png."""
-    import importlib.util
-
+    """Writes plain.png, regional.png (joint-attention models), maps.png and demo.png."""
     pipe = load(model)
     pipe.set_progress_bar_config(disable=True)
     left, right = DEMO_LAYOUT
     prompt = f"a {left[0]} {left[1]} and a {right[0]} {right[1]}"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    panels = []
     with torch.inference_mode():
-        if importlib.util.find_spec("attnkit.maps") is not None:
-            from ..maps import trace
-
-            with trace(pipe, prompt) as tc:
-                plain = generate(pipe, [prompt], [seed])[0]
-            maps = [_titled(_heat(plain, tc.heatmap(w)), f'map of "{w}"') for w in _MAP_WORDS]
-        else:
-            plain, maps = generate(pipe, [prompt], [seed])[0], []
-        panels.append(_titled(_outlined(plain), f"plain: {prompt}"))
+        with trace(pipe, prompt) as tc:
+            plain = generate(pipe, [prompt], [seed])[0]
+        maps = [_titled(_heat(plain, tc.heatmap(w)), f'map of "{w}"') for w in _MAP_WORDS]
+        panels = [_titled(_outlined(plain), f"plain: {prompt}")]
         _big(plain).save(out / "plain.png")
         written.append(out / "plain.png")
-        if regional_available():
+        if regional_supported(pipe):
             regional = regional_images(pipe, [DEMO_LAYOUT], [seed])[0]
             panels.append(_titled(_outlined(regional), f"regional: {left[0]} {left[1]} | {right[0]} {right[1]}"))
             _outlined(regional).save(out / "regional.png")
             written.append(out / "regional.png")
-    if maps:
-        _row(maps).save(out / "maps.png")
-        written.append(out / "maps.png")
+        else:
+            print(f"attnkit: no regional panel: regional prompting does not support {model}'s UNet yet",
+                  file=sys.stderr)
+    _row(maps).save(out / "maps.png")
+    written.append(out / "maps.png")
     _row(panels).save(out / "demo.png")
     written.append(out / "demo.png")
     return written

@@ -1,24 +1,25 @@
 """Quality benchmark on a shapes model, judged by colour segmentation of the generated images (issue 6).
 
-Metrics, each a rate in [0, 1], or None while the feature it measures does not exist in this install:
+Metrics, each a rate in [0, 1], or None where the feature it measures does not apply to the model:
 - `prompt_following`: single-object prompts, the largest object has the right colour and shape;
 - `regional_adherence` / `plain_adherence`: two objects, left and right half, by the strict object-level rule
-  (`scorer.region_success`), with attnkit's regional prompting vs a plain prompt naming both objects;
+  (`scorer.region_success`), with attnkit's regional prompting (None on UNets, which it does not support yet) vs a
+  plain prompt naming both objects;
 - `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import CALL_KWARGS, GUIDANCE, STEPS
+from ..maps import trace
+from ..regional import supports as regional_supported
+from . import GUIDANCE, STEPS, call_kwargs
 from .data import COLORS, SHAPES, SIZE
-from .regional import available as regional_available
 from .regional import regional_images
 from .scorer import detect, follows_prompt, region_success
 
@@ -40,7 +41,7 @@ def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS
         chunk = slice(start, start + batch)
         out = pipe(prompt=prompts[chunk], generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]],
                    num_inference_steps=steps, guidance_scale=guidance, output_type="np", height=SIZE, width=SIZE,
-                   **{**CALL_KWARGS, **call}).images
+                   **{**call_kwargs(pipe), **call}).images
         images += [np.round(np.asarray(im) * 255).clip(0, 255).astype(np.uint8) for im in out]
     return images
 
@@ -90,32 +91,26 @@ def _map_iou(trace: Any, images: list[np.ndarray], words: list[list[str]]) -> li
 
 
 def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
-    """Plain prompts naming both objects of each layout (with maps if attnkit.maps exists), and regional ones."""
+    """Plain prompts naming both objects of each layout (with maps), and regional ones."""
     cases = layouts(4 * seeds)
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
     gen_seeds = [2000 + k for k in range(len(cases))]
     wanted = [[left, right] for left, right in cases]
     result: dict[str, Any] = {"layouts": len(cases)}
-    if importlib.util.find_spec("attnkit.maps") is not None:
-        from ..maps import trace
-
-        plain, ious = [], []
-        for start in range(0, len(prompts), 16):
-            chunk = slice(start, start + 16)
-            with trace(pipe, prompts[chunk]) as tc:
-                images = generate(pipe, prompts[chunk], gen_seeds[chunk], batch=16, **gen)
-            plain += images
-            ious += _map_iou(tc, images, [[left[0], right[0]] for left, right in cases[chunk]])
-        result["map_iou"] = float(np.mean(ious)) if ious else None
-        result["map_words"] = len(ious)
-    else:
-        plain = generate(pipe, prompts, gen_seeds, **gen)
-        result["map_iou"] = None
+    plain, ious = [], []
+    for start in range(0, len(prompts), 16):
+        chunk = slice(start, start + 16)
+        with trace(pipe, prompts[chunk]) as tc:
+            images = generate(pipe, prompts[chunk], gen_seeds[chunk], batch=16, **gen)
+        plain += images
+        ious += _map_iou(tc, images, [[left[0], right[0]] for left, right in cases[chunk]])
+    result["map_iou"] = float(np.mean(ious)) if ious else None
+    result["map_words"] = len(ious)
     regions = list(HALVES)
     plain_ok = [region_success(im, regions, w) for im, w in zip(plain, wanted)]
     result["plain"] = float(np.mean(plain_ok))
     result["plain_both"] = float(np.mean([all(r) for r in plain_ok]))
-    if not regional_available():
+    if not regional_supported(pipe):
         result["regional"] = None
         return result
     # The headline number uses attnkit.regional's defaults; blocking image<->image attention across regions too

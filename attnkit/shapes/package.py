@@ -1,6 +1,6 @@
 """Ship a trained run: `python -m attnkit.shapes.package RUN_DIR NAME [--quality JSON]`.
 
-Copies RUN_DIR/pipeline into `attnkit/shapes/models/NAME` with the transformer and VAE weights stored in fp16
+Copies RUN_DIR/pipeline into `attnkit/shapes/models/NAME` with the denoiser and VAE weights stored in fp16
 (half the bytes; they load back as fp32, and the images are checked to stay the same), and writes the model card
 from the run's own records, so no figure in it is typed by hand.
 """
@@ -18,32 +18,34 @@ import numpy as np
 import torch
 
 from ..errors import AttnkitError
-from . import CALL_KWARGS, MODELS_DIR
+from . import MODELS_DIR, call_kwargs, load
 
 __all__ = ["main", "model_card", "package"]
 
 
 def _sample(pipe: Any) -> np.ndarray:
     return pipe(["a red circle", "a yellow triangle"], num_inference_steps=8, output_type="np",
-                generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **CALL_KWARGS).images
+                generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **call_kwargs(pipe)).images
+
+
+def _denoiser(pipe: Any) -> torch.nn.Module:
+    return pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
 
 
 def package(run: Path, name: str) -> Path:
     """fp16 copy of `run` (a saved pipeline folder) in the package; refuses if fp16 changes the images visibly."""
-    from diffusers import DiffusionPipeline
-
     if not (run / "model_index.json").is_file():
         raise AttnkitError(f"{run} is not a saved pipeline folder (no model_index.json)")
-    pipe = DiffusionPipeline.from_pretrained(run, text_encoder_3=None, tokenizer_3=None)
+    pipe = load(str(run))
     pipe.set_progress_bar_config(disable=True)
     reference = _sample(pipe)
     out = MODELS_DIR / name
     shutil.rmtree(out, ignore_errors=True)
-    pipe.transformer.to(torch.float16)
+    _denoiser(pipe).to(torch.float16)
     pipe.vae.to(torch.float16)
     pipe.save_pretrained(out)
     shutil.copy(run / "training.json", out / "training.json")
-    shipped = DiffusionPipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    shipped = load(str(out))
     shipped.set_progress_bar_config(disable=True)
     error = float(np.abs(_sample(shipped) - reference).max())
     if error > 0.05:
@@ -52,31 +54,62 @@ def package(run: Path, name: str) -> Path:
     return out
 
 
-def model_card(name: str, training: dict[str, Any], transformer: dict[str, Any], quality: dict[str, Any] | None) -> str:
-    """README.md of a shipped model, from training.json, the transformer's config and the benchmark's JSON."""
+def _stage(training: dict[str, Any]) -> str:
+    """One training run in words: steps, batch, time, seed, schedule, final loss."""
+    start = f"continued from `{training['init']}`: " if "init" in training else ""
+    stopped = ("" if training["steps"] == training["planned_steps"] else
+               f"; the time box stopped the cosine schedule planned for {training['planned_steps']} steps")
+    return (f"{start}{training['steps']} steps of batch {training['batch']} at peak learning rate "
+            f"{training.get('lr', 1e-3):g} in {training['minutes']} minutes on one CPU thread (seed {training['seed']}, "
+            f"{training['scenes']} pre-encoded scenes{stopped}); final loss (mean of the last 100 steps) "
+            f"{training['loss']:.4f}")
+
+
+def _stages(training: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs that made a model, first to last (`--init` nests the earlier run's record)."""
+    earlier = training.get("init_training")
+    return [*(_stages(earlier) if earlier else []), training]
+
+
+def _vae_line(stages: list[dict[str, Any]]) -> str:
+    first = stages[0]
+    trained = (f"{first['vae_steps']} steps of 16" if "vae_steps" in first else
+               f"the VAE of `{first['vae']}` (same weights)")
+    return ("- VAE: `AutoencoderKL` (32, 64, 64) channels, 4 latent channels, 4x down (16x16 latents); L1 + MSE + "
+            f"1e-6 KL on 32 px crops then whole scenes: {trained}.")
+
+
+def model_card(name: str, training: dict[str, Any], config: dict[str, Any], quality: dict[str, Any] | None) -> str:
+    """README.md of a shipped model, from training.json, the denoiser's config and the benchmark's JSON."""
+    stages = _stages(training)
+    sd3 = stages[0]["arch"] == "sd3"
+    if sd3:
+        pipeline, loading = "StableDiffusion3Pipeline", (
+            "(`from_pretrained` on this folder with `text_encoder_3=None, tokenizer_3=None`). There is no T5: pass "
+            "`max_sequence_length=0` to every call (`attnkit.shapes.call_kwargs(pipe)`).")
+        text = ("- Text: two tiny CLIP text encoders (hidden 64, 2 layers), frozen at random init with large token "
+                "and position embeddings; a tokenizer where each vocabulary word is one token.")
+        denoiser = (f"- Transformer: `SD3Transformer2DModel`, patch 2 (8x8 image tokens), {config['num_layers']} "
+                    f"layers, {config['num_attention_heads']} heads x {config['attention_head_dim']}; rectified flow, "
+                    "logit-normal sigmas, AdamW with warm-up and cosine decay, 10% caption dropout, EMA.")
+    else:
+        pipeline, loading = "StableDiffusionPipeline", "(`from_pretrained` on this folder; no safety checker)."
+        text = ("- Text: one tiny CLIP text encoder (hidden 64, 2 layers), frozen at random init with large token "
+                "and position embeddings; a tokenizer where each vocabulary word is one token.")
+        denoiser = (f"- UNet: `UNet2DConditionModel`, channels {tuple(config['block_out_channels'])}, blocks "
+                    f"{', '.join(config['down_block_types'])} (cross-attention at 16x16 and 8x8 latents), "
+                    f"{config['attention_head_dim']} heads; epsilon prediction on SD's scaled-linear betas with "
+                    "min-SNR-5 weights, AdamW with warm-up and cosine decay, 10% caption dropout, EMA; sampled with "
+                    "Euler (trailing timesteps).")
     lines = [
         f"# {name}", "",
-        "A stock `StableDiffusion3Pipeline` trained from scratch by `python -m attnkit.shapes.train` on the attnkit "
-        "shapes world: 64x64 images of 1-3 flat-coloured circles, squares and triangles (red, green, blue, yellow) "
-        "on a dark grey background, captioned like \"a red circle and a blue square\".", "",
-        "Load: `attnkit.shapes.load(\"" + name + "\")` or `attnkit.models.load_pipeline(\"" + name + "\")` "
-        "(`from_pretrained` on this folder with `text_encoder_3=None, tokenizer_3=None`). There is no T5: pass "
-        "`max_sequence_length=0` to every call (`attnkit.shapes.CALL_KWARGS`).", "",
-        "## Recipe", "",
-        "- Text: two tiny CLIP text encoders (hidden 64, 2 layers), frozen at random init with large token and "
-        "position embeddings; a tokenizer where each vocabulary word is one token.",
-        "- VAE: `AutoencoderKL` (32, 64, 64) channels, 4 latent channels, 4x down (16x16 latents); L1 + MSE + 1e-6 "
-        f"KL on 32 px crops then whole scenes, {training['vae_steps']} steps of 16"
-        + (f"; after the denoiser, {training['decoder_steps']} more decoder steps (batch 8) with the encoder frozen."
-           if training.get("decoder_steps") else "."),
-        f"- Transformer: `SD3Transformer2DModel`, patch 2 (8x8 image tokens), {transformer['num_layers']} layers, "
-        f"{transformer['num_attention_heads']} heads x {transformer['attention_head_dim']}; rectified flow, "
-        "logit-normal sigmas, AdamW 1e-3 with warm-up and cosine decay, 10% caption dropout, EMA; "
-        f"{training['scenes']} pre-encoded scenes.",
-        f"- Trained {training['steps']} steps of batch {training['batch']} in {training['minutes']} minutes on one "
-        f"CPU thread (seed {training['seed']}; the cosine schedule was planned for {training['planned_steps']} steps "
-        f"and the time box stopped it there); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
-        "- Weights of the transformer and VAE are stored in fp16 and load as fp32.", "",
+        f"A stock `{pipeline}` trained from scratch by `python -m attnkit.shapes.train --arch {stages[0]['arch']}` "
+        "on the attnkit shapes world: 64x64 images of 1-3 flat-coloured circles, squares and triangles (red, green, "
+        "blue, yellow) on a dark grey background, captioned like \"a red circle and a blue square\".", "",
+        f"Load: `attnkit.shapes.load(\"{name}\")` or `attnkit.models.load_pipeline(\"{name}\")` {loading}", "",
+        "## Recipe", "", text, _vae_line(stages), denoiser,
+        *(f"- Run {i}: {_stage(stage)}." for i, stage in enumerate(stages, 1)),
+        "- Weights of the denoiser and VAE are stored in fp16 and load as fp32.", "",
         "## Measured quality", "",
     ]
     if quality is None:
@@ -84,8 +117,9 @@ def model_card(name: str, training: dict[str, Any], transformer: dict[str, Any],
     else:
         d = quality["details"]
         lines += [
-            "Regional prompting runs through `attnkit.regional` with one zero T5 token per region (it needs at least "
-            "one; the model never saw any), the plain prompt names both objects.", "",
+            ("Regional prompting runs through `attnkit.regional` with its default mask" if sd3 else
+             "regional_adherence is n/a: `attnkit.regional` does not support UNets yet") +
+            "; the plain prompt names both objects.", "",
             f"From `benchmarks/results/quality-{name}.json` ({d['steps']} steps, CFG {d['guidance']}, "
             f"{d['single']['images']} single-object images, {d['two_objects']['layouts']} two-object layouts):", "",
             "| metric | value |", "| --- | --- |",
@@ -109,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     out = MODELS_DIR / args.name if args.card_only else package(args.run, args.name)
     training = json.loads((out / "training.json").read_text())
     quality = json.loads(args.quality.read_text()) if args.quality else None
-    transformer = json.loads((out / "transformer" / "config.json").read_text())
-    (out / "README.md").write_text(model_card(args.name, training, transformer, quality))
+    config = next(json.loads((out / d / "config.json").read_text()) for d in ("transformer", "unet")
+                  if (out / d).is_dir())
+    (out / "README.md").write_text(model_card(args.name, training, config, quality))
     print(f"wrote {out}")
     return 0
 

@@ -1,32 +1,19 @@
-"""Regional prompting on shapes layouts, through `attnkit.regional` when that feature is installed.
+"""Regional prompting on shapes layouts through `attnkit.regional`.
 
 Kept apart from the metrics so the demo and the benchmark share one way of placing objects in the two halves.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 
-from . import GUIDANCE, STEPS
+from . import GUIDANCE, STEPS, call_kwargs
 
-__all__ = ["REGIONAL_T5_TOKENS", "available", "layout_spec", "regional_images"]
+__all__ = ["layout_spec", "regional_images"]
 
 Layout = tuple[tuple[str, str], tuple[str, str]]
-#: The shapes models were trained with no T5 tokens (max_sequence_length=0), but `attnkit.regional` asks for at
-#: least one per region: one zero token is the closest it allows.
-REGIONAL_T5_TOKENS = 1
-
-
-def available() -> bool:
-    """Whether `attnkit.regional` provides its entry point in this install (it is written alongside this)."""
-    try:
-        module = importlib.import_module("attnkit.regional")
-    except ImportError:
-        return False
-    return hasattr(module, "regional")
 
 
 def layout_spec(layout: Layout) -> dict[str, Any]:
@@ -41,7 +28,7 @@ def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int
     """uint8 images, one per (layout, seed); `options` are `attnkit.regional.RegionalOptions` fields."""
     from ..regional import regional
 
-    options.setdefault("max_sequence_length", REGIONAL_T5_TOKENS)
+    options = call_kwargs(pipe) | options
     images = []
     for layout, seed in zip(cases, seeds):
         with regional(pipe, layout_spec(layout), **options) as call:

@@ -1,10 +1,12 @@
-"""Train a shapes-world pipeline from scratch: `python -m attnkit.shapes.train --arch sd3 --out DIR`.
+"""Train a shapes-world pipeline: `python -m attnkit.shapes.train --arch sd3|sd15 --out DIR`.
 
 Every part is built from a config and the result is a stock diffusers pipeline folder (`save_pretrained`), so the
 shipped models exercise exactly the code paths of real checkpoints. Recipe (see shapes-world-notes): a small VAE
-first, then scenes pre-encoded once, then the denoiser with rectified flow, logit-normal sigmas, 10% caption
-dropout and EMA. Time-boxed: a checkpoint of the EMA weights is saved every `--checkpoint-minutes` so a usable
-model always exists, and training stops at `--steps` or `--minutes`, whichever comes first.
+first (or `--vae` reuses a trained one), then scenes pre-encoded once, then the denoiser with 10% caption dropout
+and EMA: rectified flow with logit-normal sigmas for sd3, epsilon prediction with min-SNR weighting for sd15.
+`--init` continues from a saved pipeline instead of starting from scratch. Time-boxed: a checkpoint of the EMA
+weights is saved every `--checkpoint-minutes` so a usable model always exists, and training stops at `--steps` or
+`--minutes`, whichever comes first.
 """
 
 from __future__ import annotations
@@ -24,31 +26,30 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AttnkitError
+from . import call_kwargs
 from .data import SIZE, random_scene
 from .tokenizer import MAX_LENGTH, shapes_tokenizer
 
-__all__ = ["build_sd3", "main", "scene_batch"]
-
-#: T5 is dropped: the pipeline pads with `max_sequence_length` zero "T5" tokens, so 0 keeps them out entirely.
-#: Pass these to every call of a shapes-sd3 pipeline (training encodes prompts with them too).
-SD3_CALL_KWARGS: dict[str, Any] = {"max_sequence_length": 0}
+__all__ = ["build_sd15", "build_sd3", "main", "scene_batch"]
 
 _TEXT_HIDDEN = 64  # per CLIP encoder; the two concatenate to the transformer's joint_attention_dim
 
 
-def _text_encoder(seed: int, vocab_size: int, eos_id: int) -> Any:
-    """A tiny CLIP text encoder, frozen at random init with large embeddings so word identity and order survive."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+def _text_encoder(seed: int, vocab_size: int, eos_id: int, projection: bool = True) -> Any:
+    """A tiny CLIP text encoder, frozen at random init with large embeddings so word identity and order survive.
+    SD3 reads the projected pooled output (`CLIPTextModelWithProjection`), SD1.x only the hidden states."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN,
                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_LENGTH,
                             projection_dim=_TEXT_HIDDEN, eos_token_id=eos_id, bos_token_id=eos_id - 1,
                             pad_token_id=eos_id)
-    model = CLIPTextModelWithProjection(config)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    embeddings = (model.text_model if projection else model).embeddings  # transformers 5: CLIPTextModel is flat
     with torch.no_grad():
-        model.text_model.embeddings.token_embedding.weight.normal_(0.0, 1.0)
-        model.text_model.embeddings.position_embedding.weight.normal_(0.0, 0.5)
+        embeddings.token_embedding.weight.normal_(0.0, 1.0)
+        embeddings.position_embedding.weight.normal_(0.0, 0.5)
     return model.eval().requires_grad_(False)
 
 
@@ -77,6 +78,26 @@ def build_sd3(seed: int, layers: int = 8, heads: int = 4, head_dim: int = 32, sh
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(),
         text_encoder=text_1, tokenizer=tokenizer, text_encoder_2=text_2, tokenizer_2=shapes_tokenizer(),
         text_encoder_3=None, tokenizer_3=None)
+
+
+def build_sd15(seed: int, channels: tuple[int, ...] = (32, 64, 128), heads: int = 4) -> Any:
+    """An untrained shapes-sd15 pipeline: SD1.x's UNet layout scaled down (cross-attention at 16x16 and 8x8 latents,
+    a plain block at 4x4), one CLIP text encoder, epsilon prediction on SD's scaled-linear betas."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = shapes_tokenizer()
+    text = _text_encoder(seed + 1, len(tokenizer), tokenizer.eos_token_id, projection=False)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=_TEXT_HIDDEN, attention_head_dim=heads, norm_num_groups=32)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
+    return StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def scene_batch(seeds: range | list[int]) -> tuple[torch.Tensor, list[str]]:
@@ -149,9 +170,25 @@ def refine_decoder(vae: Any, steps: int, seed: int, log: _Log) -> None:
     vae.eval().requires_grad_(False)
 
 
+def _denoiser_name(pipe: Any) -> str:
+    return "transformer" if hasattr(pipe, "transformer") else "unet"
+
+
+def _encode_prompts(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Caption embeddings (and SD3's pooled ones) exactly as the pipeline computes them at inference."""
+    if _denoiser_name(pipe) == "transformer":
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                                  do_classifier_free_guidance=False, **call_kwargs(pipe))
+        return embeds, pooled
+    embeds, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, do_classifier_free_guidance=False)
+    return embeds, None
+
+
 @torch.no_grad()
-def encode_scenes(pipe: Any, count: int, seed: int) -> dict[str, torch.Tensor]:
-    """Latent mean/std of `count` scenes and their caption embeddings, computed once; sets the VAE's latent scaling."""
+def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True) -> dict[str, torch.Tensor]:
+    """Latent mean/std of `count` scenes and their caption embeddings, computed once. With `set_scaling`, the VAE's
+    latent scaling is set from these latents: SD3 pipelines subtract `shift_factor` then scale, SD1.x pipelines only
+    scale (so there it is 1 / RMS and no shift)."""
     means, stds, captions = [], [], []
     for start in range(0, count, 256):
         images, caps = scene_batch(range(seed + start, seed + min(start + 256, count)))
@@ -160,14 +197,16 @@ def encode_scenes(pipe: Any, count: int, seed: int) -> dict[str, torch.Tensor]:
         stds.append(dist.std)
         captions += caps
     mean, std = torch.cat(means), torch.cat(stds)
-    pipe.vae.register_to_config(shift_factor=float(mean.mean()), scaling_factor=float(1.0 / mean.std()))
+    if set_scaling and _denoiser_name(pipe) == "transformer":
+        pipe.vae.register_to_config(shift_factor=float(mean.mean()), scaling_factor=float(1.0 / mean.std()))
+    elif set_scaling:
+        pipe.vae.register_to_config(shift_factor=None, scaling_factor=float(mean.pow(2).mean().rsqrt()))
     unique = sorted(set(captions)) + [""]
     embeds, pooled = [], []
     for start in range(0, len(unique), 512):
-        e, _, p, _ = pipe.encode_prompt(prompt=unique[start:start + 512], prompt_2=None, prompt_3=None,
-                                        do_classifier_free_guidance=False, **SD3_CALL_KWARGS)
+        e, p = _encode_prompts(pipe, unique[start:start + 512])
         embeds.append(e)
-        pooled.append(p)
+        pooled.append(p if p is not None else torch.zeros(len(e), 0))
     index = {c: i for i, c in enumerate(unique)}
     return {"mean": mean, "std": std, "caption": torch.tensor([index[c] for c in captions]),
             "embeds": torch.cat(embeds), "pooled": torch.cat(pooled)}
@@ -175,29 +214,54 @@ def encode_scenes(pipe: Any, count: int, seed: int) -> dict[str, torch.Tensor]:
 
 def _save(pipe: Any, ema: torch.nn.Module, out: Path, meta: dict[str, Any]) -> None:
     """Writes the pipeline with the EMA denoiser to out/pipeline atomically (a temp folder renamed over it)."""
-    live = pipe.transformer
-    pipe.transformer = ema
+    name = _denoiser_name(pipe)
+    live = getattr(pipe, name)
+    setattr(pipe, name, ema)
     tmp = out / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
     (tmp / "training.json").write_text(json.dumps(meta, indent=1))
-    pipe.transformer = live
+    setattr(pipe, name, live)
     final = out / "pipeline"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 
 
-def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Namespace, log: _Log, out: Path) -> None:
-    """Rectified flow: x_t = (1 - s) x0 + s noise, the model predicts noise - x0 at timestep 1000 s."""
-    model = pipe.transformer
+def _flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+               gen: torch.Generator) -> torch.Tensor:
+    """Rectified flow (SD3): x_t = (1 - s) x0 + s noise, the model predicts noise - x0 at timestep 1000 s."""
+    sigma = torch.sigmoid(torch.randn(len(x0), generator=gen))
+    noise = torch.randn(x0.shape, generator=gen)
+    s = sigma.view(-1, 1, 1, 1)
+    pred = model(hidden_states=(1 - s) * x0 + s * noise, encoder_hidden_states=embeds, pooled_projections=pooled,
+                 timestep=sigma * 1000).sample
+    return F.mse_loss(pred, noise - x0)
+
+
+def _epsilon_loss(model: Any, alphas_cumprod: torch.Tensor, x0: torch.Tensor, embeds: torch.Tensor,
+                  gen: torch.Generator, gamma: float = 5.0) -> torch.Tensor:
+    """DDPM epsilon prediction (SD1.x) with min-SNR-gamma weights, which converge several times faster than
+    uniform weights by not spending the model on nearly clean timesteps (Hang et al., 2023)."""
+    t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=gen)
+    alpha = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=gen)
+    pred = model(alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise, t, encoder_hidden_states=embeds).sample
+    snr = (alpha / (1 - alpha)).flatten()
+    return (snr.clamp(max=gamma) / snr * (pred - noise).pow(2).mean((1, 2, 3))).mean()
+
+
+def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Namespace, log: _Log, out: Path,
+                   meta: dict[str, Any]) -> None:
+    """AdamW with warm-up and cosine decay to 0.1x, 10% caption dropout, EMA; checkpoints the EMA weights."""
+    model = getattr(pipe, _denoiser_name(pipe)).float().train().requires_grad_(True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
-    shift, scale = pipe.vae.config.shift_factor, pipe.vae.config.scaling_factor
+    shift, scale = pipe.vae.config.shift_factor or 0.0, pipe.vae.config.scaling_factor
+    alphas_cumprod = getattr(pipe.scheduler, "alphas_cumprod", None)
     empty = len(data["embeds"]) - 1
     start = last_save = time.monotonic()
     losses: list[float] = []
-    model.train()
     for step in range(1, args.steps + 1):
         warm = min(1.0, step / 100)
         cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
@@ -208,12 +272,10 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
         x0 = (x0 - shift) * scale
         cap = data["caption"][idx].clone()
         cap[torch.rand(args.batch, generator=gen) < 0.1] = empty
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))
-        noise = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1)
-        pred = model(hidden_states=(1 - s) * x0 + s * noise, encoder_hidden_states=data["embeds"][cap],
-                     pooled_projections=data["pooled"][cap], timestep=sigma * 1000).sample
-        loss = F.mse_loss(pred, noise - x0)
+        if args.arch == "sd3":
+            loss = _flow_loss(model, x0, data["embeds"][cap], data["pooled"][cap], gen)
+        else:
+            loss = _epsilon_loss(model, alphas_cumprod, x0, data["embeds"][cap], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -228,30 +290,61 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
         now = time.monotonic()
         done = step == args.steps or now - start > args.minutes * 60
         if done or now - last_save > args.checkpoint_minutes * 60:
-            _save(pipe, ema, out, {"arch": args.arch, "seed": args.seed, "steps": step, "batch": args.batch,
-                                   "minutes": round((now - start) / 60, 1), "loss": float(np.mean(losses[-100:])),
-                                   "scenes": args.scenes, "vae_steps": args.vae_steps, "planned_steps": args.steps, "layers": args.layers,
-                                   "heads": args.heads})
+            _save(pipe, ema, out, {**meta, "steps": step, "minutes": round((now - start) / 60, 1),
+                                   "loss": float(np.mean(losses[-100:]))})
             last_save = now
         if done:
             break
 
 
+#: Per-architecture defaults of the options left unset on the command line.
+DEFAULTS: dict[str, dict[str, Any]] = {"sd3": {"lr": 1e-3, "heads": 4, "layers": 8},
+                                       "sd15": {"lr": 5e-4, "heads": 4, "layers": None}}
+
+
+def _pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The pipeline to train (new, or `--init`'s) and the training record it starts from."""
+    from diffusers import AutoencoderKL
+
+    from . import MODEL_NAMES, MODELS_DIR, load
+
+    if args.init:
+        folder = MODELS_DIR / args.init if str(args.init) in MODEL_NAMES else args.init
+        pipe = load(str(folder))
+        if _denoiser_name(pipe) != ("transformer" if args.arch == "sd3" else "unet"):
+            raise AttnkitError(f"--init {args.init} is not an {args.arch} pipeline: pass the matching --arch")
+        pipe.vae.float()
+        record = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+        return pipe, {"init": str(args.init), "init_training": record}
+    pipe = (build_sd3(args.seed, layers=args.layers, heads=args.heads) if args.arch == "sd3"
+            else build_sd15(args.seed, heads=args.heads))
+    if args.vae:
+        pipe.vae = AutoencoderKL.from_pretrained(args.vae).float().eval().requires_grad_(False)
+        return pipe, {"vae": str(args.vae)}
+    train_vae(pipe.vae, args.vae_steps, args.seed, _Log(args.out / "loss.jsonl", args.vae_steps, "vae"))
+    print(file=sys.stderr)
+    return pipe, {"vae_steps": args.vae_steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnkit.shapes.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=["sd3"], default="sd3")
+    parser.add_argument("--arch", choices=sorted(DEFAULTS), default="sd3")
     parser.add_argument("--out", type=Path, required=True, help="run folder; the model goes to OUT/pipeline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=6000, help="denoiser steps (also sets the cosine LR schedule)")
     parser.add_argument("--minutes", type=float, default=80.0, help="time box for the denoiser")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue training the denoiser of this saved pipeline (keeps its VAE and scaling)")
+    parser.add_argument("--vae", type=Path, default=None,
+                        help="use this trained AutoencoderKL folder instead of training a VAE (e.g. shapes-sd3's)")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--scenes", type=int, default=10000, help="pre-encoded training scenes")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: sd3 1e-3, sd15 5e-4)")
     parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=None, help="transformer blocks (sd3 only; default 8)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
     parser.add_argument("--decoder-steps", type=int, default=0,
                         help="decoder refinement after the denoiser (default 0: 300 steps did not help shapes-sd3)")
     parser.add_argument("--refine-decoder", action="store_true",
@@ -260,16 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.minutes <= 0:
         raise AttnkitError("--steps must be >= 1 and --minutes > 0")
+    if args.arch != "sd3" and args.layers is not None:
+        raise AttnkitError("--layers sets the SD3 transformer's depth: leave it out with --arch sd15")
+    if args.init and (args.vae or args.layers or args.heads):
+        raise AttnkitError("--init continues a saved pipeline as it is: leave out --vae, --layers and --heads")
+    for key, value in DEFAULTS[args.arch].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.refine_decoder:
         return _refine_saved(args)
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
-    pipe = build_sd3(args.seed, layers=args.layers, heads=args.heads)
-    train_vae(pipe.vae, args.vae_steps, args.seed, _Log(args.out / "loss.jsonl", args.vae_steps, "vae"))
-    print(file=sys.stderr)
-    data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes)
-    train_denoiser(pipe, data, args, _Log(args.out / "loss.jsonl", args.steps, "denoiser"), args.out)
+    pipe, meta = _pipeline(args)
+    data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes, set_scaling=not args.init)
+    meta = {"arch": args.arch, "seed": args.seed, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
+            "planned_steps": args.steps, **meta}
+    train_denoiser(pipe, data, args, _Log(args.out / "loss.jsonl", args.steps, "denoiser"), args.out, meta)
     if args.decoder_steps:
         return _refine_saved(args)
     print(f"\nsaved {args.out / 'pipeline'}", file=sys.stderr)
