@@ -156,3 +156,32 @@ def _denoiser_config(folder) -> dict:
 def test_trainer_refuses_conflicting_options(tmp_path, argv: list[str], message: str) -> None:
     with pytest.raises(AttnkitError, match=message):
         train.main(["--out", str(tmp_path), *argv])
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_eval_json_contract(capsys, model: str) -> None:
+    from attnkit.cli import main
+
+    assert main(["eval", model, "--json", "--seeds", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert set(result) == {"model", "prompt_following", "regional_adherence", "plain_adherence", "map_iou"}
+    assert result["model"] == model
+    for key in ("prompt_following", "plain_adherence", "map_iou"):
+        assert 0.0 <= result[key] <= 1.0, key
+    if model == "shapes-sd15":
+        assert result["regional_adherence"] is None, "attnkit.regional does not support UNets"
+    else:
+        assert 0.0 <= result["regional_adherence"] <= 1.0
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_demo_writes_its_pictures(tmp_path, model: str) -> None:
+    from attnkit.shapes.demo import run_demo
+
+    written = run_demo(model, tmp_path, seed=0)
+    names = {p.name for p in written}
+    assert {"plain.png", "maps.png", "demo.png"} <= names
+    assert ("regional.png" in names) == (model == "shapes-sd3")
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)

@@ -131,7 +131,7 @@ def train_vae(vae: Any, steps: int, seed: int, log: _Log) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     vae.train()
     for step in range(1, steps + 1):
-        images, _ = scene_batch(rng.integers(0, 2**31, size=16).tolist())
+        images = scene_batch(rng.integers(0, 2**31, size=16).tolist())[0].to(vae.device)
         crop = SIZE // 2
         if step <= steps * 4 // 5:
             y, x = (int(v) for v in rng.integers(0, SIZE - crop + 1, size=2))
@@ -180,7 +180,7 @@ def _encode_prompts(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
                                                   do_classifier_free_guidance=False, **call_kwargs(pipe))
         return embeds, pooled
-    embeds, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, do_classifier_free_guidance=False)
+    embeds, _ = pipe.encode_prompt(prompts, pipe.text_encoder.device, 1, do_classifier_free_guidance=False)
     return embeds, None
 
 
@@ -192,9 +192,9 @@ def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True) ->
     means, stds, captions = [], [], []
     for start in range(0, count, 256):
         images, caps = scene_batch(range(seed + start, seed + min(start + 256, count)))
-        dist = pipe.vae.encode(images).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        dist = pipe.vae.encode(images.to(pipe.vae.device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
         captions += caps
     mean, std = torch.cat(means), torch.cat(stds)
     if set_scaling and _denoiser_name(pipe) == "transformer":
@@ -205,8 +205,8 @@ def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True) ->
     embeds, pooled = [], []
     for start in range(0, len(unique), 512):
         e, p = _encode_prompts(pipe, unique[start:start + 512])
-        embeds.append(e)
-        pooled.append(p if p is not None else torch.zeros(len(e), 0))
+        embeds.append(e.cpu())
+        pooled.append(p.cpu() if p is not None else torch.zeros(len(e), 0))
     index = {c: i for i, c in enumerate(unique)}
     return {"mean": mean, "std": std, "caption": torch.tensor([index[c] for c in captions]),
             "embeds": torch.cat(embeds), "pooled": torch.cat(pooled)}
@@ -230,8 +230,8 @@ def _save(pipe: Any, ema: torch.nn.Module, out: Path, meta: dict[str, Any]) -> N
 def _flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
                gen: torch.Generator) -> torch.Tensor:
     """Rectified flow (SD3): x_t = (1 - s) x0 + s noise, the model predicts noise - x0 at timestep 1000 s."""
-    sigma = torch.sigmoid(torch.randn(len(x0), generator=gen))
-    noise = torch.randn(x0.shape, generator=gen)
+    sigma = torch.sigmoid(torch.randn(len(x0), generator=gen)).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     s = sigma.view(-1, 1, 1, 1)
     pred = model(hidden_states=(1 - s) * x0 + s * noise, encoder_hidden_states=embeds, pooled_projections=pooled,
                  timestep=sigma * 1000).sample
@@ -243,8 +243,8 @@ def _epsilon_loss(model: Any, alphas_cumprod: torch.Tensor, x0: torch.Tensor, em
     """DDPM epsilon prediction (SD1.x) with min-SNR-gamma weights, which converge several times faster than
     uniform weights by not spending the model on nearly clean timesteps (Hang et al., 2023)."""
     t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=gen)
-    alpha = alphas_cumprod[t].view(-1, 1, 1, 1)
-    noise = torch.randn(x0.shape, generator=gen)
+    alpha = alphas_cumprod[t].view(-1, 1, 1, 1).to(x0.device)
+    t, noise = t.to(x0.device), torch.randn(x0.shape, generator=gen).to(x0.device)
     pred = model(alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise, t, encoder_hidden_states=embeds).sample
     snr = (alpha / (1 - alpha)).flatten()
     return (snr.clamp(max=gamma) / snr * (pred - noise).pow(2).mean((1, 2, 3))).mean()
@@ -269,13 +269,14 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
             group["lr"] = args.lr * warm * cosine
         idx = torch.randint(len(data["mean"]), (args.batch,), generator=gen)
         x0 = data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen)
-        x0 = (x0 - shift) * scale
+        x0 = ((x0 - shift) * scale).to(model.device)
         cap = data["caption"][idx].clone()
         cap[torch.rand(args.batch, generator=gen) < 0.1] = empty
+        embeds = data["embeds"][cap].to(model.device)
         if args.arch == "sd3":
-            loss = _flow_loss(model, x0, data["embeds"][cap], data["pooled"][cap], gen)
+            loss = _flow_loss(model, x0, embeds, data["pooled"][cap].to(model.device), gen)
         else:
-            loss = _epsilon_loss(model, alphas_cumprod, x0, data["embeds"][cap], gen)
+            loss = _epsilon_loss(model, alphas_cumprod, x0, embeds, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -310,16 +311,16 @@ def _pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     if args.init:
         folder = MODELS_DIR / args.init if str(args.init) in MODEL_NAMES else args.init
-        pipe = load(str(folder))
+        pipe = load(str(folder)).to(args.device)
         if _denoiser_name(pipe) != ("transformer" if args.arch == "sd3" else "unet"):
             raise AttnkitError(f"--init {args.init} is not an {args.arch} pipeline: pass the matching --arch")
         pipe.vae.float()
         record = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
         return pipe, {"init": str(args.init), "init_training": record}
     pipe = (build_sd3(args.seed, layers=args.layers, heads=args.heads) if args.arch == "sd3"
-            else build_sd15(args.seed, heads=args.heads))
+            else build_sd15(args.seed, heads=args.heads)).to(args.device)
     if args.vae:
-        pipe.vae = AutoencoderKL.from_pretrained(args.vae).float().eval().requires_grad_(False)
+        pipe.vae = AutoencoderKL.from_pretrained(args.vae).float().eval().requires_grad_(False).to(args.device)
         return pipe, {"vae": str(args.vae)}
     train_vae(pipe.vae, args.vae_steps, args.seed, _Log(args.out / "loss.jsonl", args.vae_steps, "vae"))
     print(file=sys.stderr)
@@ -350,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-decoder", action="store_true",
                         help="only refine the decoder of the model already in OUT/pipeline (--decoder-steps)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (shared machines: keep 1)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (random draws stay on the CPU, so a "
+                        "seed gives the same batches on every device)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.minutes <= 0:
         raise AttnkitError("--steps must be >= 1 and --minutes > 0")
