@@ -1,6 +1,7 @@
 """Quality benchmark of the shapes models (issue 6): writes benchmarks/results/quality-<model>.json.
 
-    python benchmarks/quality.py [MODEL ...] [--seeds N]
+    python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite the README's quality table
+    python benchmarks/quality.py --readme                     # only rewrite the table from the JSON files
 
 Numbers in the README and the model cards come from these files, never typed by hand.
 """
@@ -19,6 +20,42 @@ from attnkit.shapes import MODEL_NAMES, load
 from attnkit.shapes.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).parent.parent / "README.md"
+START, END = "<!-- quality table: written by benchmarks/quality.py -->", "<!-- end of quality table -->"
+COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou")
+
+
+def _settings(result: dict) -> str:
+    d = result["details"]
+    return (f"{d['steps']} steps, CFG {d['guidance']:g}, {d['single']['images']} single-object images and "
+            f"{d['two_objects']['layouts']} two-object layouts")
+
+
+def quality_table(results: list[dict]) -> str:
+    """Markdown table of the headline metrics, one row per model, n/a where a metric does not apply, and the
+    sampling settings they were measured with."""
+    results = sorted(results, key=lambda r: r["model"])
+    rows = [f"| model | {' | '.join(COLUMNS)} |", "| --- |" + " --- |" * len(COLUMNS)]
+    for result in results:
+        cells = ["n/a" if result[k] is None else f"{result[k]:.3f}" for k in COLUMNS]
+        rows.append(f"| `{result['model']}` | {' | '.join(cells)} |")
+    settings = {_settings(r) for r in results}
+    where = (f"{settings.pop()} per model" if len(settings) == 1 else
+             "; ".join(f"`{r['model']}`: {_settings(r)}" for r in results))
+    rows += ["", f"From `benchmarks/results/quality-*.json` ({where})."]
+    return "\n".join(rows)
+
+
+def readme_with_table(readme: str, results: list[dict]) -> str:
+    """`readme` with the text between the quality-table markers replaced by the table of `results`."""
+    if START not in readme or END not in readme:
+        raise SystemExit(f"README.md lacks the markers {START!r} ... {END!r}: put them where the table goes")
+    head, rest = readme.split(START, 1)
+    return f"{head}{START}\n{quality_table(results)}\n{END}{rest.split(END, 1)[1]}"
+
+
+def saved_results() -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality-*.json"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", default=list(MODEL_NAMES), help="shapes models (default: all shipped)")
     parser.add_argument("--seeds", type=int, default=8, help="images per single-object prompt (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
     args = parser.parse_args(argv)
+    if args.readme:
+        README.write_text(readme_with_table(README.read_text(), saved_results()))
+        return 0
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
     for model in args.models:
@@ -41,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / f"quality-{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps({k: result[k] for k in ("model", "prompt_following", "regional_adherence",
                                                  "plain_adherence", "map_iou")}))
+    README.write_text(readme_with_table(README.read_text(), saved_results()))
     return 0
 
 

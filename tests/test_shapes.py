@@ -185,3 +185,17 @@ def test_demo_writes_its_pictures(tmp_path, model: str) -> None:
     assert {"plain.png", "maps.png", "demo.png"} <= names
     assert ("regional.png" in names) == (model == "shapes-sd3")
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+
+
+def test_readme_quality_table_is_the_benchmark_json() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    results = quality.saved_results()
+    assert {r["model"] for r in results} == set(MODEL_NAMES), "every shipped model is measured"
+    readme = quality.README.read_text()
+    assert quality.readme_with_table(readme, results) == readme, "run `python benchmarks/quality.py --readme`"
