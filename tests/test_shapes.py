@@ -140,7 +140,7 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     continued = load(str(tmp_path / "c" / "pipeline"))
     assert continued.vae.config.scaling_factor == pipe.vae.config.scaling_factor, "--init keeps the latent scaling"
     card = model_card(f"shapes-{arch}", second, _denoiser_config(tmp_path / "c" / "pipeline"), None)
-    assert "- Run 1: 2 steps" in card and "- Run 2: continued from" in card
+    assert "- Run 1: 2 steps" in card and "- Run 2: `--init` with the weights of the run above" in card
 
 
 def _denoiser_config(folder) -> dict:

@@ -3,7 +3,7 @@
 Their ground truth is known, so the effect of every attnkit feature can be *seen* (the red circle on the left) and
 *measured* (colour segmentation of the output) offline. Importing this package is cheap; diffusers loads lazily.
 
-    pipe = attnkit.shapes.load("shapes-sd3")
+    pipe = attnkit.shapes.load("shapes-sd3")             # or "shapes-sd15"
     image = pipe("a red circle", **attnkit.shapes.call_kwargs(pipe)).images[0]
 """
 
@@ -17,7 +17,7 @@ from ..errors import AttnkitError
 __all__ = ["GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
-MODEL_NAMES: tuple[str, ...] = ("shapes-sd3",)
+MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15")
 MODELS_DIR = Path(__file__).parent / "models"
 #: Sampler settings of the demo and the benchmark (chosen on the shipped model, see its card).
 STEPS, GUIDANCE = 28, 7.0

@@ -56,7 +56,7 @@ def package(run: Path, name: str) -> Path:
 
 def _stage(training: dict[str, Any]) -> str:
     """One training run in words: steps, batch, time, seed, schedule, final loss."""
-    start = f"continued from `{training['init']}`: " if "init" in training else ""
+    start = "`--init` with the weights of the run above: " if "init" in training else ""
     stopped = ("" if training["steps"] == training["planned_steps"] else
                f"; the time box stopped the cosine schedule planned for {training['planned_steps']} steps")
     return (f"{start}{training['steps']} steps of batch {training['batch']} at peak learning rate "
