@@ -125,6 +125,14 @@ class _Log:
               flush=True)
 
 
+def _vae_step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int, steps: int, log: _Log) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if step % 10 == 0 or step == steps:
+        log(step, loss=loss.item())
+
+
 def train_vae(vae: Any, steps: int, seed: int, log: _Log) -> None:
     """L1 + MSE + tiny KL on random 32 px crops (4x cheaper than full scenes; the VAE is convolutional)."""
     rng = np.random.default_rng(seed)
@@ -140,12 +148,8 @@ def train_vae(vae: Any, steps: int, seed: int, log: _Log) -> None:
             images = images[:4]  # last fifth on whole scenes, so borders and context are seen too
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + 1e-6 * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == steps:
-            log(step, loss=loss.item())
+        _vae_step(opt, F.l1_loss(recon, images) + F.mse_loss(recon, images) + 1e-6 * posterior.kl().mean(),
+                  step, steps, log)
     vae.eval().requires_grad_(False)
 
 
@@ -161,12 +165,7 @@ def refine_decoder(vae: Any, steps: int, seed: int, log: _Log) -> None:
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.sample()
         recon = vae.decode(latents).sample
-        loss = F.l1_loss(recon, images) + F.mse_loss(recon, images)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == steps:
-            log(step, loss=loss.item())
+        _vae_step(opt, F.l1_loss(recon, images) + F.mse_loss(recon, images), step, steps, log)
     vae.eval().requires_grad_(False)
 
 
