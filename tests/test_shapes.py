@@ -12,7 +12,7 @@ from attnkit import AttnkitError
 from attnkit.models import call_kwargs as model_call_kwargs
 from attnkit.shapes import MODEL_NAMES, MODELS_DIR, call_kwargs, load
 from attnkit.shapes import train
-from attnkit.shapes.package import model_card
+from attnkit.shapes.package import denoiser_config, model_card
 from attnkit.shapes.data import BACKGROUND, PALETTE, ShapeObject, random_scene, random_video, render
 from attnkit.shapes.scorer import detect, follows_prompt, region_success
 from attnkit.shapes.tokenizer import WORDS, shapes_tokenizer
@@ -139,13 +139,8 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     assert second["init_training"] == first and second["steps"] == 2
     continued = load(str(tmp_path / "c" / "pipeline"))
     assert continued.vae.config.scaling_factor == pipe.vae.config.scaling_factor, "--init keeps the latent scaling"
-    card = model_card(f"shapes-{arch}", second, _denoiser_config(tmp_path / "c" / "pipeline"), None)
+    card = model_card(f"shapes-{arch}", second, denoiser_config(tmp_path / "c" / "pipeline"), None)
     assert "- Run 1: 2 steps" in card and "- Run 2: `--init` with the weights of the run above" in card
-
-
-def _denoiser_config(folder) -> dict:
-    name = "transformer" if (folder / "transformer").is_dir() else "unet"
-    return json.loads((folder / name / "config.json").read_text())
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import AttnkitError
+from ..sites import denoiser_of
 from . import MODELS_DIR, call_kwargs, load
 
-__all__ = ["main", "model_card", "package"]
+__all__ = ["denoiser_config", "main", "model_card", "package"]
 
 
 def _sample(pipe: Any) -> np.ndarray:
@@ -28,8 +29,10 @@ def _sample(pipe: Any) -> np.ndarray:
                 generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **call_kwargs(pipe)).images
 
 
-def _denoiser(pipe: Any) -> torch.nn.Module:
-    return pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+def denoiser_config(folder: Path) -> dict[str, Any]:
+    """The config of a saved pipeline's denoiser (`transformer` for SD3, `unet` for SD1.x)."""
+    return next(json.loads((folder / d / "config.json").read_text()) for d in ("transformer", "unet")
+                if (folder / d).is_dir())
 
 
 def package(run: Path, name: str) -> Path:
@@ -41,7 +44,7 @@ def package(run: Path, name: str) -> Path:
     reference = _sample(pipe)
     out = MODELS_DIR / name
     shutil.rmtree(out, ignore_errors=True)
-    _denoiser(pipe).to(torch.float16)
+    denoiser_of(pipe).to(torch.float16)
     pipe.vae.to(torch.float16)
     pipe.save_pretrained(out)
     shutil.copy(run / "training.json", out / "training.json")
@@ -143,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     out = MODELS_DIR / args.name if args.card_only else package(args.run, args.name)
     training = json.loads((out / "training.json").read_text())
     quality = json.loads(args.quality.read_text()) if args.quality else None
-    config = next(json.loads((out / d / "config.json").read_text()) for d in ("transformer", "unet")
-                  if (out / d).is_dir())
-    (out / "README.md").write_text(model_card(args.name, training, config, quality))
+    (out / "README.md").write_text(model_card(args.name, training, denoiser_config(out), quality))
     print(f"wrote {out}")
     return 0
 
