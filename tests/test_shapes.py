@@ -12,7 +12,7 @@ from attnkit import AttnkitError
 from attnkit.models import call_kwargs as model_call_kwargs
 from attnkit.shapes import MODEL_NAMES, MODELS_DIR, call_kwargs, load
 from attnkit.shapes import train
-from attnkit.shapes.package import denoiser_config, model_card
+from attnkit.shapes.package import model_card, package
 from attnkit.shapes.data import BACKGROUND, PALETTE, ShapeObject, random_scene, random_video, render
 from attnkit.shapes.scorer import detect, follows_prompt, region_success
 from attnkit.shapes.tokenizer import WORDS, shapes_tokenizer
@@ -135,12 +135,17 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     assert type(pipe).__name__ == PIPELINE_CLASSES[f"shapes-{arch}"]
     if arch == "sd15":
         assert pipe.vae.config.shift_factor is None, "SD1.x pipelines only scale latents"
-    second = _train(tmp_path / "c", "--arch", arch, "--init", str(tmp_path / "a" / "pipeline"), "--seed", "1")
+    shipped = package(tmp_path / "a" / "pipeline", "shapes-x", models_dir=tmp_path / "models")
+    second = _train(tmp_path / "c", "--arch", arch, "--init", str(shipped), "--seed", "1")
     assert second["init_training"] == first and second["steps"] == 2
     continued = load(str(tmp_path / "c" / "pipeline"))
     assert continued.vae.config.scaling_factor == pipe.vae.config.scaling_factor, "--init keeps the latent scaling"
-    card = model_card(f"shapes-{arch}", second, denoiser_config(tmp_path / "c" / "pipeline"), None)
+    assert package(tmp_path / "c" / "pipeline", "shapes-x", models_dir=tmp_path / "models") == shipped
+    for n, run in enumerate("ac", 1):
+        assert (shipped / f"loss-run{n}.jsonl").read_bytes() == (tmp_path / run / "loss.jsonl").read_bytes()
+    card = model_card("shapes-x", shipped, None)
     assert "- Run 1: 2 steps" in card and "- Run 2: `--init` with the weights of the run above" in card
+    assert "- Loss logs: `loss-run1.jsonl`, `loss-run2.jsonl`" in card
 
 
 @pytest.mark.parametrize("argv, message", [

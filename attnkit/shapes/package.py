@@ -1,8 +1,8 @@
-"""Ship a trained run: `python -m attnkit.shapes.package RUN_DIR NAME [--quality JSON]`.
+"""Ship a trained run: `python -m attnkit.shapes.package RUN_DIR/pipeline NAME [--quality JSON]`.
 
 Copies RUN_DIR/pipeline into `attnkit/shapes/models/NAME` with the denoiser and VAE weights stored in fp16
-(half the bytes; they load back as fp32, and the images are checked to stay the same), and writes the model card
-from the run's own records, so no figure in it is typed by hand.
+(half the bytes; they load back as fp32, and the images are checked to stay the same), ships the loss logs of
+every run that made it, and writes the model card from the runs' own records, so no figure in it is typed by hand.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..errors import AttnkitError
 from ..sites import denoiser_of
 from . import MODELS_DIR, call_kwargs, load
 
-__all__ = ["denoiser_config", "main", "model_card", "package"]
+__all__ = ["main", "model_card", "package"]
 
 
 def _sample(pipe: Any) -> np.ndarray:
@@ -29,31 +29,50 @@ def _sample(pipe: Any) -> np.ndarray:
                 generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **call_kwargs(pipe)).images
 
 
-def denoiser_config(folder: Path) -> dict[str, Any]:
+def _denoiser_config(folder: Path) -> dict[str, Any]:
     """The config of a saved pipeline's denoiser (`transformer` for SD3, `unet` for SD1.x)."""
     return next(json.loads((folder / d / "config.json").read_text()) for d in ("transformer", "unet")
                 if (folder / d).is_dir())
 
 
-def package(run: Path, name: str) -> Path:
-    """fp16 copy of `run` (a saved pipeline folder) in the package; refuses if fp16 changes the images visibly."""
+def _loss_logs(run: Path, out: Path) -> dict[str, bytes]:
+    """The loss logs a model ships: those of the shipped model this run continued (`--init` of `out`'s name or
+    folder), then this run's own `RUN_DIR/loss.jsonl` as `loss-runN.jsonl`, N counting every run that made it."""
+    training = json.loads((run / "training.json").read_text())
+    init = training.get("init")
+    continued = init is not None and (init == out.name or Path(init).resolve() == out.resolve())
+    logs = {p.name: p.read_bytes() for p in out.glob("loss-run*.jsonl")} if continued else {}
+    own = run.parent / "loss.jsonl"
+    if own.is_file():
+        logs[f"loss-run{len(_stages(training))}.jsonl"] = own.read_bytes()
+    return logs
+
+
+def package(run: Path, name: str, models_dir: Path = MODELS_DIR) -> Path:
+    """fp16 copy of `run` (a saved pipeline folder) in the package, replacing the model of that name only once
+    the copy is checked; refuses if fp16 changes the images visibly."""
     if not (run / "model_index.json").is_file():
         raise AttnkitError(f"{run} is not a saved pipeline folder (no model_index.json)")
     pipe = load(str(run))
     pipe.set_progress_bar_config(disable=True)
     reference = _sample(pipe)
-    out = MODELS_DIR / name
-    shutil.rmtree(out, ignore_errors=True)
+    out = models_dir / name
+    staging = out.with_name(f"{name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
     denoiser_of(pipe).to(torch.float16)
     pipe.vae.to(torch.float16)
-    pipe.save_pretrained(out)
-    shutil.copy(run / "training.json", out / "training.json")
-    shipped = load(str(out))
+    pipe.save_pretrained(staging)
+    shutil.copy(run / "training.json", staging / "training.json")
+    for log, data in _loss_logs(run, out).items():
+        (staging / log).write_bytes(data)
+    shipped = load(str(staging))
     shipped.set_progress_bar_config(disable=True)
     error = float(np.abs(_sample(shipped) - reference).max())
     if error > 0.05:
-        shutil.rmtree(out)
+        shutil.rmtree(staging)
         raise AttnkitError(f"fp16 weights change the images by up to {error:.3f}: ship fp32 instead")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
     return out
 
 
@@ -82,9 +101,12 @@ def _vae_line(stages: list[dict[str, Any]]) -> str:
             f"1e-6 KL on 32 px crops then whole scenes: {trained}.")
 
 
-def model_card(name: str, training: dict[str, Any], config: dict[str, Any], quality: dict[str, Any] | None) -> str:
-    """README.md of a shipped model, from training.json, the denoiser's config and the benchmark's JSON."""
-    stages = _stages(training)
+def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
+    """README.md of the model saved in `folder`, from its training.json, denoiser config and loss logs, and the
+    benchmark's JSON."""
+    stages = _stages(json.loads((folder / "training.json").read_text()))
+    config = _denoiser_config(folder)
+    loss_logs = sorted((p.name for p in folder.glob("loss-run*.jsonl")), key=lambda log: int(log[8:-6]))
     sd3 = stages[0]["arch"] == "sd3"
     if sd3:
         pipeline, loading = "StableDiffusion3Pipeline", (
@@ -112,6 +134,8 @@ def model_card(name: str, training: dict[str, Any], config: dict[str, Any], qual
         f"Load: `attnkit.shapes.load(\"{name}\")` or `attnkit.models.load_pipeline(\"{name}\")` {loading}", "",
         "## Recipe", "", text, _vae_line(stages), denoiser,
         *(f"- Run {i}: {_stage(stage)}." for i, stage in enumerate(stages, 1)),
+        *([f"- Loss logs: {', '.join(f'`{log}`' for log in loss_logs)} (JSON lines: stage, step, seconds, loss, "
+           "learning rate)."] if loss_logs else []),
         "- Weights of the denoiser and VAE are stored in fp16 and load as fp32.", "",
         "## Measured quality", "",
     ]
@@ -144,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = MODELS_DIR / args.name if args.card_only else package(args.run, args.name)
-    training = json.loads((out / "training.json").read_text())
     quality = json.loads(args.quality.read_text()) if args.quality else None
-    (out / "README.md").write_text(model_card(args.name, training, denoiser_config(out), quality))
+    (out / "README.md").write_text(model_card(args.name, out, quality))
     print(f"wrote {out}")
     return 0
 
