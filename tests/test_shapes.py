@@ -146,6 +146,7 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     card = model_card("shapes-x", shipped, None)
     assert "- Run 1: 2 steps" in card and "- Run 2: `--init` with the weights of the run above" in card
     assert "- Loss logs: `loss-run1.jsonl`, `loss-run2.jsonl`" in card
+    assert second["device"] == "cpu" and card.count("minutes on one CPU thread") == 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -76,14 +76,23 @@ def package(run: Path, name: str, models_dir: Path = MODELS_DIR) -> Path:
     return out
 
 
+def _hardware(training: dict[str, Any]) -> str:
+    """Where a run trained; the records of the first shipped runs predate these fields and were one CPU thread."""
+    device, threads = training.get("device", "cpu"), training.get("threads", 1)
+    if device != "cpu":
+        return f"on `{device}`"
+    return "on one CPU thread" if threads == 1 else f"on {threads} CPU threads"
+
+
 def _stage(training: dict[str, Any]) -> str:
     """One training run in words: steps, batch, time, seed, schedule, final loss."""
     start = "`--init` with the weights of the run above: " if "init" in training else ""
     stopped = ("" if training["steps"] == training["planned_steps"] else
                f"; the time box stopped the cosine schedule planned for {training['planned_steps']} steps")
     return (f"{start}{training['steps']} steps of batch {training['batch']} at peak learning rate "
-            f"{training.get('lr', 1e-3):g} in {training['minutes']} minutes on one CPU thread (seed {training['seed']}, "
-            f"{training['scenes']} pre-encoded scenes{stopped}); final loss (mean of the last 100 steps) "
+            f"{training.get('lr', 1e-3):g} in {training['minutes']} minutes {_hardware(training)} "
+            f"(seed {training['seed']}, {training['scenes']} pre-encoded scenes{stopped}); final loss (mean of the "
+            "last 100 steps) "
             f"{training['loss']:.4f}")
 
 

@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe, meta = _pipeline(args)
     data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes, set_scaling=not args.init)
     meta = {"arch": args.arch, "seed": args.seed, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
-            "planned_steps": args.steps, **meta}
+            "planned_steps": args.steps, "device": args.device, "threads": args.threads, **meta}
     train_denoiser(pipe, data, args, _Log(args.out / "loss.jsonl", args.steps, "denoiser"), args.out, meta)
     if args.decoder_steps:
         return _refine_saved(args)
