@@ -351,6 +351,25 @@ def test_negatives_regional_share_the_mask_global_is_unmasked(pipelines, name):
         assert not uncond[image, first_copy.stop:text.stop].any()  # the padding copy is hidden
 
 
+def test_flux_encodes_negatives_only_when_the_spec_gives_one_and_empty_counts(pipelines):
+    """Flux guides with true CFG only against a negative; an explicit "" (the empty prompt) must be encoded too."""
+    pipe = pipelines["tiny-flux"]
+    for spec, expected in ((LEFT_RIGHT, False), ({**LEFT_RIGHT, "negative": ""}, True)):
+        with attnkit.regional(pipe, spec, max_sequence_length=SHORT_T5) as call:
+            kwargs = call(seed=0, num_inference_steps=1)
+            assert ("negative_prompt_embeds" in kwargs) is expected
+            if expected:
+                assert kwargs["negative_prompt_embeds"].shape == kwargs["prompt_embeds"].shape
+                latents(pipe, true_cfg_scale=2.0, **kwargs)
+
+
+def test_a_negative_prompt_outside_the_spec_is_refused_with_the_fix(pipelines):
+    pipe = pipelines["tiny-flux"]
+    with attnkit.regional(pipe, LEFT_RIGHT, max_sequence_length=SHORT_T5) as call:
+        with pytest.raises(AttnkitError, match="negative prompt goes in the spec's `negative`"):
+            latents(pipe, true_cfg_scale=2.0, negative_prompt="blurry", **call(seed=0, num_inference_steps=1))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_masks_are_compiled_once_per_layout_and_never_reused_across_sizes_or_specs(pipelines, name):
     pipe = pipelines[name]

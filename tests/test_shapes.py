@@ -10,12 +10,13 @@ import torch
 
 from attnkit import AttnkitError
 from attnkit.models import call_kwargs as model_call_kwargs
-from attnkit.shapes import MODEL_NAMES, MODELS_DIR, call_kwargs, load
+from attnkit.sites import denoiser_of
+from attnkit.shapes import GUIDANCE, MODEL_NAMES, MODELS_DIR, call_kwargs, guidance_kwargs, load
 from attnkit.shapes import train
 from attnkit.shapes.package import model_card, package
 from attnkit.shapes.data import BACKGROUND, PALETTE, ShapeObject, random_scene, random_video, render
 from attnkit.shapes.scorer import detect, follows_prompt, region_success
-from attnkit.shapes.tokenizer import WORDS, shapes_tokenizer
+from attnkit.shapes.tokenizer import MAX_LENGTH, WORDS, shapes_t5_tokenizer, shapes_tokenizer
 
 LEFT = np.zeros((64, 64), bool)
 LEFT[:, :32] = True
@@ -70,6 +71,11 @@ def test_every_word_is_one_token() -> None:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     ids = tokenizer("a red circle and a blue square").input_ids
     assert len(ids) == 9 and ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    t5 = shapes_t5_tokenizer()
+    for word in WORDS:
+        assert len(t5(word, add_special_tokens=False).input_ids) == 1, word
+    ids = t5("a red circle and a blue square", padding="max_length", max_length=MAX_LENGTH).input_ids
+    assert len(ids) == MAX_LENGTH and ids[7] == t5.eos_token_id and ids[8:] == [t5.pad_token_id] * 8
 
 
 def test_unknown_model_is_an_attnkit_error() -> None:
@@ -82,14 +88,15 @@ def shipped(request):
     return request.param, load(request.param)
 
 
-PIPELINE_CLASSES = {"shapes-sd3": "StableDiffusion3Pipeline", "shapes-sd15": "StableDiffusionPipeline"}
+PIPELINE_CLASSES = {"shapes-sd3": "StableDiffusion3Pipeline", "shapes-sd15": "StableDiffusionPipeline",
+                    "shapes-flux": "FluxPipeline"}
 
 
 def test_shipped_model_is_a_stock_pipeline_loaded_from_the_package(shipped) -> None:
     name, pipe = shipped
     assert (MODELS_DIR / name / "model_index.json").is_file() and (MODELS_DIR / name / "README.md").is_file()
     assert type(pipe).__name__ == PIPELINE_CLASSES[name]
-    denoiser = pipe.transformer if name == "shapes-sd3" else pipe.unet
+    denoiser = denoiser_of(pipe)
     assert denoiser.dtype == torch.float32 and pipe.vae.dtype == torch.float32
     size = sum(f.stat().st_size for f in (MODELS_DIR / name).rglob("*") if f.is_file())
     assert size < 25 * 2**20
@@ -113,6 +120,8 @@ def test_call_kwargs_drop_t5_padding_only_for_shapes_sd3(pipelines) -> None:
     assert call_kwargs(sd3) == {"max_sequence_length": 0} and call_kwargs(sd15) == {}
     assert model_call_kwargs("shapes-sd3", sd3) == {"max_sequence_length": 0}
     assert model_call_kwargs("tiny-sd3", pipelines["tiny-sd3"]) == {}, "stock SD3 pads T5 as usual"
+    assert model_call_kwargs("tiny-flux", pipelines["tiny-flux"]) == {}, "stock Flux pads T5 as usual"
+    assert guidance_kwargs(sd3) == guidance_kwargs(pipelines["tiny-flux"]) == {"guidance_scale": GUIDANCE}
 
 
 def _train(out, *args: str) -> dict:
@@ -120,7 +129,7 @@ def _train(out, *args: str) -> dict:
     return json.loads((out / "pipeline" / "training.json").read_text())
 
 
-@pytest.mark.parametrize("arch", ["sd3", "sd15"])
+@pytest.mark.parametrize("arch", ["sd3", "flux", "sd15"])
 def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) -> None:
     vae = ["--vae-steps", "2"] if arch == "sd3" else ["--vae", str(MODELS_DIR / "shapes-sd3" / "vae")]
     first = _train(tmp_path / "a", "--arch", arch, *vae)
@@ -135,6 +144,10 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     assert type(pipe).__name__ == PIPELINE_CLASSES[f"shapes-{arch}"]
     if arch == "sd15":
         assert pipe.vae.config.shift_factor is None, "SD1.x pipelines only scale latents"
+    if arch == "flux":  # no guidance embedding: CFG is true CFG, at 64 px and 16 T5 tokens by default
+        assert guidance_kwargs(pipe) == {"true_cfg_scale": GUIDANCE}
+        assert pipe.default_sample_size * pipe.vae_scale_factor == 64
+        assert call_kwargs(pipe) == {"max_sequence_length": MAX_LENGTH}
     shipped = package(tmp_path / "a" / "pipeline", "shapes-x", models_dir=tmp_path / "models")
     second = _train(tmp_path / "c", "--arch", arch, "--init", str(shipped), "--seed", "1")
     assert second["init_training"] == first and second["steps"] == 2

@@ -118,7 +118,8 @@ class RegionalControl(Control):
             if len(text) != n:
                 raise AttnkitError(
                     f"{call.site.name} got {n} text tokens, but the region spec encodes {len(text)}: pass the "
-                    "embeddings from `call(...)` of the same `attnkit.regional` session, not a `prompt` of your own."
+                    "embeddings from `call(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
+                    "negative prompt goes in the spec's `negative`)."
                 )
             pieces.append(text)
         return torch.cat(pieces)

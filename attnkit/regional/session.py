@@ -112,8 +112,10 @@ class Regional:
         if problems:
             raise AttnkitError("; ".join(problems) + ". Shorten these prompts"
                                + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
-        with_negatives = self.architecture == "sd3" or bool(
-            self.spec.negative or any(r.negative for r in self.spec.regions))
+        # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings,
+        # and an explicit "" (CFG against the empty prompt) counts as given.
+        with_negatives = self.architecture == "sd3" or self.spec.negative is not None or any(
+            r.negative is not None for r in self.spec.regions)
         self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
                               pooled=self.options.pooled, negatives=self.options.negatives,
                               with_negatives=with_negatives)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import AttnkitError
 
-__all__ = ["GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "load"]
+__all__ = ["GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15")
@@ -24,10 +24,24 @@ STEPS, GUIDANCE = 28, 7.0
 
 
 def call_kwargs(pipe: Any) -> dict[str, Any]:
-    """Keyword arguments every call of a shapes pipeline needs. shapes-sd3 has no T5: without
-    `max_sequence_length=0` the pipeline pads the text with 256 zero "T5" tokens the model never saw in training
-    (much worse images, 3x slower). SD1.x pipelines need nothing."""
-    return {"max_sequence_length": 0} if hasattr(pipe, "text_encoder_3") else {}
+    """Keyword arguments every call of a shapes pipeline needs (also valid as `attnkit.regional` options).
+    shapes-sd3 has no T5: without `max_sequence_length=0` the pipeline pads the text with 256 zero "T5" tokens the
+    model never saw in training (much worse images, 3x slower). A shapes Flux pipeline was trained on its T5's
+    16 tokens, not Flux's default 512. SD1.x pipelines need nothing."""
+    from ..sites import architecture_of, denoiser_of
+    from .tokenizer import MAX_LENGTH
+
+    if hasattr(pipe, "text_encoder_3"):
+        return {"max_sequence_length": 0}
+    return {"max_sequence_length": MAX_LENGTH} if architecture_of(denoiser_of(pipe)).name == "flux" else {}
+
+
+def guidance_kwargs(pipe: Any, scale: float = GUIDANCE) -> dict[str, Any]:
+    """Classifier-free guidance at `scale`: `guidance_scale` for SD pipelines; `true_cfg_scale` for a Flux pipeline
+    without a guidance embedding (on which diffusers ignores `guidance_scale`), with a negative prompt ("" is
+    fine) passed as well, or it samples unguided."""
+    flux_without_embedding = getattr(getattr(pipe, "transformer", None), "config", {}).get("guidance_embeds") is False
+    return {"true_cfg_scale": scale} if flux_without_embedding else {"guidance_scale": scale}
 
 
 def load(model: str, **from_pretrained_kwargs: Any) -> Any:
@@ -37,6 +51,9 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
 
     from diffusers import DiffusionPipeline
 
+    from ..sites import architecture_of, denoiser_of
+    from .data import SIZE
+
     folder = MODELS_DIR / model if model in MODEL_NAMES else Path(model)
     if not (folder / "model_index.json").is_file():
         raise AttnkitError(f"no shapes model at {folder}: give one of {', '.join(MODEL_NAMES)} or a pipeline folder "
@@ -45,4 +62,7 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
     for key, value in json.loads((folder / "model_index.json").read_text()).items():
         if value == [None, None]:
             from_pretrained_kwargs.setdefault(key, None)
-    return DiffusionPipeline.from_pretrained(folder, **from_pretrained_kwargs)
+    pipe = DiffusionPipeline.from_pretrained(folder, **from_pretrained_kwargs)
+    if architecture_of(denoiser_of(pipe)).name == "flux":  # FluxPipeline defaults to 128 latents (512 px) per side
+        pipe.default_sample_size = SIZE // pipe.vae_scale_factor
+    return pipe

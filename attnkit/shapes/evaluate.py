@@ -18,7 +18,7 @@ import torch
 
 from ..maps import trace
 from ..regional import supports as regional_supported
-from . import GUIDANCE, STEPS, call_kwargs
+from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
 from .data import COLORS, SHAPES, SIZE
 from .regional import regional_images
 from .scorer import detect, follows_prompt, region_success
@@ -39,9 +39,9 @@ def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS
     images: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
         chunk = slice(start, start + batch)
-        out = pipe(prompt=prompts[chunk], generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]],
-                   num_inference_steps=steps, guidance_scale=guidance, output_type="np", height=SIZE, width=SIZE,
-                   **{**call_kwargs(pipe), **call}).images
+        out = pipe(prompt=prompts[chunk], negative_prompt=[""] * len(prompts[chunk]), num_inference_steps=steps,
+                   generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]], output_type="np",
+                   height=SIZE, width=SIZE, **{**call_kwargs(pipe), **guidance_kwargs(pipe, guidance), **call}).images
         images += [np.round(np.asarray(im) * 255).clip(0, 255).astype(np.uint8) for im in out]
     return images
 

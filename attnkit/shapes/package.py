@@ -19,14 +19,16 @@ import torch
 
 from ..errors import AttnkitError
 from ..sites import denoiser_of
-from . import MODELS_DIR, call_kwargs, load
+from . import MODELS_DIR, call_kwargs, guidance_kwargs, load
+from .data import SIZE
 
 __all__ = ["main", "model_card", "package"]
 
 
 def _sample(pipe: Any) -> np.ndarray:
-    return pipe(["a red circle", "a yellow triangle"], num_inference_steps=8, output_type="np",
-                generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **call_kwargs(pipe)).images
+    return pipe(["a red circle", "a yellow triangle"], num_inference_steps=8, output_type="np", height=SIZE,
+                width=SIZE, negative_prompt=["", ""], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                **call_kwargs(pipe), **guidance_kwargs(pipe)).images
 
 
 def _denoiser_config(folder: Path) -> dict[str, Any]:
@@ -116,8 +118,22 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     stages = _stages(json.loads((folder / "training.json").read_text()))
     config = _denoiser_config(folder)
     loss_logs = sorted((p.name for p in folder.glob("loss-run*.jsonl")), key=lambda log: int(log[8:-6]))
-    sd3 = stages[0]["arch"] == "sd3"
-    if sd3:
+    arch = stages[0]["arch"]
+    if arch == "flux":
+        pipeline, loading = "FluxPipeline", (
+            "(`from_pretrained` on this folder; `attnkit.shapes.load` also sets the default size to 64 px). It was "
+            "trained on 16 T5 tokens and has no guidance embedding: pass `max_sequence_length=16` "
+            "(`attnkit.shapes.call_kwargs(pipe)`) and guide with true CFG, `true_cfg_scale=7, negative_prompt=\"\"` "
+            "(`attnkit.shapes.guidance_kwargs(pipe)`); `guidance_scale` does nothing here.")
+        text = ("- Text: a tiny CLIP text encoder (hidden 64, 2 layers) for the pooled vector and a tiny T5 encoder "
+                "(d_model 64, 2 layers) for the tokens, both frozen at random init; tokenizers where each vocabulary "
+                "word is one token.")
+        denoiser = (f"- Transformer: `FluxTransformer2DModel`, 2x2 packed latents (8x8 image tokens), "
+                    f"{config['num_layers']} double-stream and {config['num_single_layers']} single-stream blocks, "
+                    f"{config['num_attention_heads']} heads x {config['attention_head_dim']}, no guidance embedding; "
+                    "rectified flow, logit-normal sigmas, AdamW with warm-up and cosine decay, 10% caption dropout, "
+                    "EMA.")
+    elif arch == "sd3":
         pipeline, loading = "StableDiffusion3Pipeline", (
             "(`from_pretrained` on this folder with `text_encoder_3=None, tokenizer_3=None`). There is no T5: pass "
             "`max_sequence_length=0` to every call (`attnkit.shapes.call_kwargs(pipe)`).")
@@ -153,7 +169,7 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     else:
         d = quality["details"]
         lines += [
-            ("Regional prompting runs through `attnkit.regional` with its default mask" if sd3 else
+            ("Regional prompting runs through `attnkit.regional` with its default mask" if arch != "sd15" else
              "regional_adherence is n/a: `attnkit.regional` does not support UNets yet") +
             "; the plain prompt names both objects.", "",
             f"From `benchmarks/results/quality-{name}.json` ({d['steps']} steps, CFG {d['guidance']}, "

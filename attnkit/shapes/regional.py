@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from . import GUIDANCE, STEPS, call_kwargs
+from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
+from .data import SIZE
 
 __all__ = ["layout_spec", "regional_images"]
 
@@ -17,9 +18,10 @@ Layout = tuple[tuple[str, str], tuple[str, str]]
 
 
 def layout_spec(layout: Layout) -> dict[str, Any]:
-    """Region spec: the left object's prompt on the left half, the right one's on the right half."""
+    """Region spec: the left object's prompt on the left half, the right one's on the right half, guided against
+    the empty prompt as plain generation is."""
     (left, right) = layout
-    return {"regions": [{"prompt": f"a {left[0]} {left[1]}", "box": [0.0, 0.0, 0.5, 1.0]},
+    return {"negative": "", "regions": [{"prompt": f"a {left[0]} {left[1]}", "box": [0.0, 0.0, 0.5, 1.0]},
                         {"prompt": f"a {right[0]} {right[1]}", "box": [0.5, 0.0, 1.0, 1.0]}]}
 
 
@@ -32,6 +34,8 @@ def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int
     images = []
     for layout, seed in zip(cases, seeds):
         with regional(pipe, layout_spec(layout), **options) as call:
-            out = pipe(**call(seed=seed, num_inference_steps=steps, guidance_scale=guidance, output_type="np"))
+            guided = call(seed=seed, num_inference_steps=steps, output_type="np", height=SIZE, width=SIZE,
+                          **guidance_kwargs(pipe, guidance))
+            out = pipe(**guided)
         images.append(np.round(np.asarray(out.images[0]) * 255).clip(0, 255).astype(np.uint8))
     return images

@@ -7,12 +7,12 @@ small deterministic BPE (ties broken lexicographically), so token ids never depe
 from __future__ import annotations
 
 from tokenizers import pre_tokenizers
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, T5Tokenizer
 
-from ..testing.tokenizers import learn_merges
+from ..testing.tokenizers import learn_merges, tiny_t5_tokenizer
 from .data import COLORS, SHAPES
 
-__all__ = ["MAX_LENGTH", "WORDS", "shapes_tokenizer"]
+__all__ = ["MAX_LENGTH", "WORDS", "shapes_t5_tokenizer", "shapes_tokenizer"]
 
 #: Words of every caption the world produces, plus a few for layout prompts.
 WORDS: tuple[str, ...] = ("a", "and", *COLORS, *SHAPES, "left", "right", "top", "bottom", "on", "the")
@@ -29,3 +29,8 @@ def shapes_tokenizer() -> CLIPTokenizer:
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=_EOS, bos_token=_BOS, eos_token=_EOS,
                          pad_token=_EOS, model_max_length=MAX_LENGTH)
+
+
+def shapes_t5_tokenizer() -> T5Tokenizer:
+    """Flux's T5 tokenizer for :data:`WORDS`: one token per word, eos, then pad up to :data:`MAX_LENGTH`."""
+    return tiny_t5_tokenizer(WORDS, MAX_LENGTH)

@@ -1,9 +1,10 @@
-"""Train a shapes-world pipeline: `python -m attnkit.shapes.train --arch sd3|sd15 --out DIR`.
+"""Train a shapes-world pipeline: `python -m attnkit.shapes.train --arch sd3|flux|sd15 --out DIR`.
 
 Every part is built from a config and the result is a stock diffusers pipeline folder (`save_pretrained`), so the
 shipped models exercise exactly the code paths of real checkpoints. Recipe (see shapes-world-notes): a small VAE
 first (or `--vae` reuses a trained one), then scenes pre-encoded once, then the denoiser with 10% caption dropout
-and EMA: rectified flow with logit-normal sigmas for sd3, epsilon prediction with min-SNR weighting for sd15.
+and EMA: rectified flow with logit-normal sigmas for sd3 and flux, epsilon prediction with min-SNR weighting for
+sd15.
 `--init` continues from a saved pipeline instead of starting from scratch. Time-boxed: a checkpoint of the EMA
 weights is saved every `--checkpoint-minutes` so a usable model always exists, and training stops at `--steps` or
 `--minutes`, whichever comes first.
@@ -26,11 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AttnkitError
+from ..sites import architecture_of, denoiser_of
 from . import call_kwargs
 from .data import SIZE, random_scene
-from .tokenizer import MAX_LENGTH, shapes_tokenizer
+from .tokenizer import MAX_LENGTH, shapes_t5_tokenizer, shapes_tokenizer
 
-__all__ = ["build_sd15", "build_sd3", "main", "scene_batch"]
+__all__ = ["build_flux", "build_sd15", "build_sd3", "main", "scene_batch"]
 
 _TEXT_HIDDEN = 64  # per CLIP encoder; the two concatenate to the transformer's joint_attention_dim
 
@@ -98,6 +100,31 @@ def build_sd15(seed: int, channels: tuple[int, ...] = (32, 64, 128), heads: int 
     return StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def build_flux(seed: int, layers: int = 4, heads: int = 4, head_dim: int = 32, shift: float = 1.0) -> Any:
+    """An untrained shapes-flux pipeline: `layers` double-stream and 2x `layers` single-stream blocks over 8x8
+    image tokens (16x16 latents packed 2x2), a CLIP encoder for the pooled vector and a tiny T5 for the tokens; no
+    guidance embedding (that needs distillation from a CFG teacher), so it samples with true CFG."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer, tokenizer_2 = shapes_tokenizer(), shapes_t5_tokenizer()
+    text = _text_encoder(seed + 1, len(tokenizer), tokenizer.eos_token_id, projection=False)
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=_TEXT_HIDDEN, d_kv=16, d_ff=2 * _TEXT_HIDDEN,
+                                 num_layers=2, num_heads=_TEXT_HIDDEN // 16, feed_forward_proj="gated-gelu",
+                                 dropout_rate=0.0, pad_token_id=tokenizer_2.pad_token_id,
+                                 eos_token_id=tokenizer_2.eos_token_id, is_encoder_decoder=False, use_cache=False))
+    t5.eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * 4, num_layers=layers, num_single_layers=2 * layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=_TEXT_HIDDEN,
+        pooled_projection_dim=_TEXT_HIDDEN, guidance_embeds=False, axes_dims_rope=rope)
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(), text_encoder=text,
+                        tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
 def scene_batch(seeds: range | list[int]) -> tuple[torch.Tensor, list[str]]:
@@ -173,9 +200,18 @@ def _denoiser_name(pipe: Any) -> str:
     return "transformer" if hasattr(pipe, "transformer") else "unet"
 
 
+def _arch(pipe: Any) -> str:
+    """The trainer's name for a pipeline's architecture: sd3, flux or sd15 (any UNet)."""
+    name = architecture_of(denoiser_of(pipe)).name
+    return "sd15" if name == "unet" else name
+
+
 def _encode_prompts(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Caption embeddings (and SD3's pooled ones) exactly as the pipeline computes them at inference."""
-    if _denoiser_name(pipe) == "transformer":
+    """Caption embeddings (and SD3's and Flux's pooled ones) exactly as the pipeline computes them at inference."""
+    if _arch(pipe) == "flux":
+        embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=MAX_LENGTH)
+        return embeds, pooled
+    if _arch(pipe) == "sd3":
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
                                                   do_classifier_free_guidance=False, **call_kwargs(pipe))
         return embeds, pooled
@@ -237,6 +273,25 @@ def _flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch
     return F.mse_loss(pred, noise - x0)
 
 
+def _flux_flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+                    gen: torch.Generator) -> torch.Tensor:
+    """Rectified flow as for SD3, on latents packed into 2x2 patches with Flux's position ids (the pipeline's own
+    packing, so training sees exactly the tokens inference does); Flux takes the timestep in [0, 1]."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = x0.shape
+    sigma = torch.sigmoid(torch.randn(b, generator=gen)).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    s = sigma.view(-1, 1, 1, 1)
+    packed = FluxPipeline._pack_latents((1 - s) * x0 + s * noise, b, c, h, w)
+    target = FluxPipeline._pack_latents(noise - x0, b, c, h, w)
+    image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x0.device, x0.dtype)
+    text_ids = torch.zeros(embeds.shape[1], 3, device=x0.device, dtype=x0.dtype)
+    pred = model(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=sigma,
+                 img_ids=image_ids, txt_ids=text_ids).sample
+    return F.mse_loss(pred, target)
+
+
 def _epsilon_loss(model: Any, alphas_cumprod: torch.Tensor, x0: torch.Tensor, embeds: torch.Tensor,
                   gen: torch.Generator, gamma: float = 5.0) -> torch.Tensor:
     """DDPM epsilon prediction (SD1.x) with min-SNR-gamma weights, which converge several times faster than
@@ -274,6 +329,8 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
         embeds = data["embeds"][cap].to(model.device)
         if args.arch == "sd3":
             loss = _flow_loss(model, x0, embeds, data["pooled"][cap].to(model.device), gen)
+        elif args.arch == "flux":
+            loss = _flux_flow_loss(model, x0, embeds, data["pooled"][cap].to(model.device), gen)
         else:
             loss = _epsilon_loss(model, alphas_cumprod, x0, embeds, gen)
         opt.zero_grad(set_to_none=True)
@@ -299,7 +356,9 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
 
 #: Per-architecture defaults of the options left unset on the command line.
 DEFAULTS: dict[str, dict[str, Any]] = {"sd3": {"lr": 1e-3, "heads": 4, "layers": 8},
+                                       "flux": {"lr": 1e-3, "heads": 4, "layers": 4},
                                        "sd15": {"lr": 5e-4, "heads": 4, "layers": None}}
+_BUILDERS = {"sd3": build_sd3, "flux": build_flux}
 
 
 def _pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -311,12 +370,12 @@ def _pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.init:
         folder = MODELS_DIR / args.init if str(args.init) in MODEL_NAMES else args.init
         pipe = load(str(folder)).to(args.device)
-        if _denoiser_name(pipe) != ("transformer" if args.arch == "sd3" else "unet"):
+        if _arch(pipe) != args.arch:
             raise AttnkitError(f"--init {args.init} is not an {args.arch} pipeline: pass the matching --arch")
         pipe.vae.float()
         record = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
         return pipe, {"init": str(args.init), "init_training": record}
-    pipe = (build_sd3(args.seed, layers=args.layers, heads=args.heads) if args.arch == "sd3"
+    pipe = (_BUILDERS[args.arch](args.seed, layers=args.layers, heads=args.heads) if args.arch in _BUILDERS
             else build_sd15(args.seed, heads=args.heads)).to(args.device)
     if args.vae:
         pipe.vae = AutoencoderKL.from_pretrained(args.vae).float().eval().requires_grad_(False).to(args.device)
@@ -341,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--scenes", type=int, default=10000, help="pre-encoded training scenes")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: sd3 1e-3, sd15 5e-4)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default: sd3 and flux 1e-3, sd15 5e-4)")
     parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--layers", type=int, default=None, help="transformer blocks (sd3 only; default 8)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="transformer blocks: sd3 joint blocks (default 8), flux double-stream blocks (default 4, "
+                        "and twice as many single-stream); not for sd15")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
     parser.add_argument("--decoder-steps", type=int, default=0,
                         help="decoder refinement after the denoiser (default 0: 300 steps did not help shapes-sd3)")
@@ -355,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.minutes <= 0:
         raise AttnkitError("--steps must be >= 1 and --minutes > 0")
-    if args.arch != "sd3" and args.layers is not None:
-        raise AttnkitError("--layers sets the SD3 transformer's depth: leave it out with --arch sd15")
+    if args.arch == "sd15" and args.layers is not None:
+        raise AttnkitError("--layers sets a transformer's depth: leave it out with --arch sd15")
     if args.init and (args.vae or args.layers or args.heads):
         raise AttnkitError("--init continues a saved pipeline as it is: leave out --vae, --layers and --heads")
     for key, value in DEFAULTS[args.arch].items():

@@ -122,8 +122,9 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def tiny_t5_tokenizer() -> T5Tokenizer:
-    """A T5 Unigram tokenizer over :data:`VOCABULARY_WORDS` with T5's ids: pad 0, eos 1, unk 2.
+def tiny_t5_tokenizer(words: tuple[str, ...] = VOCABULARY_WORDS,
+                      model_max_length: int = T5_MODEL_MAX_LENGTH) -> T5Tokenizer:
+    """A T5 Unigram tokenizer where each of `words` is one token, with T5's ids: pad 0, eos 1, unk 2.
 
     No sentinel (``<extra_id_*>``) tokens: the pipelines only use T5 as an encoder.
     """
@@ -132,7 +133,7 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
         (_T5_EOS, _T5_SPECIAL_SCORE),
         (_T5_UNK, _T5_SPECIAL_SCORE),
         (_T5_SPACE, _T5_CHAR_SCORE),
-        *((_T5_SPACE + word, _T5_WORD_SCORE) for word in VOCABULARY_WORDS),
+        *((_T5_SPACE + word, _T5_WORD_SCORE) for word in words),
         *((character, _T5_CHAR_SCORE) for character in _T5_CHARACTERS),
     ]
     return T5Tokenizer(
@@ -141,5 +142,5 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
         unk_token=_T5_UNK,
         pad_token=_T5_PAD,
         extra_ids=0,
-        model_max_length=T5_MODEL_MAX_LENGTH,
+        model_max_length=model_max_length,
     )
