@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "load_pipeline"]
+__all__ = ["builtin_names", "call_kwargs", "guidance_kwargs", "load_pipeline"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -22,9 +22,27 @@ def call_kwargs(model: str, pipe: Any) -> dict[str, Any]:
     written by `attnkit.shapes.train`, which leave a training.json); nothing for any other model."""
     from . import shapes
 
-    if model in shapes.MODEL_NAMES or (Path(model) / "training.json").is_file():
-        return shapes.call_kwargs(pipe)
-    return {}
+    return shapes.call_kwargs(pipe) if _is_shapes(model) else {}
+
+
+def _is_shapes(model: str) -> bool:
+    from .shapes import MODEL_NAMES
+
+    return model in MODEL_NAMES or (Path(model) / "training.json").is_file()
+
+
+def guidance_kwargs(model: str, pipe: Any, scale: float | None) -> dict[str, Any]:
+    """Classifier-free guidance at `scale` as `pipe` takes it (`scale` None: a shapes model's benchmark scale, else
+    the pipeline's default). On a Flux pipeline without a guidance embedding, where diffusers ignores
+    `guidance_scale`, that is true CFG, which runs only against a negative prompt: the empty one is included."""
+    from . import shapes
+
+    if scale is None and _is_shapes(model):
+        scale = shapes.GUIDANCE
+    if scale is None:
+        return {}
+    guided = shapes.guidance_kwargs(pipe, scale)
+    return guided | {"negative_prompt": ""} if "true_cfg_scale" in guided else guided
 
 
 def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:

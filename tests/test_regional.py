@@ -479,3 +479,22 @@ def test_cli_generate_and_regional_write_pngs_with_metadata(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("regions: []\n")
     assert main(["regional", "tiny-sd3", "--spec", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
     assert "no regions" in capsys.readouterr().err
+
+
+def test_cli_guidance_on_a_flux_without_guidance_embedding_is_true_cfg(tmp_path):
+    """diffusers ignores `guidance_scale` there; --guidance must still guide, against the empty prompt."""
+    from attnkit.shapes.train import build_flux
+
+    folder = tmp_path / "flux"
+    build_flux(0, layers=1).save_pretrained(folder)
+    size = ["--height", "64", "--width", "64", "--steps", "1", "--guidance", "3"]
+    plain = tmp_path / "plain.png"
+    assert main(["generate", str(folder), "--prompt", "a red circle", "--out", str(plain), *size]) == 0
+    record = json.loads(Image.open(plain).text["attnkit"])
+    assert record["true_cfg_scale"] == 3.0 and record["negative_prompt"] == "" and "guidance_scale" not in record
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(LEFT_RIGHT))
+    out = tmp_path / "regional.png"
+    assert main(["regional", str(folder), "--spec", str(spec), "--out", str(out), *size]) == 0
+    record = json.loads(Image.open(out).text["attnkit"])
+    assert record["true_cfg_scale"] == 3.0 and record["spec"]["negative"] == ""

@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
 def _maps(args: argparse.Namespace) -> None:
     import torch
 
-    from ..models import call_kwargs, load_pipeline
+    from ..models import call_kwargs, guidance_kwargs, load_pipeline
     from . import plot
     from .trace import trace
 
@@ -43,7 +43,8 @@ def _maps(args: argparse.Namespace) -> None:
     pipe = load_pipeline(args.model)
     with trace(pipe, prompt=args.prompt) as tc, torch.inference_mode():
         image = pipe(args.prompt, num_inference_steps=args.steps, height=args.size, width=args.size,
-                     generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe)).images[0]
+                     generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
+                     **guidance_kwargs(args.model, pipe, None)).images[0]
     if words is None:
         every = tc.tokens().unique_words
         words = [w for w in every if w not in _RESERVED]

@@ -6,6 +6,7 @@ Both write the image as PNG with what made it in the `attnkit` text chunk (JSON)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -44,16 +45,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale (default: the pipeline's; 7 on shapes models); true CFG against the empty "
+                   "prompt on a Flux model without a guidance embedding")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps < 1:
         raise AttnkitError(f"--steps must be at least 1, got {args.steps}.")
-    options: dict[str, Any] = {"num_inference_steps": args.steps, "height": args.height, "width": args.width}
-    if args.guidance is not None:
-        options["guidance_scale"] = args.guidance
-    return options
+    return {"num_inference_steps": args.steps, "height": args.height, "width": args.width}
 
 
 def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
@@ -65,10 +65,10 @@ def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from ..models import call_kwargs, load_pipeline
+    from ..models import call_kwargs, guidance_kwargs, load_pipeline
 
     pipe = load_pipeline(args.model)
-    options = _options(args) | call_kwargs(args.model, pipe)
+    options = _options(args) | call_kwargs(args.model, pipe) | guidance_kwargs(args.model, pipe, args.guidance)
     with torch.inference_mode():
         image = pipe(prompt=args.prompt, generator=torch.Generator().manual_seed(args.seed), **options).images[0]
     _save(image, args.out, {"command": "generate", "model": args.model, "prompt": args.prompt, "seed": args.seed,
@@ -76,14 +76,17 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _regional(args: argparse.Namespace) -> None:
-    from ..models import call_kwargs, load_pipeline
+    from ..models import call_kwargs, guidance_kwargs, load_pipeline
     from .outline import draw_outlines
     from .session import regional
     from .spec import load_spec
 
     spec = load_spec(args.spec)
     pipe = load_pipeline(args.model)
-    options = _options(args)
+    options = _options(args) | guidance_kwargs(args.model, pipe, args.guidance)
+    negative = options.pop("negative_prompt", None)  # true CFG: the spec's negatives, else this one
+    if negative is not None and spec.negative is None and all(r.negative is None for r in spec.regions):
+        spec = dataclasses.replace(spec, negative=negative)
     with regional(pipe, spec, **call_kwargs(args.model, pipe)) as call:
         kwargs = call(seed=args.seed, **options)
         with torch.inference_mode():

@@ -55,12 +55,14 @@ def _text_encoder(seed: int, vocab_size: int, eos_id: int, projection: bool = Tr
     return model.eval().requires_grad_(False)
 
 
-def _vae() -> Any:
+def _vae(shift_factor: float | None = None) -> Any:
+    """The shapes VAE; SD3 and Flux pipelines need a `shift_factor` to decode (0 until `encode_scenes` sets it)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                          up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
-                         layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=SIZE)
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=SIZE,
+                         shift_factor=shift_factor)
 
 
 def build_sd3(seed: int, layers: int = 8, heads: int = 4, head_dim: int = 32, shift: float = 1.0) -> Any:
@@ -77,7 +79,7 @@ def build_sd3(seed: int, layers: int = 8, heads: int = 4, head_dim: int = 32, sh
         attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=2 * _TEXT_HIDDEN,
         caption_projection_dim=heads * head_dim, pooled_projection_dim=2 * _TEXT_HIDDEN, pos_embed_max_size=16)
     return StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(),
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(0.0),
         text_encoder=text_1, tokenizer=tokenizer, text_encoder_2=text_2, tokenizer_2=shapes_tokenizer(),
         text_encoder_3=None, tokenizer_3=None)
 
@@ -123,7 +125,7 @@ def build_flux(seed: int, layers: int = 4, heads: int = 4, head_dim: int = 32, s
         patch_size=1, in_channels=4 * 4, num_layers=layers, num_single_layers=2 * layers,
         attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=_TEXT_HIDDEN,
         pooled_projection_dim=_TEXT_HIDDEN, guidance_embeds=False, axes_dims_rope=rope)
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(), text_encoder=text,
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(0.0), text_encoder=text,
                         tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
