@@ -266,32 +266,25 @@ def _save(pipe: Any, ema: torch.nn.Module, out: Path, meta: dict[str, Any]) -> N
 
 def _flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
                gen: torch.Generator) -> torch.Tensor:
-    """Rectified flow (SD3): x_t = (1 - s) x0 + s noise, the model predicts noise - x0 at timestep 1000 s."""
-    sigma = torch.sigmoid(torch.randn(len(x0), generator=gen)).to(x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    s = sigma.view(-1, 1, 1, 1)
-    pred = model(hidden_states=(1 - s) * x0 + s * noise, encoder_hidden_states=embeds, pooled_projections=pooled,
-                 timestep=sigma * 1000).sample
-    return F.mse_loss(pred, noise - x0)
-
-
-def _flux_flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
-                    gen: torch.Generator) -> torch.Tensor:
-    """Rectified flow as for SD3, on latents packed into 2x2 patches with Flux's position ids (the pipeline's own
-    packing, so training sees exactly the tokens inference does); Flux takes the timestep in [0, 1]."""
+    """Rectified flow: x_t = (1 - s) x0 + s noise, the model predicts noise - x0. SD3 takes the timestep as 1000 s;
+    Flux takes s itself, with the latents packed into 2x2 patches and position ids by the pipeline's own functions,
+    so training sees exactly the tokens inference does."""
     from diffusers import FluxPipeline
 
     b, c, h, w = x0.shape
     sigma = torch.sigmoid(torch.randn(b, generator=gen)).to(x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     s = sigma.view(-1, 1, 1, 1)
-    packed = FluxPipeline._pack_latents((1 - s) * x0 + s * noise, b, c, h, w)
-    target = FluxPipeline._pack_latents(noise - x0, b, c, h, w)
-    image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x0.device, x0.dtype)
-    text_ids = torch.zeros(embeds.shape[1], 3, device=x0.device, dtype=x0.dtype)
-    pred = model(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=sigma,
-                 img_ids=image_ids, txt_ids=text_ids).sample
-    return F.mse_loss(pred, target)
+    noisy, target = (1 - s) * x0 + s * noise, noise - x0
+    if architecture_of(model).name != "flux":
+        pred = model(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
+                     timestep=sigma * 1000).sample
+        return F.mse_loss(pred, target)
+    pred = model(hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w), encoder_hidden_states=embeds,
+                 pooled_projections=pooled, timestep=sigma,
+                 img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x0.device, x0.dtype),
+                 txt_ids=torch.zeros(embeds.shape[1], 3, device=x0.device, dtype=x0.dtype)).sample
+    return F.mse_loss(pred, FluxPipeline._pack_latents(target, b, c, h, w))
 
 
 def _epsilon_loss(model: Any, alphas_cumprod: torch.Tensor, x0: torch.Tensor, embeds: torch.Tensor,
@@ -329,10 +322,8 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
         cap = data["caption"][idx].clone()
         cap[torch.rand(args.batch, generator=gen) < 0.1] = empty
         embeds = data["embeds"][cap].to(model.device)
-        if args.arch == "sd3":
+        if args.arch in ("sd3", "flux"):
             loss = _flow_loss(model, x0, embeds, data["pooled"][cap].to(model.device), gen)
-        elif args.arch == "flux":
-            loss = _flux_flow_loss(model, x0, embeds, data["pooled"][cap].to(model.device), gen)
         else:
             loss = _epsilon_loss(model, alphas_cumprod, x0, embeds, gen)
         opt.zero_grad(set_to_none=True)
