@@ -12,7 +12,7 @@ from .errors import AttnkitError
 
 __all__ = ["main", "MODEL_HELP"]
 
-MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, "
+MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, "
               "random-sd15), local folder or hub id")
 
 # Feature packages add their subcommands through a `register(commands)` function in these modules.

@@ -3,8 +3,9 @@
 Their ground truth is known, so the effect of every attnkit feature can be *seen* (the red circle on the left) and
 *measured* (colour segmentation of the output) offline. Importing this package is cheap; diffusers loads lazily.
 
-    pipe = attnkit.shapes.load("shapes-sd3")             # or "shapes-sd15"
-    image = pipe("a red circle", **attnkit.shapes.call_kwargs(pipe)).images[0]
+    pipe = attnkit.shapes.load("shapes-sd3")             # or "shapes-sd15", "shapes-flux"
+    image = pipe("a red circle", **attnkit.shapes.call_kwargs(pipe),
+                 **attnkit.shapes.guidance_kwargs(pipe), negative_prompt="").images[0]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..errors import AttnkitError
 __all__ = ["GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
-MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15")
+MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux")
 MODELS_DIR = Path(__file__).parent / "models"
 #: Sampler settings of the demo and the benchmark (chosen on the shipped model, see its card).
 STEPS, GUIDANCE = 28, 7.0

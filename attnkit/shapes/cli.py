@@ -15,7 +15,7 @@ def register(commands: Any) -> None:
     p = commands.add_parser("demo", help="offline demo on a shipped shapes model: plain vs regional prompt, "
                             "attention maps; writes PNGs")
     p.add_argument("--out", type=Path, default=Path("attnkit-demo"), help="folder for the PNGs (default attnkit-demo)")
-    p.add_argument("--model", default="shapes-sd3", help="shapes-sd3 (default) or shapes-sd15 "
+    p.add_argument("--model", default="shapes-sd3", help="shapes-sd3 (default), shapes-flux or shapes-sd15 "
                    "(no regional panel: attnkit.regional does not support UNets yet)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the model is tiny, more threads "
@@ -23,7 +23,7 @@ def register(commands: Any) -> None:
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("eval", help="quality benchmark on shapes models, judged by colour segmentation")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="shapes-sd3, shapes-sd15, or a folder "
+    p.add_argument("models", nargs="+", metavar="MODEL", help="shapes-sd3, shapes-sd15, shapes-flux, or a folder "
                    "trained by attnkit.shapes.train")
     p.add_argument("--seeds", type=int, default=8, help="images per single-object prompt; 4x as many two-object "
                    "layouts (default 8)")

@@ -90,7 +90,7 @@ def _stage(training: dict[str, Any]) -> str:
     """One training run in words: steps, batch, time, seed, schedule, final loss."""
     start = "`--init` with the weights of the run above: " if "init" in training else ""
     stopped = ("" if training["steps"] == training["planned_steps"] else
-               f"; the time box stopped the cosine schedule planned for {training['planned_steps']} steps")
+               f"; stopped early in the cosine schedule planned for {training['planned_steps']} steps")
     return (f"{start}{training['steps']} steps of batch {training['batch']} at peak learning rate "
             f"{training.get('lr', 1e-3):g} in {training['minutes']} minutes {_hardware(training)} "
             f"(seed {training['seed']}, {training['scenes']} pre-encoded scenes{stopped}); final loss (mean of the "
