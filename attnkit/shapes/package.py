@@ -19,8 +19,9 @@ import torch
 
 from ..errors import AttnkitError
 from ..sites import denoiser_of
-from . import MODELS_DIR, call_kwargs, guidance_kwargs, load
+from . import GUIDANCE, MODELS_DIR, call_kwargs, guidance_kwargs, load
 from .data import SIZE
+from .tokenizer import MAX_LENGTH
 
 __all__ = ["main", "model_card", "package"]
 
@@ -32,7 +33,7 @@ def _sample(pipe: Any) -> np.ndarray:
 
 
 def _denoiser_config(folder: Path) -> dict[str, Any]:
-    """The config of a saved pipeline's denoiser (`transformer` for SD3, `unet` for SD1.x)."""
+    """The config of a saved pipeline's denoiser (`transformer` for SD3 and Flux, `unet` for SD1.x)."""
     return next(json.loads((folder / d / "config.json").read_text()) for d in ("transformer", "unet")
                 if (folder / d).is_dir())
 
@@ -122,9 +123,9 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     if arch == "flux":
         pipeline, loading = "FluxPipeline", (
             "(`from_pretrained` on this folder; `attnkit.shapes.load` also sets the default size to 64 px). It was "
-            "trained on 16 T5 tokens and has no guidance embedding: pass `max_sequence_length=16` "
-            "(`attnkit.shapes.call_kwargs(pipe)`) and guide with true CFG, `true_cfg_scale=7, negative_prompt=\"\"` "
-            "(`attnkit.shapes.guidance_kwargs(pipe)`); `guidance_scale` does nothing here.")
+            f"trained on {MAX_LENGTH} T5 tokens and has no guidance embedding: pass `max_sequence_length={MAX_LENGTH}` "
+            f"(`attnkit.shapes.call_kwargs(pipe)`) and guide with true CFG, `true_cfg_scale={GUIDANCE:g}, "
+            "negative_prompt=\"\"` (`attnkit.shapes.guidance_kwargs(pipe)`); `guidance_scale` does nothing here.")
         text = ("- Text: a tiny CLIP text encoder (hidden 64, 2 layers) for the pooled vector and a tiny T5 encoder "
                 "(d_model 64, 2 layers) for the tokens, both frozen at random init; tokenizers where each vocabulary "
                 "word is one token.")

@@ -224,7 +224,7 @@ def _encode_prompts(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.
 @torch.no_grad()
 def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True) -> dict[str, torch.Tensor]:
     """Latent mean/std of `count` scenes and their caption embeddings, computed once. With `set_scaling`, the VAE's
-    latent scaling is set from these latents: SD3 pipelines subtract `shift_factor` then scale, SD1.x pipelines only
+    latent scaling is set from these latents: SD3 and Flux pipelines subtract `shift_factor` then scale, SD1.x only
     scale (so there it is 1 / RMS and no shift)."""
     means, stds, captions = [], [], []
     for start in range(0, count, 256):
@@ -234,7 +234,7 @@ def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True) ->
         stds.append(dist.std.cpu())
         captions += caps
     mean, std = torch.cat(means), torch.cat(stds)
-    if set_scaling and _denoiser_name(pipe) == "transformer":
+    if set_scaling and _arch(pipe) != "sd15":
         pipe.vae.register_to_config(shift_factor=float(mean.mean()), scaling_factor=float(1.0 / mean.std()))
     elif set_scaling:
         pipe.vae.register_to_config(shift_factor=None, scaling_factor=float(mean.pow(2).mean().rsqrt()))
