@@ -19,7 +19,7 @@ from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 from .errors import AttnkitError
 from .processors import FAMILIES, Control, SiteProcessor
 from .sites import Site, SiteList, architecture_of, denoiser_of, sites
-from .state import State
+from .state import State, StepReader
 
 __all__ = ["Session", "attach"]
 
@@ -125,9 +125,24 @@ def _denoiser_attr(target: Any) -> str:
     return "pipe.transformer" if getattr(target, "transformer", None) is not None else "pipe.unet"
 
 
-class _ContextName:
-    """What diffusers' `cache_context("cond" | "uncond")` tells a stateful hook; attnkit keeps no per-context data."""
+class _ContextName(StateManager):
+    """Listens to diffusers' `cache_context("cond" | "uncond")` through the public `set_context`, which diffusers
+    calls with a name (0.35) or a `CacheContext` (0.36 and later); attnkit keeps no per-context data."""
 
+    def __init__(self) -> None:
+        super().__init__(_NoState)
+        self.name: str | None = None
+
+    def set_context(self, context: Any) -> None:
+        super().set_context(context)
+        self.name = getattr(context, "name", context)
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        super().reset(*args, **kwargs)
+        self.name = None
+
+
+class _NoState:
     def reset(self) -> None:
         """Nothing to reset."""
 
@@ -144,9 +159,8 @@ class _StateHook(ModelHook):
         self.pipeline = None if isinstance(target, torch.nn.Module) else target
         self.architecture = architecture
         self.signature = inspect.signature(type(model).forward)
-        self.contexts = StateManager(_ContextName)
-        self._origin: int = 0
-        self._run_timesteps: torch.Tensor | None = None
+        self.contexts = _ContextName()
+        self.steps = StepReader()
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
@@ -159,7 +173,8 @@ class _StateHook(ModelHook):
         state.latent = self._latent(sample, bound)
         state.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
         state.branches = self._branches(int(sample.shape[0]))
-        state.step, state.num_steps = self._step(timestep)
+        state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
+                                                      getattr(self.pipeline, "num_timesteps", None))
         return args, kwargs
 
     def _latent(self, sample: torch.Tensor, bound: dict[str, Any]) -> tuple[int, int]:
@@ -174,40 +189,13 @@ class _StateHook(ModelHook):
         return rows * 2, cols * 2
 
     def _branches(self, batch: int) -> tuple[str, ...]:
-        context = self.contexts._context
-        if context is not None and context.name in ("cond", "uncond"):
-            return (context.name,) * batch
+        if self.contexts.name in ("cond", "uncond"):
+            return (self.contexts.name,) * batch
         if getattr(self.pipeline, "do_classifier_free_guidance", False) and batch % 2 == 0:
             return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
         return ("cond",) * batch
-
-    def _step(self, timestep: Any) -> tuple[int | None, int | None]:
-        """The pipeline loop's `i`: where this forward lies in the scheduler's timesteps, counted from where this
-        run began (a run begins when `set_timesteps` gives the scheduler a new timesteps tensor)."""
-        scheduler = getattr(self.pipeline, "scheduler", None)
-        timesteps = getattr(scheduler, "timesteps", None)
-        if timesteps is None:
-            return None, None
-        if hasattr(scheduler, "step_index"):
-            index = scheduler.step_index
-            if index is None:  # the scheduler has not stepped yet in this run
-                index = scheduler.begin_index or 0
-        else:  # schedulers without a step index (DDIM, PNDM): find the timestep itself
-            index = _position(timesteps, timestep)
-            if index is None:
-                return None, None
-        if timesteps is not self._run_timesteps:
-            self._run_timesteps, self._origin = timesteps, index
-        return index - self._origin, len(timesteps) - self._origin
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
         return module
 
-
-def _position(timesteps: torch.Tensor, timestep: Any) -> int | None:
-    if timestep is None:
-        return None
-    value = torch.as_tensor(timestep).flatten()[0].to(timesteps.device, timesteps.dtype)
-    hits = (timesteps == value).nonzero()
-    return int(hits[0]) if len(hits) else None

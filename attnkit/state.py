@@ -6,11 +6,15 @@ every later step); the step is read from the pipeline's scheduler before each de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
-from .errors import AttnkitError
+import torch
 
-__all__ = ["State", "Branch"]
+from .errors import AttnkitError, AttnkitWarning
+
+__all__ = ["State", "Branch", "StepReader"]
 
 Branch = str  # "cond" or "uncond"; CFG batches are [uncond..., cond...]
 
@@ -34,6 +38,13 @@ class State:
     forwards: int = 0
     frame: int | None = None
     phase: str | None = None
+    notices: set[str] = field(default_factory=set)
+
+    def notice(self, message: str) -> None:
+        """Warn once per session: a fallback that runs at every layer and step should not flood the log."""
+        if message not in self.notices:
+            self.notices.add(message)
+            warnings.warn(message, AttnkitWarning, stacklevel=3)
 
     def reset(self) -> None:
         """Forget everything from an earlier run."""
@@ -49,3 +60,59 @@ class State:
                 "Run the pipeline inside the `with` block."
             )
         return [i for i, b in enumerate(self.branches) if b == branch]
+
+
+class StepReader:
+    """The pipeline loop's index `i` at each denoiser forward, read from the scheduler and the pipeline.
+
+    Every diffusers pipeline loops `for i, t in enumerate(timesteps)` over part of `scheduler.timesteps` (all of it;
+    from where the strength begins in img2img; up to `denoising_end` in SDXL), announces the loop's length as
+    `pipe.num_timesteps` and calls `scheduler.step` once per iteration. So the loop index is how many steps the
+    scheduler has taken since the run began. It is read, never guessed from call counts: a scheduler that keeps a
+    step count says it (`step_index`, which img2img pipelines start at `begin_index`; PNDM's `counter`), and one that
+    keeps none (DDIM, DDPM) has distinct timesteps, so the timestep itself locates the step. Timesteps alone would
+    not do: PNDM and Heun-type schedulers repeat them. A run begins when `set_timesteps` gives the scheduler a new
+    timesteps tensor.
+    """
+
+    def __init__(self) -> None:
+        self._timesteps: torch.Tensor | None = None
+        self._start: int | None = None  # position in `scheduler.timesteps` of the run's first iteration
+        self._last = 0
+
+    def read(self, scheduler: Any, timestep: Any, loop_length: int | None = None) -> tuple[int | None, int | None]:
+        """(step, number of loop iterations) of the current run; (None, None) outside a pipeline run.
+
+        `loop_length` is the pipeline's `num_timesteps`; without one the run is taken to end with the timesteps."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        if not isinstance(timesteps, torch.Tensor) or timestep is None:
+            return None, None
+        if timesteps is not self._timesteps:
+            self._timesteps, self._start, self._last = timesteps, None, 0
+        step = self._step(scheduler, timesteps, timestep)
+        if step is None:
+            return None, None
+        return step, loop_length if loop_length is not None else len(timesteps) - (self._start or 0)
+
+    def _step(self, scheduler: Any, timesteps: torch.Tensor, timestep: Any) -> int | None:
+        counter = getattr(scheduler, "counter", None)
+        if not hasattr(scheduler, "step_index") and isinstance(counter, int):
+            return counter  # PNDM counts this run's steps from 0
+        if hasattr(scheduler, "step_index"):
+            position = scheduler.step_index
+            if position is None:  # no step taken yet in this run
+                position = scheduler.begin_index if scheduler.begin_index is not None else self._start or 0
+        else:
+            hits = [h for h in _matches(timesteps, timestep) if h >= self._last]
+            if not hits:
+                return None
+            position = hits[0]
+        if self._start is None:
+            self._start = position
+        self._last = position
+        return position - self._start
+
+
+def _matches(timesteps: torch.Tensor, timestep: Any) -> list[int]:
+    value = torch.as_tensor(timestep).flatten()[0].to(timesteps.device, timesteps.dtype)
+    return [int(i) for i in (timesteps == value).nonzero().flatten()]

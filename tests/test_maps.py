@@ -32,14 +32,15 @@ class Capture(Control):
         self.calls.append((call.q, call.k, call.mask, call.layout, call.grid, call.scale, state.branches, state.step))
 
 
-def reference(calls, steps, branch="cond", relation="image->text"):
-    """Sum over heads, calls and steps of the fp64 softmax block, each grid bilinearly upsampled to the largest."""
+def reference(calls, steps=None, branch="cond", relation="image->text"):
+    """Sum over heads, calls and steps (all when None) of the fp64 softmax block, each grid bilinearly upsampled to the
+    largest."""
     queries, keys = relation.split("->")
     size = max((c[4] for c in calls), key=lambda g: g[0] * g[1])
     total, count = 0, 0
     for q, k, mask, layout, grid, scale, branches, step in calls:
         items = [i for i, b in enumerate(branches) if b == branch]
-        if step not in steps or not items:
+        if (steps is not None and step not in steps) or not items:
             continue
         scores = q[items].double() @ k[items].double().transpose(-1, -2) * scale
         if mask is not None:
@@ -93,7 +94,7 @@ def test_other_relations_equal_the_reference_also_in_query_chunks(pipelines, nam
     monkeypatch.setattr(attnkit.maps.recorder, "_CHUNK_BYTES", 4096)
     capture = Capture()
     tc, _ = traced(pipelines[name], capture, trace_kwargs={"relation": relation})
-    want, count = reference(capture.calls, steps={0, 1, 2}, relation=relation)
+    want, count = reference(capture.calls, relation=relation)
     assert tc.count == count
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
 
@@ -119,9 +120,11 @@ def test_img2img_and_controlnet_pipelines_of_the_family_record_the_same_way(pipe
         pipe, extra = StableDiffusionControlNetPipeline(**sd.components, controlnet=ControlNetModel.from_unet(
             sd.unet, conditioning_embedding_out_channels=(8, 16, 16))), {}  # 4x down, as the tiny VAE
     capture = Capture()
-    tc, _ = traced(pipe, capture, steps=4, image=torch.rand(1, 3, 64, 64), **extra)
-    recorded = {0, 1} if variant == "img2img" else {0, 1, 2, 3}
-    assert tc.recorder.steps_recorded == recorded
+    loop = []
+    tc, _ = traced(pipe, capture, steps=4, image=torch.rand(1, 3, 64, 64),
+                   callback_on_step_end=lambda p, i, t, kw: loop.append(i) or kw, **extra)
+    recorded = set(loop)
+    assert tc.recorder.steps_recorded == recorded and len(recorded) == (3 if variant == "img2img" else 5)  # PNDM +1
     want, _ = reference(capture.calls, steps=recorded)
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-6)
 
@@ -135,7 +138,7 @@ def test_batches_of_prompts_give_maps_per_item(pipelines):
     with tc, uncond, attnkit.attach(pipe, capture, tc.recorder.sites):
         generate(pipe, prompt=prompts, num_images_per_prompt=2)
     for trace, branch in ((tc, "cond"), (uncond, "uncond")):
-        want, _ = reference(capture.calls, steps={0, 1}, branch=branch)
+        want, _ = reference(capture.calls, branch=branch)
         assert trace.total.shape == (4, 77, 16, 16)
         torch.testing.assert_close(trace.total.double(), want, rtol=1e-4, atol=1e-6)
     assert not torch.equal(tc.total[0], tc.total[2])
@@ -178,7 +181,8 @@ def test_memory_is_flat_over_steps(pipelines):
     pipe = pipelines["tiny-sd15"]
     one, _ = traced(pipe, steps=1)
     fifty, _ = traced(pipe, steps=50)
-    assert len(fifty.recorder.steps_recorded) == 50 and fifty.count == 50 * one.count
+    steps_one, steps_fifty = len(one.recorder.steps_recorded), len(fifty.recorder.steps_recorded)
+    assert steps_fifty >= 50 and fifty.count * steps_one == one.count * steps_fifty
     assert fifty.total.shape == one.total.shape
     assert held_tensor_bytes(fifty) == held_tensor_bytes(one) == fifty.total.nbytes
 
@@ -254,7 +258,7 @@ def test_maps_never_come_back_incomplete(pipelines, swapped):
 
     tc, _ = traced(pipe, steps=3, callback_on_step_end=swap)
     message = (f"step 1: 1 site.*{cross[0].name}; step 2: 1 site" if swapped == "one"
-               else r"steps \[1, 2\] of 3: no site at all")
+               else r"steps \[1, 2, 3\] of 4: no site at all")  # SD1.5's PNDM loops 4 times for 3 steps
     with pytest.raises(AttnkitError, match=f"incomplete attention maps: .*{message}"):
         tc.maps
 

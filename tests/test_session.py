@@ -159,9 +159,9 @@ def test_state_of_two_pipelines_is_independent_and_read_from_the_pipeline(pipeli
         generate(sd, steps=3, callback_on_step_end=callback)
         generate(sd3, steps=2, guidance_scale=1.0)
         assert s1.state is not s2.state
-        assert (s1.state.step, s2.state.step) == (2, 1)
-    assert steps_seen_by_callback == [0, 1, 2]
-    assert sorted({(s, n) for s, n, _ in log_sd.seen}) == [(0, 3), (1, 3), (2, 3)]
+        assert (s1.state.step, s2.state.step) == (3, 1)
+    assert steps_seen_by_callback == [0, 1, 2, 3]  # SD1.5's PNDM loops once more than the steps asked for
+    assert sorted({(s, n) for s, n, _ in log_sd.seen}) == [(0, 4), (1, 4), (2, 4), (3, 4)]
     assert {b for _, _, b in log_sd.seen} == {("uncond", "cond")}  # CFG batch [uncond, cond]
     assert sorted({(s, n) for s, n, _ in log_sd3.seen}) == [(0, 2), (1, 2)]
     assert {b for _, _, b in log_sd3.seen} == {("cond",)}  # guidance 1: no CFG batch
@@ -173,9 +173,11 @@ def test_step_counts_from_the_start_of_an_img2img_run(pipelines):
     pipe = StableDiffusionImg2ImgPipeline(**pipelines["tiny-sd15"].components)
     log = StepLog()
     image = torch.rand(1, 3, 64, 64)
+    loop = []
     with attnkit.attach(pipe, log):
-        generate(pipe, steps=4, image=image, strength=0.5)
-    assert sorted({(s, n) for s, n, _ in log.seen}) == [(0, 2), (1, 2)]
+        generate(pipe, steps=4, image=image, strength=0.5, callback_on_step_end=lambda p, i, t, kw: loop.append(i) or kw)
+    assert loop == [0, 1, 2]  # half of 4 PNDM steps, plus the one PNDM repeats
+    assert sorted({(s, n) for s, n, _ in log.seen}) == [(0, 3), (1, 3), (2, 3)]
 
 
 def test_unknown_processor_is_refused_before_anything_changes(pipelines):

@@ -92,7 +92,7 @@ SD15_TEXT_ENCODER_CONFIG: dict[str, Any] = {
     "dropout": 0.0,
 }
 
-#: runwayml/stable-diffusion-v1-5, ``scheduler/scheduler_config.json`` (minus the class).
+#: runwayml/stable-diffusion-v1-5, ``scheduler/scheduler_config.json`` (a ``PNDMScheduler``, the release default).
 SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -100,6 +100,7 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "clip_sample": False,
     "set_alpha_to_one": False,
+    "skip_prk_steps": True,
     "steps_offset": 1,
 }
 
