@@ -8,6 +8,8 @@ from conftest import TINY
 import attnkit
 from attnkit.cli import main
 
+pytestmark = pytest.mark.core
+
 # Seed 003's two tables for SD1.5 at 512x512 with CFG: (tokens, head_dim) per 1-based index; batch x heads = 16.
 SEED_003_TOKENS = [4096, 4096, 1024, 1024, 256, 256, 64, 256, 256, 256, 1024, 1024, 1024, 4096, 4096, 4096]
 SEED_003_HEAD_DIM = {4096: 40, 1024: 80, 256: 160, 64: 160}

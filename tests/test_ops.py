@@ -2,11 +2,14 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnkit import ops
+
+pytestmark = pytest.mark.core
 
 
 def reference(q, k, v, mask, scale):

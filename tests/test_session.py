@@ -9,6 +9,8 @@ import attnkit
 from attnkit import AttnkitError, Control
 from attnkit.processors import SiteProcessor
 
+pytestmark = pytest.mark.core
+
 
 def processors(pipe):
     denoiser = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet

@@ -8,6 +8,8 @@ import attnkit
 from attnkit import AttnkitError
 from attnkit.testing import meta_denoiser
 
+pytestmark = pytest.mark.core
+
 # Seed 003: SD1.x latent scale of each 1-based index (same table for self- and cross-attention).
 SEED_003_SCALES = {64: [1, 2, 14, 15, 16], 32: [3, 4, 11, 12, 13], 16: [5, 6, 8, 9, 10], 8: [7]}
 

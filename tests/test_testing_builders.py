@@ -25,6 +25,8 @@ from attnkit.testing import (
 )
 from attnkit.testing.configs import SD15_TEXT_ENCODER_CONFIG, SD35_MEDIUM_DUAL_ATTENTION_BLOCKS
 
+pytestmark = pytest.mark.core
+
 torch.set_num_threads(1)
 
 TINY_NAMES = tuple(name for name in PIPELINE_NAMES if name.startswith("tiny-"))
