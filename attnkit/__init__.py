@@ -2,21 +2,25 @@
 
 Typed attention **sites** -> composable **controls** run by one processor per site -> explicit **state** read from
 the pipeline; sessions restore the pipeline's own processors on exit.
+
+Public names load on first use (`attnkit.attach` imports torch and diffusers; `import attnkit.errors` or `attnkit
+--help` does not).
 """
 
-from . import ops
+from . import _lazy
 from .errors import AttnkitError
-from .inspector import ShapeRecord, ShapeRecorder, inspect_shapes
-from .processors import AttentionCall, Control, TokenLayout
-from .session import Session, attach
-from .sites import Site, SiteList, sites
-from .state import State
 
 __all__ = [
     "AttnkitError", "AttentionCall", "ops", "Control", "Session", "ShapeRecord", "ShapeRecorder", "Site", "SiteList",
-    "State", "TokenLayout", "attach", "inspect_shapes", "sites",
+    "State", "TokenLayout", "attach", "inspect_shapes", "sites", "regional",
 ]
 __version__ = "0.1.0"
 
-from .regional import regional  # noqa: E402  (after the foundation, which it builds on)
-__all__ += ["regional"]
+_lazy.make_lazy(__name__, {
+    ".inspector": ("ShapeRecord", "ShapeRecorder", "inspect_shapes"),
+    ".processors": ("AttentionCall", "Control", "TokenLayout"),
+    ".session": ("Session", "attach"),
+    ".sites": ("Site", "SiteList", "sites"),
+    ".state": ("State",),
+    ".regional": ("regional",),
+}, submodules=("inspector", "ops", "processors", "session", "state"))

@@ -5,22 +5,81 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["main", "MODEL_HELP"]
+__all__ = ["main", "MODEL_HELP", "GENERATION_OPTIONS", "add_generation_options", "positive_int"]
 
 MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, "
               "random-sd15), local folder or hub id")
 
-# Feature packages add their subcommands through a `register(commands)` function in these modules.
+# Feature packages add their subcommands through a `register(commands)` function in these modules. Building the
+# parser imports them, so they import torch, diffusers and their own heavy modules inside their run functions only:
+# `attnkit --help` and `attnkit COMMAND --help` stay instant.
 FEATURE_COMMANDS: tuple[str, ...] = (
     "attnkit.maps.cli",
     "attnkit.shapes.cli",
     "attnkit.regional.cli",
 )
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count or a size in pixels, so that 0 or -8 is a usage error, not a failure deep inside."""
+    value = _whole(text)
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; give a whole number of at least 1")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type of a seed: any whole number `torch.Generator.manual_seed` takes."""
+    value = _whole(text)
+    if value is None or not -2**63 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"got {text!r}; give a whole number from 0 to 2**64 - 1")
+    return value
+
+
+def _guidance(text: str) -> float:
+    """argparse type of a guidance scale: nan or inf would sample garbage, a negative scale nothing meaningful."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"got {text!r}; give a finite number of 0 or more, e.g. 7")
+    return value
+
+
+def _whole(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+#: The sampling options of every generating command, in help order.
+GENERATION_OPTIONS: tuple[str, ...] = ("--seed", "--steps", "--height", "--width", "--guidance")
+_GENERATION: dict[str, dict[str, Any]] = {
+    "--seed": {"type": _seed, "default": 0, "help": "random seed (default 0)"},
+    "--steps": {"type": positive_int, "default": 28, "help": "denoising steps (default 28)"},
+    "--height": {"type": positive_int, "default": None, "help": "image height in pixels (default: the pipeline's)"},
+    "--width": {"type": positive_int, "default": None, "help": "image width in pixels (default: the pipeline's)"},
+    "--guidance": {"type": _guidance, "default": None,
+                   "help": "guidance scale (default: the pipeline's; 7 on shapes models); true CFG against the empty "
+                           "prompt on a Flux model without a guidance embedding"},
+}
+
+
+def add_generation_options(parser: argparse.ArgumentParser, options: Sequence[str] = GENERATION_OPTIONS) -> None:
+    """Add `options` (all of GENERATION_OPTIONS by default), so that each means and checks the same everywhere."""
+    for option in options:
+        parser.add_argument(option, **_GENERATION[option])
 
 
 def _sites(args: argparse.Namespace) -> None:
@@ -70,8 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("inspect", help="Q/K/V and attention shapes at every site during one denoising step")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
+    add_generation_options(p, ("--height", "--width"))
     p.add_argument("--json", action="store_true",
                    help="print one JSON list of {index, site, kind, query, key, value, attention}")
     p.set_defaults(run=_inspect)
@@ -80,8 +138,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party() -> None:
+    """Leave stderr to attnkit's messages and progress bars: the libraries' warnings seen here (no torchvision, no
+    accelerate, deprecations inside diffusers / transformers) name nothing a user of the command can act on. The
+    verbosities apply where the libraries are first imported, as in a command: set TRANSFORMERS_VERBOSITY or
+    DIFFUSERS_VERBOSITY to `warning` to see them again."""
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)\.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_third_party()
     try:
         args.run(args)
     except AttnkitError as error:

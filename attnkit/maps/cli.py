@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP
+from ..cli import MODEL_HELP, add_generation_options, positive_int
 from ..errors import AttnkitError
 
 __all__ = ["register"]
@@ -26,13 +26,19 @@ def register(commands: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write image.png, <word>.png, grid.png, "
                    "maps.safetensors")
     p.add_argument("--words", default=None, help="comma-separated words of the prompt (default: every word)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the model's)")
+    add_generation_options(p)
+    p.add_argument("--size", type=positive_int, default=None, metavar="S",
+                   help="shorthand for --height S --width S (not combined with them)")
     p.set_defaults(run=_maps)
 
 
 def _maps(args: argparse.Namespace) -> None:
+    if args.size is not None:
+        if args.height is not None or args.width is not None:
+            raise AttnkitError(f"--size {args.size} sets both --height and --width; give either --size or "
+                               "--height/--width.")
+        args.height = args.width = args.size
+
     import torch
 
     from ..models import call_kwargs, guidance_kwargs, load_pipeline
@@ -42,9 +48,9 @@ def _maps(args: argparse.Namespace) -> None:
     words = _words(args.words)
     pipe = load_pipeline(args.model)
     with trace(pipe, prompt=args.prompt) as tc, torch.inference_mode():
-        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.size, width=args.size,
+        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
                      generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
-                     **guidance_kwargs(args.model, pipe, None)).images[0]
+                     **guidance_kwargs(args.model, pipe, args.guidance)).images[0]
     if words is None:
         every = tc.tokens().unique_words
         words = [w for w in every if w not in _RESERVED]

@@ -11,11 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL.PngImagePlugin import PngInfo
-
-from ..cli import MODEL_HELP
-from ..errors import AttnkitError
+from ..cli import MODEL_HELP, add_generation_options
 
 __all__ = ["register", "METADATA_KEY"]
 
@@ -41,22 +37,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="guidance scale (default: the pipeline's; 7 on shapes models); true CFG against the empty "
-                   "prompt on a Flux model without a guidance embedding")
+    add_generation_options(p)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.steps < 1:
-        raise AttnkitError(f"--steps must be at least 1, got {args.steps}.")
     return {"num_inference_steps": args.steps, "height": args.height, "width": args.width}
 
 
 def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
     info = PngInfo()
     info.add_text(METADATA_KEY, json.dumps(record))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +55,8 @@ def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    import torch
+
     from ..models import call_kwargs, guidance_kwargs, load_pipeline
 
     pipe = load_pipeline(args.model)
@@ -76,6 +68,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _regional(args: argparse.Namespace) -> None:
+    import torch
+
     from ..models import call_kwargs, guidance_kwargs, load_pipeline
     from .outline import draw_outlines
     from .session import regional

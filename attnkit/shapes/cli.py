@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..cli import add_generation_options, positive_int
+
 __all__ = ["register"]
 
 
@@ -17,19 +19,19 @@ def register(commands: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("attnkit-demo"), help="folder for the PNGs (default attnkit-demo)")
     p.add_argument("--model", default="shapes-sd3", help="shapes-sd3 (default), shapes-flux or shapes-sd15 "
                    "(no regional panel: attnkit.regional does not support UNets yet)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the model is tiny, more threads "
-                   "only add overhead)")
+    add_generation_options(p, ("--seed",))  # size, steps and guidance are the shapes models' own
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1: the model is tiny, more "
+                   "threads only add overhead)")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("eval", help="quality benchmark on shapes models, judged by colour segmentation")
     p.add_argument("models", nargs="+", metavar="MODEL", help="shapes-sd3, shapes-sd15, shapes-flux, or a folder "
                    "trained by attnkit.shapes.train")
-    p.add_argument("--seeds", type=int, default=8, help="images per single-object prompt; 4x as many two-object "
-                   "layouts (default 8)")
+    p.add_argument("--seeds", type=positive_int, default=8, help="images per single-object prompt; 4x as many "
+                   "two-object layouts (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object per model: model, prompt_following, "
                    "regional_adherence, plain_adherence, map_iou (each in [0, 1] or null)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     p.set_defaults(run=_eval)
 
 
