@@ -1,6 +1,6 @@
-"""Shape inspector (seeds 001 and 003): the Q, K, V and attention-probability shapes at every site.
+"""Shape inspector: the Q, K, V and attention-probability shapes at every site, as a per-layer shape table.
 
-Shapes are reported as seed 003 prints them, heads folded into the batch: (batch x heads, tokens, head_dim) and
+Shapes are reported the way a classic diffusers `AttnProcessor` sees them, heads folded into the batch: (batch x heads, tokens, head_dim) and
 (batch x heads, query tokens, key tokens). The probabilities are never materialised to learn their shape.
 """
 

@@ -8,12 +8,18 @@ computed by separate fused calls and merged exactly.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
+
+from .errors import AttnkitWarning
 
 __all__ = ["attention", "explicit_attention", "merge", "additive", "probabilities"]
 
 _QUERY_CHUNK_BYTES = 256 * 2**20
+
+Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -34,36 +40,69 @@ def attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output (B, H, Lq, D) and its log-sum-exp (B, H, Lq) in float32, from a fused kernel when one fits.
 
-    `mask` broadcasts to (B, H, Lq, Lk), bool (True = attend) or additive float. Falls back to the explicit,
-    query-chunked computation where no fused kernel returning the lse takes these inputs; the numbers agree.
+    `mask` broadcasts to (B, H, Lq, Lk), bool (True = attend) or additive float. A query row whose keys are all
+    masked gives output 0 and log-sum-exp -inf on every path. Where no fused kernel that returns the lse takes these
+    inputs (chosen by capability, before running anything), the explicit query-chunked computation gives the same
+    numbers, and attnkit says so once.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     bias = additive(mask, q.dtype)
+    kernel = _fused_kernel(q, k, v, bias)
+    if kernel is None:
+        warnings.warn(f"no fused attention kernel returning the log-sum-exp takes {q.dtype} inputs on "
+                      f"{q.device.type}; attnkit computes attention explicitly in query chunks (same numbers, slower).",
+                      AttnkitWarning, stacklevel=2)
+        return explicit_attention(q, k, v, mask, scale)
+    out, lse = kernel(q, k, v, bias, scale)
+    return _empty_rows_zeroed(out, lse.float(), bias)
+
+
+def _cpu_flash(q, k, v, bias, scale):
+    full = None if bias is None else bias.expand(*q.shape[:2], *bias.shape[-2:])
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=full,
+                                                                     scale=scale)[:2]
+
+
+def _cuda_flash(q, k, v, bias, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+
+
+def _cuda_efficient(q, k, v, bias, scale):
+    full = None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, full, True, 0.0, False,
+                                                                     scale=scale)[:2]
+    return out, lse[..., : q.shape[2]]  # the kernel pads the lse's query axis
+
+
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _fused_kernel(q, k, v, bias) -> Kernel | None:
+    """The fused kernel that takes these inputs and returns the lse, by capability check; None if none does."""
     if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=None if bias is None else bias.expand(*q.shape[:2], *bias.shape[-2:]),
-            scale=scale,
-        )
-        return out, lse.float()
-    if q.device.type == "cuda":
-        fused = _cuda_attention(q, k, v, bias, scale)
-        if fused is not None:
-            return fused
-    return explicit_attention(q, k, v, mask, scale)
-
-
-def _cuda_attention(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Flash attention when there is no mask, memory-efficient attention with a bias; None if neither accepts."""
-    try:
-        if bias is None:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
-        else:
-            full = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, full, True, 0.0, False,
-                                                                             scale=scale)[:2]
-    except RuntimeError:
+        return _cpu_flash if q.dtype in _CPU_DTYPES else None
+    if q.device.type != "cuda":
         return None
-    return out, lse[..., : q.shape[2]].float()
+    if bias is None and torch.backends.cuda.can_use_flash_attention(_sdpa_params(q, k, v, None)):
+        return _cuda_flash
+    full = None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if torch.backends.cuda.can_use_efficient_attention(_sdpa_params(q, k, v, full)):
+        return _cuda_efficient
+    return None
+
+
+def _sdpa_params(q, k, v, bias) -> torch.backends.cuda.SDPAParams:
+    return torch.backends.cuda.SDPAParams(q, k, v, bias, 0.0, False, False)
+
+
+def _empty_rows_zeroed(out: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None):
+    """Output 0 and lse -inf where a query row may attend to no key: fused kernels disagree about such rows."""
+    if bias is None:
+        return out, lse
+    empty = torch.isneginf(bias).all(-1).expand(lse.shape)
+    if not empty.any():
+        return out, lse
+    return out.masked_fill(empty[..., None], 0), lse.masked_fill(empty, float("-inf"))
 
 
 def explicit_attention(
@@ -73,7 +112,8 @@ def explicit_attention(
     mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference softmax(q k^T * scale + mask) v, chunked over queries so memory stays bounded."""
+    """Reference softmax(q k^T * scale + mask) v, chunked over queries so memory stays bounded; a row with no
+    allowed key gives output 0 and lse -inf."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     bias = additive(mask, torch.float32)
     rows_per_chunk = max(1, _QUERY_CHUNK_BYTES // max(1, 4 * q.shape[0] * q.shape[1] * k.shape[2]))
@@ -84,17 +124,27 @@ def explicit_attention(
         if bias is not None:
             scores = scores + (bias[..., rows, :] if bias.shape[-2] != 1 else bias)
         lse = torch.logsumexp(scores, dim=-1)
-        outs.append(torch.matmul(torch.exp(scores - lse[..., None]), v.float()).to(q.dtype))
+        weights = torch.exp(scores - _finite(lse)[..., None])
+        outs.append(torch.matmul(weights, v.float()).to(q.dtype))
         lses.append(lse)
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
 def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention over the union of disjoint key sets from each set's (output, lse)."""
-    lses = torch.stack([lse for _, lse in parts])
+    """Exact attention over the union of disjoint key sets from each set's (output, lse); a part whose lse is -inf
+    (no key for that row, whatever its output holds) adds nothing."""
+    lses = torch.stack([lse.float() for _, lse in parts])
     total = torch.logsumexp(lses, dim=0)
-    out = sum(torch.exp(lse - total)[..., None] * o.float() for o, lse in parts)
+    out = sum(
+        torch.where(torch.isneginf(lse)[..., None], 0.0, torch.exp(lse - _finite(total))[..., None] * o.float())
+        for o, lse in parts
+    )
     return out.to(parts[0][0].dtype), total
+
+
+def _finite(lse: torch.Tensor) -> torch.Tensor:
+    """lse with -inf (an empty row) as 0, so that exp(score - lse) is 0 there instead of NaN."""
+    return lse.masked_fill(torch.isneginf(lse), 0.0)
 
 
 def probabilities(

@@ -65,7 +65,7 @@ class Session:
         family = FAMILIES[self.architecture.name]
         named = dict(self.model.named_modules())
         modules, refused = {}, []
-        for _, chosen in self.plan:
+        for control, chosen in self.plan:
             for site in chosen:
                 module = named.get(site.module_name)
                 if module is None:
@@ -73,15 +73,16 @@ class Session:
                                        "take sites from `attnkit.sites()` of the same pipeline.")
                 processor = module.get_processor()
                 if not isinstance(processor, SiteProcessor) and not family.can_replace(processor):
-                    refused.append(f"{site.name}: {type(processor).__name__}")
+                    refused.append((site.name, type(processor).__name__))
                 modules[site.name] = module
+                _check_parallel(control, site, processor)
         if refused:
             allowed = ", ".join(cls.__name__ for cls in family.replaces)
+            listed = "; ".join(f"{name}: {cls}" for name, cls in refused[:5])
             raise AttnkitError(
-                f"attnkit cannot take over {len(refused)} attention site(s), whose processors it does not know: "
-                f"{'; '.join(refused[:5])}{' ...' if len(refused) > 5 else ''}. It composes with the stock "
-                f"processors ({allowed}): call `{_denoiser_attr(self.target)}.set_default_attn_processor()` or "
-                "unload the adapter that installed them, or select other sites."
+                f"attnkit cannot take over {len(refused)} attention site(s), whose processors it cannot replay "
+                f"exactly: {listed}{' ...' if len(refused) > 5 else ''}. It composes with the stock processors "
+                f"({allowed}): {family.advice({cls for _, cls in refused}, _denoiser_attr(self.target))}."
             )
         return modules
 
@@ -117,6 +118,20 @@ def attach(
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     chosen = SiteList(sites_) if sites_ is not None else sites(target).select(**selection) if selection else sites(target)
     return Session(target, [(control, chosen)])
+
+
+def _check_parallel(control: Control, site: Site, processor: object) -> None:
+    """Context parallelism splits the sequence across devices: a mask or log-sum-exp over the whole sequence does
+    not exist on any one of them, so a control that needs either is refused before anything changes."""
+    original = processor.original if isinstance(processor, SiteProcessor) else processor
+    if getattr(original, "_parallel_config", None) is None or not (control.needs_lse or control.masks):
+        return
+    need = "the log-sum-exp" if control.needs_lse else "an attention mask"
+    raise AttnkitError(
+        f"{control.name!r} needs {need} at {site.name}, which runs under context parallelism (`parallel_config`), "
+        "where each device holds only part of the sequence. Run this feature without context parallelism, or "
+        "select sites that do not use it."
+    )
 
 
 def _denoiser_attr(target: Any) -> str:

@@ -48,7 +48,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 class Site:
     """One attention module of a denoiser.
 
-    `index` is the 1-based position among sites of the same kind in execution order (seed 003's numbering).
+    `index` is the 1-based position among sites of the same kind in execution order (the numbering of per-layer shape tables such as `attnkit inspect`'s).
     `stride` is how many latent pixels one token spans per side; `resolution` is the token grid (rows, cols) once
     an image size is known.
     """

@@ -6,13 +6,12 @@ every later step); the step is read from the pipeline's scheduler before each de
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .errors import AttnkitError, AttnkitWarning
+from .errors import AttnkitError
 
 __all__ = ["State", "Branch", "StepReader"]
 
@@ -38,13 +37,6 @@ class State:
     forwards: int = 0
     frame: int | None = None
     phase: str | None = None
-    notices: set[str] = field(default_factory=set)
-
-    def notice(self, message: str) -> None:
-        """Warn once per session: a fallback that runs at every layer and step should not flood the log."""
-        if message not in self.notices:
-            self.notices.add(message)
-            warnings.warn(message, AttnkitWarning, stacklevel=3)
 
     def reset(self) -> None:
         """Forget everything from an earlier run."""

@@ -1,11 +1,11 @@
-"""Cost of recording attention maps (issue 5): generation time with a trace on every site at every step, divided by
+"""Cost of recording attention maps: generation time with a trace on every site at every step, divided by
 the time without one, measured in one run, on CPU; writes benchmarks/results/maps-cpu.json.
 
     python benchmarks/maps.py [--rounds N] [--steps N] [--threads N]
 
 Configs: every tiny pipeline (overhead-dominated), and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
 1024 image + 333 text tokens, CFG batch 2: attention is about 30% of the compute, as in SD3-medium at 1024 px).
-Also the issue's op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder.
+Also an op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder.
 Variants alternate within each round, so drift in the shared machine's load hits all of them alike. Times are this
 process's CPU time (other jobs on the shared cores inflate wall time unevenly); ratios of the minima, medians kept too.
 

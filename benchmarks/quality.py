@@ -1,4 +1,4 @@
-"""Quality benchmark of the shapes models (issue 6): writes benchmarks/results/quality-<model>.json.
+"""Quality benchmark of the shapes models: writes benchmarks/results/quality-<model>.json.
 
     python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite the README's quality table
     python benchmarks/quality.py --readme                     # only rewrite the table from the JSON files

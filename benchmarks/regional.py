@@ -1,4 +1,4 @@
-"""Cost of regional prompting (issue 4): masked vs unmasked generation with the same text tokens, as ratios measured
+"""Cost of regional prompting: masked vs unmasked generation with the same text tokens, as ratios measured
 in one run on CPU; writes benchmarks/results/regional-cpu.json.
 
     python benchmarks/regional.py [--rounds N] [--steps N] [--mid-steps N] [--threads N] [--skip-mid]
@@ -14,7 +14,7 @@ alternate within each round so drift in the shared machine's load hits all alike
 of this process's CPU time (other jobs on the shared cores only ever add to it; the median wall time is kept too).
 Peak memory, measured in a child process after one warm-up, is the rise of the resident set above its level before
 the generation (Linux VmHWM, reset before each run), with glibc told to give every allocation over 64 KiB back on
-free so that the resident set follows the live tensors. A last row times the attention op alone at the issue's shape
+free so that the resident set follows the live tensors. A last row times the attention op alone at one shape
 (1024 image + 2 x 333 text tokens, 24 heads of 64) with its error against an fp64 masked reference.
 """
 

@@ -14,18 +14,30 @@ __all__ = ["AttentionCall", "Control", "SiteProcessor", "TokenLayout", "FAMILIES
 
 
 class Family:
-    """The site processor of one architecture and the stock processors whose computation it replays."""
+    """The site processor of one architecture, the stock processors whose computation it replays exactly, and how
+    a user gets those back on this architecture."""
 
-    def __init__(self, processor: type[SiteProcessor], replaces: tuple[type, ...]):
+    def __init__(self, processor: type[SiteProcessor], replaces: tuple[type, ...], restore: str):
         self.processor = processor
         self.replaces = replaces
+        self.restore = restore
 
     def can_replace(self, processor: object) -> bool:
         return type(processor) in self.replaces
 
+    def advice(self, refused: set[str], denoiser: str) -> str:
+        """How to get processors attnkit can replay, for the refused processor class names."""
+        if any(name.startswith("Fused") for name in refused):
+            return ("these sites have fused q/k/v projections: call `pipe.unfuse_qkv_projections()` (or "
+                    f"`{denoiser}.unfuse_qkv_projections()`) before attaching, and fuse again afterwards")
+        return self.restore.format(denoiser=denoiser) + ", or unload the adapter that installed them (IP-Adapter: " \
+            "`pipe.unload_ip_adapter()`), or select other sites"
+
 
 FAMILIES: dict[str, Family] = {
-    "unet": Family(UNetSiteProcessor, (AttnProcessor2_0, AttnProcessor)),
-    "sd3": Family(JointSiteProcessor, (JointAttnProcessor2_0,)),
-    "flux": Family(FluxSiteProcessor, (FluxAttnProcessor,)),
+    "unet": Family(UNetSiteProcessor, (AttnProcessor2_0, AttnProcessor),
+                   "call `{denoiser}.set_attn_processor(AttnProcessor2_0())` or `{denoiser}.set_default_attn_processor()`"),
+    "sd3": Family(JointSiteProcessor, (JointAttnProcessor2_0,),
+                  "call `{denoiser}.set_attn_processor(JointAttnProcessor2_0())`"),
+    "flux": Family(FluxSiteProcessor, (FluxAttnProcessor,), "call `{denoiser}.set_attn_processor(FluxAttnProcessor())`"),
 }

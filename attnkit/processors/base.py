@@ -95,6 +95,7 @@ class Control:
 
     name: str = "control"
     needs_lse: bool = False
+    masks: bool = False  # may restrict `call.mask` or supply a kernel: refused under context parallelism
 
     def before(self, call: AttentionCall) -> None:
         """Change `call.q/k/v`, restrict `call.mask`, or `call.use_kernel(...)` before attention runs."""
@@ -121,8 +122,10 @@ class SiteProcessor:
         needs_lse = any(control.needs_lse for control, _ in self.entries)
         lse = None
         if call.kernel is not None:
+            self.own_kernel(f"its own kernel ({call.kernel_owner})")
             out, lse = call.kernel(call)
         elif needs_lse or call.mask is not stock_mask:
+            self.own_kernel("the log-sum-exp" if needs_lse else "an attention mask")
             out, lse = ops.attention(call.q, call.k, call.v, call.mask, call.scale)
         else:
             out = plain(call)
@@ -130,6 +133,10 @@ class SiteProcessor:
             call.state = state
             control.after(call, out, lse)
         return out
+
+    def own_kernel(self, need: str) -> None:
+        """Called when a control's `need` takes attention off the stock kernel; architectures whose stock kernel
+        can be another backend say so here."""
 
     def grid_for(self, image_tokens: int) -> tuple[int, int] | None:
         """Token grid (rows, cols) of the image part, from the latent size the session saw; None if unknown."""

@@ -1,18 +1,23 @@
 """Site processor for Flux.1 attention: double-stream joint [text | image] blocks and single-stream blocks.
 
 Replays diffusers' `FluxAttnProcessor`; with no control active it calls diffusers' attention dispatcher with the
-backend the stock processor had, so outputs stay bit-identical. Single-stream blocks receive text and image
+backend and context-parallel config the stock processor has (`set_attention_backend`, `attention_backend(...)`,
+`enable_parallelism`), so outputs stay bit-identical. Where a control needs a mask or the log-sum-exp, attnkit's own
+exact kernel computes the site, and a backend the user selected is named once in a warning. Single-stream blocks receive text and image
 concatenated in one sequence: the text length comes from the session state (the transformer's
 `encoder_hidden_states`), since the attention module itself cannot know it.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from diffusers.models import attention_dispatch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ..errors import AttnkitError
+from ..errors import AttnkitError, AttnkitWarning
 from .base import AttentionCall, SiteProcessor, TokenLayout
 
 __all__ = ["FluxSiteProcessor"]
@@ -70,14 +75,53 @@ class FluxSiteProcessor(SiteProcessor):
             )
         return text
 
+    # diffusers sets these on the site's processor (`set_attention_backend`, `enable_parallelism`): while attnkit
+    # holds the site they belong to the stock processor, which gets the site back.
+    @property
+    def _attention_backend(self) -> object:
+        return getattr(self.original, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend: object) -> None:
+        self.original._attention_backend = backend
+
+    @property
+    def _parallel_config(self) -> object:
+        return getattr(self.original, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: object) -> None:
+        self.original._parallel_config = config
+
+    def own_kernel(self, need: str) -> None:
+        if self._parallel_config is not None:
+            raise AttnkitError(
+                f"{self.site.name} runs under context parallelism (`parallel_config`), where attnkit cannot compute "
+                f"{need} over the whole sequence. Run this feature without context parallelism."
+            )
+        backend = _backend_name(self._attention_backend)
+        if backend not in (None, "native"):
+            warnings.warn(
+                f"the {backend!r} attention backend cannot give attnkit {need}: attnkit computes attention with its "
+                f"own exact kernel at the sites that need it; the other sites keep {backend!r}.",
+                AttnkitWarning, stacklevel=2,
+            )
+
     def _dispatch(self, call: AttentionCall) -> torch.Tensor:
         """diffusers' dispatcher with the stock processor's backend, in its (B, L, H, D) layout."""
         out = dispatch_attention_fn(
             call.q.transpose(1, 2), call.k.transpose(1, 2), call.v.transpose(1, 2), attn_mask=call.mask,
-            backend=getattr(self.original, "_attention_backend", None),
-            parallel_config=getattr(self.original, "_parallel_config", None),
+            backend=self._attention_backend, parallel_config=self._parallel_config,
         )
         return out.transpose(1, 2)
+
+
+def _backend_name(backend: object) -> str | None:
+    """The backend a stock processor would use: its own, else the active one (`attention_backend(...)`)."""
+    if backend is None:
+        registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
+        backend = registry.get_active_backend()[0] if registry is not None else None
+    return getattr(backend, "value", backend)
 
 
 def _projections(attn, hidden_states, encoder_hidden_states):

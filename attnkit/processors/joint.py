@@ -51,7 +51,7 @@ class JointSiteProcessor(SiteProcessor):
 
         layout = TokenLayout(tuple(parts), tuple(parts))
         call = AttentionCall(self.site, None, query, key, value, layout, self.grid_for(image_tokens),
-                             head_dim**-0.5, mask=attention_mask)
+                             head_dim**-0.5)  # stock takes `attention_mask` and ignores it: so does attnkit
         hidden_states = self.attend(call, sdpa)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)

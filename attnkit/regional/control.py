@@ -64,6 +64,7 @@ class RegionalControl(Control):
     """Regional joint-attention mask for one spec and its encoded text segments."""
 
     name = "regional"
+    masks = True
 
     def __init__(self, spec: RegionSpec, encoded: Encoded, schedule: Schedule,
                  kernel: Literal["split", "dense"] = "split"):

@@ -35,8 +35,9 @@ _OWN_ARGUMENTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative
 
 @dataclass(frozen=True)
 class RegionalOptions:
-    """How the regional mask is applied. The defaults are seed 000's mask: image tokens see only their region's
-    text, region texts see only their region's image tokens and not each other; image tokens still see the whole
+    """How the regional mask is applied. The defaults are one joint-attention mask over [image | region texts]:
+    image tokens see only their region's text, region texts see only their region's image tokens and not each
+    other's text; image tokens still see the whole
     image unless `image_isolation` is on (within `image_isolation_steps`).
 
     `steps` / `blocks`: the mask applies in steps [start, end) and in these blocks (e.g. "joint", "joint.3",

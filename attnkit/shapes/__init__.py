@@ -1,4 +1,4 @@
-"""Shapes world (issue 6): small models trained on synthetic flat-colour scenes, shipped inside the package.
+"""Shapes world: small models trained on synthetic flat-colour scenes, shipped inside the package.
 
 Their ground truth is known, so the effect of every attnkit feature can be *seen* (the red circle on the left) and
 *measured* (colour segmentation of the output) offline. Importing this package is cheap; diffusers loads lazily.

@@ -1,4 +1,4 @@
-"""Quality benchmark on a shapes model, judged by colour segmentation of the generated images (issue 6).
+"""Quality benchmark on a shapes model, judged by colour segmentation of the generated images.
 
 Metrics, each a rate in [0, 1], or None where the feature it measures does not apply to the model:
 - `prompt_following`: single-object prompts, the largest object has the right colour and shape;

@@ -91,7 +91,7 @@ def follows_prompt(image: np.ndarray, color: str, shape: str) -> tuple[bool, boo
 
 
 def region_success(image: np.ndarray, regions: list[np.ndarray], wanted: list[tuple[str, str | None]]) -> list[bool]:
-    """Per region, the strict object-level rule of issue 6.
+    """Per region, a strict object-level rule.
 
     Region i (boolean mask) wanting (colour, shape or None) succeeds when a separate object of that colour (and
     shape) lies at least 80% inside it, no object of another region's colour lies mainly inside it, and no single
