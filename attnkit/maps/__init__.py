@@ -1,4 +1,4 @@
-"""Attention maps (issue 5): which word of the prompt each image region attends to, exact and memory-flat.
+"""Attention maps: which word of the prompt each image region attends to, exact and memory-flat.
 
     with attnkit.maps.trace(pipe, prompt) as tc:
         image = pipe(prompt).images[0]
