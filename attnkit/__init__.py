@@ -8,10 +8,10 @@ Public names load on first use (`attnkit.attach` imports torch and diffusers; `i
 """
 
 from . import _lazy
-from .errors import AttnkitError
+from .errors import AttnkitError, AttnkitWarning
 
 __all__ = [
-    "AttnkitError", "AttentionCall", "ops", "Control", "Session", "ShapeRecord", "ShapeRecorder", "Site", "SiteList",
+    "AttnkitError", "AttnkitWarning", "AttentionCall", "ops", "Control", "Session", "ShapeRecord", "ShapeRecorder", "Site", "SiteList",
     "State", "TokenLayout", "attach", "inspect_shapes", "sites", "regional",
 ]
 __version__ = "0.1.0"

@@ -100,9 +100,11 @@ def _sites(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from .inspector import inspect_shapes
-    from .models import load_pipeline
+    from .models import check_size, load_pipeline
 
-    records = inspect_shapes(load_pipeline(args.model), height=args.height, width=args.width)
+    pipe = load_pipeline(args.model)
+    check_size(pipe, args.height, args.width)
+    records = inspect_shapes(pipe, height=args.height, width=args.width)
     if args.json:
         print(json.dumps([r.as_dict() for r in records]))
         return

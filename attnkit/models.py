@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "guidance_kwargs", "load_pipeline"]
+__all__ = ["builtin_names", "call_kwargs", "check_size", "guidance_kwargs", "load_pipeline"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -71,3 +71,20 @@ def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:
     except (OSError, ValueError) as error:
         raise AttnkitError(f"could not load {model!r} from the hub or the local cache ({error}). "
                            "Check the id, or download it first, or use a built-in name.") from error
+
+
+def check_size(pipe: Any, height: int | None, width: int | None) -> None:
+    """An AttnkitError naming the multiple when `pipe` cannot generate at `height` x `width` pixels: SD1.x/SDXL
+    pipelines need multiples of 8, SD3 of the VAE factor times the patch size, and Flux of twice the VAE factor (it
+    would silently round other sizes down)."""
+    import math
+
+    from .sites import architecture_of, denoiser_of, sites
+
+    architecture = architecture_of(denoiser_of(pipe)).name
+    factor = int(getattr(pipe, "vae_scale_factor", 8))
+    multiple = math.lcm(8, factor) if architecture == "unet" else factor * sites(pipe)[0].stride
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and value % multiple:
+            raise AttnkitError(f"--{name} {value} is not a multiple of {multiple}, which this {type(pipe).__name__} "
+                               f"needs; use e.g. --{name} {max(multiple, value // multiple * multiple)}.")

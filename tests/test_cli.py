@@ -172,3 +172,22 @@ def test_generate_records_the_parsed_numbers_in_the_png(tmp_path):
     record = json.loads(Image.open(out).text["attnkit"])
     assert (record["num_inference_steps"], record["height"], record["width"], record["seed"],
             record["guidance_scale"]) == (1, 32, 48, 3, 2.5)
+
+
+SIZE_CASES = [(command, model) for command in ("generate", "regional", "maps", "inspect")
+              for model in ("tiny-sd15", "tiny-sd3", "tiny-flux") if (command, model) != ("regional", "tiny-sd15")]
+
+
+@pytest.mark.parametrize(("command", "model"), SIZE_CASES)
+def test_a_size_the_model_cannot_take_is_one_error_naming_the_multiple(capsys, tmp_path, model, command):
+    argv = {"generate": ["generate", model, "--prompt", "a red circle", "--out", str(tmp_path / "x.png")],
+            "regional": ["regional", model, "--spec", "examples/regional-left-right.yaml", "--out",
+                         str(tmp_path / "x.png")],
+            "maps": ["maps", model, "--prompt", "a red circle", "--out", str(tmp_path)],
+            "inspect": ["inspect", model]}[command]
+    assert exit_code(argv + ["--height", "68", "--width", "64", *(["--steps", "1"] if command != "inspect" else [])]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"attnkit: error: --height 68 is not a multiple of 8, which this {{}} needs; use e.g. --height 64."\
+        .format({"tiny-sd15": "StableDiffusionPipeline", "tiny-sd3": "StableDiffusion3Pipeline",
+                 "tiny-flux": "FluxPipeline"}[model])
+    assert not list(tmp_path.iterdir())

@@ -41,12 +41,13 @@ def _maps(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ..models import call_kwargs, guidance_kwargs, load_pipeline
+    from ..models import call_kwargs, check_size, guidance_kwargs, load_pipeline
     from . import plot
     from .trace import trace
 
     words = _words(args.words)
     pipe = load_pipeline(args.model)
+    check_size(pipe, args.height, args.width)
     with trace(pipe, prompt=args.prompt) as tc, torch.inference_mode():
         image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
                      generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),

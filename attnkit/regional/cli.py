@@ -40,7 +40,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_generation_options(p)
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
+def _options(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
+    from ..models import check_size
+
+    check_size(pipe, args.height, args.width)
     return {"num_inference_steps": args.steps, "height": args.height, "width": args.width}
 
 
@@ -60,7 +63,7 @@ def _generate(args: argparse.Namespace) -> None:
     from ..models import call_kwargs, guidance_kwargs, load_pipeline
 
     pipe = load_pipeline(args.model)
-    options = _options(args) | call_kwargs(args.model, pipe) | guidance_kwargs(args.model, pipe, args.guidance)
+    options = _options(args, pipe) | call_kwargs(args.model, pipe) | guidance_kwargs(args.model, pipe, args.guidance)
     with torch.inference_mode():
         image = pipe(prompt=args.prompt, generator=torch.Generator().manual_seed(args.seed), **options).images[0]
     _save(image, args.out, {"command": "generate", "model": args.model, "prompt": args.prompt, "seed": args.seed,
@@ -77,7 +80,7 @@ def _regional(args: argparse.Namespace) -> None:
 
     spec = load_spec(args.spec)
     pipe = load_pipeline(args.model)
-    options = _options(args) | guidance_kwargs(args.model, pipe, args.guidance)
+    options = _options(args, pipe) | guidance_kwargs(args.model, pipe, args.guidance)
     negative = options.pop("negative_prompt", None)  # true CFG: the spec's negatives, else this one
     if negative is not None and spec.negative is None and all(r.negative is None for r in spec.regions):
         spec = dataclasses.replace(spec, negative=negative)
