@@ -26,6 +26,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "attnkit.maps.cli",
     "attnkit.shapes.cli",
     "attnkit.regional.cli",
+    "attnkit.kv.cli",
 )
 
 

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from ..errors import AttnkitError
@@ -82,7 +83,8 @@ class RegionalControl(Control):
         plan = self.plan(call, rules)
         if plan.noop:
             return
-        call.mask = plan.mask if call.mask is None else _combine(call.mask, plan.mask, call.q.dtype)
+        own = plan.mask if len(call.layout.keys) == len(call.layout.queries) else _extra_keys_allowed(plan.mask, call)
+        call.mask = own if call.mask is None else _combine(call.mask, own, call.q.dtype)
         if self.kernel == "split" and call.mask is plan.mask:
             call.use_kernel(lambda c: plan.attend(c.q, c.k, c.v, c.scale) if c.mask is plan.mask else
                             _dense(c), self.name)
@@ -90,9 +92,9 @@ class RegionalControl(Control):
     def plan(self, call: AttentionCall, rules: Rules) -> Plan:
         """The compiled mask for this call's layout, grid, branches, rules, device and dtype (cached)."""
         layout = call.layout
-        if layout.queries != layout.keys:
-            raise AttnkitError(f"{call.site.name}: regional masks need the same tokens as queries and keys, got "
-                               f"{layout.queries} and {layout.keys}.")
+        if layout.keys[: len(layout.queries)] != layout.queries:
+            raise AttnkitError(f"{call.site.name}: regional masks need the queries' own tokens as the first keys, got "
+                               f"queries {layout.queries} and keys {layout.keys}.")
         branches = call.state.branches or ("cond",) * call.q.shape[0]
         key = (layout, call.grid, branches, rules, call.q.device, call.q.dtype)
         if key not in self._plans:
@@ -131,6 +133,13 @@ def _combine(mask: torch.Tensor, regional: torch.Tensor, dtype: torch.dtype) -> 
     if mask.dtype == torch.bool and regional.dtype == torch.bool:
         return mask & regional
     return ops.additive(mask, dtype) + ops.additive(regional, dtype)
+
+
+def _extra_keys_allowed(mask: torch.Tensor, call: AttentionCall) -> torch.Tensor:
+    """The regional mask over the call's own tokens, with every query allowed to see keys another control appended
+    (a reference image's tokens): the regions decide who sees which text, not who sees the reference."""
+    extra = call.k.shape[2] - mask.shape[-1]
+    return F.pad(mask, (0, extra), value=True) if mask.dtype == torch.bool else F.pad(mask, (0, extra))
 
 
 def _dense(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,128 @@
+"""`attnkit.kv.edit_video`: edit a video frame by frame with img2img, consistent through cross-frame attention.
+
+Every frame is edited by the same img2img pass with the same noise; what ties the frames together is self-attention:
+frame 0 records its image K/V at every selected site and step, and each later frame attends to the first frame's
+(`attend="first"`, the cross-frame attention of Text2Video-Zero) or to the first and the previous frame's
+(`attend="first+previous"`, Rerender-A-Video). On UNets the frame's self-attention keys and values are replaced by the
+references' (as both methods do); on SD3 and Flux they are extended, so that text tokens keep their own. The previous
+frame's store is overwritten site by site as the current frame is recorded, so memory holds two frames' K/V however
+long the video is, and frames are taken and given back one at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import AttnkitError
+from ..session import Session
+from ..sites import Site, architecture_of, denoiser_of
+from .control import KVControl
+from .session import _chosen
+from .store import KVStore
+
+__all__ = ["ATTEND", "edit_video", "img2img_pipeline", "edges"]
+
+ATTEND: tuple[str, ...] = ("none", "first", "first+previous")
+
+
+def img2img_pipeline(pipe: Any, controlnet: Any = None) -> Any:
+    """The img2img pipeline of `pipe`'s family on the same components (ControlNet img2img when `controlnet` is
+    given); `pipe` itself when it already is one."""
+    from diffusers import AutoPipelineForImage2Image
+
+    if controlnet is None and "Img2Img" in type(pipe).__name__:
+        return pipe
+    try:
+        return AutoPipelineForImage2Image.from_pipe(pipe, **({} if controlnet is None else {"controlnet": controlnet}))
+    except (ValueError, KeyError) as error:
+        what = f"a ControlNet img2img pipeline for {type(pipe).__name__}" if controlnet is not None else (
+            f"an img2img pipeline for {type(pipe).__name__}")
+        raise AttnkitError(f"diffusers has no {what} ({error}); "
+                           + ("edit without a ControlNet." if controlnet is not None else "use another model.")) from error
+
+
+def edges(image: Image.Image) -> Image.Image:
+    """An edge map of `image` (white edges on black): the condition of an edge ControlNet."""
+    from scipy import ndimage
+
+    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    magnitude = np.hypot(ndimage.sobel(gray, axis=0), ndimage.sobel(gray, axis=1))
+    mask = magnitude > 0.5 * max(float(magnitude.max()), 1e-6)
+    return Image.fromarray((mask * 255).astype(np.uint8)).convert("RGB")
+
+
+def edit_video(
+    pipe: Any,
+    frames: Iterable[Image.Image],
+    prompt: str,
+    *,
+    attend: str = "first+previous",
+    strength: float = 0.6,
+    num_inference_steps: int = 20,
+    seed: int = 0,
+    controlnet: Any = None,
+    first: KVStore | None = None,
+    previous: KVStore | None = None,
+    sites_: Iterable[Site] | None = None,
+    progress: bool = True,
+    **call_kwargs: Any,
+) -> Iterator[Image.Image]:
+    """Edited frames, one per input frame, as they are made.
+
+    `pipe` is any SD1.x, SDXL, SD3 or Flux pipeline (its img2img sibling is made from the same components);
+    `controlnet` runs ControlNet img2img with each frame's `edges` as the condition. `call_kwargs` go to every
+    pipeline call (guidance, negative prompt); frames must already have the size to edit at. `first` and `previous`
+    are where the first and the previous frame's K/V are kept (new `KVStore`s unless given: pass your own to keep them
+    as float16, on the CPU, or under a budget). Processors are put back after each frame and the stores emptied
+    after the last, also when a frame raises.
+    """
+    if attend not in ATTEND:
+        raise AttnkitError(f"attend={attend!r}: choose one of {', '.join(ATTEND)}.")
+    if not 0 < strength <= 1:
+        raise AttnkitError(f"strength={strength}: img2img needs 0 < strength <= 1.")
+    editor = img2img_pipeline(pipe, controlnet)
+    chosen = None if attend == "none" else _chosen(editor, sites_, {})
+    sized = "height" in inspect.signature(type(editor).__call__).parameters
+    mode = "replace" if architecture_of(denoiser_of(editor)).name == "unet" else "extend"
+    first = KVStore() if first is None else first
+    previous = KVStore() if previous is None else previous
+    bar = _progress(progress)
+    try:
+        for index, frame in enumerate(frames):
+            if attend == "none":
+                control = None
+            elif index == 0:
+                control = KVControl(record=[first])
+            elif attend == "first":
+                control = KVControl(load=[first], mode=mode)
+            else:  # frame 1 has no previous frame but the first; then `previous` is overwritten as it is read
+                control = KVControl(load=[first, first if index == 1 else previous], record=[previous], mode=mode)
+            kwargs = {"prompt": prompt, "image": frame, "strength": strength,
+                      "num_inference_steps": num_inference_steps,
+                      "generator": torch.Generator().manual_seed(seed), **call_kwargs}
+            if sized:  # SD3 and Flux img2img take the output size from these, not from the image
+                kwargs |= {"height": frame.height, "width": frame.width}
+            if controlnet is not None:
+                kwargs["control_image"] = edges(frame)
+            session = Session(editor, [(control, chosen)]) if control is not None else contextlib.nullcontext()
+            with session, torch.inference_mode():
+                edited = editor(**kwargs).images[0]
+            bar.update(1)
+            yield edited
+    finally:
+        bar.close()
+        first.clear()
+        previous.clear()
+
+
+def _progress(enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="frames", unit="frame", disable=not enabled)
