@@ -180,10 +180,13 @@ def test_eval_json_contract(capsys, model: str) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert set(result) == {"model", "prompt_following", "regional_adherence", "plain_adherence", "map_iou"}
+    assert set(result) == {"model", "prompt_following", "regional_adherence", "plain_adherence", "map_iou",
+                           "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence"}
     assert result["model"] == model
-    for key in ("prompt_following", "plain_adherence", "map_iou"):
+    for key in ("prompt_following", "plain_adherence", "map_iou", "edit_adherence"):
         assert 0.0 <= result[key] <= 1.0, key
+    for key in ("flicker_per_frame", "flicker_first", "flicker_first_previous"):
+        assert 0.0 < result[key] < 1.0, key
     if model == "shapes-sd15":
         assert result["regional_adherence"] is None, "attnkit.regional does not support UNets"
     else:

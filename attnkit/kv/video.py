@@ -88,6 +88,8 @@ def edit_video(
     if not 0 < strength <= 1:
         raise AttnkitError(f"strength={strength}: img2img needs 0 < strength <= 1.")
     editor = img2img_pipeline(pipe, controlnet)
+    if editor is not pipe:  # a sibling made here: the bar over frames says how far the edit is
+        editor.set_progress_bar_config(disable=True)
     chosen = None if attend == "none" else _chosen(editor, sites_, {})
     sized = "height" in inspect.signature(type(editor).__call__).parameters
     mode = "replace" if architecture_of(denoiser_of(editor)).name == "unet" else "extend"

@@ -5,7 +5,12 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
 - `regional_adherence` / `plain_adherence`: two objects, left and right half, by the strict object-level rule
   (`scorer.region_success`), with attnkit's regional prompting (None on UNets, which it does not support yet) vs a
   plain prompt naming both objects;
-- `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels.
+- `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels;
+- `flicker_per_frame`, `flicker_first`, `flicker_first_previous`: video editing (`attnkit.kv.edit_video`) of
+  shapes-world videos, one object sliding over a static scene, prompted to recolour the mover: mean absolute change
+  (0-1) between consecutive output frames on the pixels that do not move in the input, with plain per-frame img2img,
+  cross-frame attention to the first frame, and to the first and previous frame;
+- `edit_adherence`: the rate of first+previous frames whose mover is mostly the prompted colour.
 """
 
 from __future__ import annotations
@@ -15,17 +20,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..maps import trace
 from ..regional import supports as regional_supported
 from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
-from .data import COLORS, SHAPES, SIZE
+from .data import COLORS, SHAPES, SIZE, random_video
 from .regional import regional_images
-from .scorer import detect, follows_prompt, region_success
+from .scorer import detect, follows_prompt, label_pixels, region_success
 
-__all__ = ["HALVES", "METRICS", "evaluate", "generate", "layouts"]
+__all__ = ["HALVES", "METRICS", "VIDEO_METRICS", "evaluate", "generate", "layouts", "video_editing"]
 
-METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou")
+METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
+                            "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence")
+VIDEO_METRICS: tuple[str, ...] = METRICS[4:]
+#: img2img strength of the video edits: enough for these small models to repaint the mover's colour.
+VIDEO_STRENGTH = 0.8
+VIDEO_FRAMES = 8
 MAP_THRESHOLD = 0.4
 #: Left and right halves of the image, the two regions of every regional layout.
 HALVES: tuple[np.ndarray, np.ndarray] = (np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool))
@@ -123,11 +134,52 @@ def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     return result
 
 
-def evaluate(pipe: Any, seeds: int = 8, **gen: Any) -> dict[str, Any]:
-    """All metrics plus details; `seeds` images per single-object prompt and 4 x `seeds` two-object layouts."""
+def recolour_prompt(video: Any) -> tuple[str, str]:
+    """(prompt, new colour): the video's caption with the mover in the next colour that neither it nor the static
+    object has."""
+    mover, still = video.caption.split(" and ")
+    color = video.path[0].color
+    taken = {color, still.split()[1]}
+    new = next(c for c in COLORS[COLORS.index(color) + 1:] + COLORS if c not in taken)
+    return f"a {new} {video.path[0].shape} and {still}", new
+
+
+def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: float = VIDEO_STRENGTH,
+                  steps: int = STEPS, guidance: float = GUIDANCE) -> dict[str, Any]:
+    """Flicker of each cross-frame mode and edit adherence of first+previous over `videos` shapes-world videos."""
+    from ..kv import edit_video
+
+    flicker: dict[str, list[float]] = {"none": [], "first": [], "first+previous": []}
+    adherent: list[bool] = []
+    for k in range(videos):
+        video = random_video(3000 + k, frames=VIDEO_FRAMES)
+        prompt, new = recolour_prompt(video)
+        frames = [Image.fromarray(f) for f in video.frames]
+        for attend in flicker:
+            out = [np.asarray(f, dtype=np.float32) / 255 for f in edit_video(
+                pipe, frames, prompt, attend=attend, strength=strength, num_inference_steps=steps, seed=k,
+                controlnet=controlnet, progress=False, negative_prompt="", **call_kwargs(pipe),
+                **guidance_kwargs(pipe, guidance))]
+            for t in range(1, len(out)):
+                still = ~(video.masks[t] | video.masks[t - 1])
+                flicker[attend].append(float(np.abs(out[t] - out[t - 1])[still].mean()))
+            if attend == "first+previous":
+                adherent += [bool(np.mean(label_pixels(o * 255)[m] == 1 + COLORS.index(new)) > 0.5)
+                             for o, m in zip(out, video.masks)]
+    return {"flicker_per_frame": float(np.mean(flicker["none"])), "flicker_first": float(np.mean(flicker["first"])),
+            "flicker_first_previous": float(np.mean(flicker["first+previous"])),
+            "edit_adherence": float(np.mean(adherent)), "videos": videos, "frames": VIDEO_FRAMES,
+            "strength": strength, "controlnet": controlnet is not None}
+
+
+def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, **gen: Any) -> dict[str, Any]:
+    """All metrics plus details; `seeds` images per single-object prompt, 4 x `seeds` two-object layouts and
+    `seeds` videos (edited with `controlnet`, an edge ControlNet, where given)."""
     single = prompt_following(pipe, seeds, **gen)
     pair = two_objects(pipe, seeds, **gen)
+    video = video_editing(pipe, seeds, controlnet, **gen)
     return {"prompt_following": single["rate"], "regional_adherence": pair["regional"],
             "plain_adherence": pair["plain"], "map_iou": pair["map_iou"],
-            "details": {"single": single, "two_objects": pair, "steps": gen.get("steps", STEPS),
+            **{key: video[key] for key in VIDEO_METRICS},
+            "details": {"single": single, "two_objects": pair, "video": video, "steps": gen.get("steps", STEPS),
                         "guidance": gen.get("guidance", GUIDANCE), "seeds": seeds}}
