@@ -22,6 +22,8 @@ def register(commands: Any) -> None:
     add_generation_options(p, ("--seed",))  # size, steps and guidance are the shapes models' own
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1: the model is tiny, more "
                    "threads only add overhead)")
+    p.add_argument("--video", action="store_true", help="also write video.gif: a shapes-world video recoloured by "
+                   "per-frame img2img and with cross-frame attention, side by side (about half a minute)")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("eval", help="quality benchmark on shapes models, judged by colour segmentation")
@@ -63,9 +65,11 @@ def _demo(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .demo import run_demo
+    from .demo import run_demo, video_demo
 
     torch.set_num_threads(args.threads)
     start = time.monotonic()
     written = run_demo(args.model, args.out, seed=args.seed)
+    if args.video:
+        written.append(video_demo(args.model, args.out, seed=args.seed))
     print(f"wrote {', '.join(str(p) for p in written)} in {time.monotonic() - start:.1f} s")

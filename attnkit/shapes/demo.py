@@ -15,12 +15,12 @@ from PIL import Image, ImageDraw
 
 from ..maps import trace
 from ..regional import supports as regional_supported
-from . import load
-from .data import PALETTE, SIZE
-from .evaluate import HALVES, generate
+from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, load
+from .data import PALETTE, SIZE, random_video
+from .evaluate import HALVES, VIDEO_STRENGTH, generate, recolour_prompt
 from .regional import regional_images
 
-__all__ = ["DEMO_LAYOUT", "run_demo"]
+__all__ = ["DEMO_LAYOUT", "run_demo", "video_demo"]
 
 #: Red circle on the left, blue square on the right.
 DEMO_LAYOUT: tuple[tuple[str, str], tuple[str, str]] = (("red", "circle"), ("blue", "square"))
@@ -96,3 +96,26 @@ def run_demo(model: str, out: Path, seed: int = 0) -> list[Path]:
     _row(panels).save(out / "demo.png")
     written.append(out / "demo.png")
     return written
+
+
+def video_demo(model: str, out: Path, seed: int = 0, frames: int = 8) -> Path:
+    """Writes video.gif: a shapes-world video (one object sliding past a still one), its per-frame img2img edit and
+    its edit with cross-frame attention to the first and previous frame, side by side, recolouring the mover."""
+    from ..kv import edit_video
+
+    pipe = load(model)
+    pipe.set_progress_bar_config(disable=True)
+    video = random_video(3000 + seed, frames=frames)
+    prompt, _ = recolour_prompt(video)
+    source = [Image.fromarray(f) for f in video.frames]
+    columns = {"input": source}
+    for title, attend in (("per-frame img2img", "none"), ("first + previous frame", "first+previous")):
+        columns[title] = list(edit_video(pipe, source, prompt, attend=attend, strength=VIDEO_STRENGTH,
+                                         num_inference_steps=STEPS, seed=seed, progress=False, negative_prompt="",
+                                         **call_kwargs(pipe), **guidance_kwargs(pipe, GUIDANCE)))
+    sheets = [_row([_titled(_big(np.asarray(column[t])), title) for title, column in columns.items()])
+              for t in range(frames)]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "video.gif"
+    sheets[0].save(path, save_all=True, append_images=sheets[1:], duration=250, loop=0)
+    return path
