@@ -38,6 +38,18 @@ def _denoiser_config(folder: Path) -> dict[str, Any]:
                 if (folder / d).is_dir())
 
 
+def _fast_tokenizer_classes(folder: Path) -> None:
+    """Names the tokenizers by their `*Fast` classes in `model_index.json`: transformers 4 reads `CLIPTokenizer` and
+    `T5Tokenizer` as the slow classes, which need vocab files the shipped `tokenizer.json` folders do not have;
+    the `*Fast` names load `tokenizer.json` on transformers 4 and 5 alike (5 keeps them as aliases)."""
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    for key, value in index.items():
+        if isinstance(value, list) and value[1] in ("CLIPTokenizer", "T5Tokenizer"):
+            index[key] = [value[0], value[1] + "Fast"]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def _loss_logs(run: Path, out: Path) -> dict[str, bytes]:
     """The loss logs a model ships: those of the shipped model this run continued (`--init` of `out`'s name or
     folder), then this run's own `RUN_DIR/loss.jsonl` as `loss-runN.jsonl`, N counting every run that made it."""
@@ -65,6 +77,7 @@ def package(run: Path, name: str, models_dir: Path = MODELS_DIR) -> Path:
     denoiser_of(pipe).to(torch.float16)
     pipe.vae.to(torch.float16)
     pipe.save_pretrained(staging)
+    _fast_tokenizer_classes(staging)
     shutil.copy(run / "training.json", staging / "training.json")
     for log, data in _loss_logs(run, out).items():
         (staging / log).write_bytes(data)

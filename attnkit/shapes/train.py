@@ -41,6 +41,7 @@ def _text_encoder(seed: int, vocab_size: int, eos_id: int, projection: bool = Tr
     """A tiny CLIP text encoder, frozen at random init with large embeddings so word identity and order survive.
     SD3 reads the projected pooled output (`CLIPTextModelWithProjection`), SD1.x only the hidden states."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.models.clip.modeling_clip import CLIPTextEmbeddings
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN,
@@ -48,7 +49,8 @@ def _text_encoder(seed: int, vocab_size: int, eos_id: int, projection: bool = Tr
                             projection_dim=_TEXT_HIDDEN, eos_token_id=eos_id, bos_token_id=eos_id - 1,
                             pad_token_id=eos_id)
     model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-    embeddings = (model.text_model if projection else model).embeddings  # transformers 5: CLIPTextModel is flat
+    # Found by type: transformers 5's CLIPTextModel holds them directly, 4's and every WithProjection under text_model.
+    embeddings = next(module for module in model.modules() if isinstance(module, CLIPTextEmbeddings))
     with torch.no_grad():
         embeddings.token_embedding.weight.normal_(0.0, 1.0)
         embeddings.position_embedding.weight.normal_(0.0, 0.5)

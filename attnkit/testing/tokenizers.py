@@ -9,6 +9,11 @@ single characters), never as ``unk``, so any ASCII prompt works.
 Building is deterministic: the BPE merges are learned by a tiny trainer written
 here (ties broken lexicographically) instead of ``tokenizers``' trainer, whose
 tie-breaking depends on hash-map order and so could change token ids between runs.
+
+The ``tokenizers`` pipelines are assembled here, exactly as transformers 5 builds
+them and as the real checkpoints' ``tokenizer.json`` files hold them, and wrapped
+with the ``*TokenizerFast`` classes: transformers 4 and 5 both take a
+``tokenizer_object`` there, so both produce the same token ids.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from collections import Counter
 from functools import lru_cache
 from itertools import pairwise
 
-from tokenizers import pre_tokenizers
-from transformers import CLIPTokenizer, T5Tokenizer
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE, Unigram
+from transformers import CLIPTokenizerFast, T5TokenizerFast
 
 __all__ = [
     "CLIP_MODEL_MAX_LENGTH",
@@ -88,11 +94,11 @@ def _apply_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
     return merged
 
 
-@lru_cache(maxsize=1)
-def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+@lru_cache(maxsize=4)
+def _clip_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP's layout: byte alphabet, the same with ``</w>``, merges, then bos and eos last."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = learn_merges(VOCABULARY_WORDS)
+    merges = learn_merges(words)
     tokens = [
         *alphabet,
         *(symbol + _END_OF_WORD for symbol in alphabet),
@@ -104,30 +110,55 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...
     return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
 
 
-def tiny_clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over :data:`VOCABULARY_WORDS`, padded with eos like SD's.
+def _special(token: str) -> AddedToken:
+    """Matched verbatim before normalization, as in the real files: lower-cased or split, it would not match."""
+    return AddedToken(token, special=True, normalized=False)
+
+
+def _clip_backend(words: tuple[str, ...]) -> Tokenizer:
+    """CLIP's pipeline: NFC, whitespace runs to one space, lower-case, CLIP's word regex, byte-level BPE."""
+    vocab, merges = _clip_vocab_and_merges(words)
+    backend = Tokenizer(BPE(vocab=dict(vocab), merges=list(merges), dropout=None, continuing_subword_prefix="",
+                            end_of_word_suffix=_END_OF_WORD, fuse_unk=False, unk_token=_CLIP_EOS))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(
+            Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+            behavior="removed",
+            invert=True,
+        ),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([_special(_CLIP_BOS), _special(_CLIP_EOS)])
+    backend.post_processor = processors.RobertaProcessing(
+        (_CLIP_EOS, vocab[_CLIP_EOS]), (_CLIP_BOS, vocab[_CLIP_BOS]), trim_offsets=False, add_prefix_space=False
+    )
+    return backend
+
+
+def tiny_clip_tokenizer(words: tuple[str, ...] = VOCABULARY_WORDS,
+                        model_max_length: int = CLIP_MODEL_MAX_LENGTH) -> CLIPTokenizerFast:
+    """A CLIP BPE tokenizer where each of `words` is one token, padded with eos like SD's.
 
     bos and eos are the two highest ids, as in the real 49408-token vocabulary, so
     CLIP's pooling (first eos, or legacy argmax) picks the same position either way.
     """
-    vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
+    return CLIPTokenizerFast(
+        tokenizer_object=_clip_backend(words),
         unk_token=_CLIP_EOS,
         bos_token=_CLIP_BOS,
         eos_token=_CLIP_EOS,
         pad_token=_CLIP_EOS,
-        model_max_length=CLIP_MODEL_MAX_LENGTH,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,  # transformers 5's default; 4.x's default glues punctuation on decode
     )
 
 
-def tiny_t5_tokenizer(words: tuple[str, ...] = VOCABULARY_WORDS,
-                      model_max_length: int = T5_MODEL_MAX_LENGTH) -> T5Tokenizer:
-    """A T5 Unigram tokenizer where each of `words` is one token, with T5's ids: pad 0, eos 1, unk 2.
-
-    No sentinel (``<extra_id_*>``) tokens: the pipelines only use T5 as an encoder.
-    """
+def _t5_backend(words: tuple[str, ...]) -> Tokenizer:
+    """T5's pipeline without its SentencePiece normalizer: whitespace split, ``▁`` word starts, Unigram, then eos."""
     pieces = [
         (_T5_PAD, _T5_SPECIAL_SCORE),
         (_T5_EOS, _T5_SPECIAL_SCORE),
@@ -136,11 +167,31 @@ def tiny_t5_tokenizer(words: tuple[str, ...] = VOCABULARY_WORDS,
         *((_T5_SPACE + word, _T5_WORD_SCORE) for word in words),
         *((character, _T5_CHAR_SCORE) for character in _T5_CHARACTERS),
     ]
-    return T5Tokenizer(
-        vocab=pieces,
+    backend = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement=_T5_SPACE, prepend_scheme="always", split=True),
+    ])
+    backend.decoder = decoders.Metaspace(replacement=_T5_SPACE, prepend_scheme="always", split=True)
+    backend.add_special_tokens([_special(_T5_PAD), _special(_T5_EOS), _special(_T5_UNK)])
+    backend.post_processor = processors.TemplateProcessing(
+        single=["$A", _T5_EOS], pair=["$A", _T5_EOS, "$B", _T5_EOS], special_tokens=[(_T5_EOS, 1)]
+    )
+    return backend
+
+
+def tiny_t5_tokenizer(words: tuple[str, ...] = VOCABULARY_WORDS,
+                      model_max_length: int = T5_MODEL_MAX_LENGTH) -> T5TokenizerFast:
+    """A T5 Unigram tokenizer where each of `words` is one token, with T5's ids: pad 0, eos 1, unk 2.
+
+    No sentinel (``<extra_id_*>``) tokens: the pipelines only use T5 as an encoder.
+    """
+    return T5TokenizerFast(
+        tokenizer_object=_t5_backend(words),
         eos_token=_T5_EOS,
         unk_token=_T5_UNK,
         pad_token=_T5_PAD,
         extra_ids=0,
         model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
     )
