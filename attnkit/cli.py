@@ -9,12 +9,12 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["main", "MODEL_HELP", "GENERATION_OPTIONS", "add_generation_options", "positive_int"]
+__all__ = ["main", "MODEL_HELP", "GENERATION_OPTIONS", "add_generation_options", "checked_float", "positive_int"]
 
 MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, "
               "random-sd15), local folder or hub id")
@@ -46,15 +46,24 @@ def _seed(text: str) -> int:
     return value
 
 
-def _guidance(text: str) -> float:
-    """argparse type of a guidance scale: nan or inf would sample garbage, a negative scale nothing meaningful."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"got {text!r}; give a finite number of 0 or more, e.g. 7")
-    return value
+def checked_float(accept: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """argparse type of a finite number that `accept` takes; anything else (nan, inf, out of range) is a usage error
+    that says what to give (`wanted`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"got {text!r}; give {wanted}")
+        return value
+
+    return parse
+
+
+# A guidance scale: nan or inf would sample garbage, a negative scale nothing meaningful.
+_guidance = checked_float(lambda value: value >= 0, "a finite number of 0 or more, e.g. 7")
 
 
 def _whole(text: str) -> int | None:

@@ -4,11 +4,10 @@ attention (see `attnkit.kv.video`). Reads and writes mp4, GIF or a folder of fra
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP, add_generation_options, positive_int
+from ..cli import MODEL_HELP, add_generation_options, checked_float, positive_int
 from ..errors import AttnkitError
 
 __all__ = ["register"]
@@ -16,24 +15,8 @@ __all__ = ["register"]
 ATTEND = ("none", "first", "first+previous")  # the choices of attnkit.kv.video.ATTEND, known without torch
 
 
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"got {text!r}; give a number above 0 and at most 1, e.g. 0.6")
-    return value
-
-
-def _fps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"got {text!r}; give a positive number of frames per second, e.g. 8")
-    return value
+_strength = checked_float(lambda value: 0 < value <= 1, "a number above 0 and at most 1, e.g. 0.6")
+_fps = checked_float(lambda value: value > 0, "a positive number of frames per second, e.g. 8")
 
 
 def register(commands: Any) -> None:
