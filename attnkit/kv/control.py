@@ -68,7 +68,7 @@ class KVControl(Control):
                       if start <= step and (end is None or step < end) else [])
         for store in self.record:
             for branch in dict.fromkeys(call.state.branches):
-                items = call.state.batch_index(branch)
+                items = _rows(call.state.batch_index(branch))
                 store.put(call.site.name, step, branch, own_k[items], own_v[items])
         if not references:
             return
@@ -82,6 +82,11 @@ class KVControl(Control):
             call.extend("reference", k, v)
         else:
             call.replace("image", k, v)
+
+
+def _rows(items: list[int]) -> slice | list[int]:
+    """Batch rows as a slice where they are contiguous (CFG halves are), so that the store's copy is the only one."""
+    return slice(items[0], items[-1] + 1) if items == list(range(items[0], items[-1] + 1)) else items
 
 
 def _batched(store: KVStore, call: AttentionCall, step: int) -> tuple[torch.Tensor, torch.Tensor]:
