@@ -318,3 +318,35 @@ def test_video_edit_command_gives_one_clear_error_for_each_bad_input(tmp_path, c
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (name, lines)
     assert not (tmp_path / "out.gif").exists()
+
+
+def test_reference_image_is_recorded_at_every_step_and_pulls_the_generation_towards_it():
+    """An existing image (a green triangle) given as the reference of a prompt for a blue circle: with its K/V in
+    place of the generation's own, shapes-flux paints the reference's object where the reference has it."""
+    from attnkit import shapes
+    from attnkit.shapes.data import random_scene
+
+    pipe = shapes.load("shapes-flux")
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(random_scene(5, count=1).image)
+    options = {"num_inference_steps": 8, "negative_prompt": "", **shapes.call_kwargs(pipe),
+               **shapes.guidance_kwargs(pipe)}
+    store = kv.record_image(pipe, image, **options)
+    assert {step for _, step, _ in store} == set(range(8))
+    assert {branch for *_, branch in store} == {"cond", "uncond"}  # Flux true CFG: two passes per step
+
+    def distance_to_reference():
+        with torch.inference_mode():
+            out = pipe("a blue circle", generator=torch.Generator().manual_seed(1), height=64, width=64,
+                       **options).images[0]
+        return float(((np.asarray(out, dtype=np.float32) - np.asarray(image, dtype=np.float32)) ** 2).mean())
+
+    plain = distance_to_reference()
+    with kv.reference(pipe, store, mode="replace"):
+        guided = distance_to_reference()
+    assert guided < 0.5 * plain
+
+
+def test_reference_must_be_an_image_or_a_store(pipelines):
+    with pytest.raises(AttnkitError, match="reference must be a PIL image or an attnkit.kv.KVStore, got str"):
+        kv.reference(pipelines["tiny-sd15"], "reference.png")

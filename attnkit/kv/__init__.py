@@ -9,11 +9,12 @@ a video frame by frame with cross-frame attention to the first and previous fram
 from .. import _lazy
 
 __all__ = ["DEFAULT_SELECTION", "KVControl", "KVStore", "MODES", "ATTEND", "default_sites", "edit_video", "inject",
-           "record"]
+           "record", "record_image", "reference"]
 
 _lazy.make_lazy(__name__, {
     ".control": ("KVControl", "MODES"),
     ".session": ("DEFAULT_SELECTION", "default_sites", "inject", "record"),
+    ".reference": ("record_image", "reference"),
     ".store": ("KVStore",),
     ".video": ("ATTEND", "edit_video"),
 }, submodules=("control", "session", "store", "video"))

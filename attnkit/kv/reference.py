@@ -1,0 +1,81 @@
+"""`attnkit.kv.reference`: a new generation that keeps an existing image's layout and appearance through
+self-attention, with no inversion and no training.
+
+The image's K/V are recorded by a reference pass: the pipeline runs with the same steps and guidance as the
+generation to come, but after every step its latents are put back to the reference image noised to the next
+timestep with one fixed noise, so at each step the denoiser sees the reference as that step would see it (step 0
+sees the noise itself, which the reference at the first timestep nearly is). The generation then attends to those
+K/V at the same steps, as in MasaCtrl's mutual self-attention and StyleAligned's shared attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import AttnkitError
+from ..session import Session
+from ..sites import Site, architecture_of, denoiser_of
+from .control import Mode
+from .session import _chosen, inject, record
+from .store import KVStore
+
+__all__ = ["record_image", "reference"]
+
+
+def record_image(pipe: Any, image: Image.Image, store: KVStore | None = None, *, prompt: str = "", seed: int = 0,
+                 sites_: Iterable[Site] | None = None, **call_kwargs: Any) -> KVStore:
+    """The K/V `image` has at every selected site and step of a `pipe` run with `call_kwargs` (steps, guidance,
+    height, width, ...: those of the generation that will attend to them)."""
+    store = KVStore() if store is None else store
+    height, width = call_kwargs.setdefault("height", image.height), call_kwargs.setdefault("width", image.width)
+    flux = architecture_of(denoiser_of(pipe)).name == "flux"
+    with torch.inference_mode():
+        clean = _encode(pipe, image, height, width)
+        noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(clean)
+        packed = (lambda x: type(pipe)._pack_latents(x, *x.shape)) if flux else (lambda x: x)
+
+        def back_to_reference(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            timesteps = pipeline.scheduler.timesteps
+            if i + 1 < len(timesteps):
+                tensors["latents"] = packed(_noised(pipeline.scheduler, clean, noise, timesteps[i + 1 : i + 2]))
+            return tensors
+
+        with record(pipe, store, sites_):
+            pipe(prompt=prompt, latents=packed(noise), generator=torch.Generator().manual_seed(seed),
+                 callback_on_step_end=back_to_reference, callback_on_step_end_tensor_inputs=["latents"],
+                 output_type="latent", **call_kwargs)
+    return store
+
+
+def reference(pipe: Any, reference: KVStore | Image.Image, mode: Mode = "extend", *,
+              steps: tuple[int, int | None] = (0, None), prompt: str = "", seed: int = 0,
+              sites_: Iterable[Site] | None = None, **call_kwargs: Any) -> Session:
+    """A session in which `pipe` attends to `reference`: a store recorded from an earlier generation, or an image
+    (recorded here by `record_image` with `prompt`, `seed` and `call_kwargs`, which must match the generation's steps
+    and guidance)."""
+    if isinstance(reference, Image.Image):
+        reference = record_image(pipe, reference, prompt=prompt, seed=seed, sites_=sites_, **call_kwargs)
+    elif not isinstance(reference, KVStore):
+        raise AttnkitError(f"reference must be a PIL image or an attnkit.kv.KVStore, got {type(reference).__name__}.")
+    _chosen(pipe, sites_, {})
+    return inject(pipe, reference, mode, steps=steps, sites_=sites_)
+
+
+def _encode(pipe: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """The image as the pipeline's clean latents (scaled and shifted as its VAE says)."""
+    pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+    vae = pipe.vae
+    latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def _noised(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """`clean` noised to `timestep` the way `scheduler` noises (flow matching interpolates; others add noise)."""
+    if hasattr(scheduler, "scale_noise"):
+        return scheduler.scale_noise(clean, timestep, noise)
+    return scheduler.add_noise(clean, noise, timestep)
