@@ -347,6 +347,14 @@ def test_reference_image_is_recorded_at_every_step_and_pulls_the_generation_towa
     assert guided < 0.5 * plain
 
 
+def test_a_reference_recorded_at_another_size_is_refused(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    store, _ = recorded(pipe)
+    with pytest.raises(AttnkitError, match=r"has \[64\] image tokens here, this run 16: .* another size"):
+        with kv.inject(pipe, store, mode="replace"):
+            latents(pipe, height=32, width=32)
+
+
 def test_reference_must_be_an_image_or_a_store(pipelines):
     with pytest.raises(AttnkitError, match="reference must be a PIL image or an attnkit.kv.KVStore, got str"):
         kv.reference(pipelines["tiny-sd15"], "reference.png")

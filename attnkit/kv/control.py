@@ -72,6 +72,12 @@ class KVControl(Control):
                 store.put(call.site.name, step, branch, own_k[items], own_v[items])
         if not references:
             return
+        sizes = {ref_k.shape[2] for ref_k, _ in references}
+        if sizes != {own_k.shape[2]}:
+            raise AttnkitError(
+                f"{call.site.name}: the reference has {sorted(sizes)} image tokens here, this run {own_k.shape[2]}: "
+                "it was recorded at another size. Record the reference at this run's height and width."
+            )
         if self.mode == "blend":
             k = sum(w * ref_k for w, (ref_k, _) in zip(self.weights, references))
             v = sum(w * ref_v for w, (_, ref_v) in zip(self.weights, references))
