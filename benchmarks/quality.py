@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from attnkit.shapes import MODEL_NAMES, load
+from attnkit.shapes import CONTROLNETS, MODEL_NAMES, load
+from attnkit.shapes.controlnet import load_controlnet
 from attnkit.shapes.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         pipe = load(model)
         pipe.set_progress_bar_config(disable=True)
+        controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
         with torch.inference_mode():
-            result = evaluate(pipe, seeds=args.seeds)
+            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet)
         result = {"model": model, **result, "seconds": round(time.monotonic() - start, 1),
                   "torch": torch.__version__}
         name = Path(model).name

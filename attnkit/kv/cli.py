@@ -28,8 +28,8 @@ def register(commands: Any) -> None:
                    "of frame images")
     p.add_argument("--prompt", required=True, help="what the edited video shows")
     p.add_argument("--out", required=True, type=Path, help="output: .mp4, .gif, or a folder (numbered PNGs)")
-    p.add_argument("--controlnet", default=None, help="an edge ControlNet (folder or hub id): ControlNet img2img "
-                   "with each frame's edge map as the condition")
+    p.add_argument("--controlnet", default=None, help="an edge ControlNet (shapes-sd15-edges, a folder or a hub id): "
+                   "ControlNet img2img with each frame's edge map as the condition")
     p.add_argument("--attend", choices=ATTEND, default="first+previous", help="cross-frame attention: none (plain "
                    "per-frame img2img), first (Text2Video-Zero), first+previous (Rerender-A-Video; the default)")
     p.add_argument("--strength", type=_strength, default=0.6, help="img2img strength in (0, 1] (default 0.6)")
@@ -65,6 +65,11 @@ def _video_edit(args: argparse.Namespace) -> None:
 def _controlnet(name: str) -> Any:
     from diffusers import ControlNetModel
 
+    from ..shapes import CONTROLNETS
+    from ..shapes.controlnet import load_controlnet
+
+    if name in CONTROLNETS.values():
+        return load_controlnet(name)
     try:
         return ControlNetModel.from_pretrained(name)
     except (OSError, ValueError) as error:

@@ -15,11 +15,13 @@ from typing import Any
 
 from ..errors import AttnkitError
 
-__all__ = ["GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs", "load"]
+__all__ = ["CONTROLNETS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux")
 MODELS_DIR = Path(__file__).parent / "models"
+#: The shipped ControlNet of each shipped model that has one (an edge ControlNet: `attnkit.kv.video.edges`).
+CONTROLNETS: dict[str, str] = {"shapes-sd15": "shapes-sd15-edges"}
 #: Sampler settings of the demo and the benchmark (chosen on the shipped model, see its card).
 STEPS, GUIDANCE = 28, 7.0
 

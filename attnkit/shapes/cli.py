@@ -41,15 +41,17 @@ def register(commands: Any) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
-    from . import load
+    from . import CONTROLNETS, load
+    from .controlnet import load_controlnet
     from .evaluate import METRICS, evaluate
 
     torch.set_num_threads(args.threads)
     for model in args.models:
         pipe = load(model)
         pipe.set_progress_bar_config(disable=True)
+        controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
         with torch.inference_mode():
-            result = evaluate(pipe, seeds=args.seeds)
+            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet)
         metrics = {"model": model, **{k: result[k] for k in METRICS}}
         if args.json:
             print(json.dumps(metrics))

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from ..maps import trace
 from ..regional import supports as regional_supported
-from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, load
+from . import CONTROLNETS, GUIDANCE, STEPS, call_kwargs, guidance_kwargs, load
 from .data import PALETTE, SIZE, random_video
 from .evaluate import HALVES, VIDEO_STRENGTH, generate, recolour_prompt
 from .regional import regional_images
@@ -103,15 +103,19 @@ def video_demo(model: str, out: Path, seed: int = 0, frames: int = 8) -> Path:
     its edit with cross-frame attention to the first and previous frame, side by side, recolouring the mover."""
     from ..kv import edit_video
 
+    from .controlnet import load_controlnet
+
     pipe = load(model)
     pipe.set_progress_bar_config(disable=True)
+    controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
     video = random_video(3000 + seed, frames=frames)
     prompt, _ = recolour_prompt(video)
     source = [Image.fromarray(f) for f in video.frames]
     columns = {"input": source}
     for title, attend in (("per-frame img2img", "none"), ("first + previous frame", "first+previous")):
         columns[title] = list(edit_video(pipe, source, prompt, attend=attend, strength=VIDEO_STRENGTH,
-                                         num_inference_steps=STEPS, seed=seed, progress=False, negative_prompt="",
+                                         num_inference_steps=STEPS, seed=seed, controlnet=controlnet, progress=False,
+                                         negative_prompt="",
                                          **call_kwargs(pipe), **guidance_kwargs(pipe, GUIDANCE)))
     sheets = [_row([_titled(_big(np.asarray(column[t])), title) for title, column in columns.items()])
               for t in range(frames)]
