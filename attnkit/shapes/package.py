@@ -38,16 +38,22 @@ def _denoiser_config(folder: Path) -> dict[str, Any]:
                 if (folder / d).is_dir())
 
 
-def _fast_tokenizer_classes(folder: Path) -> None:
-    """Names the tokenizers by their `*Fast` classes in `model_index.json`: transformers 4 reads `CLIPTokenizer` and
-    `T5Tokenizer` as the slow classes, which need vocab files the shipped `tokenizer.json` folders do not have;
-    the `*Fast` names load `tokenizer.json` on transformers 4 and 5 alike (5 keeps them as aliases)."""
+def _portable_tokenizers(folder: Path) -> None:
+    """Writes a saved pipeline's tokenizers so transformers 4 loads them too: `model_index.json` names the `*Fast`
+    classes (4 reads `CLIPTokenizer` and `T5Tokenizer` as the slow classes, which need vocab files a
+    `tokenizer.json` folder lacks; 5 keeps the `*Fast` names as aliases), and the empty `extra_special_tokens` list
+    that 5 writes is dropped (4.47 and later expect a mapping there)."""
     index_file = folder / "model_index.json"
     index = json.loads(index_file.read_text())
     for key, value in index.items():
         if isinstance(value, list) and value[1] in ("CLIPTokenizer", "T5Tokenizer"):
             index[key] = [value[0], value[1] + "Fast"]
     index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for config_file in folder.glob("tokenizer*/tokenizer_config.json"):
+        config = json.loads(config_file.read_text())
+        if config.get("extra_special_tokens") == []:
+            del config["extra_special_tokens"]
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _loss_logs(run: Path, out: Path) -> dict[str, bytes]:
@@ -77,7 +83,7 @@ def package(run: Path, name: str, models_dir: Path = MODELS_DIR) -> Path:
     denoiser_of(pipe).to(torch.float16)
     pipe.vae.to(torch.float16)
     pipe.save_pretrained(staging)
-    _fast_tokenizer_classes(staging)
+    _portable_tokenizers(staging)
     shutil.copy(run / "training.json", staging / "training.json")
     for log, data in _loss_logs(run, out).items():
         (staging / log).write_bytes(data)
