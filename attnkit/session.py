@@ -142,7 +142,7 @@ def _denoiser_attr(target: Any) -> str:
 
 class _ContextName(StateManager):
     """Listens to diffusers' `cache_context("cond" | "uncond")` through the public `set_context`, which diffusers
-    calls with a name (0.35) or a `CacheContext` (0.36 and later); attnkit keeps no per-context data."""
+    calls with the name (up to 0.40) or a `CacheContext` carrying it (later); attnkit keeps no per-context data."""
 
     def __init__(self) -> None:
         super().__init__(_NoState)
