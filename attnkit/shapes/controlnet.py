@@ -182,7 +182,7 @@ def edge_following(pipe: Any, controlnet: Any, seeds: int = 32, objects: int = 1
 
     Scene k (seed EVAL_SEED + k, `objects` objects) gives the prompt (its caption) and the condition (its edges);
     each drawn object scores the best IoU between its mask and a generated blob of its colour (0 if none), over all
-    objects and over those the edge map outlines (`edges` can lose a dark object beside a bright one);
+    objects and over those the edge map outlines (at least a fifth of the object's border is edge);
     `prompt_following` is the single-object rate of the right colour and shape (`scorer.follows_prompt`).
     """
     scenes = [random_scene(EVAL_SEED + k, count=objects) for k in range(seeds)]
@@ -297,9 +297,9 @@ def model_card(name: str, folder: Path) -> str:
         f"| right colour and shape, single object | {single['without']['prompt_following']:.3f} | "
         f"{single['with']['prompt_following']:.3f} |",
         "",
-        "`edges` thresholds at half the strongest edge of each image, so where a bright object (yellow, green) "
-        "stands beside a dark one (red, blue), the dark object's outline can drop out of the condition (an object "
-        "counts as outlined when a fifth of its border is edge); nothing then tells the ControlNet where it goes.",
+        "`edges` thresholds the largest per-channel (RGB) Sobel magnitude at a fixed level, so a dark object's "
+        "outline (red, blue) stays in the condition beside a bright one (yellow, green); an object counts as "
+        "outlined when a fifth of its border is edge.",
     ]) + "\n"
 
 
