@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .errors import AttnkitWarning
 
-__all__ = ["attention", "explicit_attention", "merge", "additive", "probabilities"]
+__all__ = ["attention", "explicit_attention", "merge", "additive", "allow_extra_keys", "probabilities"]
 
 _QUERY_CHUNK_BYTES = 256 * 2**20
 
@@ -29,6 +30,14 @@ def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | No
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
     return mask.to(dtype)
+
+
+def allow_extra_keys(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """`mask` with `count` more key columns that every query may attend to (True, or 0 in an additive mask); the
+    very same tensor when `count` is 0, so that callers can still tell their own mask by identity."""
+    if count == 0:
+        return mask
+    return F.pad(mask, (0, count), value=True) if mask.dtype == torch.bool else F.pad(mask, (0, count))
 
 
 def attention(

@@ -18,7 +18,7 @@ from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 
 from .errors import AttnkitError
 from .processors import FAMILIES, Control, SiteProcessor
-from .sites import Site, SiteList, architecture_of, denoiser_of, sites
+from .sites import Site, SiteList, architecture_of, choose, denoiser_of, sites
 from .state import State, StepReader
 
 __all__ = ["Session", "attach"]
@@ -114,10 +114,7 @@ def attach(
 ) -> Session:
     """A session running `control` at the sites chosen by `sites_` or by `SiteList.select(**selection)` (all by
     default): `with attnkit.attach(pipe, MyControl(), kind="cross") as session: pipe(...)`."""
-    if sites_ is not None and selection:
-        raise AttnkitError("give either explicit sites or selection keywords, not both.")
-    chosen = SiteList(sites_) if sites_ is not None else sites(target).select(**selection) if selection else sites(target)
-    return Session(target, [(control, chosen)])
+    return Session(target, [(control, choose(target, sites_, selection))])
 
 
 def _check_parallel(control: Control, site: Site, processor: object) -> None:

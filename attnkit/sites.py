@@ -19,7 +19,8 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DCondi
 
 from .errors import AttnkitError
 
-__all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "sites", "denoiser_of", "architecture_of"]
+__all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "choose", "sites", "denoiser_of",
+           "architecture_of"]
 
 Kind = Literal["self", "cross", "joint", "single", "self2"]
 KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2")
@@ -249,6 +250,19 @@ def sites(
         grid = site.grid(latent) if latent is not None else None
         numbered.append(replace(site, index=per_kind[site.kind], resolution=grid))
     return SiteList(numbered)
+
+
+def choose(obj: Any, sites_: Iterable[Site] | None, selection: dict[str, Any],
+           default: Callable[[Any], SiteList] | None = None) -> SiteList:
+    """The sites a feature runs at: `sites_` as given, else `SiteList.select(**selection)`, else `default(obj)`
+    (every site when None); giving both sites and selection keywords is an error."""
+    if sites_ is not None and selection:
+        raise AttnkitError("give either explicit sites or selection keywords, not both.")
+    if sites_ is not None:
+        return SiteList(sites_)
+    if selection:
+        return sites(obj).select(**selection)
+    return (default or sites)(obj)
 
 
 def _natural(name: str) -> tuple:

@@ -20,7 +20,7 @@ from ..errors import AttnkitError
 from ..session import Session
 from ..sites import Site, architecture_of, denoiser_of
 from .control import Mode
-from .session import _chosen, inject, record
+from .session import inject, record
 from .store import KVStore
 
 __all__ = ["record_image", "reference"]
@@ -61,7 +61,6 @@ def reference(pipe: Any, reference: KVStore | Image.Image, mode: Mode = "extend"
         reference = record_image(pipe, reference, prompt=prompt, seed=seed, sites_=sites_, **call_kwargs)
     elif not isinstance(reference, KVStore):
         raise AttnkitError(f"reference must be a PIL image or an attnkit.kv.KVStore, got {type(reference).__name__}.")
-    _chosen(pipe, sites_, {})
     return inject(pipe, reference, mode, steps=steps, sites_=sites_)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import AttnkitError
 from ..session import Session
-from ..sites import Site, SiteList, architecture_of, denoiser_of, sites
+from ..sites import Site, SiteList, architecture_of, choose, denoiser_of, sites
 from .control import KVControl, Mode
 from .store import KVStore
 
@@ -38,10 +38,7 @@ def default_sites(pipe: Any) -> SiteList:
 
 
 def _chosen(pipe: Any, sites_: Iterable[Site] | None, selection: dict[str, Any]) -> SiteList:
-    if sites_ is not None and selection:
-        raise AttnkitError("give either explicit sites or selection keywords, not both.")
-    chosen = SiteList(sites_) if sites_ is not None else sites(pipe).select(**selection) if selection else (
-        default_sites(pipe))
+    chosen = choose(pipe, sites_, selection, default_sites)
     without_image_keys = [s.name for s in chosen if s.kind == "cross"]
     if without_image_keys:
         raise AttnkitError(f"K/V controls act on image keys, which cross-attention sites do not have: "

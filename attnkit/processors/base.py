@@ -72,18 +72,12 @@ class AttentionCall:
 
         Every query may attend to them under the mask set so far (`restrict` narrows it); the layout, the mask and
         `probabilities` cover the longer key axis, so controls that run later see one consistent call."""
-        if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1] or v.shape != k.shape:
-            raise AttnkitError(
-                f"{self.site.name}: extra keys/values must be (batch, heads, tokens, head_dim) = "
-                f"({self.k.shape[0]}, {self.k.shape[1]}, any, {self.k.shape[3]}), got {tuple(k.shape)} and "
-                f"{tuple(v.shape)}."
-            )
+        self._check_keys("extra", k, v)
         self.k = torch.cat([self.k, k.to(self.k.dtype)], dim=2)
         self.v = torch.cat([self.v, v.to(self.v.dtype)], dim=2)
         self.layout = TokenLayout(self.layout.queries, self.layout.keys + ((part, k.shape[2]),))
         if self.mask is not None:
-            pad = (0, k.shape[2])
-            self.mask = F.pad(self.mask, pad, value=True) if self.mask.dtype == torch.bool else F.pad(self.mask, pad)
+            self.mask = ops.allow_extra_keys(self.mask, k.shape[2])
 
     def replace(self, part: Part, k: torch.Tensor, v: torch.Tensor) -> None:
         """Put `k` and `v` in place of `part`'s keys and values; the number of tokens may change where no mask is
@@ -95,17 +89,20 @@ class AttentionCall:
                 f"{self.site.name}: a mask is set on this call, so the {part} keys cannot change from {old} to "
                 f"{k.shape[2]} tokens; attach the control that replaces them before the one that masks."
             )
-        if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1] or v.shape != k.shape:
-            raise AttnkitError(
-                f"{self.site.name}: replacement keys/values must be (batch, heads, tokens, head_dim) = "
-                f"({self.k.shape[0]}, {self.k.shape[1]}, any, {self.k.shape[3]}), got {tuple(k.shape)} and "
-                f"{tuple(v.shape)}."
-            )
+        self._check_keys("replacement", k, v)
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         self.k = torch.cat([self.k[:, :, : span.start], k, self.k[:, :, span.stop :]], dim=2)
         self.v = torch.cat([self.v[:, :, : span.start], v, self.v[:, :, span.stop :]], dim=2)
         self.layout = TokenLayout(self.layout.queries, tuple(
             (name, k.shape[2] if name == part else length) for name, length in self.layout.keys))
+
+    def _check_keys(self, what: str, k: torch.Tensor, v: torch.Tensor) -> None:
+        if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1] or v.shape != k.shape:
+            raise AttnkitError(
+                f"{self.site.name}: {what} keys/values must be (batch, heads, tokens, head_dim) = "
+                f"({self.k.shape[0]}, {self.k.shape[1]}, any, {self.k.shape[3]}), got {tuple(k.shape)} and "
+                f"{tuple(v.shape)}."
+            )
 
     def use_kernel(self, kernel: Kernel, owner: str) -> None:
         """Compute this call's attention with `kernel` (returns output and lse); one owner per call."""

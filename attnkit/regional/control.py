@@ -14,7 +14,6 @@ from functools import cached_property
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from .. import ops
 from ..errors import AttnkitError
@@ -83,7 +82,9 @@ class RegionalControl(Control):
         plan = self.plan(call, rules)
         if plan.noop:
             return
-        own = plan.mask if len(call.layout.keys) == len(call.layout.queries) else _extra_keys_allowed(plan.mask, call)
+        # keys another control appended (a reference image's tokens) are open to every query: the regions decide who
+        # sees which text, not who sees the reference
+        own = ops.allow_extra_keys(plan.mask, call.k.shape[2] - plan.mask.shape[-1])
         call.mask = own if call.mask is None else _combine(call.mask, own, call.q.dtype)
         if self.kernel == "split" and call.mask is plan.mask:
             call.use_kernel(lambda c: plan.attend(c.q, c.k, c.v, c.scale) if c.mask is plan.mask else
@@ -133,13 +134,6 @@ def _combine(mask: torch.Tensor, regional: torch.Tensor, dtype: torch.dtype) -> 
     if mask.dtype == torch.bool and regional.dtype == torch.bool:
         return mask & regional
     return ops.additive(mask, dtype) + ops.additive(regional, dtype)
-
-
-def _extra_keys_allowed(mask: torch.Tensor, call: AttentionCall) -> torch.Tensor:
-    """The regional mask over the call's own tokens, with every query allowed to see keys another control appended
-    (a reference image's tokens): the regions decide who sees which text, not who sees the reference."""
-    extra = call.k.shape[2] - mask.shape[-1]
-    return F.pad(mask, (0, extra), value=True) if mask.dtype == torch.bool else F.pad(mask, (0, extra))
 
 
 def _dense(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
