@@ -77,10 +77,23 @@ def _cuda_flash(q, k, v, bias, scale):
 
 
 def _cuda_efficient(q, k, v, bias, scale):
-    full = None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, full, True, 0.0, False,
-                                                                     scale=scale)[:2]
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, _full_bias(q, k, bias), True, 0.0,
+                                                                     False, scale=scale)[:2]
     return out, lse[..., : q.shape[2]]  # the kernel pads the lse's query axis
+
+
+_EFFICIENT_BIAS_ALIGNMENT = 16
+
+
+def _full_bias(q, k, bias):
+    """The bias expanded to (B, H, Lq, Lk), its rows padded in memory to 16 elements: the memory-efficient kernel
+    reads the bias with aligned strides, which SDPA's own front end arranges the same way before calling it."""
+    if bias is None:
+        return None
+    if any(stride % _EFFICIENT_BIAS_ALIGNMENT for stride in bias.stride()[:-1]):
+        columns = bias.shape[-1]
+        bias = F.pad(bias, (0, -columns % _EFFICIENT_BIAS_ALIGNMENT))[..., :columns]
+    return bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
 
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -94,8 +107,7 @@ def _fused_kernel(q, k, v, bias) -> Kernel | None:
         return None
     if bias is None and torch.backends.cuda.can_use_flash_attention(_sdpa_params(q, k, v, None)):
         return _cuda_flash
-    full = None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if torch.backends.cuda.can_use_efficient_attention(_sdpa_params(q, k, v, full)):
+    if torch.backends.cuda.can_use_efficient_attention(_sdpa_params(q, k, v, _full_bias(q, k, bias))):
         return _cuda_efficient
     return None
 

@@ -2,6 +2,11 @@
 the time without one, measured in one run, on CPU; writes benchmarks/results/maps-cpu.json.
 
     python benchmarks/maps.py [--rounds N] [--steps N] [--threads N]
+    python benchmarks/maps.py --full --device cuda [--full-size 1024] [--rounds N] [--steps N]
+
+With `--full`, the configs are instead the full-size SD3-medium and FLUX.1-dev transformers with random weights
+(`attnkit.testing.random_dit_pipeline`, bfloat16 on CUDA) at 1024 px; on CUDA times are wall times between device
+synchronisations; writes benchmarks/results/maps-full-DEVICE.json.
 
 Configs: every tiny pipeline (overhead-dominated), and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
 1024 image + 333 text tokens, CFG batch 2: attention is about 30% of the compute, as in SD3-medium at 1024 px).
@@ -39,7 +44,7 @@ from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E
 
 import attnkit.maps  # noqa: E402
 from attnkit import AttentionCall, Site, State, TokenLayout, ops  # noqa: E402
-from attnkit.testing import build_pipeline  # noqa: E402
+from attnkit.testing import build_pipeline, random_dit_pipeline  # noqa: E402
 
 try:
     import attention_map_diffusers as amd  # optional peer, never a dependency of attnkit
@@ -81,30 +86,39 @@ def mid_sd3() -> StableDiffusion3Pipeline:
     return pipe
 
 
-def timed(variants: dict[str, Callable[[], object]], rounds: int) -> dict:
+def timed(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device = torch.device("cpu")) -> dict:
     """CPU seconds of each variant after one warm-up, over `rounds` rounds in rotating order: the minimum (the run
-    least disturbed by other jobs on the shared cores; the ratios use it) and the median."""
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    least disturbed by other jobs on the shared cores; the ratios use it) and the median. On CUDA, wall seconds
+    between device synchronisations instead."""
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
     for run in variants.values():
         run()
     names = list(variants)
     for index in range(rounds):
         for name in names[index % len(names):] + names[:index % len(names)]:
-            start = time.process_time()
+            _synchronize(device)
+            start = clock()
             variants[name]()
-            cpu[name].append(time.process_time() - start)
-    best = {name: min(t) for name, t in cpu.items()}
-    median = {name: statistics.median(t) for name, t in cpu.items()}
+            _synchronize(device)
+            seconds[name].append(clock() - start)
+    best = {name: min(t) for name, t in seconds.items()}
+    median = {name: statistics.median(t) for name, t in seconds.items()}
     return {
         "rounds": rounds,
-        "cpu_seconds_min": {name: round(t, 5) for name, t in best.items()},
-        "cpu_seconds_median": {name: round(t, 5) for name, t in median.items()},
+        f"{device.type}_seconds_min": {name: round(t, 5) for name, t in best.items()},
+        f"{device.type}_seconds_median": {name: round(t, 5) for name, t in median.items()},
         "ratio": {name: round(t / best["none"], 4) for name, t in best.items() if name != "none"},
         "ratio_median": {name: round(t / median["none"], 4) for name, t in median.items() if name != "none"},
     }
 
 
-def measure(pipe, steps: int, rounds: int, size: int | None) -> dict:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(pipe, steps: int, rounds: int, size: int | None, device: torch.device = torch.device("cpu")) -> dict:
     """One generation without recording, and with a trace on every image->text site at every step, each path."""
 
     def generate() -> torch.Tensor:
@@ -124,7 +138,7 @@ def measure(pipe, steps: int, rounds: int, size: int | None) -> dict:
         peer = amd_variants(pipe, generate, variants) if amd is not None else None
         state = pipeline_state(pipe)
         before = generate()
-        result = timed(variants, rounds)
+        result = timed(variants, rounds, device)
         aggregate = recorded("lse")()
         if peer is not None and "error" not in peer:
             # its restore left nothing behind: same processor objects and hooks, same latents as before the rounds
@@ -215,12 +229,12 @@ def compare_maps(pipe, generate: Callable[[], torch.Tensor], layers: list[str]) 
     }
 
 
-def attention_op(rounds: int) -> dict:
+def attention_op(rounds: int, device: torch.device = torch.device("cpu")) -> dict:
     """One joint attention call (CFG batch 2) with the stock kernel, and with the recorder taking the cond branch's
     image->text map from the fused kernel's lse or by the explicit softmax: the recorder's own cost, without noise
     from the rest of the model."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, OP_HEADS, OP_IMAGE + OP_TEXT, MID_HEAD_DIM) for _ in range(3))
+    q, k, v = (torch.randn(2, OP_HEADS, OP_IMAGE + OP_TEXT, MID_HEAD_DIM).to(device) for _ in range(3))
     site = Site("bench.processor", "joint", "joint.0", OP_HEADS, MID_HEAD_DIM, 1, 2, "sd3")
     state = State(step=0, branches=("uncond", "cond"), latent=(64, 64), forwards=1)
     parts = (("image", OP_IMAGE), ("text", OP_TEXT))
@@ -254,7 +268,7 @@ def attention_op(rounds: int) -> dict:
             F.scaled_dot_product_attention(q, k, v)
 
         variants["amd-exact"] = peer
-    result = timed(variants, rounds)
+    result = timed(variants, rounds, device)
     torch.testing.assert_close(lse_recorder.total, explicit_recorder.total, rtol=1e-4, atol=1e-5)
     if amd is not None:
         theirs = collector.records[0].data[1, 0].T.unflatten(1, (32, 32)) * OP_HEADS  # cond item, sum over heads
@@ -269,10 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-rounds", type=int, default=15, help="timed rounds per variant, tiny (default 15)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per generation (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--full", action="store_true", help="full-size random-init SD3-medium and FLUX.1-dev instead")
+    parser.add_argument("--full-size", type=int, default=1024, help="image side of the full-size configs")
+    parser.add_argument("--num-blocks", type=int, help="full-size configs keep only this many blocks (quick check)")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = args.device
+    if device.type != "cpu" and not args.full:
+        parser.error("the tiny and mid-size configs run on CPU; use --full on another device")
     results = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                "configs": {}}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
     if amd is None:
         print(f"attention-map-diffusers is not importable: its columns are skipped ({AMD_INSTALL} to add them)",
               flush=True)
@@ -280,28 +303,44 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results["attention_map_diffusers"] = {"version": amd.__version__, "settings": AMD_SETTINGS,
                                               "method": AMD_METHOD}
-    results["attention_op"] = attention_op(args.tiny_rounds)
+    results["attention_op"] = attention_op(args.tiny_rounds, device)
     print("attention op (24 heads, 1024+333 tokens, CFG)", json.dumps(results["attention_op"]["ratio"]), flush=True)
-    for name in TINY:
-        results["configs"][name] = measure(build_pipeline(name), args.steps, args.tiny_rounds, None)
-        print(name, json.dumps(results["configs"][name]["ratio"]), flush=True)
-    mid = f"mid-sd3 ({MID_LAYERS} blocks, {MID_HEADS}x{MID_HEAD_DIM} heads, 1024+333 tokens, CFG)"
-    results["configs"][mid] = measure(mid_sd3(), args.steps, args.rounds, MID_IMAGE_SIZE)
-    print(mid, json.dumps(results["configs"][mid]["ratio"]), flush=True)
+    if args.full:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        results["full_size"] = {"image_px": args.full_size, "blocks": args.num_blocks or "all",
+                                "dtype": str(dtype).removeprefix("torch.")}
+        for name in ("sd3-medium", "flux-dev"):
+            pipe = random_dit_pipeline(name, device=device, dtype=dtype, num_blocks=args.num_blocks)
+            results["configs"][name] = measure(pipe, args.steps, args.rounds, args.full_size, device)
+            print(name, json.dumps(results["configs"][name]["ratio"]), flush=True)
+            del pipe
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        out = RESULTS / f"maps-full-{device.type}.json"
+    else:
+        for name in TINY:
+            results["configs"][name] = measure(build_pipeline(name), args.steps, args.tiny_rounds, None)
+            print(name, json.dumps(results["configs"][name]["ratio"]), flush=True)
+        mid = f"mid-sd3 ({MID_LAYERS} blocks, {MID_HEADS}x{MID_HEAD_DIM} heads, 1024+333 tokens, CFG)"
+        results["configs"][mid] = measure(mid_sd3(), args.steps, args.rounds, MID_IMAGE_SIZE)
+        print(mid, json.dumps(results["configs"][mid]["ratio"]), flush=True)
+        out = RESULTS / "maps-cpu.json"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "maps-cpu.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\nconfig | no recording, CPU s (min) | lse ratio | explicit ratio | amd exact ratio | amd fast ratio | "
-          "lse ratio of medians | attnkit aggregate bytes | amd kept bytes exact / fast")
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    seconds = f"{device.type}_seconds_min"
+    print(f"\nconfig | no recording, {device.type} s (min) | lse ratio | explicit ratio | amd exact ratio | "
+          "amd fast ratio | lse ratio of medians | attnkit aggregate bytes | amd kept bytes exact / fast")
     for name, r in {"attention op": results["attention_op"], **results["configs"]}.items():
         peer = r.get("attention_map_diffusers") or {}
         kept = peer.get("kept_bytes")
         amd_cells = [f"{r['ratio'][k]:.3f}" if k in r["ratio"] else peer.get("error", "-")[:40] for k in AMD_MODES]
-        print(f"{name} | {r['cpu_seconds_min']['none']:.4f} | {r['ratio']['lse']:.3f} | {r['ratio']['explicit']:.3f} | "
+        print(f"{name} | {r[seconds]['none']:.4f} | {r['ratio']['lse']:.3f} | {r['ratio']['explicit']:.3f} | "
               f"{' | '.join(amd_cells)} | {r['ratio_median']['lse']:.3f} | {r.get('aggregate_bytes', '-')} | "
               f"{' / '.join(str(kept.get(k, '-')) for k in AMD_MODES) if kept else '-'}")
     for name, r in results["configs"].items():
         if "maps_vs_attnkit" in (r.get("attention_map_diffusers") or {}):
             print(name, "maps vs attention-map-diffusers:", json.dumps(r["attention_map_diffusers"]["maps_vs_attnkit"]))
+    print(out)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Attention kernels with log-sum-exp: they must equal an explicit fp64 softmax reference, mask or not."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -78,6 +79,36 @@ def test_merge_of_disjoint_key_sets_equals_attention_over_their_union(lq, cuts, 
     want_out, want_lse = reference(q.cpu(), k.cpu(), v.cpu(), mask.cpu(), 8**-0.5)
     torch.testing.assert_close(out.cpu().double(), want_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse.cpu().double(), want_lse, rtol=1e-5, atol=1e-5)
+
+
+HALF_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 3e-3}  # a few units of the output's last place
+
+
+@settings(max_examples=30, deadline=None)
+@given(lq=st.integers(1, 40), lk=st.integers(1, 40), dim=st.sampled_from([8, 16, 64]),
+       masking=st.sampled_from(["none", "random", "empty rows"]), dtype=st.sampled_from(list(HALF_TOLERANCE)),
+       device=st.sampled_from(DEVICES), seed=st.integers(0, 2**16))
+def test_half_precision_inputs_take_a_fused_kernel_within_rounding_of_the_fp64_reference(lq, lk, dim, masking, dtype,
+                                                                                        device, seed):
+    """Real models run in bf16/fp16: on CUDA that is the flash kernel without a mask and the memory-efficient one
+    with a mask (whose rows must be aligned in memory), on CPU the CPU flash kernel."""
+    q, k, v = inputs(seed, 2, 2, lq, lk, dim, device, dtype)
+    mask = None
+    if masking != "none":
+        mask = torch.rand(2, 1, lq, lk, generator=torch.Generator().manual_seed(seed + 1)) > 0.4
+        mask[..., 0] = True
+        if masking == "empty rows":
+            mask[..., ::3, :] = False
+        mask = mask.to(device)
+    scale = 1 / math.sqrt(dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttnkitWarning)  # the explicit fallback would warn
+        out, lse = ops.attention(q, k, v, mask, scale)
+    want_out, want_lse = reference(q.cpu(), k.cpu(), v.cpu(), None if mask is None else mask.cpu(), scale)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    tolerance = HALF_TOLERANCE[dtype]
+    torch.testing.assert_close(out.cpu().double(), want_out, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(lse.cpu().double(), want_lse, rtol=1e-3, atol=1e-3)
 
 
 def test_a_device_without_fused_kernel_falls_back_to_the_explicit_path_and_says_so():

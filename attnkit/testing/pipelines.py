@@ -49,7 +49,14 @@ from transformers import (
 )
 
 from ..errors import AttnkitError
-from .configs import SD15_SCHEDULER_CONFIG, SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
+from .configs import (
+    FLUX_DEV_TRANSFORMER_CONFIG,
+    SD3_MEDIUM_TRANSFORMER_CONFIG,
+    SD15_SCHEDULER_CONFIG,
+    SD15_TEXT_ENCODER_CONFIG,
+    SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG,
+)
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = [
@@ -57,6 +64,7 @@ __all__ = [
     "TINY_IMAGE_SIZE",
     "TINY_VAE_SCALE_FACTOR",
     "build_pipeline",
+    "random_dit_pipeline",
     "random_sd15_pipeline",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",
@@ -140,11 +148,23 @@ _PipelineT = TypeVar("_PipelineT", bound=DiffusionPipeline)
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seeds the global CPU RNG for the block, then restores the caller's state."""
-    with torch.random.fork_rng(devices=[]):
+def _seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seeds the global RNG of the CPU (and of a CUDA ``device``) for the block, then restores the caller's state."""
+    cuda = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Parameters are created in ``dtype`` (no float32 copy of a 12B model first, no casting warnings)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _finish(pipe: _PipelineT) -> _PipelineT:
@@ -410,6 +430,74 @@ def random_sd15_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline
             feature_extractor=None,
             requires_safety_checker=False,
         )
+    return _finish(pipe)
+
+
+# Thin stand-ins around the full-size DiTs: the real widths (T5-XXL 4096, CLIP-L 768, OpenCLIP-bigG 1280, 16 latent
+# channels, 8x VAE) so the denoiser sees real shapes, one layer each so they cost nothing.
+_RANDOM_DIT_TEXT = {"clip-l": 768, "clip-g": 1280, "t5": 4096}
+_RANDOM_DIT_LATENT_CHANNELS = 16
+_RANDOM_DIT_VAE_CHANNELS = (8, 8, 8, 8)
+_RANDOM_DIT_NAMES = ("sd3-medium", "flux-dev")
+
+
+def _thin_clip(tokenizer: CLIPTokenizer, width: int, projection: bool) -> CLIPTextModel:
+    config = _clip_text_config(tokenizer, vocab_size=len(tokenizer), hidden_size=width, projection_dim=width,
+                               intermediate_size=_TINY_TEXT_MLP_WIDTH, num_hidden_layers=1,
+                               num_attention_heads=width // 64, max_position_embeddings=tokenizer.model_max_length)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _thin_vae(*, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * len(_RANDOM_DIT_VAE_CHANNELS),
+        up_block_types=("UpDecoderBlock2D",) * len(_RANDOM_DIT_VAE_CHANNELS),
+        block_out_channels=_RANDOM_DIT_VAE_CHANNELS, layers_per_block=1, norm_num_groups=_TINY_NORM_GROUPS,
+        latent_channels=_RANDOM_DIT_LATENT_CHANNELS, scaling_factor=scaling_factor, shift_factor=shift_factor,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def random_dit_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                        num_blocks: int | None = None, seed: int = DEFAULT_SEED) -> DiffusionPipeline:
+    """The full-size denoiser of SD3-medium (``"sd3-medium"``, 2B parameters) or FLUX.1-dev (``"flux-dev"``, 12B)
+    with random weights, built directly on ``device`` in ``dtype``, inside its stock pipeline.
+
+    For timings and memory at real token counts without a download: 1024 px gives 4096 image tokens. Text encoders
+    and VAE are one-layer stand-ins of the real output widths, so their cost is negligible and the images are noise.
+    ``num_blocks`` keeps only that many transformer blocks of each kind (a quick check of a benchmark on CPU).
+    ``device="meta"`` builds the architecture without memory.
+    """
+    if name not in _RANDOM_DIT_NAMES:
+        raise AttnkitError(f"unknown full-size DiT {name!r}; known: {', '.join(_RANDOM_DIT_NAMES)}")
+    device = torch.device(device)
+    flux = name == "flux-dev"
+    config = dict(FLUX_DEV_TRANSFORMER_CONFIG if flux else SD3_MEDIUM_TRANSFORMER_CONFIG)
+    if num_blocks is not None:
+        config["num_layers"] = min(num_blocks, config["num_layers"])
+        if flux:
+            config["num_single_layers"] = min(num_blocks, config["num_single_layers"])
+    with _seeded(seed, device):
+        tokenizer, tokenizer_2, t5_tokenizer = tiny_clip_tokenizer(), tiny_clip_tokenizer(), tiny_t5_tokenizer()
+        with torch.device(device), _default_dtype(dtype):
+            transformer = (FluxTransformer2DModel if flux else SD3Transformer2DModel)(**config)
+            t5 = _tiny_t5(t5_tokenizer, width=_RANDOM_DIT_TEXT["t5"])
+            if flux:
+                pipe = FluxPipeline(
+                    scheduler=FlowMatchEulerDiscreteScheduler(**_FLUX_SCHEDULER_CONFIG),
+                    vae=_thin_vae(scaling_factor=_FLUX_VAE_SCALING, shift_factor=_FLUX_VAE_SHIFT),
+                    text_encoder=_thin_clip(tokenizer, _RANDOM_DIT_TEXT["clip-l"], projection=False),
+                    tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer,
+                )
+            else:
+                pipe = StableDiffusion3Pipeline(
+                    transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**_SD3_SCHEDULER_CONFIG),
+                    vae=_thin_vae(scaling_factor=_SD3_VAE_SCALING, shift_factor=_SD3_VAE_SHIFT),
+                    text_encoder=_thin_clip(tokenizer, _RANDOM_DIT_TEXT["clip-l"], projection=True),
+                    tokenizer=tokenizer,
+                    text_encoder_2=_thin_clip(tokenizer_2, _RANDOM_DIT_TEXT["clip-g"], projection=True),
+                    tokenizer_2=tokenizer_2, text_encoder_3=t5, tokenizer_3=t5_tokenizer,
+                )
     return _finish(pipe)
 
 
