@@ -255,6 +255,18 @@ def test_split_and_dense_kernels_generate_the_same(pipelines, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_the_split_kernel_builds_no_dense_mask_unless_another_control_reads_it(pipelines, name):
+    pipe = pipelines[name]
+    with attnkit.regional(pipe, LEFT_RIGHT, max_sequence_length=SHORT_T5) as call:
+        kwargs = call(seed=0, num_inference_steps=1)
+        latents(pipe, **kwargs)
+        assert call.control._plans and not any("mask" in vars(plan) for plan in call.control._plans.values())
+        with attnkit.attach(pipe, Recorder(), attnkit.sites(pipe).select(kind="joint")[:1]):
+            latents(pipe, **kwargs)  # the recorder reads call.mask at one site, whose calls all share one plan
+        assert sum("mask" in vars(plan) for plan in call.control._plans.values()) == 1
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_region_a_is_isolated_from_region_b_at_the_first_joint_block(pipelines, name):
     pipe = pipelines[name]
     first = attnkit.sites(pipe).select(kind="joint")[0]

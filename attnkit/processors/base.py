@@ -54,13 +54,31 @@ class AttentionCall:
     layout: TokenLayout
     grid: tuple[int, int] | None
     scale: float
-    mask: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # a property (below): may be built only when read
     kernel: Kernel | None = None
     kernel_owner: str | None = field(default=None, repr=False)
+    _mask: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _build_mask: Callable[[], torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _mask_tag: object = field(default=None, init=False, repr=False)
+
+    def set_mask(self, build: Callable[[], torch.Tensor], tag: object) -> None:
+        """Set a mask that is built only if something reads `mask` (a dense kernel, `probabilities`), so that a
+        control whose own kernel needs no dense mask (the regional split) does not pay its memory. `mask_is(tag)`
+        holds until another control changes the mask."""
+        self._mask, self._build_mask, self._mask_tag = None, build, tag
+
+    def mask_is(self, tag: object) -> bool:
+        """Whether the mask is still the one `set_mask(..., tag)` set, unchanged by any control since."""
+        return tag is not None and self._mask_tag is tag
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether any mask is set, without building one that is not built yet."""
+        return self._build_mask is not None or self._mask is not None
 
     def restrict(self, allowed: torch.Tensor) -> None:
         """Allow attention only where `allowed` (bool, broadcastable to (B, H, Lq, Lk)) is True, on top of any mask."""
-        if self.mask is None:
+        if not self.has_mask:
             self.mask = allowed
         elif self.mask.dtype == torch.bool:
             self.mask = self.mask & allowed
@@ -76,15 +94,19 @@ class AttentionCall:
         self.k = torch.cat([self.k, k.to(self.k.dtype)], dim=2)
         self.v = torch.cat([self.v, v.to(self.v.dtype)], dim=2)
         self.layout = TokenLayout(self.layout.queries, self.layout.keys + ((part, k.shape[2]),))
-        if self.mask is not None:
-            self.mask = ops.allow_extra_keys(self.mask, k.shape[2])
+        count = k.shape[2]
+        if self._build_mask is not None:
+            build = self._build_mask
+            self._build_mask, self._mask_tag = (lambda: ops.allow_extra_keys(build(), count)), None
+        elif self._mask is not None:
+            self.mask = ops.allow_extra_keys(self._mask, count)
 
     def replace(self, part: Part, k: torch.Tensor, v: torch.Tensor) -> None:
         """Put `k` and `v` in place of `part`'s keys and values; the number of tokens may change where no mask is
         set yet (a mask says which query sees which of the old tokens, which would no longer hold)."""
         span = self.layout.span("keys", part)
         old = span.stop - span.start
-        if self.mask is not None and k.shape[2] != old:
+        if self.has_mask and k.shape[2] != old:
             raise AttnkitError(
                 f"{self.site.name}: a mask is set on this call, so the {part} keys cannot change from {old} to "
                 f"{k.shape[2]} tokens; attach the control that replaces them before the one that masks."
@@ -117,10 +139,25 @@ class AttentionCall:
         """Exact attention probabilities (B, H, q, k) of a block of queries over a block of keys, via the lse."""
         rows = self.layout.span("queries", queries) if isinstance(queries, str) else queries
         cols = self.layout.span("keys", keys) if isinstance(keys, str) else keys
-        mask = None
-        if self.mask is not None:
-            mask = self.mask[..., rows if self.mask.shape[-2] != 1 else slice(None), cols]
+        mask = self.mask
+        if mask is not None:
+            mask = mask[..., rows if mask.shape[-2] != 1 else slice(None), cols]
         return ops.probabilities(self.q[:, :, rows], self.k[:, :, cols], lse[:, :, rows], self.scale, mask)
+
+
+def _read_mask(call: AttentionCall) -> torch.Tensor | None:
+    if call._build_mask is not None:
+        call._mask, call._build_mask = call._build_mask(), None
+    return call._mask
+
+
+def _write_mask(call: AttentionCall, mask: torch.Tensor | None) -> None:
+    call._mask, call._build_mask, call._mask_tag = mask, None, None
+
+
+# A property after the dataclass is made, so that `mask` stays an __init__ (and `dataclasses.replace`) argument.
+AttentionCall.mask = property(_read_mask, _write_mask, doc="The attention mask (bool True = attend, or additive), "
+                              "broadcastable to (B, H, Lq, Lk), or None; built on first read if set by `set_mask`.")
 
 
 class Control:
@@ -161,7 +198,7 @@ class SiteProcessor:
         if call.kernel is not None:
             self.own_kernel(f"its own kernel ({call.kernel_owner})")
             out, lse = call.kernel(call)
-        elif needs_lse or call.mask is not stock_mask:
+        elif needs_lse or call._build_mask is not None or call._mask is not stock_mask:
             self.own_kernel("the log-sum-exp" if needs_lse else "an attention mask")
             out, lse = ops.attention(call.q, call.k, call.v, call.mask, call.scale)
         else:

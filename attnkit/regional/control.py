@@ -2,9 +2,9 @@
 
 Each call reads the step and the CFG branches from `call.state`, picks the rules active at that step, and looks up
 (or compiles once) the `Plan` for the call's token layout, image grid, branches, rules, device and dtype. It sets
-`call.mask` to the plan's dense mask, so that every other control on the site sees the attention that really
-happens (`call.probabilities` stays exact), and computes the attention with the plan's split kernel; if another
-control changed the mask after it, the kernel falls back to the dense mask.
+`call.mask` to the plan's dense mask, lazily (built only when another control reads it, e.g. for probabilities), so
+that every other control on the site sees the attention that really happens, and computes the attention with the
+plan's split kernel; if another control changed the mask after it, the kernel falls back to the dense mask.
 """
 
 from __future__ import annotations
@@ -84,11 +84,14 @@ class RegionalControl(Control):
             return
         # keys another control appended (a reference image's tokens) are open to every query: the regions decide who
         # sees which text, not who sees the reference
-        own = ops.allow_extra_keys(plan.mask, call.k.shape[2] - plan.mask.shape[-1])
-        call.mask = own if call.mask is None else _combine(call.mask, own, call.q.dtype)
-        if self.kernel == "split" and call.mask is plan.mask:
-            call.use_kernel(lambda c: plan.attend(c.q, c.k, c.v, c.scale) if c.mask is plan.mask else
-                            _dense(c), self.name)
+        extra = call.k.shape[2] - plan.tokens
+        if call.has_mask:
+            call.mask = _combine(call.mask, ops.allow_extra_keys(plan.mask, extra), call.q.dtype)
+            return
+        call.set_mask(lambda: ops.allow_extra_keys(plan.mask, extra), tag=plan)
+        if self.kernel == "split" and extra == 0:
+            call.use_kernel(lambda c: plan.attend(c.q, c.k, c.v, c.scale) if c.mask_is(plan) else _dense(c),
+                            self.name)
 
     def plan(self, call: AttentionCall, rules: Rules) -> Plan:
         """The compiled mask for this call's layout, grid, branches, rules, device and dtype (cached)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import torch
@@ -178,9 +179,9 @@ def _status_runs(written: list[bool], start: int, end: int) -> list[tuple[int, i
 
 
 class Plan:
-    """One compiled mask for one token layout, CFG branch set, device and dtype: the dense mask `mask` (B or 1, 1,
-    L, L) (the reference, and what `AttentionCall.probabilities` reads) and the calls of the split kernel, per group
-    of batch items that share a mask."""
+    """One compiled mask for one token layout, CFG branch set, device and dtype: the calls of the split kernel, per
+    group of batch items that share a mask, and the dense mask `mask` (B or 1, 1, L, L) (the reference, and what
+    `AttentionCall.probabilities` reads), built on first use: the split kernel never needs it."""
 
     def __init__(self, layout: Layout, owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
                  device: torch.device):
@@ -196,12 +197,8 @@ class Plan:
         if self.noop:  # everything sees everything: the stock kernel does it
             return
         variants = list(compiled.values())
-        boolean = all(set(matrix.unique().tolist()) <= {0.0, _NEG_INF} for _, matrix in variants)
-        tokens = len(variants[0][0].group_of)
-        self.mask = torch.empty(1 if len(variants) == 1 else len(items), 1, tokens, tokens,
-                                dtype=torch.bool if boolean else dtype, device=device)
-        for i, (groups, matrix) in enumerate(variants if len(variants) == 1 else items):
-            groups.dense(matrix == 0 if boolean else matrix.to(dtype), self.mask[i, 0])
+        self.tokens = len(variants[0][0].group_of)
+        self._dense_from = (variants if len(variants) == 1 else items, dtype, device)
         self._batches: list[tuple[slice | torch.Tensor, list[_Call]]] = []
         for groups, matrix in variants:
             rows = [i for i, (g, _) in enumerate(items) if g is groups]
@@ -210,6 +207,17 @@ class Plan:
                            b.first) for b in groups.blocks(matrix)]
             batch = slice(None) if len(variants) == 1 else _index(torch.tensor(rows, device=device))
             self._batches.append((batch, calls))
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """The dense mask: bool (True = attend) where every bias is 0 or -inf, else additive in the plan's dtype."""
+        per_item, dtype, device = self._dense_from
+        boolean = all(set(matrix.unique().tolist()) <= {0.0, _NEG_INF} for _, matrix in per_item)
+        mask = torch.empty(len(per_item), 1, self.tokens, self.tokens, dtype=torch.bool if boolean else dtype,
+                           device=device)
+        for i, (groups, matrix) in enumerate(per_item):
+            groups.dense(matrix == 0 if boolean else matrix.to(dtype), mask[i, 0])
+        return mask
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
