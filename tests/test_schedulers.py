@@ -85,7 +85,7 @@ class MaskedSteps(Control):
         self.steps = set()
 
     def before(self, call):
-        if call.mask is not None or call.kernel is not None:
+        if call.has_mask or call.kernel is not None:
             self.steps.add(call.state.step)
 
 
@@ -191,13 +191,13 @@ def test_img2img_steps_start_at_zero_where_the_strength_begins(pipelines):
 @pytest.mark.parametrize("scheduled", CASES, indirect=True, ids=[f"{m}-{s}" for m, s in CASES])
 def test_regional_step_schedule_masks_exactly_its_steps(scheduled):
     pipe = scheduled
-    if not regional_supported(pipe):
-        pytest.skip(f"regional prompting does not support {type(pipe).__name__} yet")
+    assert regional_supported(pipe)
+    unet = hasattr(pipe, "unet")
     spec = {"negative": "", "regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
                                         {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
     observer = MaskedSteps()
-    with attnkit.regional(pipe, spec, steps=(1, 3), max_sequence_length=8) as call:
-        with attnkit.attach(pipe, observer, kind="joint"):
+    with attnkit.regional(pipe, spec, steps=(1, 3), **({} if unet else {"max_sequence_length": 8})) as call:
+        with attnkit.attach(pipe, observer, kind="cross" if unet else "joint"):
             run(pipe, **call(seed=0, num_inference_steps=STEPS))
     assert observer.steps == {1, 2}
 

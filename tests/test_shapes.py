@@ -187,10 +187,7 @@ def test_eval_json_contract(capsys, model: str) -> None:
         assert 0.0 <= result[key] <= 1.0, key
     for key in ("flicker_per_frame", "flicker_first", "flicker_first_previous"):
         assert 0.0 < result[key] < 1.0, key
-    if model == "shapes-sd15":
-        assert result["regional_adherence"] is None, "attnkit.regional does not support UNets"
-    else:
-        assert 0.0 <= result["regional_adherence"] <= 1.0
+    assert 0.0 <= result["regional_adherence"] <= 1.0
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)

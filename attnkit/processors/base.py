@@ -22,7 +22,7 @@ from ..state import State
 __all__ = ["TokenLayout", "AttentionCall", "Control", "SiteProcessor", "sdpa"]
 
 Part = str  # "image" or "text"
-Kernel = Callable[["AttentionCall"], tuple[torch.Tensor, torch.Tensor]]
+Kernel = Callable[["AttentionCall"], tuple[torch.Tensor, torch.Tensor | None]]  # lse None: no single softmax
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,11 @@ class SiteProcessor:
         if call.kernel is not None:
             self.own_kernel(f"its own kernel ({call.kernel_owner})")
             out, lse = call.kernel(call)
+            if lse is None and needs_lse:
+                wanting = [control.name for control, _ in self.entries if control.needs_lse]
+                raise AttnkitError(
+                    f"{self.site.name}: {call.kernel_owner!r} computes attention with a kernel that has no single "
+                    f"log-sum-exp, which {wanting} need; select disjoint sites or steps for them.")
         elif needs_lse or call._build_mask is not None or call._mask is not stock_mask:
             self.own_kernel("the log-sum-exp" if needs_lse else "an attention mask")
             out, lse = ops.attention(call.q, call.k, call.v, call.mask, call.scale)

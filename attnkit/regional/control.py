@@ -20,7 +20,7 @@ from ..errors import AttnkitError
 from ..processors import AttentionCall, Control
 from .encode import Encoded
 from .mask import Plan, Rules
-from .spec import RegionSpec
+from .spec import RegionSpec, owners_of
 
 __all__ = ["RegionalControl", "Schedule", "StepRange"]
 
@@ -73,7 +73,7 @@ class RegionalControl(Control):
         self.schedule = schedule
         self.kernel = kernel
         self._plans: dict[tuple, Plan] = {}
-        self._owners: dict[tuple[int, int], torch.Tensor] = {}
+        self._owners: dict[tuple, torch.Tensor] = {}
 
     def before(self, call: AttentionCall) -> None:
         rules = self.schedule.at(call.state.step)
@@ -96,29 +96,29 @@ class RegionalControl(Control):
     def plan(self, call: AttentionCall, rules: Rules) -> Plan:
         """The compiled mask for this call's layout, grid, branches, rules, device and dtype (cached)."""
         layout = call.layout
-        if layout.keys[: len(layout.queries)] != layout.queries:
-            raise AttnkitError(f"{call.site.name}: regional masks need the queries' own tokens as the first keys, got "
-                               f"queries {layout.queries} and keys {layout.keys}.")
+        if layout.keys[: len(layout.queries)] == layout.queries:
+            keys = None  # self- or joint attention: the queries' own tokens come first among the keys
+        elif layout.queries == layout.queries[:1] and layout.queries[0][0] == "image" and layout.keys[0][0] == "text":
+            keys = layout.keys[:1]  # cross-attention from the image to the text
+        else:
+            raise AttnkitError(f"{call.site.name}: regional masks need the queries' own tokens as the first keys, or "
+                               f"image queries over text keys; got queries {layout.queries} and keys {layout.keys}.")
         branches = call.state.branches or ("cond",) * call.q.shape[0]
-        key = (layout, call.grid, branches, rules, call.q.device, call.q.dtype)
+        key = (layout, call.grid, _level(call), branches, rules, call.q.device, call.q.dtype)
         if key not in self._plans:
-            owners = [self._owners_of(call, branch) for branch in branches]
-            self._plans[key] = Plan(layout.queries, owners, rules, call.q.dtype, call.q.device)
+            owners = [self._owners_of(call, branch, layout.queries) for branch in branches]
+            key_owners = None if keys is None else (keys, [self._owners_of(call, branch, keys) for branch in branches])
+            self._plans[key] = Plan(layout.queries, owners, rules, call.q.dtype, call.q.device, key_owners)
         return self._plans[key]
 
-    def _owners_of(self, call: AttentionCall, branch: str) -> torch.Tensor:
-        """Owner of every token of the call in `branch`, in the call's order."""
-        if call.grid is None:
-            raise AttnkitError(f"{call.site.name}: the image token grid is unknown; run the pipeline inside the "
-                               "`with attnkit.regional(...)` block.")
-        if call.grid not in self._owners:
-            self._owners[call.grid] = self.spec.check_grid(call.grid)
-        image = self._owners[call.grid]
-        if branch == "uncond" and not self.encoded.regional_negatives:
-            image = torch.zeros_like(image)  # the global negative is one whole-image region: plain attention
+    def _owners_of(self, call: AttentionCall, branch: str, parts: tuple[tuple[str, int], ...]) -> torch.Tensor:
+        """Owner of every token of `parts` (the call's queries or keys) in `branch`, in the call's order."""
         pieces = []
-        for part, n in call.layout.queries:
+        for part, n in parts:
             if part == "image":
+                image = self.image_owners(call)
+                if branch == "uncond" and not self.encoded.regional_negatives:
+                    image = torch.zeros_like(image)  # the global negative is one whole-image region: plain attention
                 pieces.append(image)
                 continue
             text = self.encoded.text_owners(branch)
@@ -130,6 +130,27 @@ class RegionalControl(Control):
                 )
             pieces.append(text)
         return torch.cat(pieces)
+
+    def image_owners(self, call: AttentionCall) -> torch.Tensor:
+        """The region of every image token of the call (row-major): on a UNet from the latent grid's coverage
+        averaged down to the site's level, elsewhere from the coverage of the token grid."""
+        level = _level(call)
+        if level not in self._owners:
+            if call.grid is None:
+                raise AttnkitError(f"{call.site.name}: the image token grid is unknown; run the pipeline inside the "
+                                   "`with attnkit.regional(...)` block.")
+            if level[1] is None:
+                self._owners[level] = self.spec.check_grid(call.grid)
+            else:
+                self.spec.check_grid(level[1])  # every latent pixel has a prompt and every region a pixel
+                self._owners[level] = owners_of(self.spec.coverage_at(level[1], call.site.stride))
+        return self._owners[level]
+
+
+def _level(call: AttentionCall) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """What fixes the image owners of a call: the token grid, and on a UNet the latent size it was derived from
+    (latents of 15 and 16 rows both give 8 rows at stride 2, but cover them differently)."""
+    return call.grid, call.state.latent if call.site.architecture == "unet" else None
 
 
 def _combine(mask: torch.Tensor, regional: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

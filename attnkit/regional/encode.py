@@ -1,7 +1,8 @@
 """Prompt encoding for regional prompting with the pipeline's own `encode_prompt`, one region per text segment.
 
 Every region (and the base prompt, last) is encoded on its own and the text tokens are concatenated, so the
-transformer sees [region 1 | region 2 | ... | base] text. The CFG batch needs the negative text to be as long: with
+denoiser sees [region 1 | region 2 | ... | base] text (a UNet's cross-attention as much as a transformer's joint
+attention). The CFG batch needs the negative text to be as long: with
 per-region negatives each segment gets its region's negative (the same mask applies); with the global negative it is
 encoded once and repeated, the copies after the first marked `PAD` so that, while the mask is on, nothing sees them
 and the uncond branch is exactly plain attention on the global negative.
@@ -28,7 +29,7 @@ class Encoded:
     """Embeddings for the pipeline, and which owner every text token has per CFG branch."""
 
     prompt_embeds: torch.Tensor
-    pooled_prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor | None  # None where the pipeline takes none (SD1.x, SD2)
     negative_prompt_embeds: torch.Tensor | None
     negative_pooled_prompt_embeds: torch.Tensor | None
     cond: Segments
@@ -51,7 +52,7 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int, pooled: Lit
     embeds, pools = _encode(pipe, prompts, max_sequence_length)
     cond = tuple((owner, embeds.shape[1]) for owner in owners)
     prompt_embeds = embeds.reshape(1, -1, embeds.shape[-1])
-    pooled_embeds = pools[-1:] if pooled == "base" else pools[: len(spec.regions)].mean(0, keepdim=True)
+    pooled_embeds = _pool(pools, pooled, len(spec.regions))
     if not with_negatives:
         return Encoded(prompt_embeds, pooled_embeds, None, None, cond, cond, regional)
     global_negative = spec.negative or ""
@@ -60,7 +61,7 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int, pooled: Lit
         negative_prompts += [global_negative] if spec.base else []
         neg, neg_pools = _encode(pipe, negative_prompts, max_sequence_length)
         uncond = cond
-        neg_pooled = neg_pools[-1:] if pooled == "base" else neg_pools[: len(spec.regions)].mean(0, keepdim=True)
+        neg_pooled = _pool(neg_pools, pooled, len(spec.regions))
     else:
         neg, neg_pooled = _encode(pipe, [global_negative], max_sequence_length)
         neg = neg.expand(len(owners), -1, -1)
@@ -69,9 +70,20 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int, pooled: Lit
                    tuple(s for s in uncond if s[1]), regional)
 
 
-def _encode(pipe: Any, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text embeddings (n, T, C), pooled (n, P)) of `prompts`, in one batch."""
+def _pool(pools: torch.Tensor | None, pooled: Literal["mean", "base"], regions: int) -> torch.Tensor | None:
+    """The pooled embedding: the base prompt's (encoded last) or the mean over the regions'."""
+    if pools is None:
+        return None
+    return pools[-1:] if pooled == "base" else pools[:regions].mean(0, keepdim=True)
+
+
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(text embeddings (n, T, C), pooled (n, P) or None) of `prompts`, in one batch."""
     with torch.no_grad():
+        if hasattr(pipe, "unet"):
+            encoded = pipe.encode_prompt(prompt=prompts, device=pipe._execution_device, num_images_per_prompt=1,
+                                         do_classifier_free_guidance=False)
+            return encoded[0], encoded[2] if len(encoded) == 4 else None  # SDXL also returns pooled embeddings
         if hasattr(pipe, "text_encoder_3"):
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
                                                       do_classifier_free_guidance=False,
@@ -85,7 +97,9 @@ def _encode(pipe: Any, prompts: list[str], max_sequence_length: int) -> tuple[to
 def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int) -> list[str]:
     """One line per prompt of the spec that an encoder of `pipe` would cut short."""
     encoders = [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77))]
-    if hasattr(pipe, "text_encoder_3"):
+    if hasattr(pipe, "unet"):
+        encoders.append(("CLIP-G", getattr(pipe, "tokenizer_2", None), 77))
+    elif hasattr(pipe, "text_encoder_3"):
         encoders.append(("CLIP-G", getattr(pipe, "tokenizer_2", None), getattr(pipe, "tokenizer_max_length", 77)))
         if pipe.text_encoder_3 is not None:
             encoders.append(("T5", getattr(pipe, "tokenizer_3", None), max_sequence_length))

@@ -27,7 +27,7 @@ import torch
 from .. import ops
 from .spec import BASE
 
-__all__ = ["Token", "Rules", "allowed", "TokenGroups", "Block", "Plan", "PAD"]
+__all__ = ["Token", "Rules", "allowed", "TokenGroups", "Block", "Plan", "PAD", "group_matrix", "blocks", "dense"]
 
 #: Owner of text slots that nothing may see (uncond copies that only pad the CFG batch's text to equal length).
 PAD = -2
@@ -112,48 +112,57 @@ class TokenGroups:
         self.sizes = torch.bincount(self.group_of, minlength=len(self.groups)).tolist()
         self.perm = torch.argsort(self.group_of, stable=True)
 
-    def matrix(self, rules: Rules) -> torch.Tensor:
-        """`allowed` for every pair of groups: (groups, groups) float64 of 0 / bias / -inf."""
-        return torch.tensor([[allowed(q, k, rules) for k in self.groups] for q in self.groups], dtype=torch.float64)
-
-    def dense(self, small: torch.Tensor, out: torch.Tensor) -> None:
-        """Write the mask over the call's tokens (L, L) into `out`, from the group-level mask `small` (bool True =
-        attend, or additive float): one gather of rows, one of columns, nothing larger than `out` on the way."""
-        index = self.group_of.to(out.device)
-        torch.gather(small.to(out.device).index_select(0, index), 1, index.expand(len(index), -1), out=out)
-
-    def blocks(self, matrix: torch.Tensor) -> list[Block]:
-        """The exact split of the masked attention into blocks of the grouped order: per query group, the allowed
-        keys of each logit bias in one call (their ranges concatenated); query groups with the same keys share it."""
+    @property
+    def starts(self) -> list[int]:
+        """Start of every group in the grouped order, and the total at the end."""
         starts = [0]
         for size in self.sizes:
             starts.append(starts[-1] + size)
-        n = len(self.groups)
-        shared: dict[tuple[tuple[tuple[int, int], ...], float], list[int]] = {}
-        for g in range(n):
-            by_bias: dict[float, list[tuple[int, int]]] = {}
-            h = 0
-            while h < n:
-                bias = float(matrix[g, h])
-                if bias == _NEG_INF:
-                    h += 1
-                    continue
-                end = h + 1
-                while end < n and float(matrix[g, end]) == bias:
-                    end += 1
-                by_bias.setdefault(bias, []).append((starts[h], starts[end]))
-                h = end
-            for bias, ranges in by_bias.items():
-                shared.setdefault((tuple(ranges), bias), []).append(g)
-        spans = [(q0, q1, keys, bias) for (keys, bias), groups in shared.items() for q0, q1 in _runs(groups)]
-        spans.sort(key=lambda s: (-(starts[s[1]] - starts[s[0]]), s[0], s[2]))
-        written = [False] * n
-        blocks = []
-        for q0, q1, keys, bias in spans:
-            for a, b, done in _status_runs(written, q0, q1):
-                blocks.append(Block(starts[a], starts[b], keys, bias, not done))
-            written[q0:q1] = [True] * (q1 - q0)
-        return blocks
+        return starts
+
+
+def group_matrix(queries: TokenGroups, keys: TokenGroups, rules: Rules) -> torch.Tensor:
+    """`allowed` for every pair of (query group, key group): float64 of 0 / bias / -inf."""
+    return torch.tensor([[allowed(q, k, rules) for k in keys.groups] for q in queries.groups], dtype=torch.float64)
+
+
+def dense(queries: TokenGroups, keys: TokenGroups, small: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the mask over the call's tokens (Lq, Lk) into `out`, from the group-level mask `small` (bool True =
+    attend, or additive float): one gather of rows, one of columns, nothing larger than `out` on the way."""
+    rows, columns = queries.group_of.to(out.device), keys.group_of.to(out.device)
+    torch.gather(small.to(out.device).index_select(0, rows), 1, columns.expand(len(rows), -1), out=out)
+
+
+def blocks(queries: TokenGroups, keys: TokenGroups, matrix: torch.Tensor) -> list[Block]:
+    """The exact split of the masked attention into blocks of the grouped orders: per query group, the allowed keys
+    of each logit bias in one call (their ranges concatenated); query groups with the same keys share it."""
+    q_starts, k_starts = queries.starts, keys.starts
+    n, m = matrix.shape
+    shared: dict[tuple[tuple[tuple[int, int], ...], float], list[int]] = {}
+    for g in range(n):
+        by_bias: dict[float, list[tuple[int, int]]] = {}
+        h = 0
+        while h < m:
+            bias = float(matrix[g, h])
+            if bias == _NEG_INF:
+                h += 1
+                continue
+            end = h + 1
+            while end < m and float(matrix[g, end]) == bias:
+                end += 1
+            by_bias.setdefault(bias, []).append((k_starts[h], k_starts[end]))
+            h = end
+        for bias, ranges in by_bias.items():
+            shared.setdefault((tuple(ranges), bias), []).append(g)
+    spans = [(q0, q1, ranges, bias) for (ranges, bias), groups in shared.items() for q0, q1 in _runs(groups)]
+    spans.sort(key=lambda s: (-(q_starts[s[1]] - q_starts[s[0]]), s[0], s[2]))
+    written = [False] * n
+    found = []
+    for q0, q1, ranges, bias in spans:
+        for a, b, done in _status_runs(written, q0, q1):
+            found.append(Block(q_starts[a], q_starts[b], ranges, bias, not done))
+        written[q0:q1] = [True] * (q1 - q0)
+    return found
 
 
 def _runs(groups: list[int]) -> list[tuple[int, int]]:
@@ -180,31 +189,37 @@ def _status_runs(written: list[bool], start: int, end: int) -> list[tuple[int, i
 
 class Plan:
     """One compiled mask for one token layout, CFG branch set, device and dtype: the calls of the split kernel, per
-    group of batch items that share a mask, and the dense mask `mask` (B or 1, 1, L, L) (the reference, and what
-    `AttentionCall.probabilities` reads), built on first use: the split kernel never needs it."""
+    group of batch items that share a mask, and the dense mask `mask` (B or 1, 1, Lq, Lk) (the reference, and what
+    `AttentionCall.probabilities` reads), built on first use: the split kernel never needs it.
+
+    The keys are the queries' own tokens (self- and joint attention) unless `keys` gives their layout and owners per
+    batch item (cross-attention from image tokens to text)."""
 
     def __init__(self, layout: Layout, owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
-                 device: torch.device):
-        compiled: dict[tuple, tuple[TokenGroups, torch.Tensor]] = {}
-        items: list[tuple[TokenGroups, torch.Tensor]] = []
-        for owners in owners_per_item:
-            key = tuple(owners.tolist())
+                 device: torch.device, keys: tuple[Layout, list[torch.Tensor]] | None = None):
+        key_layout, key_owners = keys if keys is not None else (layout, owners_per_item)
+        compiled: dict[tuple, tuple[TokenGroups, TokenGroups, torch.Tensor]] = {}
+        items: list[tuple[TokenGroups, TokenGroups, torch.Tensor]] = []
+        for owners, k_owners in zip(owners_per_item, key_owners, strict=True):
+            key = (tuple(owners.tolist()), tuple(k_owners.tolist()))
             if key not in compiled:
-                groups = TokenGroups(layout, owners)
-                compiled[key] = (groups, groups.matrix(rules))
+                q_groups = TokenGroups(layout, owners)
+                k_groups = q_groups if keys is None else TokenGroups(key_layout, k_owners)
+                compiled[key] = (q_groups, k_groups, group_matrix(q_groups, k_groups, rules))
             items.append(compiled[key])
-        self.noop = all(bool((matrix == 0).all()) for _, matrix in compiled.values())
+        self.noop = all(bool((matrix == 0).all()) for _, _, matrix in compiled.values())
         if self.noop:  # everything sees everything: the stock kernel does it
             return
         variants = list(compiled.values())
-        self.tokens = len(variants[0][0].group_of)
+        self.tokens = len(variants[0][1].group_of)  # keys of the call's own layout
         self._dense_from = (variants if len(variants) == 1 else items, dtype, device)
         self._batches: list[tuple[slice | torch.Tensor, list[_Call]]] = []
-        for groups, matrix in variants:
-            rows = [i for i, (g, _) in enumerate(items) if g is groups]
-            perm = groups.perm.to(device)
-            calls = [_Call(_index(perm[b.q0:b.q1]), _index(torch.cat([perm[k0:k1] for k0, k1 in b.keys])), b.bias,
-                           b.first) for b in groups.blocks(matrix)]
+        for variant in variants:
+            q_groups, k_groups, matrix = variant
+            rows = [i for i, item in enumerate(items) if item is variant]
+            q_perm, k_perm = q_groups.perm.to(device), k_groups.perm.to(device)
+            calls = [_Call(_index(q_perm[b.q0:b.q1]), _index(torch.cat([k_perm[k0:k1] for k0, k1 in b.keys])),
+                           b.bias, b.first) for b in blocks(q_groups, k_groups, matrix)]
             batch = slice(None) if len(variants) == 1 else _index(torch.tensor(rows, device=device))
             self._batches.append((batch, calls))
 
@@ -212,11 +227,12 @@ class Plan:
     def mask(self) -> torch.Tensor:
         """The dense mask: bool (True = attend) where every bias is 0 or -inf, else additive in the plan's dtype."""
         per_item, dtype, device = self._dense_from
-        boolean = all(set(matrix.unique().tolist()) <= {0.0, _NEG_INF} for _, matrix in per_item)
-        mask = torch.empty(len(per_item), 1, self.tokens, self.tokens, dtype=torch.bool if boolean else dtype,
+        boolean = all(set(matrix.unique().tolist()) <= {0.0, _NEG_INF} for _, _, matrix in per_item)
+        queries = len(per_item[0][0].group_of)
+        mask = torch.empty(len(per_item), 1, queries, self.tokens, dtype=torch.bool if boolean else dtype,
                            device=device)
-        for i, (groups, matrix) in enumerate(per_item):
-            groups.dense(matrix == 0 if boolean else matrix.to(dtype), mask[i, 0])
+        for i, (q_groups, k_groups, matrix) in enumerate(per_item):
+            dense(q_groups, k_groups, matrix == 0 if boolean else matrix.to(dtype), mask[i, 0])
         return mask
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float

@@ -1,4 +1,5 @@
-"""`attnkit.regional(pipe, spec)`: regional prompting on a stock SD3 / SD3.5 / Flux pipeline in one `with` block.
+"""`attnkit.regional(pipe, spec)`: regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline in
+one `with` block.
 
 ```python
 with attnkit.regional(pipe, "spec.yaml") as call:
@@ -22,13 +23,15 @@ from ..errors import AttnkitError
 from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .control import RegionalControl, Schedule, StepRange
+from .couple import CoupleControl
 from .encode import Encoded, encode, truncation_problems
 from .mask import Rules, base_bias
-from .spec import RegionSpec, load_spec
+from .spec import METHODS, RegionSpec, load_spec
 
 __all__ = ["Regional", "RegionalOptions", "regional", "supports"]
 
-_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}  # T5 tokens per region
+_ARCHITECTURES = ("unet", "sd3", "flux")
 _OWN_ARGUMENTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
                   "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 
@@ -46,6 +49,13 @@ class RegionalOptions:
     under the same mask, "global" the global negative unmasked, "auto" regional when any region has a negative.
     `kernel`: "split" computes only the allowed blocks with fused kernels; "dense" runs the kernel with the dense
     mask (the reference). `max_sequence_length`: T5 tokens per region (the pipeline's default when None).
+
+    On UNets (SD1.x, SD2, SDXL) the regions' texts meet the image in cross-attention, and `method` chooses how:
+    "mask" (one pass, as DenseDiffusion: each image token attends only to the tokens of its region and the base
+    prompt; `image_isolation` also restricts self-attention to the token's own region) or "couple" (attention
+    couple, the regional-prompter "attention" mode: cross-attention once per prompt, blended by the regions' soft
+    masks normalised to sum 1 at every pixel, the base prompt taking part with its weight). None: the spec's
+    `method`, else "mask". Transformers (SD3, SD3.5, Flux) have the joint-attention mask only.
     """
 
     image_to_text: bool = True
@@ -59,15 +69,17 @@ class RegionalOptions:
     negatives: Literal["auto", "regional", "global"] = "auto"
     kernel: Literal["split", "dense"] = "split"
     max_sequence_length: int | None = None
+    method: Literal["mask", "couple"] | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "image_isolation_steps"):
             start, end = _step_range(getattr(self, name), name)
             object.__setattr__(self, name, (start, end))
         for name, choices in (("pooled", ("mean", "base")), ("negatives", ("auto", "regional", "global")),
-                              ("kernel", ("split", "dense"))):
+                              ("kernel", ("split", "dense")), ("method", (None, *METHODS))):
             if getattr(self, name) not in choices:
-                raise AttnkitError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}.")
+                raise AttnkitError(f"{name}={getattr(self, name)!r}: choose one of "
+                                   f"{', '.join(c for c in choices if c is not None)}.")
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
         msl = self.max_sequence_length
@@ -85,8 +97,9 @@ def _step_range(steps: Any, name: str) -> StepRange:
 
 
 def supports(pipe: Any) -> bool:
-    """Whether regional prompting works on this pipeline: joint attention (SD3, SD3.5, Flux.1); not yet UNets."""
-    return architecture_of(denoiser_of(pipe)).name in _DEFAULT_MAX_SEQUENCE_LENGTH
+    """Whether regional prompting works on this pipeline: UNets with cross-attention (SD1.x, SD2, SDXL) and joint
+    attention (SD3, SD3.5, Flux.1)."""
+    return architecture_of(denoiser_of(pipe)).name in _ARCHITECTURES
 
 
 class Regional:
@@ -98,10 +111,21 @@ class Regional:
         self.options = options
         self.architecture = architecture_of(denoiser_of(pipe)).name
         if not supports(pipe):
-            raise AttnkitError(f"regional prompting through joint-attention masks needs an SD3, SD3.5 or Flux.1 "
-                               f"pipeline; {type(pipe).__name__} is a {self.architecture} model.")
-        self.max_sequence_length = (_DEFAULT_MAX_SEQUENCE_LENGTH[self.architecture] if options.max_sequence_length
-                                    is None else options.max_sequence_length)
+            raise AttnkitError(f"regional prompting needs an SD1.x, SD2, SDXL, SD3, SD3.5 or Flux.1 pipeline; "
+                               f"{type(pipe).__name__} is a {self.architecture} model.")
+        unet = self.architecture == "unet"
+        if unet and options.max_sequence_length is not None:
+            raise AttnkitError("max_sequence_length sets T5 tokens per region; this UNet pipeline encodes with CLIP, "
+                               "which keeps 77 tokens. Leave it out.")
+        self.max_sequence_length = (_DEFAULT_MAX_SEQUENCE_LENGTH.get(self.architecture, 0) if
+                                    options.max_sequence_length is None else options.max_sequence_length)
+        if options.method is not None and self.spec.method is not None and options.method != self.spec.method:
+            raise AttnkitError(f"the spec says method {self.spec.method!r} and the options say {options.method!r}; "
+                               "give the method in one place.")
+        self.method = options.method or self.spec.method or "mask"
+        if self.method == "couple" and not unet:
+            raise AttnkitError(f"method 'couple' blends UNet cross-attention; {type(pipe).__name__} mixes image and "
+                               "text in joint attention, where regions are applied by method 'mask'.")
         self.encoded: Encoded | None = None
         self.control: RegionalControl | None = None
         self._session: Session | None = None
@@ -115,7 +139,7 @@ class Regional:
                                + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
         # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings,
         # and an explicit "" (CFG against the empty prompt) counts as given.
-        with_negatives = self.architecture == "sd3" or self.spec.negative is not None or any(
+        with_negatives = self.architecture != "flux" or self.spec.negative is not None or any(
             r.negative is not None for r in self.spec.regions)
         self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
                               pooled=self.options.pooled, negatives=self.options.negatives,
@@ -124,8 +148,9 @@ class Regional:
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
         rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
                       image_isolation=o.image_isolation, base_bias=base_bias(weight))
-        self.control = RegionalControl(self.spec, self.encoded, Schedule(rules, o.steps, o.image_isolation_steps),
-                                       o.kernel)
+        schedule = Schedule(rules, o.steps, o.image_isolation_steps)
+        self.control = (CoupleControl(self.spec, self.encoded, schedule) if self.method == "couple" else
+                        RegionalControl(self.spec, self.encoded, schedule, o.kernel))
         session = Session(self.pipe, [(self.control, self.sites())])
         session.__enter__()
         self._session = session
@@ -137,16 +162,19 @@ class Regional:
             self._session = None
 
     def sites(self) -> SiteList:
-        """Where the mask goes: joint attention (and Flux single blocks), MMDiT-X image-only attention only when
-        image isolation is on; restricted to `options.blocks`."""
-        kinds = ["joint", "single"] + (["self2"] if self.options.image_isolation else [])
+        """Where the mask goes: joint attention (and Flux single blocks) or UNet cross-attention; image-only
+        self-attention (MMDiT-X `attn2`, UNet `attn1`) only when image isolation is on; restricted to
+        `options.blocks`."""
+        isolate = self.options.image_isolation and self.method == "mask"
+        kinds = ["joint", "single", "cross"] + (["self2", "self"] if isolate else [])
         found = sites(self.pipe)
         kinds = [k for k in kinds if any(s.kind == k for s in found)]
         return found.select(kind=kinds, block=self.options.blocks)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The image token grid (rows, cols) at `height` x `width` pixels; an error if tokens would not tile it."""
-        pixels = self.pipe.vae_scale_factor * sites(self.pipe)[0].stride
+        # a UNet's regions are laid on the latent grid and averaged down level by level; a transformer's on its tokens
+        pixels = self.pipe.vae_scale_factor * (1 if self.architecture == "unet" else sites(self.pipe)[0].stride)
         if height % pixels or width % pixels or height <= 0 or width <= 0:
             raise AttnkitError(
                 f"image size {height}x{width} is not divisible by the token grid: each image token spans {pixels}x"
@@ -165,7 +193,8 @@ class Regional:
             raise AttnkitError(f"{clashing} come from the region spec; leave them out of call(...).")
         if seed is not None and "generator" in kwargs:
             raise AttnkitError("give either `seed` or `generator`, not both.")
-        default = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        sample_size = getattr(self.pipe, "default_sample_size", None) or denoiser_of(self.pipe).config.sample_size
+        default = sample_size * self.pipe.vae_scale_factor
         height = kwargs.pop("height", None) or default
         width = kwargs.pop("width", None) or default
         self.spec.check_grid(self.grid(height, width))
@@ -174,13 +203,15 @@ class Regional:
         if e.negative_prompt_embeds is not None:
             embeds |= {"negative_prompt_embeds": e.negative_prompt_embeds,
                        "negative_pooled_prompt_embeds": e.negative_pooled_prompt_embeds}
+        embeds = {name: value for name, value in embeds.items() if value is not None}  # SD1.x takes no pooled
         if seed is not None:
             kwargs["generator"] = torch.Generator().manual_seed(seed)
         return {**embeds, "height": height, "width": width, **kwargs}
 
 
 def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) -> Regional:
-    """Regional prompting on a stock SD3 / SD3.5 / Flux pipeline; `options` are `RegionalOptions` fields.
+    """Regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline; `options` are
+    `RegionalOptions` fields.
 
     `with attnkit.regional(pipe, spec) as call: image = pipe(**call(seed=0, num_inference_steps=28)).images[0]`
     """

@@ -1,6 +1,7 @@
 """Region specs: which prompt goes where, as plain Python objects that load from YAML or JSON.
 
 ```yaml
+method: mask                                    # optional, UNets: mask (default) or couple
 negative: "blurry"                              # optional, global
 base: {prompt: "a park at noon", weight: 0.3}   # optional: a whole-image prompt mixed in
 regions:
@@ -28,12 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import AttnkitError
 
-__all__ = ["Base", "Region", "RegionSpec", "load_spec", "parse_grid", "BASE"]
+__all__ = ["Base", "Region", "RegionSpec", "load_spec", "owners_of", "parse_grid", "BASE"]
+
+#: How a UNet applies the regions: one masked cross-attention pass, or one cross-attention per region blended.
+METHODS = ("mask", "couple")
 
 #: Owner of the image tokens that no region covers (they see the base prompt only), and of the base prompt's text.
 BASE = -1
@@ -76,13 +81,15 @@ class RegionSpec:
     """Regions (in order: later ones win overlaps), an optional base prompt and an optional global negative.
 
     `grid` (sd-webui-regional-prompter ratio syntax) replaces per-region boxes; `root` is the folder that relative
-    mask paths are read from (the spec file's folder when loaded from a file).
+    mask paths are read from (the spec file's folder when loaded from a file). `method` picks how a UNet applies
+    the regions ("mask" or "couple"; see `attnkit.regional.RegionalOptions`), None for the default.
     """
 
     regions: tuple[Region, ...]
     negative: str | None = None
     base: Base | None = None
     grid: str | None = None
+    method: str | None = None
     root: Path | None = field(default=None, compare=False)
     _areas: tuple[Callable[[tuple[int, int]], torch.Tensor], ...] = field(init=False, repr=False, compare=False)
 
@@ -92,6 +99,8 @@ class RegionSpec:
             raise AttnkitError("the region spec has no regions: give `regions: [{prompt: ..., box: [...]}, ...]`.")
         if self.negative is not None:
             _check_prompt(self.negative, "negative", allow_empty=True)
+        if self.method not in (None, *METHODS):
+            raise AttnkitError(f"method {self.method!r}: choose one of {', '.join(METHODS)}.")
         boxes = parse_grid(self.grid, len(self.regions)) if self.grid is not None else None
         areas = []
         for i, region in enumerate(self.regions):
@@ -124,13 +133,23 @@ class RegionSpec:
         """Share (0..1) of every token's area that each region covers: (regions, rows, cols)."""
         return torch.stack([area(grid) for area in self._areas])
 
+    def coverage_at(self, latent: tuple[int, int], stride: int) -> torch.Tensor:
+        """Coverage on the token grid of a UNet level whose tokens span `stride` x `stride` latent pixels: the
+        latent grid's coverage averaged over the latent pixels each token spans. Each down-sampling conv rounds an
+        odd size up, so the last row or column of tokens spans fewer pixels."""
+        cover = self.coverage(latent)
+        if stride == 1:
+            return cover
+        rows, cols = latent
+        padding = (0, -cols % stride, 0, -rows % stride)
+        summed = F.avg_pool2d(F.pad(cover, padding), stride, divisor_override=1)
+        counts = F.avg_pool2d(F.pad(torch.ones(1, rows, cols), padding), stride, divisor_override=1)
+        return summed / counts
+
     def owners(self, grid: tuple[int, int]) -> torch.Tensor:
         """The region index of every image token in row-major order, `BASE` where no region reaches (the overlap
         rule of this module: most area wins, ties go to the later region)."""
-        cover = self.coverage(grid).flatten(1)
-        best = cover.flip(0).argmax(0)  # argmax returns the first maximum: flipped, the last listed region
-        owners = len(self.regions) - 1 - best
-        return torch.where(cover.amax(0) > 0, owners, torch.full_like(owners, BASE))
+        return owners_of(self.coverage(grid))
 
     def check_grid(self, grid: tuple[int, int]) -> torch.Tensor:
         """`owners(grid)`, after checking that every token has a prompt and every region has a token."""
@@ -156,6 +175,8 @@ class RegionSpec:
     def as_dict(self) -> dict[str, Any]:
         """The spec in its file form (masks given as tensors or images are noted, not embedded)."""
         data: dict[str, Any] = {}
+        if self.method is not None:
+            data["method"] = self.method
         if self.negative is not None:
             data["negative"] = self.negative
         if self.base is not None:
@@ -180,7 +201,7 @@ class RegionSpec:
         """A spec from the parsed YAML / JSON form; unknown keys are an error naming the known ones."""
         if not isinstance(data, dict):
             raise AttnkitError(f"a region spec is a mapping with `regions:`, got {type(data).__name__}.")
-        _check_keys(data, {"negative", "base", "regions", "grid"}, "the spec")
+        _check_keys(data, {"method", "negative", "base", "regions", "grid"}, "the spec")
         regions = data.get("regions")
         if not isinstance(regions, list):
             raise AttnkitError("the region spec has no regions: give `regions: [{prompt: ..., box: [...]}, ...]`.")
@@ -200,7 +221,15 @@ class RegionSpec:
                 raise AttnkitError(f"`base` must be `{{prompt: ..., weight: ...}}`, got {base!r}.")
             _check_keys(base, {"prompt", "weight"}, "base")
             base = Base(base.get("prompt"), base.get("weight", 1.0))
-        return cls(tuple(parsed), data.get("negative"), base, data.get("grid"), root)
+        return cls(tuple(parsed), data.get("negative"), base, data.get("grid"), data.get("method"), root)
+
+
+def owners_of(cover: torch.Tensor) -> torch.Tensor:
+    """Owners (row-major) of the tokens of a coverage (regions, rows, cols): the overlap rule of this module."""
+    cover = cover.flatten(1)
+    best = cover.flip(0).argmax(0)  # argmax returns the first maximum: flipped, the last listed region
+    owners = len(cover) - 1 - best
+    return torch.where(cover.amax(0) > 0, owners, torch.full_like(owners, BASE))
 
 
 def load_spec(source: RegionSpec | dict | str | Path) -> RegionSpec:

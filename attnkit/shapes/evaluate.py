@@ -3,7 +3,7 @@
 Metrics, each a rate in [0, 1], or None where the feature it measures does not apply to the model:
 - `prompt_following`: single-object prompts, the largest object has the right colour and shape;
 - `regional_adherence` / `plain_adherence`: two objects, left and right half, by the strict object-level rule
-  (`scorer.region_success`), with attnkit's regional prompting (None on UNets, which it does not support yet) vs a
+  (`scorer.region_success`), with attnkit's regional prompting vs a
   plain prompt naming both objects;
 - `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels;
 - `flicker_per_frame`, `flicker_first`, `flicker_first_previous`: video editing (`attnkit.kv.edit_video`) of
