@@ -1,22 +1,28 @@
 """`attnkit generate` (plain text-to-image) and `attnkit regional` (a region spec on SD3 / SD3.5 / Flux).
 
 Both write the image as PNG with what made it in the `attnkit` text chunk (JSON), so an image carries its spec.
+`regional --init-image` runs the model family's img2img pipeline on the same modules, `--mask-image` its inpaint
+pipeline; the output has the init image's size.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP, add_generation_options
+from ..cli import MODEL_HELP, add_generation_options, checked_float
+from ..errors import AttnkitError
 
 __all__ = ["register", "METADATA_KEY"]
 
 #: PNG text chunk holding the JSON of the command, model, seed, sizes and prompt or spec.
 METADATA_KEY = "attnkit"
+
+_strength = checked_float(lambda value: 0 < value <= 1, "a number above 0 and at most 1, e.g. 0.6")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -32,6 +38,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--outline", action="store_true",
                    help="also write OUT with '.outline' before the suffix: the image with region borders drawn")
+    p.add_argument("--init-image", type=Path,
+                   help="img2img: start from this image instead of noise; the output has its size")
+    p.add_argument("--strength", type=_strength,
+                   help="with --init-image: how much of it is re-noised, in (0, 1] (default: the pipeline's, 0.6)")
+    p.add_argument("--mask-image", type=Path,
+                   help="with --init-image: inpaint, repainting only where this mask is white")
     p.set_defaults(run=_regional)
 
 
@@ -70,6 +82,34 @@ def _generate(args: argparse.Namespace) -> None:
                             **options})
 
 
+def _init_images(args: argparse.Namespace) -> dict[str, Any]:
+    """--init-image (and --mask-image) as pipeline arguments, read before the model loads so a bad file fails fast."""
+    from .images import read_image
+
+    for option, value in (("--mask-image", args.mask_image), ("--strength", args.strength)):
+        if value is not None and args.init_image is None:
+            raise AttnkitError(f"{option} needs --init-image: it applies to img2img and inpainting, which start from "
+                               f"that image. Add --init-image, or leave out {option}.")
+    if args.init_image is None:
+        return {}
+    images = {"image": read_image(args.init_image, "--init-image", "RGB")}
+    if args.mask_image is not None:
+        images["mask_image"] = read_image(args.mask_image, "--mask-image", "L")
+    return images
+
+
+def _image_pipeline(args: argparse.Namespace, pipe: Any, images: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The pipeline to run: `pipe`, or with init images its img2img (inpaint with a mask) sibling; and the strength
+    it runs at (the pipeline's default unless --strength), as an argument."""
+    from .images import image_pipeline
+
+    if not images:
+        return pipe, {}
+    pipe = image_pipeline(pipe, inpaint="mask_image" in images)
+    default = inspect.signature(type(pipe).__call__).parameters["strength"].default
+    return pipe, {"strength": default if args.strength is None else args.strength}
+
+
 def _regional(args: argparse.Namespace) -> None:
     import torch
 
@@ -79,17 +119,21 @@ def _regional(args: argparse.Namespace) -> None:
     from .spec import load_spec
 
     spec = load_spec(args.spec)
-    pipe = load_pipeline(args.model)
-    options = _options(args, pipe) | guidance_kwargs(args.model, pipe, args.guidance)
+    images = _init_images(args)
+    pipe, strength = _image_pipeline(args, load_pipeline(args.model), images)
+    options = _options(args, pipe) | strength | guidance_kwargs(args.model, pipe, args.guidance)
     negative = options.pop("negative_prompt", None)  # true CFG: the spec's negatives, else this one
     if negative is not None and spec.negative is None and all(r.negative is None for r in spec.regions):
         spec = dataclasses.replace(spec, negative=negative)
     with regional(pipe, spec, **call_kwargs(args.model, pipe)) as call:
-        kwargs = call(seed=args.seed, **options)
+        kwargs = call(seed=args.seed, **options, **images)
         with torch.inference_mode():
             image = pipe(**kwargs).images[0]
         grid = call.grid(kwargs["height"], kwargs["width"])
     options |= {"height": kwargs["height"], "width": kwargs["width"]}
+    if images:
+        options |= {"init_image": str(args.init_image),
+                    "mask_image": None if args.mask_image is None else str(args.mask_image)}
     _save(image, args.out, {"command": "regional", "model": args.model, "spec": spec.as_dict(), "seed": args.seed,
                             **options})
     if args.outline:

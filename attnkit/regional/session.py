@@ -9,6 +9,8 @@ with attnkit.regional(pipe, "spec.yaml") as call:
 Entry validates the spec against the pipeline, encodes every region with the pipeline's own `encode_prompt` and
 installs the regional control through an `attnkit.Session`; exit, also after an error, gives the pipeline back its
 processors. `call(...)` returns the pipeline's keyword arguments: the regional embeddings, the size, a generator.
+The img2img and inpaint pipelines of these families work the same way (`AutoPipelineForImage2Image.from_pipe(pipe)`,
+`call(image=..., strength=0.6)`): the size then comes from the init image.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .control import RegionalControl, Schedule, StepRange
 from .couple import CoupleControl
 from .encode import Encoded, encode, truncation_problems
+from .images import init_size, takes_size
 from .mask import Rules, base_bias
 from .spec import METHODS, RegionSpec, load_spec
 
@@ -171,13 +174,13 @@ class Regional:
         kinds = [k for k in kinds if any(s.kind == k for s in found)]
         return found.select(kind=kinds, block=self.options.blocks)
 
-    def grid(self, height: int, width: int) -> tuple[int, int]:
+    def grid(self, height: int, width: int, *, what: str = "image size") -> tuple[int, int]:
         """The image token grid (rows, cols) at `height` x `width` pixels; an error if tokens would not tile it."""
         # a UNet's regions are laid on the latent grid and averaged down level by level; a transformer's on its tokens
         pixels = self.pipe.vae_scale_factor * (1 if self.architecture == "unet" else sites(self.pipe)[0].stride)
         if height % pixels or width % pixels or height <= 0 or width <= 0:
             raise AttnkitError(
-                f"image size {height}x{width} is not divisible by the token grid: each image token spans {pixels}x"
+                f"{what} {height}x{width} is not divisible by the token grid: each image token spans {pixels}x"
                 f"{pixels} pixels in this pipeline. Use e.g. {max(pixels, height - height % pixels)}x"
                 f"{max(pixels, width - width % pixels)}."
             )
@@ -185,7 +188,8 @@ class Regional:
 
     def __call__(self, seed: int | None = None, **kwargs: Any) -> dict[str, Any]:
         """Keyword arguments for `pipe(...)`: the regional embeddings, `height`/`width` (checked against the spec's
-        coverage on the token grid), a CPU generator seeded with `seed`, and everything else passed through."""
+        coverage on the token grid; an img2img or inpaint `image` sets them), a CPU generator seeded with `seed`, and
+        everything else passed through."""
         if self.encoded is None or self._session is None:
             raise AttnkitError("call(...) works inside `with attnkit.regional(pipe, spec) as call:` only.")
         clashing = sorted(set(kwargs) & set(_OWN_ARGUMENTS))
@@ -193,11 +197,10 @@ class Regional:
             raise AttnkitError(f"{clashing} come from the region spec; leave them out of call(...).")
         if seed is not None and "generator" in kwargs:
             raise AttnkitError("give either `seed` or `generator`, not both.")
-        sample_size = getattr(self.pipe, "default_sample_size", None) or denoiser_of(self.pipe).config.sample_size
-        default = sample_size * self.pipe.vae_scale_factor
-        height = kwargs.pop("height", None) or default
-        width = kwargs.pop("width", None) or default
-        self.spec.check_grid(self.grid(height, width))
+        if kwargs.get("padding_mask_crop") is not None:
+            raise AttnkitError("padding_mask_crop generates only a crop around the mask, so the regions (fractions of "
+                               "the whole image) would land elsewhere; leave it out.")
+        height, width = self._size(kwargs.pop("height", None), kwargs.pop("width", None), kwargs.get("image"))
         e = self.encoded
         embeds = {"prompt_embeds": e.prompt_embeds, "pooled_prompt_embeds": e.pooled_prompt_embeds}
         if e.negative_prompt_embeds is not None:
@@ -206,7 +209,21 @@ class Regional:
         embeds = {name: value for name, value in embeds.items() if value is not None}  # SD1.x takes no pooled
         if seed is not None:
             kwargs["generator"] = torch.Generator().manual_seed(seed)
-        return {**embeds, "height": height, "width": width, **kwargs}
+        size = {"height": height, "width": width} if takes_size(self.pipe) else {}
+        return {**embeds, **size, **kwargs}
+
+    def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
+        """The size the pipeline generates: the init image's when there is one, else the asked or default size;
+        checked against the spec on its token grid."""
+        if image is not None:
+            height, width = init_size(self.pipe, image, height, width)
+            self.spec.check_grid(self.grid(height, width, what="init image"))
+            return height, width
+        sample_size = getattr(self.pipe, "default_sample_size", None) or denoiser_of(self.pipe).config.sample_size
+        default = sample_size * self.pipe.vae_scale_factor
+        height, width = height or default, width or default
+        self.spec.check_grid(self.grid(height, width))
+        return height, width
 
 
 def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) -> Regional:
