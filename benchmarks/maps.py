@@ -4,9 +4,9 @@ the time without one, measured in one run, on CPU; writes benchmarks/results/map
     python benchmarks/maps.py [--rounds N] [--steps N] [--threads N]
     python benchmarks/maps.py --full --device cuda [--full-size 1024] [--rounds N] [--steps N]
 
-With `--full`, the configs are instead the full-size SD3-medium and FLUX.1-dev transformers with random weights
-(`attnkit.testing.random_dit_pipeline`, bfloat16 on CUDA) at 1024 px; on CUDA times are wall times between device
-synchronisations; writes benchmarks/results/maps-full-DEVICE.json.
+With `--full`, the configs are instead the full-size SDXL UNet, SD3-medium and FLUX.1-dev transformers with random
+weights (`attnkit.testing.random_full_size_pipeline`, bfloat16 on CUDA) at 1024 px; on CUDA times are wall times
+between device synchronisations; writes benchmarks/results/maps-full-DEVICE.json.
 
 Configs: every tiny pipeline (overhead-dominated), and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
 1024 image + 333 text tokens, CFG batch 2: attention is about 30% of the compute, as in SD3-medium at 1024 px).
@@ -44,7 +44,7 @@ from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E
 
 import attnkit.maps  # noqa: E402
 from attnkit import AttentionCall, Site, State, TokenLayout, ops  # noqa: E402
-from attnkit.testing import build_pipeline, random_dit_pipeline  # noqa: E402
+from attnkit.testing import build_pipeline, random_full_size_pipeline  # noqa: E402
 
 try:
     import attention_map_diffusers as amd  # optional peer, never a dependency of attnkit
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-rounds", type=int, default=15, help="timed rounds per variant, tiny (default 15)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per generation (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--full", action="store_true", help="full-size random-init SD3-medium and FLUX.1-dev instead")
+    parser.add_argument("--full", action="store_true", help="full-size random-init SDXL, SD3-medium and FLUX.1-dev instead")
     parser.add_argument("--full-size", type=int, default=1024, help="image side of the full-size configs")
     parser.add_argument("--num-blocks", type=int, help="full-size configs keep only this many blocks (quick check)")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"))
@@ -309,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
         results["full_size"] = {"image_px": args.full_size, "blocks": args.num_blocks or "all",
                                 "dtype": str(dtype).removeprefix("torch.")}
-        for name in ("sd3-medium", "flux-dev"):
-            pipe = random_dit_pipeline(name, device=device, dtype=dtype, num_blocks=args.num_blocks)
+        for name in ("sdxl", "sd3-medium", "flux-dev"):
+            pipe = random_full_size_pipeline(name, device=device, dtype=dtype,
+                                             num_blocks=None if name == "sdxl" else args.num_blocks)
             results["configs"][name] = measure(pipe, args.steps, args.rounds, args.full_size, device)
             print(name, json.dumps(results["configs"][name]["ratio"]), flush=True)
             del pipe

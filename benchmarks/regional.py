@@ -4,17 +4,19 @@ in one run on CPU; writes benchmarks/results/regional-cpu.json.
     python benchmarks/regional.py [--rounds N] [--steps N] [--mid-steps N] [--threads N] [--skip-mid]
     python benchmarks/regional.py --full --device cuda [--full-size 1024] [--full-steps N]
 
-With `--full`, the configs are instead the full-size SD3-medium and FLUX.1-dev transformers with random weights
-(`attnkit.testing.random_dit_pipeline`, bfloat16 on CUDA) at 1024 px, 4096 image tokens; on CUDA times are wall
+With `--full`, the configs are instead full-size denoisers with random weights: SD1.5 at 512 px
+(`attnkit.testing.random_sd15_pipeline`), SDXL, SD3-medium and FLUX.1-dev at 1024 px (4096 DiT image tokens;
+`attnkit.testing.random_full_size_pipeline`), bfloat16 on CUDA; on CUDA times are wall
 times between device synchronisations and peak memory is the rise of the CUDA allocator's peak above what was
 allocated before the generation (weights excluded); writes benchmarks/results/regional-full-DEVICE.json.
 
 "Unmasked" runs the stock pipeline on exactly the embeddings the regional session produces (every region's text
 concatenated), outside the session; "foundation only" with a no-op control on the same sites (the cost of attnkit's
 site processors alone); "masked (split)" inside `attnkit.regional` with the default exact split into fused kernels
-(the mask compiled inside the timed run, as in real use); "masked (dense)" with the dense-mask reference kernel.
+(the mask compiled inside the timed run, as in real use); "masked (dense)" with the dense-mask reference kernel;
+on UNets also "couple" (one cross-attention per region prompt, blended by the region masks).
 
-Configs: the tiny SD3 / SD3.5 / Flux pipelines (overhead-dominated), and mid-size SD3 and Flux (random-init
+Configs: the tiny SD1.5 / SDXL / SD3 / SD3.5 / Flux pipelines (overhead-dominated), and mid-size SD3 and Flux (random-init
 transformers with SD3-medium's / Flux's head size around the tiny text encoders, 1024 image tokens). Variants
 alternate within each round so drift in the shared machine's load hits all alike; ratios use the minimum over rounds
 of this process's CPU time (other jobs on the shared cores only ever add to it; the median wall time is kept too).
@@ -47,7 +49,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DMode
 import attnkit
 from attnkit import Control, ops
 from attnkit.regional import Plan, Rules
-from attnkit.testing import build_pipeline, random_dit_pipeline
+from attnkit.testing import build_pipeline, random_full_size_pipeline, random_sd15_pipeline
 
 RESULTS = Path(__file__).parent / "results"
 SPEC = {"regions": [{"prompt": "a red circle", "box": [0.0, 0.0, 0.5, 1.0]},
@@ -146,29 +148,33 @@ class _Noop(Control):
 
 
 VARIANTS = ("unmasked", "foundation only (no-op control)", "masked (split)", "masked (dense)")
+COUPLE = "couple"  # UNets only: one cross-attention per region prompt, blended
 
 
 def measure(name: str, pipe, steps: int, rounds: int, size: int | None, memory: bool,
             device: torch.device = torch.device("cpu")) -> list[dict]:
     """Per variant: CPU and wall time of generation (or, with `memory`, its peak memory), all on the same tokens:
-    unmasked, the foundation alone (a no-op control on the regional sites), masked with the split and dense kernel."""
+    unmasked, the foundation alone (a no-op control on the regional sites), masked with the split and dense kernel,
+    and on UNets the couple method."""
     with attnkit.regional(pipe, SPEC) as call:
         kwargs = call(seed=0, num_inference_steps=steps, height=size, width=size, output_type="latent")
         grid = call.grid(kwargs["height"], kwargs["width"])
         sites = call.sites()
     sessions = {"unmasked": nullcontext, "foundation only (no-op control)": lambda: attnkit.attach(pipe, _Noop(), sites),
                 "masked (split)": lambda: attnkit.regional(pipe, SPEC, kernel="split"),
-                "masked (dense)": lambda: attnkit.regional(pipe, SPEC, kernel="dense")}
-    samples: dict[str, list] = {v: [] for v in VARIANTS}
+                "masked (dense)": lambda: attnkit.regional(pipe, SPEC, kernel="dense"),
+                COUPLE: lambda: attnkit.regional(pipe, SPEC, method="couple")}
+    variants = VARIANTS + ((COUPLE,) if hasattr(pipe, "unet") else ())
+    samples: dict[str, list] = {v: [] for v in variants}
     for round_ in range(rounds + 1):  # round 0 warms up
-        for variant in VARIANTS:
+        for variant in variants:
             with sessions[variant]():
                 sample = (peak_mib if memory else timed)(lambda: _generate(pipe, kwargs), device)
             if round_:
                 samples[variant].append(sample)
     tokens = {"image_tokens": grid[0] * grid[1], "text_tokens": kwargs["prompt_embeds"].shape[1]}
     rows = []
-    for variant in VARIANTS:
+    for variant in variants:
         row = {"model": name, "regions": len(SPEC["regions"]), **tokens, "steps": steps, "variant": variant}
         if memory:
             peaks = samples[variant]
@@ -257,14 +263,17 @@ def main() -> None:
     out = args.out or RESULTS / (f"regional-full-{device.type}.json" if args.full else "regional-cpu.json")
     if args.full:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-        configs = [(name, lambda name=name: random_dit_pipeline(name, device=device, dtype=dtype,
-                                                                num_blocks=args.num_blocks),
-                    args.full_size, args.full_steps) for name in ("sd3-medium", "flux-dev")]
+        configs = [("sd15", lambda: random_sd15_pipeline().to(device, dtype), 512, args.full_steps),
+                   ("sdxl", lambda: random_full_size_pipeline("sdxl", device=device, dtype=dtype), args.full_size,
+                    args.full_steps)]
+        configs += [(name, lambda name=name: random_full_size_pipeline(name, device=device, dtype=dtype,
+                                                                       num_blocks=args.num_blocks),
+                     args.full_size, args.full_steps) for name in ("sd3-medium", "flux-dev")]
     else:
         if device.type != "cpu":
             parser.error("the tiny and mid-size configs run on CPU; use --full on another device")
         configs = [(name, lambda name=name: build_pipeline(name), None, args.steps)
-                   for name in ("tiny-sd3", "tiny-sd35", "tiny-flux")]
+                   for name in ("tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-sd35", "tiny-flux")]
         if not args.skip_mid:
             configs += [("mid-sd3", mid_sd3, MID_IMAGE_SIZE, args.mid_steps),
                         ("mid-flux", mid_flux, MID_IMAGE_SIZE, args.mid_steps)]

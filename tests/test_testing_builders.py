@@ -16,12 +16,13 @@ from attnkit.testing import (
     PIPELINE_NAMES,
     SD3_MEDIUM_TRANSFORMER_CONFIG,
     SD15_UNET_CONFIG,
+    SDXL_UNET_CONFIG,
     SD15_VAE_CONFIG,
     TINY_IMAGE_SIZE,
     VOCABULARY_WORDS,
     build_pipeline,
     meta_denoiser,
-    random_dit_pipeline,
+    random_full_size_pipeline,
     random_sd15_pipeline,
     tiny_clip_tokenizer,
     tiny_t5_tokenizer,
@@ -224,35 +225,43 @@ def test_random_sd15_has_the_real_architecture() -> None:
 
 
 @pytest.mark.parametrize("name, released", [("sd3-medium", SD3_MEDIUM_TRANSFORMER_CONFIG),
-                                            ("flux-dev", FLUX_DEV_TRANSFORMER_CONFIG)])
-def test_random_dit_has_the_released_transformer_fed_by_text_encoders_of_its_widths(name, released) -> None:
-    pipe = random_dit_pipeline(name, device="meta")
-    config = pipe.transformer.config
+                                            ("flux-dev", FLUX_DEV_TRANSFORMER_CONFIG), ("sdxl", SDXL_UNET_CONFIG)])
+def test_random_full_size_has_the_released_denoiser_fed_by_text_encoders_of_its_widths(name, released) -> None:
+    pipe = random_full_size_pipeline(name, device="meta")
+    denoiser = pipe.unet if name == "sdxl" else pipe.transformer
     for key, value in released.items():
-        actual = config[key]
+        actual = denoiser.config[key]
         assert (list(actual) if isinstance(actual, (tuple, list)) else actual) == value, key
-    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
-    assert {p.device.type for p in pipe.transformer.parameters()} == {"meta"}
-    t5 = pipe.text_encoder_3 if name == "sd3-medium" else pipe.text_encoder_2
-    assert t5.config.d_model == config.joint_attention_dim
-    if name == "sd3-medium":
-        pooled = pipe.text_encoder.config.projection_dim + pipe.text_encoder_2.config.projection_dim
+    assert {p.dtype for p in denoiser.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in denoiser.parameters()} == {"meta"}
+    config = denoiser.config
+    if name == "sdxl":
+        width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+        assert width == config.cross_attention_dim
+        time_ids = 6 * config.addition_time_embed_dim  # original size, crop corner, target size
+        assert pipe.text_encoder_2.config.projection_dim + time_ids == config.projection_class_embeddings_input_dim
         latent_channels = config.in_channels
     else:
-        pooled = pipe.text_encoder.config.hidden_size
-        latent_channels = config.in_channels // 4  # 2x2 packing
-    assert pooled == config.pooled_projection_dim
+        t5 = pipe.text_encoder_3 if name == "sd3-medium" else pipe.text_encoder_2
+        assert t5.config.d_model == config.joint_attention_dim
+        if name == "sd3-medium":
+            pooled = pipe.text_encoder.config.projection_dim + pipe.text_encoder_2.config.projection_dim
+            latent_channels = config.in_channels
+        else:
+            pooled = pipe.text_encoder.config.hidden_size
+            latent_channels = config.in_channels // 4  # 2x2 packing
+        assert pooled == config.pooled_projection_dim
     assert pipe.vae.config.latent_channels == latent_channels and pipe.vae_scale_factor == 8
 
 
-def test_random_dit_of_an_unknown_release_is_refused_with_the_known_names() -> None:
-    with pytest.raises(AttnkitError, match="unknown full-size DiT 'sd2'; known: sd3-medium, flux-dev"):
-        random_dit_pipeline("sd2", device="meta")
+def test_random_full_size_of_an_unknown_release_is_refused_with_the_known_names() -> None:
+    with pytest.raises(AttnkitError, match="unknown full-size model 'sd2'; known: sdxl, sd3-medium, flux-dev"):
+        random_full_size_pipeline("sd2", device="meta")
 
 
 @pytest.mark.slow
-def test_random_dit_with_one_block_generates_finite_latents_of_the_released_geometry() -> None:
-    pipe = random_dit_pipeline("sd3-medium", dtype=torch.float32, num_blocks=1)
+def test_random_full_size_with_one_block_generates_finite_latents_of_the_released_geometry() -> None:
+    pipe = random_full_size_pipeline("sd3-medium", dtype=torch.float32, num_blocks=1)
     assert len(pipe.transformer.transformer_blocks) == 1
     latents = pipe(PROMPT, num_inference_steps=1, height=128, width=128, output_type="latent",
                    generator=torch.Generator().manual_seed(0)).images

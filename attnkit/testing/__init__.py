@@ -7,8 +7,8 @@ paths, but the real checkpoints are gigabytes behind a network. This module give
   SD3, SD3.5 and FLUX.1 with random weights small enough that a 2-step 64x64
   generation takes well under a second on one CPU thread;
 * :func:`random_sd15_pipeline`: the full-size SD1.5 architecture, random weights,
-  for realistic shapes and timings; :func:`random_dit_pipeline`: the full-size SD3-medium
-  or FLUX.1-dev transformer in its pipeline, on any device and dtype, for GPU benchmarks;
+  for realistic shapes and timings; :func:`random_full_size_pipeline`: the full-size SDXL UNet,
+  SD3-medium or FLUX.1-dev transformer in its pipeline, on any device and dtype, for GPU benchmarks;
 * :func:`meta_denoiser`: full-size denoisers of the releases on the ``meta`` device,
   to count and name attention sites of the real models for free;
 * :func:`build_pipeline` / :data:`PIPELINE_NAMES`: the pipelines by short name.
@@ -35,8 +35,9 @@ from .pipelines import (
     PIPELINE_NAMES,
     TINY_IMAGE_SIZE,
     TINY_VAE_SCALE_FACTOR,
+    FULL_SIZE_NAMES,
     build_pipeline,
-    random_dit_pipeline,
+    random_full_size_pipeline,
     random_sd15_pipeline,
     tiny_flux_pipeline,
     tiny_sd3_pipeline,
@@ -48,6 +49,7 @@ from .tokenizers import VOCABULARY_WORDS, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = [
     "DENOISER_NAMES",
+    "FULL_SIZE_NAMES",
     "FLUX_DEV_TRANSFORMER_CONFIG",
     "PIPELINE_NAMES",
     "SD3_MEDIUM_TRANSFORMER_CONFIG",
@@ -63,7 +65,7 @@ __all__ = [
     "VOCABULARY_WORDS",
     "build_pipeline",
     "meta_denoiser",
-    "random_dit_pipeline",
+    "random_full_size_pipeline",
     "random_sd15_pipeline",
     "tiny_clip_tokenizer",
     "tiny_flux_pipeline",

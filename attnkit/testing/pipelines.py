@@ -53,6 +53,7 @@ from .configs import (
     FLUX_DEV_TRANSFORMER_CONFIG,
     SD3_MEDIUM_TRANSFORMER_CONFIG,
     SD15_SCHEDULER_CONFIG,
+    SDXL_UNET_CONFIG,
     SD15_TEXT_ENCODER_CONFIG,
     SD15_UNET_CONFIG,
     SD15_VAE_CONFIG,
@@ -64,7 +65,8 @@ __all__ = [
     "TINY_IMAGE_SIZE",
     "TINY_VAE_SCALE_FACTOR",
     "build_pipeline",
-    "random_dit_pipeline",
+    "FULL_SIZE_NAMES",
+    "random_full_size_pipeline",
     "random_sd15_pipeline",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",
@@ -433,12 +435,12 @@ def random_sd15_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline
     return _finish(pipe)
 
 
-# Thin stand-ins around the full-size DiTs: the real widths (T5-XXL 4096, CLIP-L 768, OpenCLIP-bigG 1280, 16 latent
-# channels, 8x VAE) so the denoiser sees real shapes, one layer each so they cost nothing.
-_RANDOM_DIT_TEXT = {"clip-l": 768, "clip-g": 1280, "t5": 4096}
-_RANDOM_DIT_LATENT_CHANNELS = 16
-_RANDOM_DIT_VAE_CHANNELS = (8, 8, 8, 8)
-_RANDOM_DIT_NAMES = ("sd3-medium", "flux-dev")
+# Thin stand-ins around the full-size denoisers: the real widths (T5-XXL 4096, CLIP-L 768, OpenCLIP-bigG 1280, 4 or
+# 16 latent channels, 8x VAE) so the denoiser sees real shapes, one layer each so they cost nothing.
+_FULL_SIZE_TEXT = {"clip-l": 768, "clip-g": 1280, "t5": 4096}
+_FULL_SIZE_VAE_CHANNELS = (8, 8, 8, 8)
+#: Names accepted by :func:`random_full_size_pipeline`.
+FULL_SIZE_NAMES: tuple[str, ...] = ("sdxl", "sd3-medium", "flux-dev")
 
 
 def _thin_clip(tokenizer: CLIPTokenizer, width: int, projection: bool) -> CLIPTextModel:
@@ -448,29 +450,34 @@ def _thin_clip(tokenizer: CLIPTokenizer, width: int, projection: bool) -> CLIPTe
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
-def _thin_vae(*, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+def _thin_vae(*, latent_channels: int, scaling_factor: float, shift_factor: float | None) -> AutoencoderKL:
+    """SD/SDXL VAEs have quant convs and no shift; SD3/Flux VAEs have a shift and drop them."""
     return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * len(_RANDOM_DIT_VAE_CHANNELS),
-        up_block_types=("UpDecoderBlock2D",) * len(_RANDOM_DIT_VAE_CHANNELS),
-        block_out_channels=_RANDOM_DIT_VAE_CHANNELS, layers_per_block=1, norm_num_groups=_TINY_NORM_GROUPS,
-        latent_channels=_RANDOM_DIT_LATENT_CHANNELS, scaling_factor=scaling_factor, shift_factor=shift_factor,
-        use_quant_conv=False, use_post_quant_conv=False,
+        down_block_types=("DownEncoderBlock2D",) * len(_FULL_SIZE_VAE_CHANNELS),
+        up_block_types=("UpDecoderBlock2D",) * len(_FULL_SIZE_VAE_CHANNELS),
+        block_out_channels=_FULL_SIZE_VAE_CHANNELS, layers_per_block=1, norm_num_groups=_TINY_NORM_GROUPS,
+        latent_channels=latent_channels, scaling_factor=scaling_factor, shift_factor=shift_factor,
+        use_quant_conv=shift_factor is None, use_post_quant_conv=shift_factor is None,
     )
 
 
-def random_dit_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                        num_blocks: int | None = None, seed: int = DEFAULT_SEED) -> DiffusionPipeline:
-    """The full-size denoiser of SD3-medium (``"sd3-medium"``, 2B parameters) or FLUX.1-dev (``"flux-dev"``, 12B)
-    with random weights, built directly on ``device`` in ``dtype``, inside its stock pipeline.
+def random_full_size_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                              num_blocks: int | None = None, seed: int = DEFAULT_SEED) -> DiffusionPipeline:
+    """The full-size denoiser of SDXL (``"sdxl"``, 2.6B parameters), SD3-medium (``"sd3-medium"``, 2B) or FLUX.1-dev
+    (``"flux-dev"``, 12B) with random weights, built directly on ``device`` in ``dtype``, in its stock pipeline.
 
-    For timings and memory at real token counts without a download: 1024 px gives 4096 image tokens. Text encoders
-    and VAE are one-layer stand-ins of the real output widths, so their cost is negligible and the images are noise.
-    ``num_blocks`` keeps only that many transformer blocks of each kind (a quick check of a benchmark on CPU).
-    ``device="meta"`` builds the architecture without memory.
+    For timings and memory at real token counts without a download: 1024 px gives 4096 DiT image tokens. Text
+    encoders and VAE are one-layer stand-ins of the real output widths, so their cost is negligible and the images
+    are noise. ``num_blocks`` keeps only that many transformer blocks of each kind (a quick check of a benchmark on
+    CPU; DiTs only). ``device="meta"`` builds the architecture without memory.
     """
-    if name not in _RANDOM_DIT_NAMES:
-        raise AttnkitError(f"unknown full-size DiT {name!r}; known: {', '.join(_RANDOM_DIT_NAMES)}")
+    if name not in FULL_SIZE_NAMES:
+        raise AttnkitError(f"unknown full-size model {name!r}; known: {', '.join(FULL_SIZE_NAMES)}")
     device = torch.device(device)
+    if name == "sdxl":
+        if num_blocks is not None:
+            raise AttnkitError("num_blocks shortens transformers (sd3-medium, flux-dev), not the SDXL UNet.")
+        return _random_sdxl(device, dtype, seed)
     flux = name == "flux-dev"
     config = dict(FLUX_DEV_TRANSFORMER_CONFIG if flux else SD3_MEDIUM_TRANSFORMER_CONFIG)
     if num_blocks is not None:
@@ -479,25 +486,44 @@ def random_dit_pipeline(name: str, *, device: str | torch.device = "cpu", dtype:
             config["num_single_layers"] = min(num_blocks, config["num_single_layers"])
     with _seeded(seed, device):
         tokenizer, tokenizer_2, t5_tokenizer = tiny_clip_tokenizer(), tiny_clip_tokenizer(), tiny_t5_tokenizer()
+        scheduler = FlowMatchEulerDiscreteScheduler(**(_FLUX_SCHEDULER_CONFIG if flux else _SD3_SCHEDULER_CONFIG))
         with torch.device(device), _default_dtype(dtype):
             transformer = (FluxTransformer2DModel if flux else SD3Transformer2DModel)(**config)
-            t5 = _tiny_t5(t5_tokenizer, width=_RANDOM_DIT_TEXT["t5"])
+            t5 = _tiny_t5(t5_tokenizer, width=_FULL_SIZE_TEXT["t5"])
             if flux:
                 pipe = FluxPipeline(
-                    scheduler=FlowMatchEulerDiscreteScheduler(**_FLUX_SCHEDULER_CONFIG),
-                    vae=_thin_vae(scaling_factor=_FLUX_VAE_SCALING, shift_factor=_FLUX_VAE_SHIFT),
-                    text_encoder=_thin_clip(tokenizer, _RANDOM_DIT_TEXT["clip-l"], projection=False),
+                    scheduler=scheduler,
+                    vae=_thin_vae(latent_channels=config["in_channels"] // _FLUX_PACKING**2,
+                                  scaling_factor=_FLUX_VAE_SCALING, shift_factor=_FLUX_VAE_SHIFT),
+                    text_encoder=_thin_clip(tokenizer, _FULL_SIZE_TEXT["clip-l"], projection=False),
                     tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer,
                 )
             else:
                 pipe = StableDiffusion3Pipeline(
-                    transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**_SD3_SCHEDULER_CONFIG),
-                    vae=_thin_vae(scaling_factor=_SD3_VAE_SCALING, shift_factor=_SD3_VAE_SHIFT),
-                    text_encoder=_thin_clip(tokenizer, _RANDOM_DIT_TEXT["clip-l"], projection=True),
+                    transformer=transformer, scheduler=scheduler,
+                    vae=_thin_vae(latent_channels=config["in_channels"], scaling_factor=_SD3_VAE_SCALING,
+                                  shift_factor=_SD3_VAE_SHIFT),
+                    text_encoder=_thin_clip(tokenizer, _FULL_SIZE_TEXT["clip-l"], projection=True),
                     tokenizer=tokenizer,
-                    text_encoder_2=_thin_clip(tokenizer_2, _RANDOM_DIT_TEXT["clip-g"], projection=True),
+                    text_encoder_2=_thin_clip(tokenizer_2, _FULL_SIZE_TEXT["clip-g"], projection=True),
                     tokenizer_2=tokenizer_2, text_encoder_3=t5, tokenizer_3=t5_tokenizer,
                 )
+    return _finish(pipe)
+
+
+def _random_sdxl(device: torch.device, dtype: torch.dtype, seed: int) -> StableDiffusionXLPipeline:
+    with _seeded(seed, device):
+        tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_clip_tokenizer()
+        scheduler = EulerDiscreteScheduler(**_SDXL_SCHEDULER_CONFIG)  # its tables stay on the CPU, as when loaded
+        with torch.device(device), _default_dtype(dtype):
+            pipe = StableDiffusionXLPipeline(
+                vae=_thin_vae(latent_channels=SDXL_UNET_CONFIG["in_channels"], scaling_factor=_SDXL_VAE_SCALING,
+                              shift_factor=None),
+                text_encoder=_thin_clip(tokenizer, _FULL_SIZE_TEXT["clip-l"], projection=False),
+                text_encoder_2=_thin_clip(tokenizer_2, _FULL_SIZE_TEXT["clip-g"], projection=True),
+                tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=UNet2DConditionModel(**SDXL_UNET_CONFIG),
+                scheduler=scheduler, add_watermarker=False,
+            )
     return _finish(pipe)
 
 
