@@ -175,16 +175,31 @@ def test_sd15_gets_no_pooled_embeddings_and_global_negatives_by_default(pipeline
     assert kwargs["prompt_embeds"].shape == kwargs["negative_prompt_embeds"].shape == (1, 2 * 77, 32)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", UNETS)
-def test_image_isolation_on_unets_masks_self_attention_across_regions(pipelines, name):
+def test_image_isolation_on_unets_masks_self_attention_across_regions(pipelines, name, method):
     pipe = pipelines[name]
-    with attnkit.regional(pipe, LEFT_RIGHT, image_isolation=True) as call:
+    self_sites = attnkit.sites(pipe).select(kind="self")
+    seen = []
+
+    class SelfMask(Control):
+        name = "self-mask"
+
+        def before(self, call):
+            seen.append(call.mask.clone() if call.has_mask else None)
+
+    with attnkit.regional(pipe, LEFT_RIGHT, image_isolation=True, method=method) as call:
         kinds = {s.kind for s in call.sites()}
-        isolated = latents(pipe, **call(seed=0, num_inference_steps=1))
-    with attnkit.regional(pipe, LEFT_RIGHT) as call:
+        with attnkit.attach(pipe, SelfMask(), self_sites[:1]):
+            isolated = latents(pipe, **call(seed=0, num_inference_steps=1))
+    with attnkit.regional(pipe, LEFT_RIGHT, method=method) as call:
         assert {s.kind for s in call.sites()} == {"cross"}
-        masked = latents(pipe, **call(seed=0, num_inference_steps=1))
-    assert kinds == {"cross", "self"} and not torch.equal(isolated, masked)
+        plain = latents(pipe, **call(seed=0, num_inference_steps=1))
+    assert kinds == {"cross", "self"} and not torch.equal(isolated, plain)
+    rows, cols = self_sites[0].grid((16, 16))
+    left = (torch.arange(rows * cols) % cols) < cols // 2
+    mask = seen[0][-1, 0]  # the cond item: left tokens see left tokens only
+    assert mask.dtype == torch.bool and torch.equal(mask, left[:, None] == left[None, :])
 
 
 def test_unet_errors_name_the_problem_and_leave_the_pipeline_as_it_was(pipelines):

@@ -1,4 +1,5 @@
-"""`attnkit generate` (plain text-to-image) and `attnkit regional` (a region spec on SD3 / SD3.5 / Flux).
+"""`attnkit generate` (plain text-to-image) and `attnkit regional` (a region spec on SD1.x, SD2, SDXL, SD3, SD3.5 or
+Flux).
 
 Both write the image as PNG with what made it in the `attnkit` text chunk (JSON), so an image carries its spec.
 `regional --init-image` runs the model family's img2img pipeline on the same modules, `--mask-image` its inpaint
@@ -32,7 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(run=_generate)
 
-    p = commands.add_parser("regional", help="regional prompting from a YAML / JSON region spec (SD3, SD3.5, Flux)")
+    p = commands.add_parser("regional",
+                            help="regional prompting from a YAML / JSON region spec (SD1.x, SDXL, SD3, SD3.5, Flux)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--spec", required=True, type=Path, help="region spec file (.yaml, .yml or .json)")
     _common(p)
@@ -129,8 +131,10 @@ def _regional(args: argparse.Namespace) -> None:
         kwargs = call(seed=args.seed, **options, **images)
         with torch.inference_mode():
             image = pipe(**kwargs).images[0]
-        grid = call.grid(kwargs["height"], kwargs["width"])
-    options |= {"height": kwargs["height"], "width": kwargs["width"]}
+        height, width = call.size
+        grid = call.grid(height, width)
+        spec = call.spec  # with the masks a first pass found for `from_word` regions
+    options |= {"height": height, "width": width}
     if images:
         options |= {"init_image": str(args.init_image),
                     "mask_image": None if args.mask_image is None else str(args.mask_image)}

@@ -30,6 +30,7 @@ from .encode import Encoded, encode, truncation_problems
 from .images import init_size, takes_size
 from .mask import Rules, base_bias
 from .spec import METHODS, RegionSpec, load_spec
+from .words import derive_word_masks
 
 __all__ = ["Regional", "RegionalOptions", "regional", "supports"]
 
@@ -130,7 +131,8 @@ class Regional:
             raise AttnkitError(f"method 'couple' blends UNet cross-attention; {type(pipe).__name__} mixes image and "
                                "text in joint attention, where regions are applied by method 'mask'.")
         self.encoded: Encoded | None = None
-        self.control: RegionalControl | None = None
+        self.control: RegionalControl | CoupleControl | None = None
+        self.size: tuple[int, int] | None = None  # (height, width) of the latest `call(...)`
         self._session: Session | None = None
 
     def __enter__(self) -> Regional:
@@ -147,17 +149,29 @@ class Regional:
         self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
                               pooled=self.options.pooled, negatives=self.options.negatives,
                               with_negatives=with_negatives)
+        self._attach()
+        return self
+
+    def _attach(self) -> None:
+        """Install the controls of the current spec (again after a first pass has found masks from words)."""
         o = self.options
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
         rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
                       image_isolation=o.image_isolation, base_bias=base_bias(weight))
         schedule = Schedule(rules, o.steps, o.image_isolation_steps)
-        self.control = (CoupleControl(self.spec, self.encoded, schedule) if self.method == "couple" else
-                        RegionalControl(self.spec, self.encoded, schedule, o.kernel))
-        session = Session(self.pipe, [(self.control, self.sites())])
+        found = self.sites()
+        if self.method == "couple":
+            self.control = CoupleControl(self.spec, self.encoded, schedule)
+            placements = [(self.control, found.select(kind="cross"))]
+            if o.image_isolation:  # the blend acts in cross-attention; isolation is the mask on self-attention
+                isolation = RegionalControl(self.spec, self.encoded, schedule, o.kernel)
+                placements.append((isolation, found.select(kind="self")))
+        else:
+            self.control = RegionalControl(self.spec, self.encoded, schedule, o.kernel)
+            placements = [(self.control, found)]
+        session = Session(self.pipe, placements)
         session.__enter__()
         self._session = session
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._session is not None:
@@ -168,8 +182,7 @@ class Regional:
         """Where the mask goes: joint attention (and Flux single blocks) or UNet cross-attention; image-only
         self-attention (MMDiT-X `attn2`, UNet `attn1`) only when image isolation is on; restricted to
         `options.blocks`."""
-        isolate = self.options.image_isolation and self.method == "mask"
-        kinds = ["joint", "single", "cross"] + (["self2", "self"] if isolate else [])
+        kinds = ["joint", "single", "cross"] + (["self2", "self"] if self.options.image_isolation else [])
         found = sites(self.pipe)
         kinds = [k for k in kinds if any(s.kind == k for s in found)]
         return found.select(kind=kinds, block=self.options.blocks)
@@ -201,29 +214,42 @@ class Regional:
             raise AttnkitError("padding_mask_crop generates only a crop around the mask, so the regions (fractions of "
                                "the whole image) would land elsewhere; leave it out.")
         height, width = self._size(kwargs.pop("height", None), kwargs.pop("width", None), kwargs.get("image"))
+        grid = self.grid(height, width, what="init image" if kwargs.get("image") is not None else "image size")
+        self.size = (height, width)
+        if seed is not None:
+            kwargs["generator"] = torch.Generator().manual_seed(seed)
+        size = {"height": height, "width": width} if takes_size(self.pipe) else {}
+        if self.spec.pending:
+            self._find_word_regions({**size, **kwargs})
+        self.spec.check_grid(grid)
         e = self.encoded
         embeds = {"prompt_embeds": e.prompt_embeds, "pooled_prompt_embeds": e.pooled_prompt_embeds}
         if e.negative_prompt_embeds is not None:
             embeds |= {"negative_prompt_embeds": e.negative_prompt_embeds,
                        "negative_pooled_prompt_embeds": e.negative_pooled_prompt_embeds}
         embeds = {name: value for name, value in embeds.items() if value is not None}  # SD1.x takes no pooled
-        if seed is not None:
-            kwargs["generator"] = torch.Generator().manual_seed(seed)
-        size = {"height": height, "width": width} if takes_size(self.pipe) else {}
         return {**embeds, **size, **kwargs}
 
     def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
-        """The size the pipeline generates: the init image's when there is one, else the asked or default size;
-        checked against the spec on its token grid."""
+        """The size the pipeline generates: the init image's when there is one, else the asked or default size."""
         if image is not None:
-            height, width = init_size(self.pipe, image, height, width)
-            self.spec.check_grid(self.grid(height, width, what="init image"))
-            return height, width
+            return init_size(self.pipe, image, height, width)
         sample_size = getattr(self.pipe, "default_sample_size", None) or denoiser_of(self.pipe).config.sample_size
         default = sample_size * self.pipe.vae_scale_factor
-        height, width = height or default, width or default
-        self.spec.check_grid(self.grid(height, width))
-        return height, width
+        return height or default, width or default
+
+    def _find_word_regions(self, kwargs: dict[str, Any]) -> None:
+        """The first pass of `from_word` regions, with the regional controls off; the spec then holds their masks
+        (and so does `self.spec` for whatever writes it next to the image)."""
+        self._session.__exit__(None, None, None)
+        self._session = None
+        if self.architecture in _DEFAULT_MAX_SEQUENCE_LENGTH:  # the base prompt's T5 tokens as in the regional pass
+            kwargs = {**kwargs, "max_sequence_length": self.max_sequence_length}
+        try:
+            self.spec = derive_word_masks(self.pipe, self.spec, kwargs, negative=self.architecture != "flux"
+                                          or self.spec.negative is not None)
+        finally:
+            self._attach()
 
 
 def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) -> Regional:

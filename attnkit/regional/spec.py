@@ -10,6 +10,9 @@ regions:
   - prompt: "a blue square"
     mask: right.png                             # any size; area-averaged onto the token grid
     negative: "green"                           # optional per-region negative
+  - prompt: "a straw hat"
+    from_word: hat                              # where the base prompt's "hat" went in a first pass
+    threshold: 0.4                              # optional: share of the map's range that counts as inside
 # or, instead of box / mask per region:  grid: "1,1"  (sd-webui-regional-prompter ratios)
 ```
 
@@ -35,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import AttnkitError
 
-__all__ = ["Base", "Region", "RegionSpec", "load_spec", "owners_of", "parse_grid", "BASE"]
+__all__ = ["Base", "Region", "RegionSpec", "load_spec", "owners_of", "parse_grid", "BASE", "DEFAULT_WORD_THRESHOLD"]
 
 #: How a UNet applies the regions: one masked cross-attention pass, or one cross-attention per region blended.
 METHODS = ("mask", "couple")
@@ -43,7 +46,10 @@ METHODS = ("mask", "couple")
 #: Owner of the image tokens that no region covers (they see the base prompt only), and of the base prompt's text.
 BASE = -1
 
-MaskSource = str | Path | Image.Image | torch.Tensor
+MaskSource = str | Path | Image.Image | torch.Tensor | list  # list: rows of numbers in [0, 1]
+
+#: Share of a word map's range (min to max) above which a pixel belongs to a `from_word` region.
+DEFAULT_WORD_THRESHOLD = 0.4
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,17 @@ class Base:
 
 @dataclass(frozen=True)
 class Region:
-    """One prompt and the part of the image it describes: a `box` (x0, y0, x1, y1 as fractions) or a `mask`
-    (an image path, a PIL image or a 2-D tensor of values in [0, 1]; any size)."""
+    """One prompt and the part of the image it describes: a `box` (x0, y0, x1, y1 as fractions), a `mask` (an
+    image path, a PIL image, a 2-D tensor or rows of numbers in [0, 1]; any size), or `from_word`: the pixels where
+    that word of the base prompt went in a first pass (the regional-prompter "prompt" mode), thresholded at
+    `threshold` of the word map's range. Once derived, the mask is kept beside `from_word`."""
 
     prompt: str
     box: tuple[float, float, float, float] | None = None
     mask: MaskSource | None = None
     negative: str | None = None
+    from_word: str | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ class RegionSpec:
     grid: str | None = None
     method: str | None = None
     root: Path | None = field(default=None, compare=False)
-    _areas: tuple[Callable[[tuple[int, int]], torch.Tensor], ...] = field(init=False, repr=False, compare=False)
+    _areas: tuple[Callable[[tuple[int, int]], torch.Tensor] | None, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", tuple(self.regions))
@@ -111,14 +121,18 @@ class RegionSpec:
             _check_prompt(region.prompt, where)
             if region.negative is not None:
                 _check_prompt(region.negative, f"{where} negative", allow_empty=True)
+            if region.from_word is not None or region.threshold is not None:
+                _check_word(region, self.base, boxes is not None, where)
+                areas.append(None if region.mask is None else _mask_area(region.mask, self.root, where))
+                continue
             if boxes is not None:
                 if region.box is not None or region.mask is not None:
                     raise AttnkitError(f"{where} has a box or mask, but the spec divides the image by `grid`; "
                                        "use one or the other.")
                 areas.append(_box_area(boxes[i], where))
             elif (region.box is None) == (region.mask is None):
-                raise AttnkitError(f"{where} needs exactly one of `box: [x0, y0, x1, y1]` or `mask: file.png`"
-                                   " (or give the spec a `grid`).")
+                raise AttnkitError(f"{where} needs exactly one of `box: [x0, y0, x1, y1]`, `mask: file.png` or "
+                                   "`from_word: word` (or give the spec a `grid`).")
             elif region.box is not None:
                 areas.append(_box_area(region.box, where))
             else:
@@ -129,8 +143,18 @@ class RegionSpec:
     def prompts(self) -> list[str]:
         return [r.prompt for r in self.regions]
 
+    @property
+    def pending(self) -> list[int]:
+        """Indices of the regions whose mask is still to be found from a word of the base prompt."""
+        return [i for i, area in enumerate(self._areas) if area is None]
+
     def coverage(self, grid: tuple[int, int]) -> torch.Tensor:
         """Share (0..1) of every token's area that each region covers: (regions, rows, cols)."""
+        if self.pending:
+            i = self.pending[0]
+            raise AttnkitError(f"region {i + 1} takes its mask from the word {self.regions[i].from_word!r} in a "
+                               "first pass, which has not run: inside `with attnkit.regional(...) as call:`, "
+                               "`call(...)` runs it.")
         return torch.stack([area(grid) for area in self._areas])
 
     def coverage_at(self, latent: tuple[int, int], stride: int) -> torch.Tensor:
@@ -189,9 +213,13 @@ class RegionSpec:
             if region.box is not None:
                 entry["box"] = [float(x) for x in region.box]
             if region.mask is not None:
-                entry["mask"] = str(region.mask) if isinstance(region.mask, (str, Path)) else "<in-memory mask>"
+                entry["mask"] = _mask_entry(region)
             if region.negative is not None:
                 entry["negative"] = region.negative
+            if region.from_word is not None:
+                entry["from_word"] = region.from_word
+            if region.threshold is not None:
+                entry["threshold"] = region.threshold
             regions.append(entry)
         data["regions"] = regions
         return data
@@ -209,10 +237,10 @@ class RegionSpec:
         for i, entry in enumerate(regions):
             if not isinstance(entry, dict):
                 raise AttnkitError(f"region {i + 1} must be a mapping with `prompt` and `box` or `mask`, got {entry!r}.")
-            _check_keys(entry, {"prompt", "box", "mask", "negative"}, f"region {i + 1}")
+            _check_keys(entry, {"prompt", "box", "mask", "negative", "from_word", "threshold"}, f"region {i + 1}")
             box = entry.get("box")
             parsed.append(Region(entry.get("prompt"), tuple(box) if isinstance(box, list) else box, entry.get("mask"),
-                                 entry.get("negative")))
+                                 entry.get("negative"), entry.get("from_word"), entry.get("threshold")))
         base = data.get("base")
         if base is not None:
             if isinstance(base, str):
@@ -321,6 +349,36 @@ def _overlap(start: float, end: float, cells: int) -> torch.Tensor:
             ).clamp(0, 1).float()
 
 
+def _check_word(region: Region, base: Base | None, gridded: bool, where: str) -> None:
+    """A `from_word` region: a word of the base prompt, a threshold in (0, 1), and no box."""
+    if region.from_word is None:
+        raise AttnkitError(f"{where} has a threshold but no `from_word`; the threshold cuts a word's map.")
+    if not isinstance(region.from_word, str) or not region.from_word.strip():
+        raise AttnkitError(f"{where}: from_word must be a word of the base prompt, got {region.from_word!r}.")
+    if region.box is not None or gridded:
+        raise AttnkitError(f"{where} has `from_word` and a box (or the spec a `grid`); the word's map is the region's "
+                           "area, so give one or the other.")
+    if base is None:
+        raise AttnkitError(f"{where} takes its mask from the word {region.from_word!r} of the base prompt, but the "
+                           "spec has no `base`: add `base: {prompt: ...}` naming it.")
+    threshold = region.threshold
+    if threshold is not None and (not isinstance(threshold, (int, float)) or not 0 < threshold < 1):
+        raise AttnkitError(f"{where}: threshold must be a number between 0 and 1 (a share of the word map's range), "
+                           f"got {threshold!r}.")
+
+
+def _mask_entry(region: Region) -> Any:
+    """A mask as the spec file writes it: its path; rows of 0/1 for a mask derived from a word (so that the image's
+    spec reproduces it); a note for other in-memory masks."""
+    if isinstance(region.mask, (str, Path)):
+        return str(region.mask)
+    if isinstance(region.mask, list):
+        return region.mask
+    if region.from_word is not None and isinstance(region.mask, torch.Tensor):
+        return [[int(v) for v in row] for row in region.mask.round().int().tolist()]
+    return "<in-memory mask>"
+
+
 def _mask_area(mask: MaskSource, root: Path | None, where: str):
     """Coverage of each token by a mask image, by area averaging (PIL's box filter) onto the token grid."""
     image = _read_mask(mask, root, where)
@@ -337,6 +395,11 @@ def _mask_area(mask: MaskSource, root: Path | None, where: str):
 
 def _read_mask(mask: MaskSource, root: Path | None, where: str) -> Image.Image:
     """The mask as a float ("F") PIL image with values in [0, 1]."""
+    if isinstance(mask, list):
+        try:
+            mask = torch.tensor(mask, dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise AttnkitError(f"{where}: a mask given as a list must be rows of numbers in [0, 1].") from None
     if isinstance(mask, torch.Tensor):
         if mask.ndim != 2 or mask.numel() == 0 or not bool(((mask >= 0) & (mask <= 1)).all()):
             raise AttnkitError(f"{where}: a tensor mask must be 2-D with values in [0, 1], got shape "

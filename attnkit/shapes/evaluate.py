@@ -127,7 +127,7 @@ def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     # The headline number uses attnkit.regional's defaults; blocking image<->image attention across regions too
     # is recorded beside it (the feasibility notes found it helps on these models).
     for key, options in (("regional", {}), ("regional_image_isolation", {"image_isolation": True})):
-        images = regional_images(pipe, cases, gen_seeds, **gen, **options)
+        images = regional_images(pipe, cases, gen_seeds, **gen, options=options)
         ok = [region_success(im, regions, w) for im, w in zip(images, wanted)]
         result[key] = float(np.mean(ok))
         result[f"{key}_both"] = float(np.mean([all(r) for r in ok]))

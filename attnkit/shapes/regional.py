@@ -1,6 +1,6 @@
 """Regional prompting on shapes layouts through `attnkit.regional`.
 
-Kept apart from the metrics so the demo and the benchmark share one way of placing objects in the two halves.
+Kept apart from the metrics so the demo and the benchmark share one way of placing objects in halves or quadrants.
 """
 
 from __future__ import annotations
@@ -12,28 +12,37 @@ import numpy as np
 from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
 from .data import SIZE
 
-__all__ = ["layout_spec", "regional_images"]
+__all__ = ["BOXES", "layout_spec", "regional_images"]
 
-Layout = tuple[tuple[str, str], tuple[str, str]]
+Layout = tuple[tuple[str, str], ...]  # (colour, shape) per region, in reading order
+
+#: Region boxes of a layout of 2 (left and right half) or 4 (quadrants, in reading order) objects.
+BOXES: dict[int, list[list[float]]] = {2: [[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]],
+                                       4: [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5],
+                                           [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]]}
 
 
-def layout_spec(layout: Layout) -> dict[str, Any]:
-    """Region spec: the left object's prompt on the left half, the right one's on the right half, guided against
-    the empty prompt as plain generation is."""
-    (left, right) = layout
-    return {"negative": "", "regions": [{"prompt": f"a {left[0]} {left[1]}", "box": [0.0, 0.0, 0.5, 1.0]},
-                        {"prompt": f"a {right[0]} {right[1]}", "box": [0.5, 0.0, 1.0, 1.0]}]}
+def layout_spec(layout: Layout, base_weight: float | None = None) -> dict[str, Any]:
+    """Region spec: each object's prompt in its box, guided against the empty prompt as plain generation is; with
+    `base_weight`, the plain prompt naming every object as the base prompt at that weight."""
+    phrases = [f"a {color} {shape}" for color, shape in layout]
+    spec: dict[str, Any] = {"negative": "", "regions": [{"prompt": phrase, "box": box}
+                                                        for phrase, box in zip(phrases, BOXES[len(layout)])]}
+    if base_weight is not None:
+        spec["base"] = {"prompt": " and ".join(phrases), "weight": base_weight}
+    return spec
 
 
 def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int = STEPS,
-                    guidance: float = GUIDANCE, **options: Any) -> list[np.ndarray]:
+                    guidance: float = GUIDANCE, base_weight: float | None = None,
+                    options: dict[str, Any] | None = None) -> list[np.ndarray]:
     """uint8 images, one per (layout, seed); `options` are `attnkit.regional.RegionalOptions` fields."""
     from ..regional import regional
 
-    options = call_kwargs(pipe) | options
+    options = call_kwargs(pipe) | (options or {})
     images = []
     for layout, seed in zip(cases, seeds):
-        with regional(pipe, layout_spec(layout), **options) as call:
+        with regional(pipe, layout_spec(layout, base_weight), **options) as call:
             guided = call(seed=seed, num_inference_steps=steps, output_type="np", height=SIZE, width=SIZE,
                           **guidance_kwargs(pipe, guidance))
             out = pipe(**guided)

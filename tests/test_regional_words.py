@@ -1,0 +1,105 @@
+"""Regions found from a word of the base prompt (the regional-prompter "prompt" mode): the first pass, the mask it
+derives, the spec that records it, and the errors."""
+
+import json
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+import attnkit
+import attnkit.maps
+from attnkit import AttnkitError
+from attnkit.cli import main
+from attnkit.regional import RegionSpec, load_spec
+from attnkit.regional.words import word_mask
+
+BASE = "a red circle and a blue square"
+SPEC = {"base": {"prompt": BASE, "weight": 0.5},
+        "regions": [{"prompt": "a green triangle", "from_word": "circle", "threshold": 0.5}]}
+OPTIONS = {"tiny-sd3": {"max_sequence_length": 8}, "tiny-flux": {"max_sequence_length": 8}}
+
+
+@pytest.mark.parametrize("name", ["tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_the_derived_mask_is_the_words_map_of_a_first_pass_cut_at_the_threshold(pipelines, name):
+    pipe = pipelines[name]
+    options = OPTIONS.get(name, {})
+    with attnkit.regional(pipe, SPEC, **options) as call:
+        kwargs = call(seed=3, num_inference_steps=2)
+        mask = call.spec.regions[0].mask
+        regional = pipe(**kwargs, output_type="latent").images
+    negative = {} if name == "tiny-flux" else {"negative_prompt": ""}
+    with attnkit.maps.trace(pipe, BASE) as tc, torch.inference_mode():
+        pipe(prompt=BASE, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="latent",
+             **negative, **options)
+    heat = tc.heatmap("circle").float()
+    assert torch.equal(mask, (heat >= heat.min() + 0.5 * (heat.max() - heat.min())).float())
+    assert mask[heat == heat.max()].eq(1).all() and 0 < mask.mean() < 1  # covers the word's peak, not everything
+    plain = pipe(prompt=BASE, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="latent",
+                 **negative, **options).images
+    assert not torch.equal(regional, plain)  # the regional pass ran, from the same noise as the first
+
+
+def test_word_mask_thresholds_the_range_of_the_map():
+    heat = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
+    assert word_mask(heat, 0.5).tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    assert word_mask(heat, 0.2).tolist() == [[0.0, 1.0], [1.0, 1.0]]
+
+
+def test_the_written_spec_keeps_the_derived_mask_and_reloads_to_the_same_regions(pipelines, tmp_path):
+    pipe = pipelines["tiny-sd15"]
+    with attnkit.regional(pipe, SPEC) as call:
+        call(seed=0, num_inference_steps=1)
+        derived = call.spec
+    written = derived.as_dict()
+    assert written["regions"][0]["from_word"] == "circle" and written["regions"][0]["threshold"] == 0.5
+    (tmp_path / "spec.json").write_text(json.dumps(written))
+    again = load_spec(tmp_path / "spec.json")
+    assert not again.pending and torch.equal(again.owners((16, 16)), derived.owners((16, 16)))
+    with attnkit.regional(pipe, again) as call:  # a derived mask is used as it is: no second first pass
+        call(seed=0, num_inference_steps=1)
+        assert call.spec is again
+
+
+def test_cli_regional_with_a_word_region_records_the_mask_in_the_png(tmp_path, capsys):
+    (tmp_path / "spec.yaml").write_text(
+        f'base: "{BASE}"\nregions:\n  - prompt: "a green triangle"\n    from_word: square\n')
+    out = tmp_path / "out.png"
+    assert main(["regional", "tiny-sd15", "--spec", str(tmp_path / "spec.yaml"), "--out", str(out), "--steps", "1"]) == 0
+    record = json.loads(Image.open(out).text["attnkit"])
+    mask = record["spec"]["regions"][0]["mask"]
+    assert len(mask) == 16 and {v for row in mask for v in row} == {0, 1}
+    assert RegionSpec.from_dict(record["spec"]).pending == []
+
+
+BAD = {
+    "no base": ({"regions": [{"prompt": "a", "from_word": "hat"}]}, "the spec has no `base`"),
+    "box too": ({"base": BASE, "regions": [{"prompt": "a", "from_word": "circle", "box": [0, 0, 1, 1]}]},
+                "has `from_word` and a box"),
+    "threshold range": ({"base": BASE, "regions": [{"prompt": "a", "from_word": "circle", "threshold": 1.5}]},
+                        "threshold must be a number between 0 and 1"),
+    "threshold alone": ({"base": BASE, "regions": [{"prompt": "a", "box": [0, 0, 1, 1], "threshold": 0.3}]},
+                        "has a threshold but no `from_word`"),
+    "empty word": ({"base": BASE, "regions": [{"prompt": "a", "from_word": " "}]}, "from_word must be a word"),
+    "bad mask rows": ({"regions": [{"prompt": "a", "mask": [[0, 1], [1]]}]}, "rows of numbers in [0, 1]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_each_bad_word_region_raises_its_error(case):
+    data, message = BAD[case]
+    with pytest.raises(AttnkitError, match=re.escape(message)):
+        RegionSpec.from_dict(data)
+
+
+def test_a_word_not_in_the_base_prompt_and_coverage_before_the_first_pass_are_errors(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    before = dict(pipe.unet.attn_processors)
+    spec = RegionSpec.from_dict({"base": BASE, "regions": [{"prompt": "a", "from_word": "triangle"}]})
+    with pytest.raises(AttnkitError, match="takes its mask from the word 'triangle' in a first pass"):
+        spec.owners((4, 4))
+    with pytest.raises(AttnkitError, match="'triangle' is not a word of the prompt"):
+        with attnkit.regional(pipe, spec) as call:
+            call(seed=0, num_inference_steps=1)
+    assert dict(pipe.unet.attn_processors) == before
