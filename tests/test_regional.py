@@ -159,10 +159,11 @@ def test_unreadable_mask_file_and_spec_file(tmp_path):
     text_first=st.booleans(),
     flags=st.tuples(*[st.booleans()] * 4),
     weight=st.sampled_from([0.0, 0.3, 1.0, 2.5]),
+    image_bias=st.sampled_from([float("-inf"), -2.0]),
     seed=st.integers(0, 2**16),
 )
 def test_split_kernel_equals_explicit_masked_softmax(regions, image_tokens, text, base, pads, text_first, flags,
-                                                     weight, seed):
+                                                     weight, image_bias, seed):
     generator = torch.Generator().manual_seed(seed)
     image = torch.randint(BASE if base else 0, regions, (image_tokens,), generator=generator)
     text_owners = [r for r in range(regions) for _ in range(text)] + [BASE] * (text if base else 0) + [PAD] * pads
@@ -170,7 +171,7 @@ def test_split_kernel_equals_explicit_masked_softmax(regions, image_tokens, text
     runs = runs[::-1] if text_first else runs
     parts = [part for part, n in runs for _ in range(n)]
     owners = text_owners + image.tolist() if text_first else image.tolist() + text_owners
-    rules = Rules(*flags, True, math.log(weight) if weight else float("-inf"))
+    rules = Rules(*flags, True, math.log(weight) if weight else float("-inf"), image_bias)
     plan = Plan(runs, [torch.tensor(owners)], rules, torch.float32, torch.device("cpu"))
     bias = reference_bias(parts, owners, rules)
     if plan.noop:  # nothing masked: the control leaves the call to the stock kernel
@@ -193,6 +194,9 @@ def test_mask_parts_follow_the_rules():
     assert allowed(Token("text", 0), Token("text", 1), rules) == -math.inf
     assert allowed(Token("image", 0), Token("image", 1), rules) == 0
     assert allowed(Token("image", 0), Token("image", 1), Rules(image_isolation=True)) == -math.inf
+    soft = Rules(image_isolation=True, image_bias=-2.0)  # soft isolation: other regions' image tokens at e^-2
+    assert allowed(Token("image", 0), Token("image", 1), soft) == -2.0
+    assert allowed(Token("image", 1), Token("image", 1), soft) == allowed(Token("image", 0), Token("image", 1), rules)
     assert allowed(Token("image", 1), Token("text", BASE), Rules(base_bias=-1.5)) == -1.5
     assert allowed(Token("text", BASE), Token("image", 1), rules) == 0
     assert allowed(Token("image", 0), Token("text", PAD), rules) == -math.inf

@@ -45,8 +45,8 @@ class Schedule:
     def _phases(self) -> dict[tuple[bool, bool], Rules | None]:
         """The rules of each (text parts on, image isolation on) phase, built once."""
         return {(True, True): self.rules, (True, False): replace(self.rules, image_isolation=False),
-                (False, True): Rules(image_to_text=False, text_to_image=False, text_isolation=False,
-                                     image_isolation=True, hide_pads=False),
+                (False, True): replace(self.rules, image_to_text=False, text_to_image=False, text_isolation=False,
+                                       hide_pads=False, base_bias=0.0),
                 (False, False): None}
 
 

@@ -49,7 +49,9 @@ class Rules:
     `image_to_text`: image tokens see only their own region's text (and the base prompt).
     `text_to_image`: a region's text sees only its region's image tokens.
     `text_isolation`: texts of different regions (and the base prompt) do not see each other.
-    `image_isolation`: image tokens see only image tokens of their own region.
+    `image_isolation`: image tokens see image tokens of other regions only through the logit bias `image_bias`
+    (-inf: not at all; a finite bias -s divides that attention by e^s, the soft self-attention modulation of
+    DenseDiffusion, Kim et al. 2023).
     `hide_pads`: padding text slots are seen by nothing but themselves.
     `base_bias`: log(base weight), added to the logits of every image token on the base prompt's tokens.
     """
@@ -60,16 +62,18 @@ class Rules:
     image_isolation: bool = False
     hide_pads: bool = True
     base_bias: float = 0.0
+    image_bias: float = _NEG_INF
 
 
 def allowed(query: Token, key: Token, rules: Rules) -> float:
-    """Additive logit bias of `query` attending to `key`: 0 (attend), `rules.base_bias`, or -inf (masked)."""
+    """Additive logit bias of `query` attending to `key`: 0 (attend), `rules.base_bias` or `rules.image_bias`, or
+    -inf (masked)."""
     same = query.owner == key.owner
     if rules.hide_pads and PAD in (query.owner, key.owner):
         return 0.0 if same else _NEG_INF
     if query.part == "image" and key.part == "image":
-        visible = same or not rules.image_isolation
-    elif query.part == "image":
+        return 0.0 if same or not rules.image_isolation else rules.image_bias
+    if query.part == "image":
         if key.owner == BASE:
             return rules.base_bias
         visible = same or not rules.image_to_text

@@ -15,6 +15,7 @@ The img2img and inpaint pipelines of these families work the same way (`AutoPipe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -44,8 +45,9 @@ _OWN_ARGUMENTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative
 class RegionalOptions:
     """How the regional mask is applied. The defaults are one joint-attention mask over [image | region texts]:
     image tokens see only their region's text, region texts see only their region's image tokens and not each
-    other's text; image tokens still see the whole
-    image unless `image_isolation` is on (within `image_isolation_steps`).
+    other's text; image tokens still see the whole image unless `image_isolation` is on (within
+    `image_isolation_steps`): then attention from an image token to other regions' image tokens is divided by
+    e^`image_isolation_strength` (inf, the default: none at all; a few units: DenseDiffusion's soft modulation).
 
     `steps` / `blocks`: the mask applies in steps [start, end) and in these blocks (e.g. "joint", "joint.3",
     "single"); elsewhere attention is plain joint attention over all tokens. `pooled`: the pooled embedding is the
@@ -66,6 +68,7 @@ class RegionalOptions:
     text_to_image: bool = True
     text_isolation: bool = True
     image_isolation: bool = False
+    image_isolation_strength: float = math.inf
     steps: StepRange = (0, None)
     image_isolation_steps: StepRange = (0, None)
     blocks: str | tuple[str, ...] | None = None
@@ -86,6 +89,10 @@ class RegionalOptions:
                                    f"{', '.join(c for c in choices if c is not None)}.")
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
+        strength = self.image_isolation_strength
+        if not isinstance(strength, (int, float)) or not strength > 0:
+            raise AttnkitError(f"image_isolation_strength must be a logit penalty > 0 (inf: full isolation), got "
+                               f"{strength!r}.")
         msl = self.max_sequence_length
         if msl is not None and (not isinstance(msl, int) or msl < 0):
             raise AttnkitError(f"max_sequence_length must be a number of T5 tokens >= 0, got {msl!r}.")
@@ -157,7 +164,8 @@ class Regional:
         o = self.options
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
         rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
-                      image_isolation=o.image_isolation, base_bias=base_bias(weight))
+                      image_isolation=o.image_isolation, base_bias=base_bias(weight),
+                      image_bias=-float(o.image_isolation_strength))
         schedule = Schedule(rules, o.steps, o.image_isolation_steps)
         found = self.sites()
         if self.method == "couple":
