@@ -41,12 +41,22 @@ COMMON = {
     "image isolation, steps 0-3": {"image_isolation": True, "image_isolation_steps": (0, 3)},
     "image isolation, steps 0-6": {"image_isolation": True, "image_isolation_steps": EARLY},
     "image isolation, steps 0-10": {"image_isolation": True, "image_isolation_steps": (0, 10)},
+    "soft image isolation 1": {"image_isolation": True, "image_isolation_strength": 1.0},
+    "soft image isolation 2": {"image_isolation": True, "image_isolation_strength": 2.0},
+    "soft image isolation 2, steps 0-10": {"image_isolation": True, "image_isolation_strength": 2.0,
+                                           "image_isolation_steps": (0, 10)},
     "base prompt, weight 0.2": {"base_weight": 0.2},
     "base prompt, weight 0.5": {"base_weight": 0.5},
+    "base prompt, weight 1": {"base_weight": 1.0},
+    "base prompt, weight 2": {"base_weight": 2.0},
+    "base prompt 0.5, mask steps 0-14": {"base_weight": 0.5, "steps": (0, 14)},
+    "base prompt 0.5, soft image isolation 1": {"base_weight": 0.5, "image_isolation": True,
+                                                "image_isolation_strength": 1.0},
 }
 TRANSFORMERS = {  # parts of the joint-attention mask (a UNet's text never queries)
     "no text->image": {"text_to_image": False},
     "no text isolation": {"text_isolation": False},
+    "base prompt 0.5, no text->image": {"base_weight": 0.5, "text_to_image": False},
 }
 UNETS = {
     "couple": {"method": "couple"},

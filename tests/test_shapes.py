@@ -181,13 +181,14 @@ def test_eval_json_contract(capsys, model: str) -> None:
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert set(result) == {"model", "prompt_following", "regional_adherence", "plain_adherence", "map_iou",
-                           "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence"}
+                           "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
+                           "regional_adherence_4"}
     assert result["model"] == model
     for key in ("prompt_following", "plain_adherence", "map_iou", "edit_adherence"):
         assert 0.0 <= result[key] <= 1.0, key
     for key in ("flicker_per_frame", "flicker_first", "flicker_first_previous"):
         assert 0.0 < result[key] < 1.0, key
-    assert 0.0 <= result["regional_adherence"] <= 1.0
+    assert 0.0 <= result["regional_adherence"] <= 1.0 and 0.0 <= result["regional_adherence_4"] <= 1.0
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)

@@ -101,7 +101,7 @@ class Trace:
         """Words of one regional prompt, at the positions of its segment in the concatenated text."""
         if self.regional is None:
             raise AttnkitError("`region=` labels maps of a regional prompt: pass the object of "
-                               "`with attnkit.regional(pipe, spec) as call` as the trace's prompt.")
+                               "`with attnkit.regional(pipe, spec) as regions` as the trace's prompt.")
         spec = self.regional.spec
         owners = {"base": BASE} | {i: i for i in range(len(spec.regions))}
         if region not in owners or (region == "base" and spec.base is None):
@@ -172,7 +172,7 @@ def trace(
     """Record attention maps of the generation run inside the `with` block.
 
     `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps), or the
-    object of `with attnkit.regional(pipe, spec) as call` for maps per region prompt (`heatmap(word, region=i)`).
+    object of `with attnkit.regional(pipe, spec) as regions` for maps per region prompt (`heatmap(word, region=i)`).
     `relation`: "image->text" (default), "text->image", "text->text" or "image->image" (see `recorder`).
     Sites: `sites_`, or `SiteList.select(**selection)` (kind, block, resolution, index, names, where) among the
     sites of the kinds that have the relation (image->text: UNet cross, SD3 joint, Flux joint and single).

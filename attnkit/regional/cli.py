@@ -127,13 +127,13 @@ def _regional(args: argparse.Namespace) -> None:
     negative = options.pop("negative_prompt", None)  # true CFG: the spec's negatives, else this one
     if negative is not None and spec.negative is None and all(r.negative is None for r in spec.regions):
         spec = dataclasses.replace(spec, negative=negative)
-    with regional(pipe, spec, **call_kwargs(args.model, pipe)) as call:
-        kwargs = call(seed=args.seed, **options, **images)
+    with regional(pipe, spec, **call_kwargs(args.model, pipe)) as regions:
+        kwargs = regions(seed=args.seed, **options, **images)
         with torch.inference_mode():
             image = pipe(**kwargs).images[0]
-        height, width = call.size
-        grid = call.grid(height, width)
-        spec = call.spec  # with the masks a first pass found for `from_word` regions
+        height, width = regions.size
+        grid = regions.grid(height, width)
+        spec = regions.spec  # with the masks a first pass found for `from_word` regions
     options |= {"height": height, "width": width}
     if images:
         options |= {"init_image": str(args.init_image),

@@ -125,7 +125,7 @@ class RegionalControl(Control):
             if len(text) != n:
                 raise AttnkitError(
                     f"{call.site.name} got {n} text tokens, but the region spec encodes {len(text)}: pass the "
-                    "embeddings from `call(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
+                    "embeddings from `regions(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
                     "negative prompt goes in the spec's `negative`)."
                 )
             pieces.append(text)

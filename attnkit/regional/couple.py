@@ -59,7 +59,7 @@ class CoupleControl(Control):
         if call.k.shape[2] != tokens:
             raise AttnkitError(
                 f"{call.site.name} got {call.k.shape[2]} text tokens, but the region spec encodes {tokens}: pass the "
-                "embeddings from `call(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
+                "embeddings from `regions(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
                 "negative prompt goes in the spec's `negative`).")
         return found
 

@@ -2,15 +2,15 @@
 one `with` block.
 
 ```python
-with attnkit.regional(pipe, "spec.yaml") as call:
-    image = pipe(**call(seed=0, num_inference_steps=28)).images[0]
+with attnkit.regional(pipe, "spec.yaml") as regions:
+    image = pipe(**regions(seed=0, num_inference_steps=28)).images[0]
 ```
 
 Entry validates the spec against the pipeline, encodes every region with the pipeline's own `encode_prompt` and
 installs the regional control through an `attnkit.Session`; exit, also after an error, gives the pipeline back its
-processors. `call(...)` returns the pipeline's keyword arguments: the regional embeddings, the size, a generator.
+processors. `regions(...)` returns the pipeline's keyword arguments: the regional embeddings, the size, a generator.
 The img2img and inpaint pipelines of these families work the same way (`AutoPipelineForImage2Image.from_pipe(pipe)`,
-`call(image=..., strength=0.6)`): the size then comes from the init image.
+`regions(image=..., strength=0.6)`): the size then comes from the init image.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Regional:
                                "text in joint attention, where regions are applied by method 'mask'.")
         self.encoded: Encoded | None = None
         self.control: RegionalControl | CoupleControl | None = None
-        self.size: tuple[int, int] | None = None  # (height, width) of the latest `call(...)`
+        self.size: tuple[int, int] | None = None  # (height, width) of the latest `regions(...)`
         self._session: Session | None = None
 
     def __enter__(self) -> Regional:
@@ -212,10 +212,10 @@ class Regional:
         coverage on the token grid; an img2img or inpaint `image` sets them), a CPU generator seeded with `seed`, and
         everything else passed through."""
         if self.encoded is None or self._session is None:
-            raise AttnkitError("call(...) works inside `with attnkit.regional(pipe, spec) as call:` only.")
+            raise AttnkitError("regions(...) works inside `with attnkit.regional(pipe, spec) as regions:` only.")
         clashing = sorted(set(kwargs) & set(_OWN_ARGUMENTS))
         if clashing:
-            raise AttnkitError(f"{clashing} come from the region spec; leave them out of call(...).")
+            raise AttnkitError(f"{clashing} come from the region spec; leave them out of regions(...).")
         if seed is not None and "generator" in kwargs:
             raise AttnkitError("give either `seed` or `generator`, not both.")
         if kwargs.get("padding_mask_crop") is not None:
@@ -264,7 +264,7 @@ def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) ->
     """Regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline; `options` are
     `RegionalOptions` fields.
 
-    `with attnkit.regional(pipe, spec) as call: image = pipe(**call(seed=0, num_inference_steps=28)).images[0]`
+    `with attnkit.regional(pipe, spec) as regions: image = pipe(**regions(seed=0, num_inference_steps=28)).images[0]`
     """
     known = {f.name for f in fields(RegionalOptions)}
     unknown = sorted(set(options) - known)

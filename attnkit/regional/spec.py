@@ -153,8 +153,8 @@ class RegionSpec:
         if self.pending:
             i = self.pending[0]
             raise AttnkitError(f"region {i + 1} takes its mask from the word {self.regions[i].from_word!r} in a "
-                               "first pass, which has not run: inside `with attnkit.regional(...) as call:`, "
-                               "`call(...)` runs it.")
+                               "first pass, which has not run: inside `with attnkit.regional(...) as regions:`, "
+                               "`regions(...)` runs it.")
         return torch.stack([area(grid) for area in self._areas])
 
     def coverage_at(self, latent: tuple[int, int], stride: int) -> torch.Tensor:

@@ -3,8 +3,8 @@
 Metrics, each a rate in [0, 1], or None where the feature it measures does not apply to the model:
 - `prompt_following`: single-object prompts, the largest object has the right colour and shape;
 - `regional_adherence` / `plain_adherence`: two objects, left and right half, by the strict object-level rule
-  (`scorer.region_success`), with attnkit's regional prompting vs a
-  plain prompt naming both objects;
+  (`scorer.region_success`), with attnkit's regional prompting vs a plain prompt naming both objects;
+- `regional_adherence_4`: four objects of four colours, one per quadrant, with regional prompting, same rule;
 - `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels;
 - `flicker_per_frame`, `flicker_first`, `flicker_first_previous`: video editing (`attnkit.kv.edit_video`) of
   shapes-world videos, one object sliding over a static scene, prompted to recolour the mover: mean absolute change
@@ -29,11 +29,13 @@ from .data import COLORS, SHAPES, SIZE, random_video
 from .regional import regional_images
 from .scorer import detect, follows_prompt, label_pixels, region_success
 
-__all__ = ["HALVES", "METRICS", "VIDEO_METRICS", "evaluate", "generate", "layouts", "video_editing"]
+__all__ = ["HALVES", "METRICS", "QUADRANTS", "VIDEO_METRICS", "evaluate", "four_layouts", "generate", "layouts",
+           "video_editing"]
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
-                            "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence")
-VIDEO_METRICS: tuple[str, ...] = METRICS[4:]
+                            "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
+                            "regional_adherence_4")
+VIDEO_METRICS: tuple[str, ...] = METRICS[4:8]
 #: img2img strength of the video edits: enough for these small models to repaint the mover's colour.
 VIDEO_STRENGTH = 0.8
 VIDEO_FRAMES = 8
@@ -42,6 +44,18 @@ MAP_THRESHOLD = 0.4
 HALVES: tuple[np.ndarray, np.ndarray] = (np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool))
 HALVES[0][:, : SIZE // 2] = True
 HALVES[1][:, SIZE // 2:] = True
+
+
+def _quadrant(index: int) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), bool)
+    row, col = divmod(index, 2)
+    half = SIZE // 2
+    mask[row * half:(row + 1) * half, col * half:(col + 1) * half] = True
+    return mask
+
+
+#: The four quadrants in reading order, the regions of every four-object layout.
+QUADRANTS: tuple[np.ndarray, ...] = tuple(_quadrant(i) for i in range(4))
 
 
 def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS, guidance: float = GUIDANCE,
@@ -66,6 +80,12 @@ def layouts(count: int, seed: int = 0) -> list[tuple[tuple[str, str], tuple[str,
         left, right = pairs[rng.integers(len(pairs))]
         out.append(((left, SHAPES[rng.integers(3)]), (right, SHAPES[rng.integers(3)])))
     return out
+
+
+def four_layouts(count: int, seed: int = 0) -> list[tuple[tuple[str, str], ...]]:
+    """`count` layouts of four (colour, shape) objects, every colour once, in quadrant reading order, seeded."""
+    rng = np.random.default_rng(seed)
+    return [tuple((COLORS[c], SHAPES[rng.integers(3)]) for c in rng.permutation(len(COLORS))) for _ in range(count)]
 
 
 def _phrase(obj: tuple[str, str]) -> str:
@@ -134,6 +154,16 @@ def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     return result
 
 
+def four_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
+    """Regional prompting of `seeds` four-object layouts, one object per quadrant (None where not supported)."""
+    if not regional_supported(pipe):
+        return {"regional": None}
+    cases = four_layouts(seeds)
+    images = regional_images(pipe, cases, [4000 + k for k in range(len(cases))], **gen)
+    ok = [region_success(im, list(QUADRANTS), list(layout)) for im, layout in zip(images, cases)]
+    return {"layouts": len(cases), "regional": float(np.mean(ok)), "regional_all": float(np.mean([all(r) for r in ok]))}
+
+
 def recolour_prompt(video: Any) -> tuple[str, str]:
     """(prompt, new colour): the video's caption with the mover in the next colour that neither it nor the static
     object has."""
@@ -173,13 +203,15 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
 
 
 def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, **gen: Any) -> dict[str, Any]:
-    """All metrics plus details; `seeds` images per single-object prompt, 4 x `seeds` two-object layouts and
-    `seeds` videos (edited with `controlnet`, an edge ControlNet, where given)."""
+    """All metrics plus details; `seeds` images per single-object prompt, 4 x `seeds` two-object layouts, `seeds`
+    four-object layouts and `seeds` videos (edited with `controlnet`, an edge ControlNet, where given)."""
     single = prompt_following(pipe, seeds, **gen)
     pair = two_objects(pipe, seeds, **gen)
+    four = four_objects(pipe, seeds, **gen)
     video = video_editing(pipe, seeds, controlnet, **gen)
     return {"prompt_following": single["rate"], "regional_adherence": pair["regional"],
             "plain_adherence": pair["plain"], "map_iou": pair["map_iou"],
-            **{key: video[key] for key in VIDEO_METRICS},
-            "details": {"single": single, "two_objects": pair, "video": video, "steps": gen.get("steps", STEPS),
+            **{key: video[key] for key in VIDEO_METRICS}, "regional_adherence_4": four["regional"],
+            "details": {"single": single, "two_objects": pair, "four_objects": four, "video": video,
+                        "steps": gen.get("steps", STEPS),
                         "guidance": gen.get("guidance", GUIDANCE), "seeds": seeds}}

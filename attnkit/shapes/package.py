@@ -189,9 +189,8 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     else:
         d = quality["details"]
         lines += [
-            ("Regional prompting runs through `attnkit.regional` with its default mask" if arch != "sd15" else
-             "regional_adherence is n/a: `attnkit.regional` does not support UNets yet") +
-            "; the plain prompt names both objects.", "",
+            "Regional prompting runs through `attnkit.regional` with its defaults; the plain prompt names both "
+            "objects.", "",
             f"From `benchmarks/results/quality-{name}.json` ({d['steps']} steps, CFG {d['guidance']}, "
             f"{d['single']['images']} single-object images, {d['two_objects']['layouts']} two-object layouts):", "",
             "| metric | value |", "| --- | --- |",

@@ -42,8 +42,8 @@ def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int
     options = call_kwargs(pipe) | (options or {})
     images = []
     for layout, seed in zip(cases, seeds):
-        with regional(pipe, layout_spec(layout, base_weight), **options) as call:
-            guided = call(seed=seed, num_inference_steps=steps, output_type="np", height=SIZE, width=SIZE,
+        with regional(pipe, layout_spec(layout, base_weight), **options) as regions:
+            guided = regions(seed=seed, num_inference_steps=steps, output_type="np", height=SIZE, width=SIZE,
                           **guidance_kwargs(pipe, guidance))
             out = pipe(**guided)
         images.append(np.round(np.asarray(out.images[0]) * 255).clip(0, 255).astype(np.uint8))
