@@ -62,6 +62,10 @@ def checked_float(accept: Callable[[float], bool], wanted: str) -> Callable[[str
     return parse
 
 
+#: argparse type of an img2img strength: how much of the init image is re-noised.
+strength = checked_float(lambda value: 0 < value <= 1, "a number above 0 and at most 1, e.g. 0.6")
+
+
 # A guidance scale: nan or inf would sample garbage, a negative scale nothing meaningful.
 _guidance = checked_float(lambda value: value >= 0, "a finite number of 0 or more, e.g. 7")
 

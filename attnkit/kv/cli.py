@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP, add_generation_options, checked_float, positive_int
+from ..cli import MODEL_HELP, add_generation_options, checked_float, positive_int, strength
 from ..errors import AttnkitError
 
 __all__ = ["register"]
@@ -15,7 +15,6 @@ __all__ = ["register"]
 ATTEND = ("none", "first", "first+previous")  # the choices of attnkit.kv.video.ATTEND, known without torch
 
 
-_strength = checked_float(lambda value: 0 < value <= 1, "a number above 0 and at most 1, e.g. 0.6")
 _fps = checked_float(lambda value: value > 0, "a positive number of frames per second, e.g. 8")
 
 
@@ -32,7 +31,7 @@ def register(commands: Any) -> None:
                    "ControlNet img2img with each frame's edge map as the condition")
     p.add_argument("--attend", choices=ATTEND, default="first+previous", help="cross-frame attention: none (plain "
                    "per-frame img2img), first (Text2Video-Zero), first+previous (Rerender-A-Video; the default)")
-    p.add_argument("--strength", type=_strength, default=0.6, help="img2img strength in (0, 1] (default 0.6)")
+    p.add_argument("--strength", type=strength, default=0.6, help="img2img strength in (0, 1] (default 0.6)")
     add_generation_options(p, ("--seed", "--steps", "--guidance"))
     p.add_argument("--height", type=positive_int, default=None, help="frame height in pixels (default: the input's)")
     p.add_argument("--width", type=positive_int, default=None, help="frame width in pixels (default: the input's)")

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP, add_generation_options, checked_float
+from ..cli import MODEL_HELP, add_generation_options, strength
 from ..errors import AttnkitError
 
 __all__ = ["register", "METADATA_KEY"]
@@ -23,7 +23,6 @@ __all__ = ["register", "METADATA_KEY"]
 #: PNG text chunk holding the JSON of the command, model, seed, sizes and prompt or spec.
 METADATA_KEY = "attnkit"
 
-_strength = checked_float(lambda value: 0 < value <= 1, "a number above 0 and at most 1, e.g. 0.6")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -42,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="also write OUT with '.outline' before the suffix: the image with region borders drawn")
     p.add_argument("--init-image", type=Path,
                    help="img2img: start from this image instead of noise; the output has its size")
-    p.add_argument("--strength", type=_strength,
+    p.add_argument("--strength", type=strength,
                    help="with --init-image: how much of it is re-noised, in (0, 1] (default: the pipeline's, 0.6)")
     p.add_argument("--mask-image", type=Path,
                    help="with --init-image: inpaint, repainting only where this mask is white")

@@ -60,10 +60,12 @@ def image_pipeline(pipe: Any, inpaint: bool) -> Any:
 
     auto = AutoPipelineForInpainting if inpaint else AutoPipelineForImage2Image
     try:
-        return auto.from_pipe(pipe)
+        sibling = auto.from_pipe(pipe)
     except (ValueError, KeyError) as error:
         raise AttnkitError(f"diffusers has no {'inpaint' if inpaint else 'img2img'} pipeline for "
                            f"{type(pipe).__name__} ({error}); use another model.") from error
+    sibling.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))  # from_pipe drops it
+    return sibling
 
 
 def read_image(path: Path, option: str, mode: str) -> Image.Image:
