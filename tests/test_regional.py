@@ -17,24 +17,10 @@ import attnkit
 from attnkit import AttnkitError, Control, ops
 from attnkit.cli import main
 from attnkit.regional import BASE, PAD, Plan, RegionSpec, Rules, Token, allowed, load_spec, parse_grid
+from regional_helpers import LEFT_RIGHT, latents, state_of
 
 MODELS = ("tiny-sd3", "tiny-sd35", "tiny-flux")
 SHORT_T5 = 8  # T5 tokens per region in most tests: small masks, fast references
-LEFT_RIGHT = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
-                          {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
-
-
-def latents(pipe, **kwargs):
-    with torch.inference_mode():
-        return pipe(output_type="latent", **kwargs).images
-
-
-def state_of(pipe):
-    """The processors and attnkit hooks of the denoiser, to check that nothing is left behind."""
-    denoiser = getattr(pipe, "transformer", None) or pipe.unet
-    registry = getattr(denoiser, "_diffusers_hook", None)
-    hooks = [] if registry is None else [n for n in registry.hooks if n.startswith("attnkit")]
-    return dict(denoiser.attn_processors), hooks
 
 
 class Recorder(Control):

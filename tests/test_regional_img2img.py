@@ -1,9 +1,7 @@
 """Regional prompting on the stock img2img and inpaint pipelines (`AutoPipelineFor*.from_pipe`): the size comes from
 the init image, a whole-image region is the plain pipeline, inpainting keeps what the stock pipeline keeps, step
-ranges count the steps img2img runs, and `attnkit regional --init-image / --strength / --mask-image`.
-
-Every pipeline test runs on each architecture where `attnkit.regional.supports(pipe)`; UNets are skipped until
-regional prompting supports them, and then run unchanged."""
+ranges count the steps img2img runs, and `attnkit regional --init-image / --strength / --mask-image`; on every
+tiny architecture."""
 
 import json
 import re
@@ -17,12 +15,10 @@ from PIL import Image
 import attnkit
 from attnkit import AttnkitError, Control
 from attnkit.cli import main
-from attnkit.regional import supports
 from attnkit.regional.images import init_size, takes_size
+from regional_helpers import LEFT_RIGHT, latents
 
 ARCHITECTURES = ("tiny-sd3", "tiny-sd35", "tiny-flux", "tiny-sd15", "tiny-sdxl")
-LEFT_RIGHT = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
-                          {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
 WHOLE = {"regions": [{"prompt": "a red circle", "box": [0, 0, 1, 1]}]}
 SHARED = {"strength": 0.6, "num_inference_steps": 3}
 
@@ -40,13 +36,6 @@ def left_half_mask(height: int = 64, width: int = 64) -> Image.Image:
     return mask
 
 
-def regional_or_skip(pipelines, name: str):
-    pipe = pipelines[name]
-    if not supports(pipe):
-        pytest.skip(f"regional prompting is not supported on {type(pipe).__name__} ({name}) yet")
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def derived():
     """img2img / inpaint siblings made once per (model, kind), sharing the session's tiny pipelines' modules."""
@@ -54,7 +43,7 @@ def derived():
 
 
 def img2img(pipelines, derived, name: str):
-    pipe = regional_or_skip(pipelines, name)
+    pipe = pipelines[name]
     if (name, "img2img") not in derived:
         sibling = AutoPipelineForImage2Image.from_pipe(pipe)
         sibling.set_progress_bar_config(disable=True)
@@ -65,7 +54,7 @@ def img2img(pipelines, derived, name: str):
 def inpaint(pipelines, derived, name: str):
     """The stock SD3 inpaint pipeline refuses a transformer without 16 (or 33) input channels and tiny SD3 has 4:
     on SD3 the sibling gets a 16-channel VAE and transformer of the same tiny architecture, as SD3 itself has."""
-    pipe = regional_or_skip(pipelines, name)
+    pipe = pipelines[name]
     if (name, "inpaint") not in derived:
         modules = {}
         if hasattr(pipe, "text_encoder_3"):
@@ -78,11 +67,6 @@ def inpaint(pipelines, derived, name: str):
         sibling.set_progress_bar_config(disable=True)
         derived[name, "inpaint"] = sibling
     return derived[name, "inpaint"]
-
-
-def run(pipe, **kwargs):
-    with torch.inference_mode():
-        return pipe(output_type="latent", **kwargs).images
 
 
 def sized(pipe, height: int, width: int) -> dict:
@@ -128,8 +112,8 @@ def test_one_whole_image_region_img2img_equals_the_plain_img2img_with_the_same_e
     image = init_image(48, 64)
     with attnkit.regional(pipe, WHOLE) as call:
         kwargs = call(seed=3, image=image, **SHARED)
-        got = run(pipe, **kwargs)
-    want = run(pipe, **embeddings(kwargs), image=image, **sized(pipe, 48, 64), **SHARED,
+        got = latents(pipe, **kwargs)
+    want = latents(pipe, **embeddings(kwargs), image=image, **sized(pipe, 48, 64), **SHARED,
                generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -141,12 +125,12 @@ def test_inpaint_with_regions_keeps_exactly_what_the_stock_inpaint_pipeline_keep
     run must keep the same latents, bit for bit, and repaint the rest."""
     pipe = inpaint(pipelines, derived, name)
     common = {"image": init_image(), "mask_image": left_half_mask(), **sized(pipe, 64, 64), **SHARED}
-    stock = [run(pipe, prompt=prompt, generator=torch.Generator().manual_seed(0), **common)
+    stock = [latents(pipe, prompt=prompt, generator=torch.Generator().manual_seed(0), **common)
              for prompt in ("a red circle", "a green triangle")]
     kept = stock[0] == stock[1]
     assert kept.any() and not kept.all()
     with attnkit.regional(pipe, LEFT_RIGHT) as call:
-        got = run(pipe, **call(seed=0, **common))
+        got = latents(pipe, **call(seed=0, **common))
     assert torch.equal(got[kept], stock[0][kept])
     assert not torch.equal(got[~kept], stock[0][~kept])
 
@@ -160,7 +144,7 @@ def test_a_step_range_masks_the_img2img_loops_second_step_at_strength_0_6(pipeli
     executed = []
     with attnkit.regional(pipe, LEFT_RIGHT, steps=(1, 2)) as call:
         with attnkit.attach(pipe, recorder):
-            run(pipe, **call(seed=0, image=init_image(), strength=0.6, num_inference_steps=5),
+            latents(pipe, **call(seed=0, image=init_image(), strength=0.6, num_inference_steps=5),
                 callback_on_step_end=lambda p, i, t, kw: executed.append(i) or {})
     timesteps = list(dict.fromkeys(timestep for _, _, timestep, _ in recorder.calls))
     loop = 4 if type(pipe.scheduler).__name__ == "PNDMScheduler" else 3

@@ -13,22 +13,10 @@ import attnkit
 import attnkit.maps
 from attnkit import AttnkitError, Control
 from attnkit.regional import BASE, RegionSpec
+from regional_helpers import LEFT_RIGHT, latents, state_of
 
 UNETS = ("tiny-sd15", "tiny-sdxl")
 METHODS = ("mask", "couple")
-LEFT_RIGHT = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
-                          {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
-
-
-def latents(pipe, **kwargs):
-    with torch.inference_mode():
-        return pipe(output_type="latent", **kwargs).images
-
-
-def state_of(pipe):
-    registry = getattr(pipe.unet, "_diffusers_hook", None)
-    hooks = [] if registry is None else [n for n in registry.hooks if n.startswith("attnkit")]
-    return dict(pipe.unet.attn_processors), hooks
 
 
 class Outputs(Control):
