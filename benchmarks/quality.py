@@ -23,13 +23,16 @@ from attnkit.shapes.evaluate import evaluate
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- quality table: written by benchmarks/quality.py -->", "<!-- end of quality table -->"
-COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou")
+COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "regional_adherence_4", "map_iou",
+           "flicker_per_frame", "flicker_first_previous", "edit_adherence")
 
 
 def _settings(result: dict) -> str:
     d = result["details"]
-    return (f"{d['steps']} steps, CFG {d['guidance']:g}, {d['single']['images']} single-object images and "
-            f"{d['two_objects']['layouts']} two-object layouts")
+    four = d.get("four_objects", {}).get("layouts")
+    return (f"{d['steps']} steps, CFG {d['guidance']:g}, {d['single']['images']} single-object images, "
+            f"{d['two_objects']['layouts']} two-object layouts" + (f", {four} four-object layouts" if four else "") +
+            (f", {d['video']['videos']} videos of {d['video']['frames']} frames" if "video" in d else ""))
 
 
 def quality_table(results: list[dict]) -> str:
@@ -38,7 +41,7 @@ def quality_table(results: list[dict]) -> str:
     results = sorted(results, key=lambda r: r["model"])
     rows = [f"| model | {' | '.join(COLUMNS)} |", "| --- |" + " --- |" * len(COLUMNS)]
     for result in results:
-        cells = ["n/a" if result[k] is None else f"{result[k]:.3f}" for k in COLUMNS]
+        cells = ["n/a" if result.get(k) is None else f"{result[k]:.3f}" for k in COLUMNS]
         rows.append(f"| `{result['model']}` | {' | '.join(cells)} |")
     settings = {_settings(r) for r in results}
     where = (f"{settings.pop()} per model" if len(settings) == 1 else
@@ -82,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                   "torch": torch.__version__}
         name = Path(model).name
         (RESULTS / f"quality-{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps({k: result[k] for k in ("model", "prompt_following", "regional_adherence",
-                                                 "plain_adherence", "map_iou")}))
+        print(json.dumps({k: result[k] for k in ("model", *COLUMNS)}))
     README.write_text(readme_with_table(README.read_text(), saved_results()))
     return 0
 

@@ -235,3 +235,25 @@ def test_couple_refuses_attention_maps_on_the_same_sites(pipelines):
     with attnkit.regional(pipe, LEFT_RIGHT, method="mask") as call, attnkit.maps.trace(pipe, call) as tc:
         latents(pipe, **call(seed=0, num_inference_steps=1))
     assert tc.total.sum() > 0
+
+
+@pytest.mark.parametrize("name", UNETS)
+def test_per_region_negatives_are_masked_like_their_prompts_and_a_global_one_is_seen_everywhere(pipelines, name):
+    pipe = pipelines[name]
+    site = attnkit.sites(pipe).select(kind="cross")[0]
+    rows, cols = site.grid((16, 16))
+    left = (torch.arange(rows * cols) % cols) < cols // 2
+    per_region = {"regions": [{**LEFT_RIGHT["regions"][0], "negative": "green"}, LEFT_RIGHT["regions"][1]]}
+    for spec, regional_negatives in ((per_region, True), ({**LEFT_RIGHT, "negative": "green"}, False)):
+        recorder = Outputs(probabilities=True)
+        with attnkit.regional(pipe, spec) as regions:
+            kwargs = regions(seed=0, num_inference_steps=1)
+            with attnkit.attach(pipe, recorder, [site]):
+                latents(pipe, **kwargs)
+            first = regions.encoded.uncond[0][1]  # tokens of the first segment: 77 CLIP tokens
+        branches, _, p = recorder.calls[0]
+        uncond = p[list(branches).index("uncond")]
+        if regional_negatives:  # region A's negative only for region A's pixels, as its prompt
+            assert torch.all(uncond[:, ~left, :first] == 0) and torch.all(uncond[:, left, first:] == 0)
+        else:  # the global negative once, seen by every pixel; its padding copies by none
+            assert torch.all(uncond[:, :, :77] > 0) and torch.all(uncond[:, :, 77:] == 0)

@@ -214,3 +214,18 @@ def test_readme_quality_table_is_the_benchmark_json() -> None:
     assert {r["model"] for r in results} == set(MODEL_NAMES), "every shipped model is measured"
     readme = quality.README.read_text()
     assert quality.readme_with_table(readme, results) == readme, "run `python benchmarks/quality.py --readme`"
+
+
+def test_readme_regional_ablation_table_is_the_benchmark_json() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "regional_ablation.py"
+    spec = importlib.util.spec_from_file_location("regional_ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    results = [json.loads(p.read_text()) for p in sorted(ablation.RESULTS.glob("regional-ablation-*.json"))]
+    assert {r["model"] for r in results} == set(MODEL_NAMES), "every shipped model is measured"
+    readme = ablation.README.read_text()
+    table = readme.split(ablation.START, 1)[1].split(ablation.END, 1)[0]
+    assert table.strip() == ablation.ablation_table(results), "run `python benchmarks/regional_ablation.py --readme`"
