@@ -146,10 +146,11 @@ def test_unreadable_mask_file_and_spec_file(tmp_path):
     flags=st.tuples(*[st.booleans()] * 4),
     weight=st.sampled_from([0.0, 0.3, 1.0, 2.5]),
     image_bias=st.sampled_from([float("-inf"), -2.0]),
+    text_bias=st.sampled_from([0.0, 1.5]),
     seed=st.integers(0, 2**16),
 )
 def test_split_kernel_equals_explicit_masked_softmax(regions, image_tokens, text, base, pads, text_first, flags,
-                                                     weight, image_bias, seed):
+                                                     weight, image_bias, text_bias, seed):
     generator = torch.Generator().manual_seed(seed)
     image = torch.randint(BASE if base else 0, regions, (image_tokens,), generator=generator)
     text_owners = [r for r in range(regions) for _ in range(text)] + [BASE] * (text if base else 0) + [PAD] * pads
@@ -157,7 +158,7 @@ def test_split_kernel_equals_explicit_masked_softmax(regions, image_tokens, text
     runs = runs[::-1] if text_first else runs
     parts = [part for part, n in runs for _ in range(n)]
     owners = text_owners + image.tolist() if text_first else image.tolist() + text_owners
-    rules = Rules(*flags, True, math.log(weight) if weight else float("-inf"), image_bias)
+    rules = Rules(*flags, True, math.log(weight) if weight else float("-inf"), image_bias, text_bias)
     plan = Plan(runs, [torch.tensor(owners)], rules, torch.float32, torch.device("cpu"))
     bias = reference_bias(parts, owners, rules)
     if plan.noop:  # nothing masked: the control leaves the call to the stock kernel
@@ -180,6 +181,8 @@ def test_mask_parts_follow_the_rules():
     assert allowed(Token("text", 0), Token("text", 1), rules) == -math.inf
     assert allowed(Token("image", 0), Token("image", 1), rules) == 0
     assert allowed(Token("image", 0), Token("image", 1), Rules(image_isolation=True)) == -math.inf
+    assert allowed(Token("image", 0), Token("text", 0), Rules(text_bias=0.7)) == 0.7  # region weight e^0.7
+    assert allowed(Token("image", 0), Token("text", 1), Rules(text_bias=0.7)) == -math.inf
     soft = Rules(image_isolation=True, image_bias=-2.0)  # soft isolation: other regions' image tokens at e^-2
     assert allowed(Token("image", 0), Token("image", 1), soft) == -2.0
     assert allowed(Token("image", 1), Token("image", 1), soft) == allowed(Token("image", 0), Token("image", 1), rules)

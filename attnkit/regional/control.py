@@ -46,7 +46,7 @@ class Schedule:
         """The rules of each (text parts on, image isolation on) phase, built once."""
         return {(True, True): self.rules, (True, False): replace(self.rules, image_isolation=False),
                 (False, True): replace(self.rules, image_to_text=False, text_to_image=False, text_isolation=False,
-                                       hide_pads=False, base_bias=0.0),
+                                       hide_pads=False, base_bias=0.0, text_bias=0.0),
                 (False, False): None}
 
 

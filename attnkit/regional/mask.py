@@ -54,6 +54,7 @@ class Rules:
     DenseDiffusion, Kim et al. 2023).
     `hide_pads`: padding text slots are seen by nothing but themselves.
     `base_bias`: log(base weight), added to the logits of every image token on the base prompt's tokens.
+    `text_bias`: log(region weight), added to the logits of every image token on its own region's text tokens.
     """
 
     image_to_text: bool = True
@@ -63,11 +64,12 @@ class Rules:
     hide_pads: bool = True
     base_bias: float = 0.0
     image_bias: float = _NEG_INF
+    text_bias: float = 0.0
 
 
 def allowed(query: Token, key: Token, rules: Rules) -> float:
-    """Additive logit bias of `query` attending to `key`: 0 (attend), `rules.base_bias` or `rules.image_bias`, or
-    -inf (masked)."""
+    """Additive logit bias of `query` attending to `key`: 0 (attend), `rules.base_bias`, `rules.text_bias` or
+    `rules.image_bias`, or -inf (masked)."""
     same = query.owner == key.owner
     if rules.hide_pads and PAD in (query.owner, key.owner):
         return 0.0 if same else _NEG_INF
@@ -76,7 +78,9 @@ def allowed(query: Token, key: Token, rules: Rules) -> float:
     if query.part == "image":
         if key.owner == BASE:
             return rules.base_bias
-        visible = same or not rules.image_to_text
+        if same:
+            return rules.text_bias
+        visible = not rules.image_to_text
     elif key.part == "image":
         visible = same or query.owner == BASE or not rules.text_to_image
     else:

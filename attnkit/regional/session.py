@@ -48,6 +48,9 @@ class RegionalOptions:
     other's text; image tokens still see the whole image unless `image_isolation` is on (within
     `image_isolation_steps`): then attention from an image token to other regions' image tokens is divided by
     e^`image_isolation_strength` (inf, the default: none at all; a few units: DenseDiffusion's soft modulation).
+    `region_weight` multiplies the attention an image token pays its own region's text (against the image and the
+    base prompt), as the base prompt's `weight` does for the base text; on a UNet without a base prompt the region's
+    text is all a pixel sees, so it changes nothing there.
 
     `steps` / `blocks`: the mask applies in steps [start, end) and in these blocks (e.g. "joint", "joint.3",
     "single"); elsewhere attention is plain joint attention over all tokens. `pooled`: the pooled embedding is the
@@ -69,6 +72,7 @@ class RegionalOptions:
     text_isolation: bool = True
     image_isolation: bool = False
     image_isolation_strength: float = math.inf
+    region_weight: float = 1.0
     steps: StepRange = (0, None)
     image_isolation_steps: StepRange = (0, None)
     blocks: str | tuple[str, ...] | None = None
@@ -89,6 +93,9 @@ class RegionalOptions:
                                    f"{', '.join(c for c in choices if c is not None)}.")
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
+        weight = self.region_weight
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise AttnkitError(f"region_weight must be a finite number > 0 (1: as plain attention), got {weight!r}.")
         strength = self.image_isolation_strength
         if not isinstance(strength, (int, float)) or not strength > 0:
             raise AttnkitError(f"image_isolation_strength must be a logit penalty > 0 (inf: full isolation), got "
@@ -165,7 +172,7 @@ class Regional:
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
         rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
                       image_isolation=o.image_isolation, base_bias=base_bias(weight),
-                      image_bias=-float(o.image_isolation_strength))
+                      image_bias=-float(o.image_isolation_strength), text_bias=math.log(o.region_weight))
         schedule = Schedule(rules, o.steps, o.image_isolation_steps)
         found = self.sites()
         if self.method == "couple":
