@@ -58,6 +58,7 @@ COMMON = {
     "base prompt 0.5, mask steps 0-14": {"base_weight": 0.5, "steps": (0, 14)},
     "base prompt 0.5, soft image isolation 1": {"base_weight": 0.5, "image_isolation": True,
                                                 "image_isolation_strength": 1.0},
+    "base prompt 0.5, region weight 2": {"base_weight": 0.5, "region_weight": 2.0},
 }
 TRANSFORMERS = {  # parts of the joint-attention mask (a UNet's text never queries)
     "no text->image": {"text_to_image": False},
@@ -65,17 +66,21 @@ TRANSFORMERS = {  # parts of the joint-attention mask (a UNet's text never queri
     "base prompt 0.5, no text->image": {"base_weight": 0.5, "text_to_image": False},
     "region weight 2": {"region_weight": 2.0},
     "region weight 4": {"region_weight": 4.0},
-    "base prompt 0.5, region weight 2": {"base_weight": 0.5, "region_weight": 2.0},
+    "base prompt 0.5, no text->image, region weight 2": {"base_weight": 0.5, "text_to_image": False,
+                                                         "region_weight": 2.0},
     "mask in the first half of the blocks": {"blocks": "first half"},
     "mask in the second half of the blocks": {"blocks": "second half"},
     "base prompt 0.5, pooled from the base": {"base_weight": 0.5, "pooled": "base"},
     "pooled from the base only (weight 0)": {"base_weight": 0.0, "pooled": "base"},
+    "base prompt 0.5, pooled from the base, image isolation steps 0-3": {
+        "base_weight": 0.5, "pooled": "base", "image_isolation": True, "image_isolation_steps": (0, 3)},
 }
 UNETS = {
     "mask in down and mid blocks only": {"blocks": ("down", "mid")},
     "mask in up blocks only": {"blocks": ("up",)},
     "couple": {"method": "couple"},
     "couple, base prompt 0.2": {"method": "couple", "base_weight": 0.2},
+    "couple, base prompt 0.5": {"method": "couple", "base_weight": 0.5},
     "couple, image isolation steps 0-6": {"method": "couple", "image_isolation": True,
                                           "image_isolation_steps": EARLY},
 }
@@ -99,14 +104,17 @@ def adherence(images: list[np.ndarray], cases: list) -> dict[str, float]:
 def ablation_table(results: list[dict]) -> str:
     """Markdown: one row per option set, one column per model (adherence, both regions right)."""
     models = [r["model"] for r in results]
-    names = list(dict.fromkeys(row["variant"] for r in results for row in r["rows"]))
+    order = ["plain prompt", *COMMON, *TRANSFORMERS, *UNETS]
+    names = sorted({row["variant"] for r in results for row in r["rows"]},
+                   key=lambda name: order.index(name) if name in order else len(order))
     cells = {(r["model"], row["variant"]): f"{row['adherence']:.2f} ({row['both']:.2f})" for r in results
              for row in r["rows"]}
     lines = [f"| option set | {' | '.join(f'`{m}`' for m in models)} |", "| --- |" + " --- |" * len(models)]
     lines += [f"| {name} | {' | '.join(cells.get((m, name), '') for m in models)} |" for name in names]
     counts = sorted({r["layouts"] for r in results})
     lines += ["", f"Strict regional adherence (both regions right) over {', '.join(map(str, counts))} two-object "
-                  "layouts per model, from `benchmarks/results/regional-ablation-*.json`."]
+                  "layouts per model, from `benchmarks/results/regional-ablation-*.json`; blank: not measured (a "
+                  "joint-attention option on a UNet, a UNet method on a transformer, or not run)."]
     return "\n".join(lines)
 
 
