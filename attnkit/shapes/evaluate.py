@@ -6,7 +6,8 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
   (`scorer.region_success`), with attnkit's regional prompting (one prompt per half and the plain prompt as the
   base prompt at `REGIONAL_BASE_WEIGHT`; details also hold the spec without a base prompt) vs a plain prompt naming
   both objects;
-- `regional_adherence_4`: four objects of four colours, one per quadrant, with regional prompting, same rule;
+- `regional_adherence_4`: four objects of four colours, one per quadrant, with regional prompting (a prompt per
+  quadrant and no base prompt: naming all four overflows shapes-flux's 16 CLIP tokens), same rule;
 - `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels;
 - `flicker_per_frame`, `flicker_first`, `flicker_first_previous`: video editing (`attnkit.kv.edit_video`) of
   shapes-world videos, one object sliding over a static scene, prompted to recolour the mover: mean absolute change
@@ -164,8 +165,7 @@ def four_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     if not regional_supported(pipe):
         return {"regional": None}
     cases = four_layouts(seeds)
-    images = regional_images(pipe, cases, [4000 + k for k in range(len(cases))], **gen,
-                             base_weight=REGIONAL_BASE_WEIGHT)
+    images = regional_images(pipe, cases, [4000 + k for k in range(len(cases))], **gen)
     ok = [region_success(im, list(QUADRANTS), list(layout)) for im, layout in zip(images, cases)]
     return {"layouts": len(cases), "regional": float(np.mean(ok)), "regional_all": float(np.mean([all(r) for r in ok]))}
 
