@@ -3,8 +3,8 @@ SD2 and SDXL through cross-attention masks or attention couple.
 
 `attnkit.regional(pipe, spec)` (see `session.py`); region specs in `spec.py`; the mask and its exact split into
 fused kernel calls in `mask.py`; the `Control` that applies it in `control.py`, the couple blend in `couple.py`;
-regions found from a word of the base prompt in `words.py`; init images for img2img and inpainting in `images.py`. Names load on first use, so the
-`attnkit regional` command line can be built without torch.
+regions found from a word of the base prompt in `words.py`; init images for img2img and inpainting in `images.py`.
+Names load on first use, so the `attnkit regional` command line can be built without torch.
 """
 
 from .. import _lazy
