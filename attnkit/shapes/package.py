@@ -21,6 +21,7 @@ from ..errors import AttnkitError
 from ..sites import denoiser_of
 from . import GUIDANCE, MODELS_DIR, call_kwargs, guidance_kwargs, load
 from .data import SIZE
+from .evaluate import REGIONAL_BASE_WEIGHT
 from .tokenizer import MAX_LENGTH
 
 __all__ = ["main", "model_card", "package"]
@@ -189,8 +190,9 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     else:
         d = quality["details"]
         lines += [
-            "Regional prompting runs through `attnkit.regional` with its defaults; the plain prompt names both "
-            "objects.", "",
+            "Regional prompting runs through `attnkit.regional` with its defaults, a prompt per half and the plain "
+            f"prompt as the base prompt at weight {REGIONAL_BASE_WEIGHT:g}; plain adherence uses the plain prompt, "
+            "which names both objects, alone.", "",
             f"From `benchmarks/results/quality-{name}.json` ({d['steps']} steps, CFG {d['guidance']}, "
             f"{d['single']['images']} single-object images, {d['two_objects']['layouts']} two-object layouts):", "",
             "| metric | value |", "| --- | --- |",
