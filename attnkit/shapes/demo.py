@@ -6,7 +6,6 @@ colour their prompt asks for, so a glance shows whether each object landed in it
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..maps import trace
-from ..regional import supports as regional_supported
 from . import CONTROLNETS, GUIDANCE, STEPS, call_kwargs, guidance_kwargs, load
 from .data import PALETTE, SIZE, random_video
 from .evaluate import HALVES, VIDEO_STRENGTH, generate, recolour_prompt
@@ -69,7 +67,7 @@ def _row(panels: list[Image.Image]) -> Image.Image:
 
 
 def run_demo(model: str, out: Path, seed: int = 0) -> list[Path]:
-    """Writes plain.png, regional.png (joint-attention models), maps.png and demo.png."""
+    """Writes plain.png, regional.png, maps.png and demo.png."""
     pipe = load(model)
     pipe.set_progress_bar_config(disable=True)
     left, right = DEMO_LAYOUT
@@ -83,14 +81,10 @@ def run_demo(model: str, out: Path, seed: int = 0) -> list[Path]:
         panels = [_titled(_outlined(plain), f"plain: {prompt}")]
         _big(plain).save(out / "plain.png")
         written.append(out / "plain.png")
-        if regional_supported(pipe):
-            regional = regional_images(pipe, [DEMO_LAYOUT], [seed])[0]
-            panels.append(_titled(_outlined(regional), f"regional: {left[0]} {left[1]} | {right[0]} {right[1]}"))
-            _outlined(regional).save(out / "regional.png")
-            written.append(out / "regional.png")
-        else:
-            print(f"attnkit: no regional panel: regional prompting does not support {model}'s UNet yet",
-                  file=sys.stderr)
+        regional = regional_images(pipe, [DEMO_LAYOUT], [seed])[0]
+        panels.append(_titled(_outlined(regional), f"regional: {left[0]} {left[1]} | {right[0]} {right[1]}"))
+        _outlined(regional).save(out / "regional.png")
+        written.append(out / "regional.png")
     _row(maps).save(out / "maps.png")
     written.append(out / "maps.png")
     _row(panels).save(out / "demo.png")
