@@ -72,6 +72,10 @@ TRANSFORMERS = {  # parts of the joint-attention mask (a UNet's text never queri
     "mask in the second half of the blocks": {"blocks": "second half"},
     "base prompt 0.5, pooled from the base": {"base_weight": 0.5, "pooled": "base"},
     "pooled from the base only (weight 0)": {"base_weight": 0.0, "pooled": "base"},
+    "base prompt 0.5, no text->image, mask steps 0-14": {"base_weight": 0.5, "text_to_image": False,
+                                                         "steps": (0, 14)},
+    "base prompt 0.5, mask steps 0-6 only": {"base_weight": 0.5, "steps": EARLY},
+    "no text->image, mask steps 0-6 only": {"text_to_image": False, "steps": EARLY},
     "base prompt 0.5, pooled from the base, image isolation steps 0-3": {
         "base_weight": 0.5, "pooled": "base", "image_isolation": True, "image_isolation_steps": (0, 3)},
 }
