@@ -11,19 +11,27 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from .spec import DEFAULT_WORD_THRESHOLD, RegionSpec
 
 __all__ = ["derive_word_masks", "word_mask"]
 
+_SMOOTHING_TOKENS = 1.0  # Gaussian sigma, in tokens of the map
 _FIRST_PASS_DROPS = ("output_type", "callback_on_step_end", "callback_on_step_end_tensor_inputs")
 
 
 def word_mask(heat: torch.Tensor, threshold: float) -> torch.Tensor:
-    """1 where the map reaches `threshold` of its range above its minimum, else 0 (float, same shape)."""
-    low, high = heat.min(), heat.max()
-    return (heat >= low + threshold * (high - low)).float()
+    """The word's area as 0/1 (float, same shape): the map smoothed over about one token (single tokens of an
+    attention map are noisy), cut at `threshold` of its range above its minimum, and kept to the connected part that
+    holds its peak, holes filled (one object, not scattered cells)."""
+    smooth = ndimage.gaussian_filter(heat.double().cpu().numpy(), sigma=_SMOOTHING_TOKENS, mode="nearest")
+    inside = smooth >= smooth.min() + threshold * (smooth.max() - smooth.min())
+    labels, _ = ndimage.label(inside)
+    peak = np.unravel_index(np.argmax(smooth), smooth.shape)
+    return torch.from_numpy(ndimage.binary_fill_holes(labels == labels[peak]).astype(np.float32))
 
 
 def derive_word_masks(pipe: Any, spec: RegionSpec, kwargs: dict[str, Any], negative: bool) -> RegionSpec:
