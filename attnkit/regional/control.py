@@ -121,14 +121,8 @@ class RegionalControl(Control):
                     image = torch.zeros_like(image)  # the global negative is one whole-image region: plain attention
                 pieces.append(image)
                 continue
-            text = self.encoded.text_owners(branch)
-            if len(text) != n:
-                raise AttnkitError(
-                    f"{call.site.name} got {n} text tokens, but the region spec encodes {len(text)}: pass the "
-                    "embeddings from `regions(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
-                    "negative prompt goes in the spec's `negative`)."
-                )
-            pieces.append(text)
+            self.encoded.check_text_tokens(call.site.name, n, branch)
+            pieces.append(self.encoded.text_owners(branch))
         return torch.cat(pieces)
 
     def image_owners(self, call: AttentionCall) -> torch.Tensor:

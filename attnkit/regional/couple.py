@@ -54,19 +54,13 @@ class CoupleControl(Control):
                                    "`with attnkit.regional(...)` block.")
             self.spec.check_grid(latent)
             self._weights[key] = self._segment_weights(branch, latent, call.site.stride, call.q.device)
-        found = self._weights[key]
-        tokens = sum(n for _, n in (self.encoded.uncond if branch == "uncond" else self.encoded.cond))
-        if call.k.shape[2] != tokens:
-            raise AttnkitError(
-                f"{call.site.name} got {call.k.shape[2]} text tokens, but the region spec encodes {tokens}: pass the "
-                "embeddings from `regions(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a "
-                "negative prompt goes in the spec's `negative`).")
-        return found
+        self.encoded.check_text_tokens(call.site.name, call.k.shape[2], branch)
+        return self._weights[key]
 
     def _segment_weights(self, branch: str, latent: tuple[int, int], stride: int, device: torch.device
                          ) -> list[tuple[slice, torch.Tensor]]:
         cover = self.spec.coverage_at(latent, stride).flatten(1)
-        segments = self.encoded.uncond if branch == "uncond" else self.encoded.cond
+        segments = self.encoded.segments(branch)
         plain_negative = branch == "uncond" and not self.encoded.regional_negatives
         weight = self.spec.base.weight if self.spec.base is not None else 0.0
         masks, start = [], 0

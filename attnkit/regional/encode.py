@@ -36,9 +36,23 @@ class Encoded:
     uncond: Segments
     regional_negatives: bool
 
+    def segments(self, branch: str) -> Segments:
+        """(owner, text tokens) of every text segment of the CFG `branch`, in order."""
+        return self.uncond if branch == "uncond" else self.cond
+
     def text_owners(self, branch: str) -> torch.Tensor:
-        segments = self.uncond if branch == "uncond" else self.cond
-        return torch.cat([torch.full((n,), owner, dtype=torch.long) for owner, n in segments])
+        return torch.cat([torch.full((n,), owner, dtype=torch.long) for owner, n in self.segments(branch)])
+
+    def check_text_tokens(self, where: str, tokens: int, branch: str) -> None:
+        """An error if an attention call at `where` got another number of text tokens than these embeddings have:
+        the pipeline was given embeddings of its own."""
+        encoded = sum(n for _, n in self.segments(branch))
+        if tokens != encoded:
+            raise AttnkitError(
+                f"{where} got {tokens} text tokens, but the region spec encodes {encoded}: pass the embeddings from "
+                "`regions(...)` of the same `attnkit.regional` session, not a `prompt` of your own (a negative prompt "
+                "goes in the spec's `negative`)."
+            )
 
 
 def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int, pooled: Literal["mean", "base"],

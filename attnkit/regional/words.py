@@ -2,8 +2,9 @@
 
 A region given as `from_word: hat` covers the pixels where the base prompt's word "hat" went: a first pass generates
 the base prompt alone with the same seed, size and steps while `attnkit.maps` records its image->text attention; the
-word's map, scaled to its own range, is cut at the region's `threshold`. The mask is then an ordinary region mask
-for the regional pass, and the spec written with the image keeps it.
+word's map, smoothed over about a token and scaled to its own range, is cut at the region's `threshold` and kept to
+the connected part around its peak. The mask is then an ordinary region mask for the regional pass, and the spec
+written with the image keeps it.
 """
 
 from __future__ import annotations
