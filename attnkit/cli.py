@@ -27,6 +27,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "attnkit.shapes.cli",
     "attnkit.regional.cli",
     "attnkit.kv.cli",
+    "attnkit.segment.cli",
 )
 
 

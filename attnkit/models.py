@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "check_size", "guidance_kwargs", "load_pipeline"]
+__all__ = ["builtin_names", "call_kwargs", "check_size", "guidance_kwargs", "load_pipeline", "size_multiple"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -73,17 +73,21 @@ def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:
                            "Check the id, or download it first, or use a built-in name.") from error
 
 
-def check_size(pipe: Any, height: int | None, width: int | None) -> None:
-    """An AttnkitError naming the multiple when `pipe` cannot generate at `height` x `width` pixels: SD1.x/SDXL
-    pipelines need multiples of 8, SD3 of the VAE factor times the patch size, and Flux of twice the VAE factor (it
-    would silently round other sizes down)."""
+def size_multiple(pipe: Any) -> int:
+    """What image sides must be multiples of for `pipe`: 8 on SD1.x/SDXL, the VAE factor times the patch size on
+    SD3, twice the VAE factor on Flux (its pipeline would silently round other sizes down)."""
     import math
 
     from .sites import architecture_of, denoiser_of, sites
 
     architecture = architecture_of(denoiser_of(pipe)).name
     factor = int(getattr(pipe, "vae_scale_factor", 8))
-    multiple = math.lcm(8, factor) if architecture == "unet" else factor * sites(pipe)[0].stride
+    return math.lcm(8, factor) if architecture == "unet" else factor * sites(pipe)[0].stride
+
+
+def check_size(pipe: Any, height: int | None, width: int | None) -> None:
+    """An AttnkitError naming the multiple when `pipe` cannot generate at `height` x `width` pixels."""
+    multiple = size_multiple(pipe)
     for name, value in (("height", height), ("width", width)):
         if value is not None and value % multiple:
             raise AttnkitError(f"--{name} {value} is not a multiple of {multiple}, which this {type(pipe).__name__} "

@@ -183,11 +183,16 @@ class _StateHook(ModelHook):
         state.forwards += 1
         state.text_tokens = None if text is None else int(text.shape[1])
         state.latent = self._latent(sample, bound)
-        state.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
+        state.timestep = None if timestep is None else self._timestep(timestep)
         state.branches = self._branches(int(sample.shape[0]))
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
         return args, kwargs
+
+    def _timestep(self, timestep: Any) -> float:
+        """The timestep in the scheduler's units (0-1000): Flux pipelines pass the transformer timestep / 1000."""
+        value = float(torch.as_tensor(timestep).flatten()[0])
+        return value * 1000 if self.architecture == "flux" else value
 
     def _latent(self, sample: torch.Tensor, bound: dict[str, Any]) -> tuple[int, int]:
         if self.architecture != "flux":

@@ -24,6 +24,7 @@ class State:
 
     `step` is the 0-based step of the current pipeline run (the `i` of the pipeline's loop and of
     `callback_on_step_end`), `None` outside a pipeline. `branches` gives the CFG branch of every batch item.
+    `timestep` is the current forward's timestep in the scheduler's units (0 to 1000, whatever the denoiser takes).
     `latent` is the denoiser input's spatial size in latent pixels; each site derives its token grid from it.
     `frame` and `phase` are set by features that loop over frames or store-then-load passes.
     """

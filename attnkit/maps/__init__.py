@@ -11,10 +11,10 @@ use, so the `attnkit maps` command line can be built without torch.
 
 from .. import _lazy
 
-__all__ = ["MapRecorder", "PromptTokens", "RELATIONS", "Trace", "WORD_RELATIONS", "Word", "prompt_tokens", "trace"]
+__all__ = ["MapRecorder", "PerQuery", "PromptTokens", "RELATIONS", "Reduction", "Summed", "Trace", "WORD_RELATIONS", "Word", "prompt_tokens", "trace"]
 
 _lazy.make_lazy(__name__, {
-    ".recorder": ("RELATIONS", "MapRecorder"),
+    ".recorder": ("RELATIONS", "MapRecorder", "PerQuery", "Reduction", "Summed"),
     ".tokens": ("PromptTokens", "Word", "prompt_tokens"),
     ".trace": ("WORD_RELATIONS", "Trace", "trace"),
 }, submodules=("recorder", "tokens"))

@@ -13,6 +13,10 @@ Relations and the map each adds per call (summed over heads):
 - "text->text": (text queries, text keys), joint attention only;
 - "image->image": attention each image key receives, summed over image queries: (1, rows, cols); 1 is uniform.
 
+What is added per call is the recorder's `reduction`, chosen by the feature: `Summed` (the default) gives the maps
+above; `PerQuery` keeps, for every image query, its whole map over the image keys (self-attention maps, as DiffSeg
+segments them), on a bounded anchor grid.
+
 Two exact paths give the same numbers: `exact="lse"` rebuilds p = exp(q . k * scale - lse) for the wanted keys from
 the log-sum-exp that the fused kernel returns with the model's own output (the full matrix is never formed);
 `exact="explicit"` leaves the model's kernel alone and recomputes the normalisation with
@@ -21,7 +25,8 @@ the log-sum-exp that the fused kernel returns with the model's own output (the f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Literal
 
@@ -32,8 +37,9 @@ from .. import ops
 from ..errors import AttnkitError
 from ..processors import AttentionCall, Control
 from ..sites import Site, SiteList
+from ..state import State
 
-__all__ = ["MapRecorder", "RELATIONS", "Relation", "Exact"]
+__all__ = ["MapRecorder", "PerQuery", "RELATIONS", "Reduction", "Relation", "Exact", "Summed"]
 
 Relation = Literal["image->text", "text->image", "text->text", "image->image"]
 Exact = Literal["lse", "explicit"]
@@ -49,12 +55,112 @@ _GAPS_SHOWN = 5
 _CHUNK_BYTES = 64 * 2**20  # transient probability block per query chunk
 
 
-class MapRecorder(Control):
-    """Sums one relation's attention probabilities over heads, sites and steps into `total`: (items, channels, rows,
-    cols), channels being text tokens (or 1 for image->image); (items, text, text) for text->text.
+class Reduction:
+    """How one call's block of probabilities becomes the map a recorder adds to its buffer: `reduce` returns that
+    map for the chosen batch items and the weight it counts with (the recorder's `total / count` is the mean)."""
 
-    `count` is how many head maps were added per batch item, so `total / count` is the mean probability. Every
-    selected site must contribute to every recorded denoiser forward; `check()` raises otherwise.
+    relations: tuple[str, ...] = tuple(RELATIONS)
+
+    def reduce(self, recorder: MapRecorder, view: AttentionCall, lse: torch.Tensor, rows: slice,
+               latent: tuple[int, int]) -> tuple[torch.Tensor, float]:
+        raise NotImplementedError
+
+
+class Summed(Reduction):
+    """Each relation's map summed over queries or keys as the module docstring lists, summed over heads (weight:
+    heads), image maps upsampled to the finest grid among the recorded sites."""
+
+    def reduce(self, recorder: MapRecorder, view: AttentionCall, lse: torch.Tensor, rows: slice,
+               latent: tuple[int, int]) -> tuple[torch.Tensor, float]:
+        relation = recorder.relation
+        cols = view.layout.span("keys", recorder.keys)
+        items, heads = view.q.shape[:2]
+        step = max(1, _CHUNK_BYTES // (4 * items * heads * (cols.stop - cols.start)))
+        parts = []
+        for start in range(rows.start, rows.stop, step):
+            probs = view.probabilities(lse, slice(start, min(start + step, rows.stop)), cols).sum(1)
+            parts.append(probs.sum(1, keepdim=True) if relation == "image->image" else probs)
+        if relation == "image->image":
+            heat = torch.stack(parts).sum(0)
+        else:
+            heat = torch.cat(parts, dim=1)
+            heat = heat.transpose(1, 2) if relation == "image->text" else heat
+        if relation == "text->text":
+            return heat, heads
+        heat = heat.reshape(*heat.shape[:2], *_grid(view))
+        resolution = max((s.grid(latent) for s in recorder.sites), key=lambda grid: grid[0] * grid[1])
+        if tuple(heat.shape[-2:]) != resolution:
+            heat = F.interpolate(heat, size=resolution, mode="bilinear", align_corners=False)
+        return heat, heads
+
+
+class PerQuery(Reduction):
+    """image->image maps kept per query: `total` is (items, anchor rows * anchor cols, rows, cols), the attention
+    map over the image of every query of an anchor grid, as DiffSeg (Tian et al., CVPR 2024) aggregates them.
+
+    Each site's maps are averaged over heads, upsampled (bilinear) to the common grid and renormalised to sum 1;
+    queries are tiled up to the anchor grid from coarser sites and area-averaged down from finer ones. The common
+    grid is the finest site grid, reduced by a whole factor until its longer side is at most `max_side`, so that
+    memory is bounded however large the image: (rows * cols)^2 floats per item. A site's weight is its grid's
+    longer side (DiffSeg weights resolutions in proportion to their size)."""
+
+    relations = ("image->image",)
+
+    def __init__(self, max_side: int = 64) -> None:
+        if max_side < 1:
+            raise AttnkitError(f"max_side={max_side}: give the longest side of the anchor grid, at least 1 token.")
+        self.max_side = max_side
+
+    def resolution(self, recorder: MapRecorder, latent: tuple[int, int]) -> tuple[int, int]:
+        finest = max((s.grid(latent) for s in recorder.sites), key=lambda grid: grid[0] * grid[1])
+        factor = math.ceil(max(finest) / self.max_side)
+        return math.ceil(finest[0] / factor), math.ceil(finest[1] / factor)
+
+    def reduce(self, recorder: MapRecorder, view: AttentionCall, lse: torch.Tensor, rows: slice,
+               latent: tuple[int, int]) -> tuple[torch.Tensor, float]:
+        grid = _grid(view)
+        out = self.resolution(recorder, latent)
+        cols = view.layout.span("keys", "image")
+        items, heads = view.q.shape[:2]
+        to_rows, to_cols = _resampling(grid[0], out[0]).to(view.q.device), _resampling(grid[1], out[1]).to(view.q.device)
+        row_bytes = 4 * items * grid[1] * (heads * (cols.stop - cols.start) + out[0] * out[1])
+        chunk = max(1, _CHUNK_BYTES // row_bytes)
+        total = torch.zeros(items, out[0], out[1], out[0] * out[1], device=view.q.device, dtype=torch.float32)
+        for first in range(0, grid[0], chunk):
+            last = min(first + chunk, grid[0])
+            queries = slice(rows.start + first * grid[1], rows.start + last * grid[1])
+            probs = view.probabilities(lse, queries, cols).float().mean(1)  # (items, queries, keys)
+            probs = probs.reshape(-1, 1, *grid)
+            if tuple(grid) != out:
+                probs = F.interpolate(probs, size=out, mode="bilinear", align_corners=False)
+            probs = probs / probs.sum((-2, -1), keepdim=True)
+            probs = probs.reshape(items, last - first, grid[1], out[0] * out[1])
+            total += torch.einsum("nrcm,rR,cC->nRCm", probs, to_rows[first:last], to_cols)
+        weight = float(max(grid))
+        return weight * total.reshape(items, out[0] * out[1], *out), weight
+
+
+def _resampling(size: int, out: int) -> torch.Tensor:
+    """(size, out) weights taking a 1-D axis of `size` cells to `out` cells: nearest (tiling) up, area average down."""
+    mode = "nearest" if out >= size else "area"
+    return F.interpolate(torch.eye(size)[None], size=out, mode=mode)[0]
+
+
+def _grid(view: AttentionCall) -> tuple[int, int]:
+    if view.grid is None:
+        raise AttnkitError(f"{view.site.name} has no image grid: the latent size is unknown. Run the "
+                           "pipeline or the denoiser inside the trace.")
+    return view.grid
+
+
+class MapRecorder(Control):
+    """Adds one relation's attention probabilities, reduced by `reduction` (default `Summed`: summed over heads),
+    over sites and steps into `total`: with `Summed`, (items, channels, rows, cols), channels being text tokens (or 1
+    for image->image); (items, text, text) for text->text.
+
+    `count` is the weight added per batch item (heads x sites x steps with `Summed`), so `total / count` is the
+    mean. `steps` selects denoising steps by index, or by a predicate on the session's `State` (e.g. its timestep).
+    Every selected site must contribute to every recorded denoiser forward; `check()` raises otherwise.
     """
 
     name = "maps"
@@ -64,9 +170,10 @@ class MapRecorder(Control):
         sites: Iterable[Site],
         *,
         relation: Relation = "image->text",
-        steps: Iterable[int] | None = None,
+        steps: Iterable[int] | Callable[[State], bool] | None = None,
         branch: str = "cond",
         exact: Exact = "lse",
+        reduction: Reduction | None = None,
     ) -> None:
         if relation not in RELATIONS:
             raise AttnkitError(f"unknown relation {relation!r}: choose one of {', '.join(RELATIONS)}.")
@@ -74,6 +181,10 @@ class MapRecorder(Control):
             raise AttnkitError(f"exact={exact!r}: choose 'lse' (fused kernel) or 'explicit' (fallback).")
         if branch not in _BRANCHES:
             raise AttnkitError(f"branch={branch!r}: choose 'cond' or 'uncond'.")
+        self.reduction = Summed() if reduction is None else reduction
+        if relation not in self.reduction.relations:
+            raise AttnkitError(f"{type(self.reduction).__name__} reduces {' and '.join(self.reduction.relations)} "
+                               f"maps, not {relation}: give relation={self.reduction.relations[0]!r}.")
         self.sites = SiteList(sites)
         queries, keys, kinds = RELATIONS[relation]
         unfit = [f"{s.name} ({s.kind})" for s in self.sites if s.kind not in kinds]
@@ -84,12 +195,13 @@ class MapRecorder(Control):
                 f"{' ...' if len(unfit) > 3 else ''}. Select kind={sorted(kinds)}."
             )
         self.relation, self.queries, self.keys = relation, queries, keys
-        self.steps = None if steps is None else frozenset(steps)
+        self.when = steps if callable(steps) else None
+        self.steps = None if steps is None or callable(steps) else frozenset(steps)
         self.branch = branch
         self.exact = exact
         self.needs_lse = exact == "lse"
         self.total: torch.Tensor | None = None
-        self.count = 0
+        self.count = 0.0 if isinstance(self.reduction, PerQuery) else 0
         self.steps_recorded: set[int | None] = set()
         self._expected = frozenset(self.sites.names)
         self._forward: int | None = None
@@ -107,6 +219,8 @@ class MapRecorder(Control):
                                    "no step: run the pipeline (not the bare denoiser) inside the trace.")
             if state.step not in self.steps:
                 return
+        if self.when is not None and not self.when(state):
+            return
         items = state.batch_index(self.branch)
         if not items:
             return
@@ -118,41 +232,21 @@ class MapRecorder(Control):
         rows = view.layout.span("queries", self.queries)
         if self.exact == "explicit":
             lse = _explicit_lse(view, rows)
-        heat = self._block(view, lse, rows)
-        if self.relation != "text->text":
-            if call.grid is None:
-                raise AttnkitError(f"{call.site.name} has no image grid: the latent size is unknown. Run the "
-                                   "pipeline or the denoiser inside the trace.")
-            heat = heat.reshape(*heat.shape[:2], *call.grid)
-        self._add(heat, state.latent, call.site.heads)
+        if state.latent is None:
+            raise AttnkitError(f"{call.site.name}: the latent size is unknown. Run the pipeline or the denoiser "
+                               "inside the trace.")
+        heat, weight = self.reduction.reduce(self, view, lse, rows, state.latent)
+        self._add(heat, weight)
         self.steps_recorded.add(state.step)
 
-    def _block(self, view: AttentionCall, lse: torch.Tensor, rows: slice) -> torch.Tensor:
-        """The relation's block summed over heads, as (items, channels, keys or image queries), by query chunks."""
-        cols = view.layout.span("keys", self.keys)
-        items, heads = view.q.shape[:2]
-        step = max(1, _CHUNK_BYTES // (4 * items * heads * (cols.stop - cols.start)))
-        parts = []
-        for start in range(rows.start, rows.stop, step):
-            probs = view.probabilities(lse, slice(start, min(start + step, rows.stop)), cols).sum(1)
-            parts.append(probs.sum(1, keepdim=True) if self.relation == "image->image" else probs)
-        if self.relation == "image->image":
-            return torch.stack(parts).sum(0)
-        block = torch.cat(parts, dim=1)
-        return block.transpose(1, 2) if self.relation == "image->text" else block
-
-    def _add(self, heat: torch.Tensor, latent: tuple[int, int], heads: int) -> None:
-        if self.relation != "text->text":
-            resolution = max((s.grid(latent) for s in self.sites), key=lambda grid: grid[0] * grid[1])
-            if tuple(heat.shape[-2:]) != resolution:
-                heat = F.interpolate(heat, size=resolution, mode="bilinear", align_corners=False)
+    def _add(self, heat: torch.Tensor, weight: float) -> None:
         if self.total is None:
             self.total = torch.zeros_like(heat, dtype=torch.float32)
         if heat.shape != self.total.shape:
             raise AttnkitError(f"this trace recorded maps of shape {tuple(self.total.shape)}, now gets "
                                f"{tuple(heat.shape)}: run one generation per trace.")
         self.total += heat
-        self.count += heads
+        self.count += weight
 
     def _close_forward(self) -> None:
         if self._seen and self._seen != self._expected:
@@ -166,7 +260,7 @@ class MapRecorder(Control):
         self._close_forward()
         self._forward = None
         gaps = list(self._gaps)
-        if self._num_steps is not None and self.total is not None:
+        if self._num_steps is not None and self.total is not None and self.when is None:
             run = set(range(self._num_steps))
             missing = sorted((run if self.steps is None else self.steps & run) - self.steps_recorded)
             if missing:
@@ -181,9 +275,14 @@ class MapRecorder(Control):
         if self.total is None:
             raise AttnkitError(
                 "no attention maps were recorded. Did you run the pipeline inside `with attnkit.maps.trace(...)`? "
-                f"Check also `steps` ({sorted(self.steps) if self.steps is not None else 'all'}) and the "
+                f"Check also `steps` ({self._steps_text()}) and the "
                 f"branch ({self.branch!r}: without CFG there is no 'uncond' branch)."
             )
+
+    def _steps_text(self) -> str:
+        if self.when is not None:
+            return "chosen by a predicate on the state"
+        return "all" if self.steps is None else str(sorted(self.steps))
 
 
 def _batch_items(

@@ -13,7 +13,10 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
   shapes-world videos, one object sliding over a static scene, prompted to recolour the mover: mean absolute change
   (0-1) between consecutive output frames on the pixels that do not move in the input, with plain per-frame img2img,
   cross-frame attention to the first frame, and to the first and previous frame;
-- `edit_adherence`: the rate of first+previous frames whose mover is mostly the prompted colour.
+- `edit_adherence`: the rate of first+previous frames whose mover is mostly the prompted colour;
+- `segment_miou`: DiffSeg segmentation (`attnkit.segment`) of generated two-object images, recorded while generating,
+  against the true objects and the background: segments matched one-to-one to them (Hungarian matching on IoU), the
+  mean IoU over the true regions (an unmatched region scores 0).
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from .data import COLORS, SHAPES, SIZE, random_video
 from .regional import regional_images
 from .scorer import detect, follows_prompt, label_pixels, region_success
 
-__all__ = ["HALVES", "METRICS", "QUADRANTS", "VIDEO_METRICS", "evaluate", "four_layouts", "generate", "layouts",
-           "video_editing"]
+__all__ = ["HALVES", "METRICS", "QUADRANTS", "SEGMENT_THRESHOLDS", "VIDEO_METRICS", "evaluate", "four_layouts",
+           "generate", "layouts", "matched_iou", "segmentation", "video_editing"]
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                             "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
-                            "regional_adherence_4")
+                            "regional_adherence_4", "segment_miou")
 VIDEO_METRICS: tuple[str, ...] = METRICS[4:8]
 #: img2img strength of the video edits: enough for these small models to repaint the mover's colour.
 VIDEO_STRENGTH = 0.8
@@ -50,6 +53,10 @@ REGIONAL_BASE_WEIGHT = 0.5
 HALVES: tuple[np.ndarray, np.ndarray] = (np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool))
 HALVES[0][:, : SIZE // 2] = True
 HALVES[1][:, SIZE // 2:] = True
+#: DiffSeg's KL merging threshold per architecture of the shapes models: their self-attention maps are far flatter
+#: than Stable Diffusion's (the published 1.1 merges everything into one segment), so each was chosen by a sweep on
+#: other layouts and seeds than the benchmark's.
+SEGMENT_THRESHOLDS: dict[str, float] = {"unet": 0.003, "sd3": 0.15, "flux": 0.15}
 
 
 def _quadrant(index: int) -> np.ndarray:
@@ -208,6 +215,40 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
             "strength": strength, "controlnet": controlnet is not None}
 
 
+def matched_iou(labels: np.ndarray, truths: list[np.ndarray]) -> float:
+    """Mean IoU over the true regions `truths` (boolean masks), each matched one-to-one to a segment of `labels`
+    (Hungarian matching maximising the total IoU); a region left without a segment scores 0."""
+    from scipy.optimize import linear_sum_assignment
+
+    ids = np.unique(labels)
+    iou = np.array([[(t & (labels == i)).sum() / (t | (labels == i)).sum() for i in ids] for t in truths])
+    rows, cols = linear_sum_assignment(-iou)
+    return float(iou[rows, cols].sum() / len(truths))
+
+
+def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
+    """DiffSeg segments of 2 x `seeds` generated two-object images vs their objects and background."""
+    from ..segment import trace as segment_trace
+    from ..sites import architecture_of, denoiser_of
+
+    threshold = SEGMENT_THRESHOLDS[architecture_of(denoiser_of(pipe)).name]
+    cases = layouts(2 * seeds, seed=1)
+    prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
+    scores, counts = [], []
+    for start in range(0, len(prompts), 16):
+        chunk = slice(start, start + 16)
+        with segment_trace(pipe, thresholds=(threshold,) * 3) as tc:
+            images = generate(pipe, prompts[chunk], [5000 + k for k in range(len(prompts))][chunk], **gen)
+        for item, image in enumerate(images):
+            labels = tc.segmentation(item=item).labels
+            objects = [blob.mask for blob in detect(image)]
+            background = ~np.any(objects, axis=0) if objects else np.ones(image.shape[:2], bool)
+            scores.append(matched_iou(labels, objects + [background]))
+            counts.append(int(labels.max()) + 1)
+    return {"miou": float(np.mean(scores)), "images": len(scores), "threshold": threshold,
+            "mean_segments": float(np.mean(counts))}
+
+
 def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, **gen: Any) -> dict[str, Any]:
     """All metrics plus details; `seeds` images per single-object prompt, 4 x `seeds` two-object layouts, `seeds`
     four-object layouts and `seeds` videos (edited with `controlnet`, an edge ControlNet, where given)."""
@@ -215,9 +256,12 @@ def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, **gen: Any) -> d
     pair = two_objects(pipe, seeds, **gen)
     four = four_objects(pipe, seeds, **gen)
     video = video_editing(pipe, seeds, controlnet, **gen)
+    segments = segmentation(pipe, seeds, **gen)
     return {"prompt_following": single["rate"], "regional_adherence": pair["regional"],
             "plain_adherence": pair["plain"], "map_iou": pair["map_iou"],
             **{key: video[key] for key in VIDEO_METRICS}, "regional_adherence_4": four["regional"],
+            "segment_miou": segments["miou"],
             "details": {"single": single, "two_objects": pair, "four_objects": four, "video": video,
+                        "segmentation": segments,
                         "steps": gen.get("steps", STEPS),
                         "guidance": gen.get("guidance", GUIDANCE), "seeds": seeds}}

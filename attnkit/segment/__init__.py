@@ -1,0 +1,22 @@
+"""Segmentation from self-attention (DiffSeg), for generated and existing images, segments named by prompt words.
+
+    with attnkit.segment.trace(pipe, prompt) as tc:
+        image = pipe(prompt).images[0]
+    tc.segmentation(image).save("out/")
+    attnkit.segment.segment_image(pipe, photo, prompt="a cat on a sofa").save("out/")
+
+Built only on the foundation: `attnkit.maps.MapRecorder` with the `PerQuery` reduction keeps every query's
+self-attention map in one bounded buffer; `diffseg` merges them into segments. Names load on first use, so the
+`attnkit segment` command line can be built without torch.
+"""
+
+from .. import _lazy
+
+__all__ = ["BACKGROUND", "DEFAULT_TIMESTEP", "Segment", "SegmentTrace", "Segmentation", "merge", "segment_image",
+           "segment_maps", "trace"]
+
+_lazy.make_lazy(__name__, {
+    ".diffseg": ("merge", "segment_maps"),
+    ".result": ("BACKGROUND", "Segment", "Segmentation"),
+    ".trace": ("DEFAULT_TIMESTEP", "SegmentTrace", "segment_image", "trace"),
+}, submodules=("diffseg", "result"))

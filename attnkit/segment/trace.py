@@ -1,0 +1,269 @@
+"""`attnkit.segment`: segments of a generated or existing image from the denoiser's own self-attention (DiffSeg),
+named by the words of the prompt.
+
+    with attnkit.segment.trace(pipe, prompt) as tc:        # while generating
+        image = pipe(prompt).images[0]
+    result = tc.segmentation(image)
+    result = attnkit.segment.segment_image(pipe, photo, prompt="a cat on a sofa")   # an existing image
+    result.save("out/")    # labels.png, overlay.png, segment-<id>.png, segments.json
+
+Self-attention maps are recorded at one noise level, `timestep` (0 clean to 1000 pure noise; DiffSeg reads Stable
+Diffusion at 300): the denoising step recorded is the one an img2img run at strength `timestep / 1000` starts at. An
+existing image is encoded by the pipeline's own img2img variant, noised to that step, and given one denoiser forward:
+no sampling loop. Word labels come from the image->text maps recorded alongside (`attnkit.maps`): a segment is named
+by the word whose map area (the map cut at `word_threshold` of its range) covers most of it, when that is at least
+half of it, else "background".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import AttnkitError
+from ..maps.recorder import RELATIONS, MapRecorder, PerQuery
+from ..maps.trace import Trace
+from ..maps.trace import trace as maps_trace
+from ..session import Session
+from ..sites import Site, SiteList, architecture_of, denoiser_of, sites
+from ..state import State
+from .diffseg import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS, segment_maps
+from .result import BACKGROUND, Segmentation, describe
+
+__all__ = ["DEFAULT_TIMESTEP", "SegmentTrace", "segment_image", "trace"]
+
+#: DiffSeg's noise level (of 1000).
+DEFAULT_TIMESTEP = 300
+#: Denoising steps of the schedule an existing image is noised on (only one of them runs).
+IMAGE_STEPS = 50
+DEFAULT_WORD_THRESHOLD = 0.4
+_LABEL_COVER = 0.5
+_FUNCTION_WORDS = frozenset("a an the and or of with on in at to from by for is are its this that".split())
+
+
+class SegmentTrace:
+    """Per-query self-attention maps (and, with a prompt, word maps) recorded over one generation."""
+
+    def __init__(self, pipe: Any, chosen: SiteList, prompt: str | None, when: Callable[[State], bool],
+                 options: dict[str, Any], word_steps: Iterable[int] | None) -> None:
+        self.pipe = pipe
+        self.recorder = MapRecorder(chosen, relation="image->image", steps=self._noting(when),
+                                    reduction=PerQuery(options.pop("max_side")))
+        self.latent: tuple[int, int] | None = None
+        self.timestep: float | None = None
+        self.session = Session(pipe, [(self.recorder, chosen)])
+        self.words: Trace | None = maps_trace(pipe, prompt, steps=word_steps) if prompt else None
+        self.options = options
+        self._failed = False
+
+    def _noting(self, when: Callable[[State], bool]) -> Callable[[State], bool]:
+        """`when`, noting the latent size and timestep of the forward it records (the state resets after the run)."""
+
+        def recorded(state: State) -> bool:
+            if when(state):
+                self.latent, self.timestep = state.latent, state.timestep
+                return True
+            return False
+
+        return recorded
+
+    def __enter__(self) -> SegmentTrace:
+        self.session.__enter__()
+        if self.words is not None:
+            try:
+                self.words.__enter__()
+            except BaseException:
+                self.session.__exit__(None, None, None)
+                raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        try:
+            if self.words is not None:
+                self.words.__exit__(exc_type, *exc_info)
+        finally:
+            self.session.__exit__(exc_type, *exc_info)
+        self._failed = exc_type is not None
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """(batch items, anchor queries, rows, cols): each query's mean self-attention map, summing to 1."""
+        if self._failed:
+            raise AttnkitError("the traced generation raised an exception, so its attention maps are incomplete.")
+        self.recorder.check()
+        return self.recorder.total / self.recorder.count
+
+    def segmentation(self, image: Image.Image | None = None, item: int = 0) -> Segmentation:
+        """Segments of batch item `item` at the generated image's size; `image` (optional) is kept for overlays."""
+        maps = self.maps
+        if not 0 <= item < maps.shape[0]:
+            raise AttnkitError(f"item={item} is out of range: this trace recorded {maps.shape[0]} batch item(s).")
+        latent = self.latent
+        factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        size = (latent[0] * factor, latent[1] * factor)
+        grid = self.recorder.reduction.resolution(self.recorder, latent)
+        labels = segment_maps(maps[item].reshape(-1, *grid).cpu(), size, self.options["thresholds"],
+                              self.options["anchors"], self.options["refine"])
+        names = self._names(labels, item)
+        return Segmentation(labels, describe(labels, names), self.timestep, image)
+
+    def _names(self, labels: np.ndarray, item: int) -> list[str | None]:
+        count = int(labels.max()) + 1
+        if self.words is None:
+            return [None] * count
+        chosen = self.options["words"]
+        if chosen is None:
+            chosen = [w for w in self.words.tokens(item).unique_words if w not in _FUNCTION_WORDS]
+        areas = {}
+        for word in chosen:
+            heat = self.words.heatmap(word, item).float().cpu()[None, None]
+            heat = F.interpolate(heat, size=labels.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+            areas[word] = heat >= heat.min() + self.options["word_threshold"] * (heat.max() - heat.min())
+        names: list[str | None] = []
+        for segment in range(count):
+            inside = labels == segment
+            cover = {word: float(area[inside].mean()) for word, area in areas.items()}
+            best = max(cover, key=cover.get, default=None)
+            names.append(best if best is not None and cover[best] >= _LABEL_COVER else BACKGROUND)
+        return names
+
+
+def _recorded_step(num_steps: int | None, timestep: float) -> int:
+    """The loop index an img2img run at strength timestep / 1000 over `num_steps` steps would start at."""
+    count = num_steps or 0
+    start = count - int(count * timestep / 1000)
+    if start >= count:
+        raise AttnkitError(f"timestep={timestep} is below the first noise level of a {count}-step run: give at "
+                           f"least {int(np.ceil(1000 / max(count, 1)))}, or more steps.")
+    return start
+
+
+def trace(
+    pipe: Any,
+    prompt: str | None = None,
+    *,
+    timestep: float = DEFAULT_TIMESTEP,
+    resolutions: Iterable[int] | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    anchors: int = DEFAULT_ANCHORS,
+    refine: bool = True,
+    max_side: int = 64,
+    words: Iterable[str] | None = None,
+    word_threshold: float = DEFAULT_WORD_THRESHOLD,
+    sites_: Iterable[Site] | None = None,
+) -> SegmentTrace:
+    """Record what segmenting the image generated inside the `with` block needs.
+
+    `prompt`: the generation's prompt, to name segments by its words (`words`: which ones; default every word but
+    articles and the like). Sites: every self-attention site (UNet self, SD3 joint and image-only, Flux joint and
+    single), or those whose token grid's longer side is in `resolutions` (needs `height` and `width`), or `sites_`.
+    `thresholds`: DiffSeg's KL threshold per merging round; `anchors`: anchor grid side; `refine`: k-means refinement;
+    `max_side`: the longest side of the grid maps are kept at (memory is (rows * cols)^2 floats per image).
+    """
+    return _trace(pipe, prompt, lambda state: state.step == _recorded_step(state.num_steps, timestep), locals())
+
+
+def _trace(pipe: Any, prompt: str | None, when: Callable[[State], bool], options: dict[str, Any],
+           word_steps: Iterable[int] | None = None) -> SegmentTrace:
+    """A segment trace recording self-attention `when` the state says so, and word maps at `word_steps` (all)."""
+    if not 0 < options["timestep"] <= 1000:
+        raise AttnkitError(f"timestep={options['timestep']}: give a noise level above 0 and at most 1000 (DiffSeg: "
+                           f"{DEFAULT_TIMESTEP}).")
+    if not 0 < options["word_threshold"] < 1:
+        raise AttnkitError(f"word_threshold={options['word_threshold']}: give a fraction of the map's range between "
+                           "0 and 1, e.g. 0.4.")
+    if options["anchors"] < 1:
+        raise AttnkitError(f"anchors={options['anchors']}: give the side of the anchor grid, at least 1.")
+    chosen = _self_sites(pipe, options)
+    kept = {name: options[name] for name in ("thresholds", "anchors", "refine", "max_side", "word_threshold")}
+    kept["thresholds"] = tuple(float(t) for t in kept["thresholds"])
+    kept["words"] = None if options["words"] is None else [w.lower() for w in options["words"]]
+    return SegmentTrace(pipe, chosen, prompt, when, kept, word_steps)
+
+
+def _self_sites(pipe: Any, options: dict[str, Any]) -> SiteList:
+    """The image->image sites to record: given, or all of them, or those of the chosen resolutions."""
+    if options["sites_"] is not None:
+        return SiteList(options["sites_"])
+    kinds = RELATIONS["image->image"][2]
+    sized = options["height"] is not None or options["width"] is not None
+    found = sites(pipe, height=options["height"], width=options["width"]) if sized else sites(pipe)
+    found = SiteList(s for s in found if s.kind in kinds)
+    if not found:
+        raise AttnkitError(f"{type(pipe).__name__}'s denoiser has no self-attention sites (kinds "
+                           f"{', '.join(sorted(kinds))}), so there is nothing to segment with.")
+    resolutions = options["resolutions"]
+    if resolutions is None:
+        return found
+    if not sized:
+        raise AttnkitError("`resolutions` are token-grid sizes, which depend on the image size: give `height` and "
+                           "`width` too.")
+    wanted = sorted({int(r) for r in resolutions})
+    available = sorted({max(s.resolution) for s in found})
+    missing = [r for r in wanted if r not in available]
+    if missing:
+        raise AttnkitError(f"resolutions {missing} are not among this model's self-attention grids at "
+                           f"{options['height']}x{options['width']}: choose from {available}.")
+    return found.select(where=lambda s: max(s.resolution) in wanted)
+
+
+def segment_image(
+    pipe: Any,
+    image: Image.Image,
+    prompt: str = "",
+    *,
+    timestep: float = DEFAULT_TIMESTEP,
+    seed: int = 0,
+    resolutions: Iterable[int] | None = None,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    anchors: int = DEFAULT_ANCHORS,
+    refine: bool = True,
+    max_side: int = 64,
+    words: Iterable[str] | None = None,
+    word_threshold: float = DEFAULT_WORD_THRESHOLD,
+    **call: Any,
+) -> Segmentation:
+    """Segments of an existing `image`: encoded with `pipe`'s VAE, noised to `timestep` (with `seed`), one denoiser
+    forward with `prompt` (empty: no word labels) and no guidance. `call`: further keyword arguments of the
+    pipeline (e.g. `max_sequence_length`); the other options are `trace`'s."""
+    from ..models import size_multiple
+    from ..regional.images import image_pipeline
+
+    if not isinstance(image, Image.Image):
+        raise AttnkitError(f"image must be a PIL image, got {type(image).__name__}; open files with "
+                           "`PIL.Image.open(path)`.")
+    multiple = size_multiple(pipe)
+    if image.width % multiple or image.height % multiple:
+        raise AttnkitError(f"the image is {image.width}x{image.height} pixels (width x height); "
+                           f"{type(pipe).__name__} needs sides that are multiples of {multiple}: resize or crop it, "
+                           f"e.g. to {max(multiple, image.width // multiple * multiple)}x"
+                           f"{max(multiple, image.height // multiple * multiple)}.")
+    _recorded_step(IMAGE_STEPS, timestep)
+    options = dict(locals(), height=image.height, width=image.width, sites_=None)
+    sibling = image_pipeline(pipe, inpaint=False)
+    segmenter = _trace(sibling, prompt or None, lambda state: state.step == 0, options, word_steps=[0])
+
+    def stop_after_first(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        pipeline._interrupt = True  # the loop skips every later step; only the first forward runs
+        return tensors
+
+    guidance = {} if architecture_of(denoiser_of(pipe)).name == "flux" else {"guidance_scale": 1.0}
+    sized = {"height": image.height, "width": image.width} if "height" in _parameters(sibling) else {}
+    with segmenter, torch.inference_mode():
+        sibling(prompt=prompt, image=image.convert("RGB"), strength=timestep / 1000, num_inference_steps=IMAGE_STEPS,
+                generator=torch.Generator().manual_seed(seed), output_type="latent",
+                callback_on_step_end=stop_after_first, **{**guidance, **sized, **call})
+    return segmenter.segmentation(image)
+
+
+def _parameters(pipe: Any) -> Any:
+    import inspect
+
+    return inspect.signature(type(pipe).__call__).parameters
