@@ -1,4 +1,5 @@
-"""Cost of recording attention maps: generation time with a trace on every site at every step, divided by
+"""Cost of recording attention maps: generation time with a trace on every site at every step (and with a
+segmentation trace, `attnkit.segment`), divided by
 the time without one, measured in one run, on CPU; writes benchmarks/results/maps-cpu.json.
 
     python benchmarks/maps.py [--rounds N] [--steps N] [--threads N]
@@ -43,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E402
 
 import attnkit.maps  # noqa: E402
+import attnkit.segment  # noqa: E402
 from attnkit import AttentionCall, Site, State, TokenLayout, ops  # noqa: E402
 from attnkit.testing import build_pipeline, random_full_size_pipeline  # noqa: E402
 
@@ -119,7 +121,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure(pipe, steps: int, rounds: int, size: int | None, device: torch.device = torch.device("cpu")) -> dict:
-    """One generation without recording, and with a trace on every image->text site at every step, each path."""
+    """One generation without recording, with a trace on every image->text site at every step (each path), and
+    with a segmentation trace (`attnkit.segment.trace`: per-query self-attention maps at one step, word maps at all)."""
 
     def generate() -> torch.Tensor:
         return pipe(PROMPT, num_inference_steps=steps, height=size, width=size, output_type="latent",
@@ -132,8 +135,14 @@ def measure(pipe, steps: int, rounds: int, size: int | None, device: torch.devic
             return tc.total.nbytes
         return run
 
+    def segmented() -> int:
+        with attnkit.segment.trace(pipe, PROMPT) as tc:
+            generate()
+        return tc.recorder.total.nbytes
+
     sites = attnkit.maps.trace(pipe).recorder.sites
     variants = {"none": generate, "lse": recorded("lse"), "explicit": recorded("explicit")}
+    variants["segment"] = segmented
     with torch.inference_mode():
         peer = amd_variants(pipe, generate, variants) if amd is not None else None
         state = pipeline_state(pipe)
