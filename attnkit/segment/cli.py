@@ -21,8 +21,7 @@ _kl = checked_float(lambda value: value > 0, "a positive KL divergence, e.g. 1.1
 
 def register(commands: Any) -> None:
     """Add the `segment` subcommand to the `attnkit` parser's subcommands."""
-    from .diffseg import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS
-    from .trace import DEFAULT_TIMESTEP
+    from .defaults import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS, DEFAULT_TIMESTEP
 
     p = commands.add_parser("segment", help="segment a generated or existing image by self-attention (DiffSeg), "
                                             "segments named by prompt words")

@@ -17,12 +17,10 @@ import torch.nn.functional as F
 from scipy.cluster.vq import kmeans2
 
 from ..errors import AttnkitError
+from .defaults import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS
 
-__all__ = ["DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "anchor_grid", "kl", "merge", "segment_maps"]
+__all__ = ["anchor_grid", "kl", "merge", "segment_maps"]
 
-#: DiffSeg's published defaults: 16 x 16 anchors, three merging rounds at KL 1.1 (COCO-Stuff-27).
-DEFAULT_ANCHORS = 16
-DEFAULT_THRESHOLDS: tuple[float, ...] = (1.1, 1.1, 1.1)
 _TINY = 1e-12  # attention probabilities are positive; this only guards the logarithm against underflow
 
 

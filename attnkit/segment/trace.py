@@ -32,13 +32,12 @@ from ..maps.trace import trace as maps_trace
 from ..session import Session
 from ..sites import Site, SiteList, architecture_of, denoiser_of, sites
 from ..state import State
-from .diffseg import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS, segment_maps
+from .defaults import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS, DEFAULT_TIMESTEP
+from .diffseg import segment_maps
 from .result import BACKGROUND, Segmentation, describe
 
-__all__ = ["DEFAULT_TIMESTEP", "SegmentTrace", "segment_image", "trace"]
+__all__ = ["SegmentTrace", "segment_image", "trace"]
 
-#: DiffSeg's noise level (of 1000).
-DEFAULT_TIMESTEP = 300
 #: Denoising steps of the schedule an existing image is noised on (only one of them runs).
 IMAGE_STEPS = 50
 DEFAULT_WORD_THRESHOLD = 0.4
