@@ -192,6 +192,8 @@ def test_segment_options_are_checked(pipelines):
         seg.segment_image(pipe, Image.new("RGB", (60, 64)))
     with pytest.raises(AttnkitError, match="PIL image"):
         seg.segment_image(pipe, np.zeros((64, 64, 3)))
+    with pytest.raises(AttnkitError, match=r"unknown segmentation option\(s\) \['treshold'\]"):
+        seg.trace(pipe, treshold=0.5)
 
 
 def test_cli_segments_a_generated_image_and_writes_every_file(tmp_path):

@@ -12,12 +12,12 @@ self-attention map in one bounded buffer; `diffseg` merges them into segments. N
 
 from .. import _lazy
 
-__all__ = ["BACKGROUND", "DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP", "Segment", "SegmentTrace", "Segmentation", "merge", "segment_image",
+__all__ = ["BACKGROUND", "DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP", "Options", "Segment", "SegmentTrace", "Segmentation", "merge", "segment_image",
            "segment_maps", "trace"]
 
 _lazy.make_lazy(__name__, {
     ".diffseg": ("merge", "segment_maps"),
     ".result": ("BACKGROUND", "Segment", "Segmentation"),
     ".defaults": ("DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP"),
-    ".trace": ("SegmentTrace", "segment_image", "trace"),
+    ".trace": ("Options", "SegmentTrace", "segment_image", "trace"),
 }, submodules=("diffseg", "result"))

@@ -64,8 +64,8 @@ def _segment(args: argparse.Namespace) -> None:
         if given:
             raise AttnkitError(f"--{given[0]} sets the size of a generated image; the size of --image is its own. "
                                "Leave it out, or resize the image.")
-        result = segment_image(pipe, image, args.prompt or "", seed=args.seed, **options,
-                               **call_kwargs(args.model, pipe))
+        result = segment_image(pipe, image, args.prompt or "", seed=args.seed, call=call_kwargs(args.model, pipe),
+                               **options)
     else:
         check_size(pipe, args.height, args.width)
         height = args.height or _default_size(pipe)

@@ -17,7 +17,8 @@ half of it, else "background".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from .defaults import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS, DEFAULT_TIMESTEP
 from .diffseg import segment_maps
 from .result import BACKGROUND, Segmentation, describe
 
-__all__ = ["SegmentTrace", "segment_image", "trace"]
+__all__ = ["Options", "SegmentTrace", "segment_image", "trace"]
 
 #: Denoising steps of the schedule an existing image is noised on (only one of them runs).
 IMAGE_STEPS = 50
@@ -49,10 +50,10 @@ class SegmentTrace:
     """Per-query self-attention maps (and, with a prompt, word maps) recorded over one generation."""
 
     def __init__(self, pipe: Any, chosen: SiteList, prompt: str | None, when: Callable[[State], bool],
-                 options: dict[str, Any], word_steps: Iterable[int] | None) -> None:
+                 options: Options, word_steps: Iterable[int] | None) -> None:
         self.pipe = pipe
         self.recorder = MapRecorder(chosen, relation="image->image", steps=self._noting(when),
-                                    reduction=PerQuery(options.pop("max_side")))
+                                    reduction=PerQuery(options.max_side))
         self.latent: tuple[int, int] | None = None
         self.timestep: float | None = None
         self.session = Session(pipe, [(self.recorder, chosen)])
@@ -106,8 +107,8 @@ class SegmentTrace:
         factor = int(getattr(self.pipe, "vae_scale_factor", 8))
         size = (latent[0] * factor, latent[1] * factor)
         grid = self.recorder.reduction.resolution(self.recorder, latent)
-        labels = segment_maps(maps[item].reshape(-1, *grid).cpu(), size, self.options["thresholds"],
-                              self.options["anchors"], self.options["refine"])
+        labels = segment_maps(maps[item].reshape(-1, *grid).cpu(), size, self.options.thresholds,
+                              self.options.anchors, self.options.refine)
         names = self._names(labels, item)
         return Segmentation(labels, describe(labels, names), self.timestep, image)
 
@@ -115,14 +116,14 @@ class SegmentTrace:
         count = int(labels.max()) + 1
         if self.words is None:
             return [None] * count
-        chosen = self.options["words"]
+        chosen = self.options.words
         if chosen is None:
             chosen = [w for w in self.words.tokens(item).unique_words if w not in _FUNCTION_WORDS]
         areas = {}
         for word in chosen:
             heat = self.words.heatmap(word, item).float().cpu()[None, None]
             heat = F.interpolate(heat, size=labels.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-            areas[word] = heat >= heat.min() + self.options["word_threshold"] * (heat.max() - heat.min())
+            areas[word] = heat >= heat.min() + self.options.word_threshold * (heat.max() - heat.min())
         names: list[str | None] = []
         for segment in range(count):
             inside = labels == segment
@@ -142,63 +143,75 @@ def _recorded_step(num_steps: int | None, timestep: float) -> int:
     return start
 
 
-def trace(
-    pipe: Any,
-    prompt: str | None = None,
-    *,
-    timestep: float = DEFAULT_TIMESTEP,
-    resolutions: Iterable[int] | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    anchors: int = DEFAULT_ANCHORS,
-    refine: bool = True,
-    max_side: int = 64,
-    words: Iterable[str] | None = None,
-    word_threshold: float = DEFAULT_WORD_THRESHOLD,
-    sites_: Iterable[Site] | None = None,
-) -> SegmentTrace:
+@dataclass(frozen=True)
+class Options:
+    """How to segment. `timestep`: noise level read (0-1000); `resolutions`: token-grid sizes (longer side) of the
+    sites to use (default all); `thresholds`: DiffSeg's KL threshold per merging round; `anchors`: anchor grid side;
+    `refine`: k-means refinement; `max_side`: longest side of the grid maps are kept at (memory: (rows * cols)^2
+    floats per image); `words`: the prompt words that may name segments (default every word but articles and the
+    like); `word_threshold`: where a word's map is cut, as a fraction of its range."""
+
+    timestep: float = DEFAULT_TIMESTEP
+    resolutions: tuple[int, ...] | None = None
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    anchors: int = DEFAULT_ANCHORS
+    refine: bool = True
+    max_side: int = 64
+    words: tuple[str, ...] | None = None
+    word_threshold: float = DEFAULT_WORD_THRESHOLD
+
+    @classmethod
+    def of(cls, given: dict[str, Any]) -> Options:
+        """Options from keyword arguments, checked; an unknown name is an error listing the known ones."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise AttnkitError(f"unknown segmentation option(s) {unknown}: the options are {', '.join(known)}.")
+        options = cls(**given)
+        options = replace(options, thresholds=tuple(float(t) for t in options.thresholds),
+                          words=None if options.words is None else tuple(w.lower() for w in options.words),
+                          resolutions=None if options.resolutions is None else tuple(options.resolutions))
+        if not 0 < options.timestep <= 1000:
+            raise AttnkitError(f"timestep={options.timestep}: give a noise level above 0 and at most 1000 (DiffSeg: "
+                               f"{DEFAULT_TIMESTEP}).")
+        if not 0 < options.word_threshold < 1:
+            raise AttnkitError(f"word_threshold={options.word_threshold}: give a fraction of the map's range between "
+                               "0 and 1, e.g. 0.4.")
+        if options.anchors < 1:
+            raise AttnkitError(f"anchors={options.anchors}: give the side of the anchor grid, at least 1.")
+        return options
+
+
+def trace(pipe: Any, prompt: str | None = None, *, height: int | None = None, width: int | None = None,
+          sites_: Iterable[Site] | None = None, **options: Any) -> SegmentTrace:
     """Record what segmenting the image generated inside the `with` block needs.
 
-    `prompt`: the generation's prompt, to name segments by its words (`words`: which ones; default every word but
-    articles and the like). Sites: every self-attention site (UNet self, SD3 joint and image-only, Flux joint and
-    single), or those whose token grid's longer side is in `resolutions` (needs `height` and `width`), or `sites_`.
-    `thresholds`: DiffSeg's KL threshold per merging round; `anchors`: anchor grid side; `refine`: k-means refinement;
-    `max_side`: the longest side of the grid maps are kept at (memory is (rows * cols)^2 floats per image).
+    `prompt`: the generation's prompt, to name segments by its words. Sites: every self-attention site (UNet self,
+    SD3 joint and image-only, Flux joint and single), those of `resolutions` (needs `height` and `width`), or
+    `sites_`. `options`: the fields of `Options` (timestep, thresholds, anchors, ...).
     """
-    return _trace(pipe, prompt, lambda state: state.step == _recorded_step(state.num_steps, timestep), locals())
+    chosen = Options.of(options)
+    return _trace(pipe, prompt, lambda state: state.step == _recorded_step(state.num_steps, chosen.timestep), chosen,
+                  _self_sites(pipe, chosen.resolutions, height, width, sites_))
 
 
-def _trace(pipe: Any, prompt: str | None, when: Callable[[State], bool], options: dict[str, Any],
+def _trace(pipe: Any, prompt: str | None, when: Callable[[State], bool], options: Options, chosen: SiteList,
            word_steps: Iterable[int] | None = None) -> SegmentTrace:
     """A segment trace recording self-attention `when` the state says so, and word maps at `word_steps` (all)."""
-    if not 0 < options["timestep"] <= 1000:
-        raise AttnkitError(f"timestep={options['timestep']}: give a noise level above 0 and at most 1000 (DiffSeg: "
-                           f"{DEFAULT_TIMESTEP}).")
-    if not 0 < options["word_threshold"] < 1:
-        raise AttnkitError(f"word_threshold={options['word_threshold']}: give a fraction of the map's range between "
-                           "0 and 1, e.g. 0.4.")
-    if options["anchors"] < 1:
-        raise AttnkitError(f"anchors={options['anchors']}: give the side of the anchor grid, at least 1.")
-    chosen = _self_sites(pipe, options)
-    kept = {name: options[name] for name in ("thresholds", "anchors", "refine", "max_side", "word_threshold")}
-    kept["thresholds"] = tuple(float(t) for t in kept["thresholds"])
-    kept["words"] = None if options["words"] is None else [w.lower() for w in options["words"]]
-    return SegmentTrace(pipe, chosen, prompt, when, kept, word_steps)
+    return SegmentTrace(pipe, chosen, prompt, when, options, word_steps)
 
 
-def _self_sites(pipe: Any, options: dict[str, Any]) -> SiteList:
+def _self_sites(pipe: Any, resolutions: Iterable[int] | None, height: int | None, width: int | None,
+                given: Iterable[Site] | None) -> SiteList:
     """The image->image sites to record: given, or all of them, or those of the chosen resolutions."""
-    if options["sites_"] is not None:
-        return SiteList(options["sites_"])
+    if given is not None:
+        return SiteList(given)
     kinds = RELATIONS["image->image"][2]
-    sized = options["height"] is not None or options["width"] is not None
-    found = sites(pipe, height=options["height"], width=options["width"]) if sized else sites(pipe)
-    found = SiteList(s for s in found if s.kind in kinds)
+    sized = height is not None or width is not None
+    found = SiteList(s for s in (sites(pipe, height=height, width=width) if sized else sites(pipe)) if s.kind in kinds)
     if not found:
         raise AttnkitError(f"{type(pipe).__name__}'s denoiser has no self-attention sites (kinds "
                            f"{', '.join(sorted(kinds))}), so there is nothing to segment with.")
-    resolutions = options["resolutions"]
     if resolutions is None:
         return found
     if not sized:
@@ -209,32 +222,19 @@ def _self_sites(pipe: Any, options: dict[str, Any]) -> SiteList:
     missing = [r for r in wanted if r not in available]
     if missing:
         raise AttnkitError(f"resolutions {missing} are not among this model's self-attention grids at "
-                           f"{options['height']}x{options['width']}: choose from {available}.")
+                           f"{height}x{width}: choose from {available}.")
     return found.select(where=lambda s: max(s.resolution) in wanted)
 
 
-def segment_image(
-    pipe: Any,
-    image: Image.Image,
-    prompt: str = "",
-    *,
-    timestep: float = DEFAULT_TIMESTEP,
-    seed: int = 0,
-    resolutions: Iterable[int] | None = None,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    anchors: int = DEFAULT_ANCHORS,
-    refine: bool = True,
-    max_side: int = 64,
-    words: Iterable[str] | None = None,
-    word_threshold: float = DEFAULT_WORD_THRESHOLD,
-    **call: Any,
-) -> Segmentation:
-    """Segments of an existing `image`: encoded with `pipe`'s VAE, noised to `timestep` (with `seed`), one denoiser
-    forward with `prompt` (empty: no word labels) and no guidance. `call`: further keyword arguments of the
-    pipeline (e.g. `max_sequence_length`); the other options are `trace`'s."""
+def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int = 0,
+                  call: dict[str, Any] | None = None, **options: Any) -> Segmentation:
+    """Segments of an existing `image`: encoded with `pipe`'s VAE, noised to the `timestep` option (with `seed`), one
+    denoiser forward with `prompt` (empty: no word labels) and no guidance. `call`: further keyword arguments of the
+    pipeline (e.g. `max_sequence_length`); `options`: the fields of `Options`."""
     from ..models import size_multiple
     from ..regional.images import image_pipeline
 
+    chosen = Options.of(options)
     if not isinstance(image, Image.Image):
         raise AttnkitError(f"image must be a PIL image, got {type(image).__name__}; open files with "
                            "`PIL.Image.open(path)`.")
@@ -244,10 +244,10 @@ def segment_image(
                            f"{type(pipe).__name__} needs sides that are multiples of {multiple}: resize or crop it, "
                            f"e.g. to {max(multiple, image.width // multiple * multiple)}x"
                            f"{max(multiple, image.height // multiple * multiple)}.")
-    _recorded_step(IMAGE_STEPS, timestep)
-    options = dict(locals(), height=image.height, width=image.width, sites_=None)
+    _recorded_step(IMAGE_STEPS, chosen.timestep)
     sibling = image_pipeline(pipe, inpaint=False)
-    segmenter = _trace(sibling, prompt or None, lambda state: state.step == 0, options, word_steps=[0])
+    segmenter = _trace(sibling, prompt or None, lambda state: state.step == 0, chosen,
+                       _self_sites(sibling, chosen.resolutions, image.height, image.width, None), word_steps=[0])
 
     def stop_after_first(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         pipeline._interrupt = True  # the loop skips every later step; only the first forward runs
@@ -256,9 +256,9 @@ def segment_image(
     guidance = {} if architecture_of(denoiser_of(pipe)).name == "flux" else {"guidance_scale": 1.0}
     sized = {"height": image.height, "width": image.width} if "height" in _parameters(sibling) else {}
     with segmenter, torch.inference_mode():
-        sibling(prompt=prompt, image=image.convert("RGB"), strength=timestep / 1000, num_inference_steps=IMAGE_STEPS,
-                generator=torch.Generator().manual_seed(seed), output_type="latent",
-                callback_on_step_end=stop_after_first, **{**guidance, **sized, **call})
+        sibling(prompt=prompt, image=image.convert("RGB"), strength=chosen.timestep / 1000,
+                num_inference_steps=IMAGE_STEPS, generator=torch.Generator().manual_seed(seed), output_type="latent",
+                callback_on_step_end=stop_after_first, **{**guidance, **sized, **(call or {})})
     return segmenter.segmentation(image)
 
 
