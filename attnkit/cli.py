@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import math
 import os
@@ -14,7 +16,7 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["main", "MODEL_HELP", "GENERATION_OPTIONS", "add_generation_options", "checked_float", "positive_int"]
+__all__ = ["main", "parse_command", "MODEL_HELP", "GENERATION_OPTIONS", "add_generation_options", "checked_float", "positive_int"]
 
 MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, "
               "random-sd15), local folder or hub id")
@@ -28,6 +30,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "attnkit.regional.cli",
     "attnkit.kv.cli",
     "attnkit.segment.cli",
+    "attnkit.batch.cli",
 )
 
 
@@ -163,6 +166,17 @@ def _quiet_third_party() -> None:
     for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(variable, "error")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)\.")
+
+
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """`argv` parsed as `attnkit` would parse it, its usage error raised as an AttnkitError instead of exiting."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            return _parser().parse_args(list(argv))
+    except SystemExit:
+        lines = buffer.getvalue().strip().splitlines()
+        raise AttnkitError(lines[-1].split("error: ", 1)[-1] if lines else f"cannot parse {list(argv)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

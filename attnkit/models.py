@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "check_size", "guidance_kwargs", "load_pipeline", "size_multiple"]
+__all__ = ["builtin_names", "call_kwargs", "check_size", "guidance_kwargs", "load_pipeline", "reusing_pipelines",
+           "size_multiple"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -45,8 +48,37 @@ def guidance_kwargs(model: str, pipe: Any, scale: float | None) -> dict[str, Any
     return guided | {"negative_prompt": ""} if "true_cfg_scale" in guided else guided
 
 
+#: Pipelines by model name while `reusing_pipelines` is active (None: every call loads anew), and their device.
+_REUSED: dict[str, Any] | None = None
+_DEVICE: Any = None
+
+
+@contextlib.contextmanager
+def reusing_pipelines(device: Any = None) -> Iterator[None]:
+    """Within the block, `load_pipeline(model)` loads each model once (moved to `device` if given) and then returns
+    the same pipeline, with its progress bar off: a batch of jobs pays the loading once. Features restore the
+    pipelines they change."""
+    global _REUSED, _DEVICE
+    outer = _REUSED, _DEVICE
+    _REUSED, _DEVICE = ({} if _REUSED is None else _REUSED), device
+    try:
+        yield
+    finally:
+        _REUSED, _DEVICE = outer
+
+
 def load_pipeline(model: str, **from_pretrained_kwargs: Any) -> Any:
     """A pipeline for `model`: a built-in name, a folder saved with `save_pretrained`, or a hub id."""
+    if _REUSED is not None and not from_pretrained_kwargs:
+        if model not in _REUSED:
+            pipe = _load(model)
+            _REUSED[model] = pipe if _DEVICE is None else pipe.to(_DEVICE)
+            _REUSED[model].set_progress_bar_config(disable=True)
+        return _REUSED[model]
+    return _load(model, **from_pretrained_kwargs)
+
+
+def _load(model: str, **from_pretrained_kwargs: Any) -> Any:
     from diffusers import DiffusionPipeline
 
     from .shapes import MODEL_NAMES, load

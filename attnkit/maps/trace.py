@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
+from ..files import save_safetensors
 from ..regional import BASE, Regional
 from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
@@ -139,8 +140,6 @@ class Trace:
 
     def save(self, path: str | Path, words: Iterable[str] | None = None) -> None:
         """Raw maps as safetensors: `maps` (mean per text token), `word.<w>` per word, and a JSON header."""
-        from safetensors.torch import save_file
-
         tensors = {"maps": self.maps.contiguous()}
         metadata = {
             "relation": self.recorder.relation,
@@ -155,7 +154,7 @@ class Trace:
         if self.prompts is not None and self.recorder.relation in WORD_RELATIONS:
             for word, heat in self.word_maps(words).items():
                 tensors[f"word.{word}"] = heat.contiguous()
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+        save_safetensors({k: v.cpu() for k, v in tensors.items()}, path, metadata)
 
 
 def trace(
