@@ -150,3 +150,18 @@ def test_reusing_pipelines_loads_each_model_once_inside_the_block_only():
         assert load_pipeline("tiny-sd15") is first
         assert first._progress_bar_config.get("disable") is True
     assert load_pipeline("tiny-sd15") is not first
+
+
+@pytest.mark.slow
+def test_eval_shared_by_two_accelerate_processes_prints_the_single_process_json():
+    argv = ["eval", "shapes-sd3", "--json", "--seeds", "1"]
+    alone = run_subprocess([sys.executable, "-m", "attnkit", *argv])
+    shared = run_subprocess([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "-m", "attnkit", *argv])
+    (one, err_one), (two, err_two) = alone.communicate(timeout=900), shared.communicate(timeout=900)
+    assert alone.returncode == 0 and shared.returncode == 0, err_one + err_two
+    assert len(one.splitlines()) == len(two.splitlines()) == 1  # only the main process reports
+    result = json.loads(one)
+    assert result["segment_miou"] is not None and result["regional_adherence"] is not None
+    assert two == one

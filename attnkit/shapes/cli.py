@@ -33,7 +33,7 @@ def register(commands: Any) -> None:
                    "two-object layouts (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object per model: model, prompt_following, "
                    "regional_adherence, plain_adherence, map_iou, flicker_per_frame, flicker_first, "
-                   "flicker_first_previous, edit_adherence, regional_adherence_4 (each in [0, 1] or null)")
+                   "flicker_first_previous, edit_adherence, regional_adherence_4, segment_miou (each in [0, 1] or null)")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     p.set_defaults(run=_eval)
 
@@ -41,6 +41,7 @@ def register(commands: Any) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
+    from ..batch.shared import is_main_process
     from . import CONTROLNETS, load
     from .controlnet import load_controlnet
     from .evaluate import METRICS, evaluate
@@ -53,6 +54,8 @@ def _eval(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet)
         metrics = {"model": model, **{k: result[k] for k in METRICS}}
+        if not is_main_process():  # under `accelerate launch` every process has the result; one reports it
+            continue
         if args.json:
             print(json.dumps(metrics))
         else:

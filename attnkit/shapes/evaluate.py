@@ -22,12 +22,14 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..batch.shared import shared_map
 from ..maps import trace
 from ..regional import supports as regional_supported
 from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
@@ -49,6 +51,8 @@ MAP_THRESHOLD = 0.4
 #: Weight of the base prompt (the plain prompt naming every object) in the regional specs: the best of the weights
 #: `benchmarks/regional_ablation.py` tried on every shipped model.
 REGIONAL_BASE_WEIGHT = 0.5
+#: Images generated in one batch, and the unit of work the processes of `accelerate launch` share.
+CHUNK = 16
 #: Left and right halves of the image, the two regions of every regional layout.
 HALVES: tuple[np.ndarray, np.ndarray] = (np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool))
 HALVES[0][:, : SIZE // 2] = True
@@ -72,7 +76,7 @@ QUADRANTS: tuple[np.ndarray, ...] = tuple(_quadrant(i) for i in range(4))
 
 
 def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS, guidance: float = GUIDANCE,
-             batch: int = 16, **call: Any) -> list[np.ndarray]:
+             batch: int = CHUNK, **call: Any) -> list[np.ndarray]:
     """uint8 (64, 64, 3) images, one per (prompt, seed), batched; each image depends only on its own seed."""
     images: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
@@ -82,6 +86,26 @@ def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS
                    height=SIZE, width=SIZE, **{**call_kwargs(pipe), **guidance_kwargs(pipe, guidance), **call}).images
         images += [np.round(np.asarray(im) * 255).clip(0, 255).astype(np.uint8) for im in out]
     return images
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    """`items` in the batches `generate` runs them in: the unit of work shared between processes, so that every
+    image comes from the same batch however many processes share the evaluation."""
+    return [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
+
+
+def _slices(count: int) -> list[slice]:
+    return [slice(start, start + CHUNK) for start in range(0, count, CHUNK)]
+
+
+def _flat(parts: Iterable[list[Any]]) -> list[Any]:
+    return [item for part in parts for item in part]
+
+
+def _shared_regional(pipe: Any, cases: list[Any], seeds: list[int], **options: Any) -> list[np.ndarray]:
+    """`regional_images`, one layout per unit of work (each is its own generation)."""
+    return _flat(shared_map(lambda index: regional_images(pipe, [cases[index]], [seeds[index]], **options),
+                            range(len(cases))))
 
 
 def layouts(count: int, seed: int = 0) -> list[tuple[tuple[str, str], tuple[str, str]]]:
@@ -109,7 +133,8 @@ def prompt_following(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     """Rate of single-object prompts whose largest object has the right colour and shape (and colour alone)."""
     combos = [(c, s) for c in COLORS for s in SHAPES]
     jobs = [(c, s, k) for c, s in combos for k in range(seeds)]
-    images = generate(pipe, [f"a {c} {s}" for c, s, _ in jobs], [1000 + k for *_, k in jobs], **gen)
+    images = _flat(shared_map(lambda part: generate(pipe, [f"a {c} {s}" for c, s, _ in part],
+                                                    [1000 + k for *_, k in part], **gen), _chunks(jobs)))
     judged = [follows_prompt(im, c, s) for im, (c, s, _) in zip(images, jobs)]
     per_color = {c: float(np.mean([both for (_, both), job in zip(judged, jobs) if job[0] == c])) for c in COLORS}
     per_shape = {s: float(np.mean([both for (_, both), job in zip(judged, jobs) if job[1] == s])) for s in SHAPES}
@@ -141,13 +166,13 @@ def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     gen_seeds = [2000 + k for k in range(len(cases))]
     wanted = [[left, right] for left, right in cases]
     result: dict[str, Any] = {"layouts": len(cases)}
-    plain, ious = [], []
-    for start in range(0, len(prompts), 16):
-        chunk = slice(start, start + 16)
+    def plain_chunk(chunk: slice) -> tuple[list[np.ndarray], list[float]]:
         with trace(pipe, prompts[chunk]) as tc:
-            images = generate(pipe, prompts[chunk], gen_seeds[chunk], batch=16, **gen)
-        plain += images
-        ious += _map_iou(tc, images, [[left[0], right[0]] for left, right in cases[chunk]])
+            images = generate(pipe, prompts[chunk], gen_seeds[chunk], batch=CHUNK, **gen)
+        return images, _map_iou(tc, images, [[left[0], right[0]] for left, right in cases[chunk]])
+
+    parts = shared_map(plain_chunk, _slices(len(prompts)))
+    plain, ious = _flat(images for images, _ in parts), _flat(scores for _, scores in parts)
     result["map_iou"] = float(np.mean(ious)) if ious else None
     result["map_words"] = len(ious)
     regions = list(HALVES)
@@ -160,7 +185,7 @@ def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     # The headline spec is the one regional-prompter users write: a base prompt describing the scene beside one
     # prompt per region, with attnkit.regional's defaults; the spec without the base prompt is recorded beside it.
     for key, base in (("regional", REGIONAL_BASE_WEIGHT), ("regional_without_base", None)):
-        images = regional_images(pipe, cases, gen_seeds, **gen, base_weight=base)
+        images = _shared_regional(pipe, cases, gen_seeds, **gen, base_weight=base)
         ok = [region_success(im, regions, w) for im, w in zip(images, wanted)]
         result[key] = float(np.mean(ok))
         result[f"{key}_both"] = float(np.mean([all(r) for r in ok]))
@@ -172,7 +197,7 @@ def four_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     if not regional_supported(pipe):
         return {"regional": None}
     cases = four_layouts(seeds)
-    images = regional_images(pipe, cases, [4000 + k for k in range(len(cases))], **gen)
+    images = _shared_regional(pipe, cases, [4000 + k for k in range(len(cases))], **gen)
     ok = [region_success(im, list(QUADRANTS), list(layout)) for im, layout in zip(images, cases)]
     return {"layouts": len(cases), "regional": float(np.mean(ok)), "regional_all": float(np.mean([all(r) for r in ok]))}
 
@@ -192,23 +217,28 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
     """Flicker of each cross-frame mode and edit adherence of first+previous over `videos` shapes-world videos."""
     from ..kv import edit_video
 
-    flicker: dict[str, list[float]] = {"none": [], "first": [], "first+previous": []}
-    adherent: list[bool] = []
-    for k in range(videos):
+    modes = ("none", "first", "first+previous")
+
+    def one_video(k: int) -> tuple[dict[str, list[float]], list[bool]]:
         video = random_video(3000 + k, frames=VIDEO_FRAMES)
         prompt, new = recolour_prompt(video)
         frames = [Image.fromarray(f) for f in video.frames]
-        for attend in flicker:
-            out = [np.asarray(f, dtype=np.float32) / 255 for f in edit_video(
+        changes: dict[str, list[float]] = {}
+        outputs: dict[str, list[np.ndarray]] = {}
+        for attend in modes:
+            out = outputs[attend] = [np.asarray(f, dtype=np.float32) / 255 for f in edit_video(
                 pipe, frames, prompt, attend=attend, strength=strength, num_inference_steps=steps, seed=k,
                 controlnet=controlnet, progress=False, negative_prompt="", **call_kwargs(pipe),
                 **guidance_kwargs(pipe, guidance))]
-            for t in range(1, len(out)):
-                still = ~(video.masks[t] | video.masks[t - 1])
-                flicker[attend].append(float(np.abs(out[t] - out[t - 1])[still].mean()))
-            if attend == "first+previous":
-                adherent += [bool(np.mean(label_pixels(o * 255)[m] == 1 + COLORS.index(new)) > 0.5)
-                             for o, m in zip(out, video.masks)]
+            changes[attend] = [float(np.abs(out[t] - out[t - 1])[~(video.masks[t] | video.masks[t - 1])].mean())
+                               for t in range(1, len(out))]
+        recoloured = [bool(np.mean(label_pixels(o * 255)[m] == 1 + COLORS.index(new)) > 0.5)
+                      for o, m in zip(outputs["first+previous"], video.masks)]
+        return changes, recoloured
+
+    parts = shared_map(one_video, range(videos))
+    flicker = {attend: _flat(changes[attend] for changes, _ in parts) for attend in modes}
+    adherent = _flat(recoloured for _, recoloured in parts)
     return {"flicker_per_frame": float(np.mean(flicker["none"])), "flicker_first": float(np.mean(flicker["first"])),
             "flicker_first_previous": float(np.mean(flicker["first+previous"])),
             "edit_adherence": float(np.mean(adherent)), "videos": videos, "frames": VIDEO_FRAMES,
@@ -234,17 +264,19 @@ def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     threshold = SEGMENT_THRESHOLDS[architecture_of(denoiser_of(pipe)).name]
     cases = layouts(2 * seeds, seed=1)
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
-    scores, counts = [], []
-    for start in range(0, len(prompts), 16):
-        chunk = slice(start, start + 16)
+    def segment_chunk(chunk: slice) -> list[tuple[float, int]]:
         with segment_trace(pipe, thresholds=(threshold,) * 3) as tc:
             images = generate(pipe, prompts[chunk], [5000 + k for k in range(len(prompts))][chunk], **gen)
+        judged = []
         for item, image in enumerate(images):
             labels = tc.segmentation(item=item).labels
             objects = [blob.mask for blob in detect(image)]
             background = ~np.any(objects, axis=0) if objects else np.ones(image.shape[:2], bool)
-            scores.append(matched_iou(labels, objects + [background]))
-            counts.append(int(labels.max()) + 1)
+            judged.append((matched_iou(labels, objects + [background]), int(labels.max()) + 1))
+        return judged
+
+    judged = _flat(shared_map(segment_chunk, _slices(len(prompts))))
+    scores, counts = [score for score, _ in judged], [count for _, count in judged]
     return {"miou": float(np.mean(scores)), "images": len(scores), "threshold": threshold,
             "mean_segments": float(np.mean(counts))}
 
