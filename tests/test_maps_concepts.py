@@ -79,7 +79,7 @@ def test_concepts_that_are_the_prompt_tokens_reproduce_the_text_stream(pipelines
             embeds = pipe.encode_prompt(PROMPT, None, None, do_classifier_free_guidance=False)[0]
     tokens = embeds.shape[1]
     monkeypatch.setattr(attnkit.maps.concepts, "encode_concepts",
-                        lambda pipe_, concepts, text_tokens: (embeds[0], torch.eye(tokens)))
+                        lambda *_: (embeds[0], torch.eye(tokens)))
     capture = TextOutputs()
     tc = attnkit.maps.trace(pipe, PROMPT, space="output", concepts=[f"t{i}" for i in range(tokens)],
                             kind=["joint", "single"])
@@ -195,7 +195,7 @@ def test_bad_inputs_are_one_clear_error_each(pipelines):
         attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky", " "])
     with pytest.raises(AttnkitError, match="unknown space 'outputs': choose 'probability'"):
         attnkit.maps.trace(sd3, PROMPT, space="outputs", concepts=["sky"])
-    with pytest.raises(AttnkitError, match="`concepts` and `combine` belong to output-space maps"):
+    with pytest.raises(AttnkitError, match="`concepts`, `combine` and `template` belong to output-space maps"):
         attnkit.maps.trace(sd3, PROMPT, concepts=["sky"])
     with pytest.raises(AttnkitError, match="`relation` and `exact` choose probability maps"):
         attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky"], relation="text->image")

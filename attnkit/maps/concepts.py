@@ -67,7 +67,7 @@ class ConceptRecorder(Control):
     masks = True  # supplies the concept-only kernel of the second call
 
     def __init__(self, pipe: Any, record: SiteList, concepts: Sequence[str], *, steps: Iterable[int] | None = None,
-                 branch: str = "cond", combine: Combine = "logits") -> None:
+                 branch: str = "cond", combine: Combine = "logits", template: str = "{}") -> None:
         if branch not in _BRANCHES:
             raise AttnkitError(f"branch={branch!r}: choose 'cond' or 'uncond'.")
         if combine not in COMBINES:
@@ -81,6 +81,7 @@ class ConceptRecorder(Control):
         self.steps = None if steps is None else frozenset(steps)
         self.branch = branch
         self.combine = combine
+        self.template = template
         self.total: torch.Tensor | None = None
         self.count = 0
         self.steps_recorded: set[int | None] = set()
@@ -180,7 +181,7 @@ class ConceptRecorder(Control):
             raise AttnkitError("the denoiser was called without `encoder_hidden_states`; concept maps encode their "
                                "concepts at the prompt's text length.")
         if self._embeds is None or self._embeds[0] != text_tokens:
-            embeds, average = encode_concepts(self.pipe, self.concepts, text_tokens)
+            embeds, average = encode_concepts(self.pipe, self.concepts, text_tokens, self.template)
             dtype = next(self.model.context_embedder.parameters()).dtype
             self._embeds = (text_tokens, embeds.to(dtype), average.to(embeds.device))
         return self._embeds[1], self._embeds[2]
@@ -218,21 +219,25 @@ def _concept_queries_only(call: AttentionCall) -> tuple[torch.Tensor, None]:
     return out, None
 
 
-def encode_concepts(pipe: Any, concepts: Sequence[str], text_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of every concept's own tokens, each concept encoded alone by `pipe.encode_prompt` at the prompt's
-    text length, and the (concepts, tokens) matrix that averages each concept's tokens."""
+def encode_concepts(pipe: Any, concepts: Sequence[str], text_tokens: int,
+                    template: str = "{}") -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of every concept's own tokens, each concept encoded alone by `pipe.encode_prompt` (within
+    `template`) at the prompt's text length, and the (concepts, tokens) matrix that averages each concept's tokens."""
     sd3 = hasattr(pipe, "text_encoder_3")
     clip_length = pipe.tokenizer_max_length if sd3 else 0
+    offset = template.index("{}")
     rows, owners = [], []
     with torch.no_grad():
         for index, concept in enumerate(concepts):
+            text = template.format(concept)
             if sd3:
-                embeds = pipe.encode_prompt(prompt=concept, prompt_2=None, prompt_3=None,
+                embeds = pipe.encode_prompt(prompt=text, prompt_2=None, prompt_3=None,
                                             do_classifier_free_guidance=False,
                                             max_sequence_length=max(text_tokens - clip_length, 0))[0]
             else:
-                embeds = pipe.encode_prompt(prompt=concept, prompt_2=None, max_sequence_length=text_tokens)[0]
-            positions = [p for word in prompt_tokens(pipe, concept, embeds.shape[1]).words for p in word.positions]
+                embeds = pipe.encode_prompt(prompt=text, prompt_2=None, max_sequence_length=text_tokens)[0]
+            words = prompt_tokens(pipe, text, embeds.shape[1]).words
+            positions = [p for word in words if offset <= word.start < offset + len(concept) for p in word.positions]
             if sd3 and pipe.text_encoder_3 is None:  # SD3 without T5 pads with zero "T5" rows: not the concept's
                 positions = [p for p in positions if p < clip_length]
             if not positions:
@@ -390,8 +395,8 @@ class ConceptTrace:
 
 
 def concept_trace(pipe: Any, prompt: Any, concepts: Sequence[str] | None, *, steps: Iterable[int] | None = None,
-                  branch: str = "cond", combine: Combine = "logits", sites_: Iterable[Site] | None = None,
-                  **selection: Any) -> ConceptTrace:
+                  branch: str = "cond", combine: Combine = "logits", template: str = "{}",
+                  sites_: Iterable[Site] | None = None, **selection: Any) -> ConceptTrace:
     """`attnkit.maps.trace(..., space="output")`: checks the model, the concepts and the sites."""
     model = denoiser_of(pipe)
     architecture = architecture_of(model).name
@@ -401,6 +406,8 @@ def concept_trace(pipe: Any, prompt: Any, concepts: Sequence[str] | None, *, ste
             f"single-stream blocks); {type(model).__name__} (SD1.x/SDXL) takes text only as cross-attention keys "
             "and values, so concepts have no stream of their own. Use space='probability' for word maps there.")
     names = _concept_names(concepts)
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise AttnkitError(f"template={template!r} must hold one '{{}}' where each concept goes, e.g. 'a {{}}'.")
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     if sites_ is not None:
@@ -415,7 +422,7 @@ def concept_trace(pipe: Any, prompt: Any, concepts: Sequence[str] | None, *, ste
     if unfit:
         raise AttnkitError(f"concept maps need sites with a text stream (kind joint or single); {len(unfit)} selected "
                            f"site(s) have none: {', '.join(unfit[:3])}. Select kind=['joint', 'single'].")
-    recorder = ConceptRecorder(pipe, chosen, names, steps=steps, branch=branch, combine=combine)
+    recorder = ConceptRecorder(pipe, chosen, names, steps=steps, branch=branch, combine=combine, template=template)
     return ConceptTrace(pipe, recorder, prompt)
 
 

@@ -168,6 +168,7 @@ def trace(
     space: str = "probability",
     concepts: Sequence[str] | None = None,
     combine: str = "logits",
+    template: str = "{}",
     relation: Relation = "image->text",
     steps: Iterable[int] | None = None,
     branch: str = "cond",
@@ -185,8 +186,8 @@ def trace(
     `steps`: 0-based denoising steps to record (default all). `branch`: the CFG branch ("cond").
     `exact`: "lse" (fused kernel) or "explicit" (fallback); the same numbers.
     `space="output"` records output-space concept maps of `concepts` instead (SD3, SD3.5, Flux; see
-    `attnkit.maps.concepts`), combined over sites and steps by `combine` ("logits" or "softmax"); it returns a
-    `ConceptTrace` with the same `heatmap`, `word_maps` and `save`.
+    `attnkit.maps.concepts`), combined over sites and steps by `combine` ("logits" or "softmax"), each concept
+    encoded within `template` ("{}": alone); it returns a `ConceptTrace` with the same `heatmap`, `word_maps`, `save`.
     """
     if space not in SPACES:
         raise AttnkitError(f"unknown space {space!r}: choose 'probability' (attention probabilities over the "
@@ -197,11 +198,11 @@ def trace(
                                "from attention outputs: leave them out.")
         from .concepts import concept_trace
 
-        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, combine=combine, sites_=sites_,
-                             **selection)
-    if concepts is not None or combine != "logits":
-        raise AttnkitError("`concepts` and `combine` belong to output-space maps: pass space='output' as well "
-                           "(probability maps read the prompt's own words).")
+        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, combine=combine,
+                             template=template, sites_=sites_, **selection)
+    if concepts is not None or combine != "logits" or template != "{}":
+        raise AttnkitError("`concepts`, `combine` and `template` belong to output-space maps: pass space='output' "
+                           "as well (probability maps read the prompt's own words).")
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     found = sites(pipe)
