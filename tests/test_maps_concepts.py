@@ -13,6 +13,7 @@ import attnkit.maps
 import attnkit.maps.concepts
 from attnkit import AttnkitError, Control
 from attnkit.cli import main
+from attnkit.testing import meta_denoiser
 
 PROMPT = "a red circle and a blue square"
 CONCEPTS = ["zebra", "sky", "background"]  # none of them in the prompt
@@ -103,11 +104,15 @@ def test_maps_sum_to_one_over_concepts_at_every_image_token(pipelines, name, com
 
 
 def test_default_sites_follow_concept_attention(pipelines):
-    """SD3: every joint block; Flux: the last four double-stream blocks (tiny Flux has two, so both)."""
+    """SD3: every joint block; Flux: the last four double-stream blocks, FLUX.1's layers 15-18 (tiny Flux has two)."""
     for name in TRANSFORMERS:
         pipe = pipelines[name]
         chosen = attnkit.maps.trace(pipe, space="output", concepts=["a"]).recorder.sites
         assert chosen == attnkit.sites(pipe).select(kind="joint")
+    flux = attnkit.maps.concepts.default_sites(meta_denoiser("flux-dev"))
+    assert [s.block for s in flux] == ["joint.15", "joint.16", "joint.17", "joint.18"]
+    sd3 = attnkit.maps.concepts.default_sites(meta_denoiser("sd3-medium"))
+    assert len(sd3) == 24 and {s.kind for s in sd3} == {"joint"}
 
 
 def test_the_buffer_does_not_grow_with_steps(pipelines):

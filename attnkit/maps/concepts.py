@@ -19,7 +19,8 @@ several tokens (a word split by the tokenizer, several words, SD3's CLIP and T5 
 mean of its tokens' outputs. These logits are summed over sites and steps into one fp32 buffer (items, concepts, rows,
 cols), so memory stays flat however many steps run; maps are the softmax over concepts of their mean, so at every
 image token the concepts' maps sum to 1. `combine="softmax"` instead averages the per-site, per-step softmax, as
-ConceptAttention's own code does.
+ConceptAttention's own code does. `template` (default "{}", the concept alone) encodes each concept within a phrase,
+e.g. "a {}": its other words give context, only the concept's own tokens enter the stream.
 
 Defaults follow ConceptAttention's code (github helblazer811/ConceptAttention): every denoising step; on SD3/SD3.5
 every joint block (its SD3 pipeline averages all layers); on Flux the last four double-stream blocks (its Flux pipeline
