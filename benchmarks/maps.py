@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1) + "\n")
     seconds = f"{device.type}_seconds_min"
     print(f"\nconfig | no recording, {device.type} s (min) | lse ratio | explicit ratio | concepts ratio | "
-          "amd exact ratio | amd fast ratio | lse ratio of medians | attnkit aggregate bytes | amd kept bytes exact / fast")
+          "amd exact ratio | amd fast ratio | lse ratio of medians | attnkit aggregate bytes | "
+          "amd kept bytes exact / fast")
     for name, r in {"attention op": results["attention_op"], **results["configs"]}.items():
         peer = r.get("attention_map_diffusers") or {}
         kept = peer.get("kept_bytes")
