@@ -26,7 +26,9 @@ class State:
     `callback_on_step_end`), `None` outside a pipeline. `branches` gives the CFG branch of every batch item.
     `timestep` is the current forward's timestep in the scheduler's units (0 to 1000, whatever the denoiser takes).
     `latent` is the denoiser input's spatial size in latent pixels; each site derives its token grid from it.
-    `frame` and `phase` are set by features that loop over frames or store-then-load passes.
+    `frame` and `phase` are set by features that loop over frames or store-then-load passes. `exclusive` is set
+    while a session runs a pass of its own through the denoiser's blocks (output-space concept maps): that pass's
+    attention calls are seen only by the controls of that session, never by other sessions' features.
     """
 
     step: int | None = None
@@ -38,6 +40,7 @@ class State:
     forwards: int = 0
     frame: int | None = None
     phase: str | None = None
+    exclusive: bool = False
 
     def reset(self) -> None:
         """Forget everything from an earlier run."""

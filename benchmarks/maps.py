@@ -11,7 +11,10 @@ between device synchronisations; writes benchmarks/results/maps-full-DEVICE.json
 
 Configs: every tiny pipeline (overhead-dominated), and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
 1024 image + 333 text tokens, CFG batch 2: attention is about 30% of the compute, as in SD3-medium at 1024 px).
-Also an op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder.
+Also an op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder. On the
+transformers, one more variant records output-space concept maps (`space="output"`, `CONCEPTS`, ConceptAttention's
+default sites: every joint block of SD3, the last four double-stream blocks of Flux), whose concept pass runs each
+traced block a second time on the cond items.
 Variants alternate within each round, so drift in the shared machine's load hits all of them alike. Times are this
 process's CPU time (other jobs on the shared cores inflate wall time unevenly); ratios of the minima, medians kept too.
 
@@ -66,6 +69,7 @@ AMD_METHOD = (
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red circle and a blue square"
+CONCEPTS = ["circle", "zebra", "background"]
 TINY = ("tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-sd35", "tiny-flux")
 MID_IMAGE_SIZE = 256  # 64x64 latents (tiny VAE, 4x), patch 2: 32x32 = 1024 image tokens
 MID_LAYERS, MID_HEADS, MID_HEAD_DIM = 4, 8, 64
@@ -140,9 +144,15 @@ def measure(pipe, steps: int, rounds: int, size: int | None, device: torch.devic
             generate()
         return tc.recorder.total.nbytes
 
+    def concepts() -> int:
+        with attnkit.maps.trace(pipe, PROMPT, space="output", concepts=CONCEPTS) as tc:
+            generate()
+        return tc.total.nbytes
+
     sites = attnkit.maps.trace(pipe).recorder.sites
-    variants = {"none": generate, "lse": recorded("lse"), "explicit": recorded("explicit")}
-    variants["segment"] = segmented
+    variants = {"none": generate, "lse": recorded("lse"), "explicit": recorded("explicit"), "segment": segmented}
+    if kinds_compared(pipe):  # concept maps need a joint text stream: transformers only
+        variants["concepts"] = concepts
     with torch.inference_mode():
         peer = amd_variants(pipe, generate, variants) if amd is not None else None
         state = pipeline_state(pipe)
@@ -338,13 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     seconds = f"{device.type}_seconds_min"
-    print(f"\nconfig | no recording, {device.type} s (min) | lse ratio | explicit ratio | amd exact ratio | "
-          "amd fast ratio | lse ratio of medians | attnkit aggregate bytes | amd kept bytes exact / fast")
+    print(f"\nconfig | no recording, {device.type} s (min) | lse ratio | explicit ratio | concepts ratio | "
+          "amd exact ratio | amd fast ratio | lse ratio of medians | attnkit aggregate bytes | "
+          "amd kept bytes exact / fast")
     for name, r in {"attention op": results["attention_op"], **results["configs"]}.items():
         peer = r.get("attention_map_diffusers") or {}
         kept = peer.get("kept_bytes")
         amd_cells = [f"{r['ratio'][k]:.3f}" if k in r["ratio"] else peer.get("error", "-")[:40] for k in AMD_MODES]
+        concept_cell = f"{r['ratio']['concepts']:.3f}" if "concepts" in r["ratio"] else "-"
         print(f"{name} | {r[seconds]['none']:.4f} | {r['ratio']['lse']:.3f} | {r['ratio']['explicit']:.3f} | "
+              f"{concept_cell} | "
               f"{' | '.join(amd_cells)} | {r['ratio_median']['lse']:.3f} | {r.get('aggregate_bytes', '-')} | "
               f"{' / '.join(str(kept.get(k, '-')) for k in AMD_MODES) if kept else '-'}")
     for name, r in results["configs"].items():

@@ -24,7 +24,7 @@ RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- quality table: written by benchmarks/quality.py -->", "<!-- end of quality table -->"
 COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "regional_adherence_4", "map_iou",
-           "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence")
+           "map_iou_output", "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence")
 
 
 def _settings(result: dict) -> str:

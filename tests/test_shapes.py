@@ -182,8 +182,12 @@ def test_eval_json_contract(capsys, model: str) -> None:
     result = json.loads(lines[0])
     assert set(result) == {"model", "prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                            "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
-                           "regional_adherence_4", "segment_miou"}
+                           "regional_adherence_4", "map_iou_output", "segment_miou"}
     assert result["model"] == model
+    if model == "shapes-sd15":  # a UNet has no joint text stream for concepts
+        assert result["map_iou_output"] is None
+    else:
+        assert 0.0 <= result["map_iou_output"] <= 1.0
     for key in ("prompt_following", "plain_adherence", "map_iou", "edit_adherence", "segment_miou"):
         assert 0.0 <= result[key] <= 1.0, key
     for key in ("flicker_per_frame", "flicker_first", "flicker_first_previous"):

@@ -1,6 +1,7 @@
 """`attnkit maps MODEL --prompt P --out DIR`: generate one image and write its per-word attention maps.
 
-Writes DIR/image.png, DIR/<word>.png (overlay per word), DIR/grid.png (all words) and DIR/maps.safetensors.
+Writes DIR/image.png, DIR/<word>.png (overlay per word), DIR/grid.png (all words) and DIR/maps.safetensors. With
+`--space output --concepts a,b` the maps are output-space concept maps (SD3, SD3.5, Flux), one PNG per concept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def register(commands: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write image.png, <word>.png, grid.png, "
                    "maps.safetensors")
     p.add_argument("--words", default=None, help="comma-separated words of the prompt (default: every word)")
+    p.add_argument("--space", choices=("probability", "output"), default="probability",
+                   help="probability (default): attention probabilities over the prompt's words; output: "
+                   "output-space concept maps of --concepts (SD3, SD3.5, Flux)")
+    p.add_argument("--concepts", default=None, help="comma-separated concepts for --space output, in the prompt "
+                   "or not, e.g. circle,square,background")
     add_generation_options(p)
     p.add_argument("--size", type=positive_int, default=None, metavar="S",
                    help="shorthand for --height S --width S (not combined with them)")
@@ -45,14 +51,18 @@ def _maps(args: argparse.Namespace) -> None:
     from . import plot
     from .trace import trace
 
+    concepts = _concepts(args)
     words = _words(args.words)
     pipe = load_pipeline(args.model)
     check_size(pipe, args.height, args.width)
-    with trace(pipe, prompt=args.prompt) as tc, torch.inference_mode():
+    space = {"space": "output", "concepts": concepts} if concepts else {}
+    with trace(pipe, prompt=args.prompt, **space) as tc, torch.inference_mode():
         image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
                      generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
                      **guidance_kwargs(args.model, pipe, args.guidance)).images[0]
-    if words is None:
+    if concepts:
+        words = concepts
+    elif words is None:
         every = tc.tokens().unique_words
         words = [w for w in every if w not in _RESERVED]
         skipped = sorted(set(every) - set(words))
@@ -65,19 +75,38 @@ def _maps(args: argparse.Namespace) -> None:
         plot.overlay(image, heat).save(args.out / f"{word}.png")
     plot.grid(image, maps).save(args.out / "grid.png")
     tc.save(args.out / "maps.safetensors", words)
-    print(f"wrote {args.out / 'image.png'}, {len(maps)} word map(s) ({', '.join(maps)}), "
+    print(f"wrote {args.out / 'image.png'}, {len(maps)} {'concept' if concepts else 'word'} map(s) "
+          f"({', '.join(maps)}), "
           f"{args.out / 'grid.png'}, {args.out / 'maps.safetensors'}")
+
+
+def _concepts(args: argparse.Namespace) -> list[str] | None:
+    """The --concepts list of --space output (required there, refused elsewhere, not with --words)."""
+    if args.space != "output":
+        if args.concepts is not None:
+            raise AttnkitError("--concepts names the concepts of output-space maps: add --space output (probability "
+                               "maps take --words of the prompt).")
+        return None
+    if args.concepts is None:
+        raise AttnkitError("--space output maps concepts: give them with --concepts, e.g. --concepts "
+                           "circle,square,background.")
+    if args.words is not None:
+        raise AttnkitError("--words picks words of the prompt for probability maps; with --space output give "
+                           "--concepts only.")
+    return _names("--concepts", args.concepts, "circle,square")
 
 
 def _words(text: str | None) -> list[str] | None:
     """The --words list, lower-cased; words named like the other output files are refused."""
-    if text is None:
-        return None
-    words = [w.strip().lower() for w in text.split(",") if w.strip()]
-    if not words:
-        raise AttnkitError(f"--words {text!r} names no word; give e.g. --words red,square.")
-    taken = [w for w in words if w in _RESERVED]
+    return None if text is None else _names("--words", text, "red,square")
+
+
+def _names(option: str, text: str, example: str) -> list[str]:
+    names = [w.strip().lower() for w in text.split(",") if w.strip()]
+    if not names:
+        raise AttnkitError(f"{option} {text!r} names no word; give e.g. {option} {example}.")
+    taken = [w for w in names if w in _RESERVED]
     if taken:
-        raise AttnkitError(f"--words {', '.join(taken)}: {taken[0]}.png is the name of another output file; "
+        raise AttnkitError(f"{option} {', '.join(taken)}: {taken[0]}.png is the name of another output file; "
                            "leave that word out.")
-    return words
+    return names

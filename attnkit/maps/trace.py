@@ -24,10 +24,13 @@ from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .recorder import RELATIONS, MapRecorder, Relation
 from .tokens import PromptTokens, prompt_tokens
 
-__all__ = ["Trace", "trace", "WORD_RELATIONS"]
+__all__ = ["SPACES", "Trace", "trace", "WORD_RELATIONS"]
 
 #: Relations whose maps have one spatial map per text token, so that words have heat maps.
 WORD_RELATIONS = ("image->text", "text->image")
+#: "probability": the model's attention probabilities over prompt tokens; "output": concept maps in the attention
+#: output space (`attnkit.maps.concepts`).
+SPACES = ("probability", "output")
 
 
 class Trace:
@@ -161,6 +164,10 @@ def trace(
     pipe: Any,
     prompt: str | Sequence[str] | Regional | None = None,
     *,
+    space: str = "probability",
+    concepts: Sequence[str] | None = None,
+    combine: str = "logits",
+    template: str = "{}",
     relation: Relation = "image->text",
     steps: Iterable[int] | None = None,
     branch: str = "cond",
@@ -177,7 +184,24 @@ def trace(
     sites of the kinds that have the relation (image->text: UNet cross, SD3 joint, Flux joint and single).
     `steps`: 0-based denoising steps to record (default all). `branch`: the CFG branch ("cond").
     `exact`: "lse" (fused kernel) or "explicit" (fallback); the same numbers.
+    `space="output"` records output-space concept maps of `concepts` instead (SD3, SD3.5, Flux; see
+    `attnkit.maps.concepts`), combined over sites and steps by `combine` ("logits" or "softmax"), each concept
+    encoded within `template` ("{}": alone); it returns a `ConceptTrace` with the same `heatmap`, `word_maps`, `save`.
     """
+    if space not in SPACES:
+        raise AttnkitError(f"unknown space {space!r}: choose 'probability' (attention probabilities over the "
+                           "prompt's words) or 'output' (concept maps, with concepts=[...]).")
+    if space == "output":
+        if relation != "image->text" or exact != "lse":
+            raise AttnkitError("`relation` and `exact` choose probability maps; space='output' maps concepts "
+                               "from attention outputs: leave them out.")
+        from .concepts import concept_trace
+
+        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, combine=combine,
+                             template=template, sites_=sites_, **selection)
+    if concepts is not None or combine != "logits" or template != "{}":
+        raise AttnkitError("`concepts`, `combine` and `template` belong to output-space maps: pass space='output' "
+                           "as well (probability maps read the prompt's own words).")
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     found = sites(pipe)

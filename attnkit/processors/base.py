@@ -190,16 +190,17 @@ class SiteProcessor:
         """Attention output (B, H, Lq, D) for `call`; `plain` is the architecture's stock kernel, used when no
         control needs a mask, an lse or its own kernel, so that output stays bit-identical to diffusers'."""
         stock_mask = call.mask
-        for control, state in self.entries:
+        entries = self.active_entries()
+        for control, state in entries:
             call.state = state
             control.before(call)
-        needs_lse = any(control.needs_lse for control, _ in self.entries)
+        needs_lse = any(control.needs_lse for control, _ in entries)
         lse = None
         if call.kernel is not None:
             self.own_kernel(f"its own kernel ({call.kernel_owner})")
             out, lse = call.kernel(call)
             if lse is None and needs_lse:
-                wanting = [control.name for control, _ in self.entries if control.needs_lse]
+                wanting = [control.name for control, _ in entries if control.needs_lse]
                 raise AttnkitError(
                     f"{self.site.name}: {call.kernel_owner!r} computes attention with a kernel that has no single "
                     f"log-sum-exp, which {wanting} need; select disjoint sites or steps for them.")
@@ -208,10 +209,16 @@ class SiteProcessor:
             out, lse = ops.attention(call.q, call.k, call.v, call.mask, call.scale)
         else:
             out = plain(call)
-        for control, state in self.entries:
+        for control, state in entries:
             call.state = state
             control.after(call, out, lse)
         return out
+
+    def active_entries(self) -> list[tuple[Control, State]]:
+        """The controls that see the current call: all of them, unless a session runs a pass of its own
+        (`State.exclusive`, e.g. concept tokens through the blocks), whose calls only that session's controls see."""
+        own = [(control, state) for control, state in self.entries if state.exclusive]
+        return own or self.entries
 
     def own_kernel(self, need: str) -> None:
         """Called when a control's `need` takes attention off the stock kernel; architectures whose stock kernel

@@ -67,7 +67,8 @@ class FluxSiteProcessor(SiteProcessor):
         return hidden_states
 
     def _single_stream_text_tokens(self) -> int:
-        text = self.entries[0][1].text_tokens if self.entries else None
+        entries = self.active_entries()
+        text = entries[0][1].text_tokens if entries else None
         if text is None:
             raise AttnkitError(
                 f"{self.site.name} is a Flux single-stream block, whose text length attnkit reads from the "

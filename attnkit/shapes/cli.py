@@ -33,7 +33,8 @@ def register(commands: Any) -> None:
                    "two-object layouts (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object per model: model, prompt_following, "
                    "regional_adherence, plain_adherence, map_iou, flicker_per_frame, flicker_first, "
-                   "flicker_first_previous, edit_adherence, regional_adherence_4, segment_miou (each in [0, 1] or null)")
+                   "flicker_first_previous, edit_adherence, regional_adherence_4, map_iou_output, segment_miou (each "
+                   "in [0, 1] or null)")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     p.set_defaults(run=_eval)
 
