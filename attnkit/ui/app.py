@@ -330,7 +330,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Column():
                     rows = gr.Dataframe(value=_EXAMPLE_REGIONS, headers=list(REGION_COLUMNS),
                                         datatype=["str", "str", "number", "number", "number", "number"],
-                                        column_count=len(REGION_COLUMNS), row_limits=(1, None), type="array",
+                                        column_count=len(REGION_COLUMNS), type="array",
                                         interactive=True, elem_id="regions",
                                         label="regions: a prompt per row, its box as fractions of the image "
                                               "(x0, y0 top left; x1, y1 bottom right); later rows win overlaps")
