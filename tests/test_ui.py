@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from attnkit.cli import main  # noqa: E402
-from attnkit.ui.app import REGION_COLUMNS, Studio, _progress, build_app, load, region_spec  # noqa: E402
+from attnkit.ui.app import REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, build_app, enlarged, load, region_spec  # noqa: E402
 
 MODEL = "shapes-sd3"
 STEPS = 4  # segmentation reads noise level 300, which a run of 4 steps reaches
@@ -63,8 +63,11 @@ def record_of(path) -> dict:
         return json.loads(image.text["attnkit"])
 
 
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as image:
+def pixels(source) -> np.ndarray:
+    """RGB pixels of an image or an image file."""
+    if isinstance(source, Image.Image):
+        return np.asarray(source.convert("RGB"))
+    with Image.open(source) as image:
         return np.asarray(image.convert("RGB"))
 
 
@@ -83,7 +86,8 @@ def test_regional_png_is_the_one_attnkit_regional_writes_for_the_same_spec(clien
     assert record_of(png) == record_of(out)
     assert record_of(png)["spec"]["regions"][1] == {"prompt": "a blue square", "box": [0.5, 0.0, 1.0, 1.0]}
     assert np.array_equal(pixels(png), pixels(out))
-    assert pixels(outlined).shape == pixels(png).shape and not np.array_equal(pixels(outlined), pixels(png))
+    shown = pixels(enlarged(Image.open(png)))
+    assert pixels(outlined).shape == shown.shape and not np.array_equal(pixels(outlined), shown)
 
 
 def test_two_concurrent_regional_requests_each_equal_the_same_request_run_alone(client, served):
@@ -152,6 +156,7 @@ def test_maps_endpoint_gives_a_word_per_choice_its_overlay_and_the_maps_file(cli
     image, words, overlay, maps_file = client.predict("a red circle", 0, STEPS, None, None, None, api_name="/maps")
     assert [choice[0] for choice in words["choices"]] == ["a", "red", "circle"]
     assert words["value"] == "a"
+    assert pixels(image).shape == (SHOWN_SIDE, SHOWN_SIDE, 3)
     assert pixels(overlay).shape == pixels(image).shape and not np.array_equal(pixels(overlay), pixels(image))
     from safetensors import safe_open
 
@@ -160,17 +165,17 @@ def test_maps_endpoint_gives_a_word_per_choice_its_overlay_and_the_maps_file(cli
         assert json.loads(saved.metadata()["prompts"]) == ["a red circle"]
 
 
-def test_segment_endpoint_segments_a_generated_and_an_uploaded_image(client, tmp_path):
+def test_segment_endpoint_segments_a_generated_and_an_uploaded_image(client):
     image, overlay, labels = client.predict("a red circle", None, 0, STEPS, None, None, None, api_name="/segment")
-    assert pixels(overlay).shape == pixels(image).shape
+    assert pixels(overlay).shape == pixels(image).shape == (SHOWN_SIDE, SHOWN_SIDE, 3)
     assert labels["headers"][:2] == ["id", "label"]
     assert {row[1] for row in labels["data"]} <= {"a", "red", "circle", "background"}
-    assert sum(row[2] for row in labels["data"]) == pixels(image).shape[0] * pixels(image).shape[1]
-    upload = tmp_path / "given.png"
-    shutil.copy(image, upload)
-    _, overlay, labels = client.predict("a red circle", handle_file(str(upload)), 0, STEPS, None, None, None,
-                                        api_name="/segment")
-    assert len(labels["data"]) >= 1 and pixels(overlay).shape == pixels(upload).shape
+    assert sum(row[2] for row in labels["data"]) == 64 * 64  # areas in pixels of the generated image
+    _, png = client.predict("a red circle", 0, STEPS, None, None, None, api_name="/generate")
+    shown, overlay, labels = client.predict("a red circle", handle_file(png), 0, STEPS, None, None, None,
+                                            api_name="/segment")
+    assert np.array_equal(pixels(shown), pixels(enlarged(Image.open(png))))
+    assert len(labels["data"]) >= 1 and pixels(overlay).shape == pixels(shown).shape
 
 
 def test_segment_without_prompt_or_image_says_to_give_one(client):
@@ -306,13 +311,6 @@ class Page:
         field.send_keys(Keys.CONTROL, "a")
         field.send_keys(Keys.DELETE, text, Keys.TAB)
 
-    def open_sampling(self, tab):
-        steps = f"#{tab}-steps input"
-        if not self.find(steps).is_displayed():
-            self.driver.find_element("xpath", f"//*[@id='{tab}-steps']/ancestor::*[contains(@class, 'accordion')]"
-                                              "//button").click()
-            self.wait.until(lambda d: self.find(steps).is_displayed())
-
     def tab(self, name):
         self.driver.find_element("xpath", f"//button[@role='tab'][normalize-space()='{name}']").click()
 
@@ -345,7 +343,6 @@ def test_page_regional_maps_and_a_bad_box(served, browser, tmp_path):
         page.edit_cell(row, 0, prompt)
         for column, value in enumerate(box, start=2):
             page.edit_cell(row, column, value)
-    page.open_sampling("regional")
     page.fill("#regional-steps", str(STEPS))
     page.fill("#regional-seed", "7")
     page.find("#regional-generate").click()
@@ -360,7 +357,6 @@ def test_page_regional_maps_and_a_bad_box(served, browser, tmp_path):
     assert (record["seed"], record["num_inference_steps"]) == (7, STEPS)
 
     page.tab("Maps")
-    page.open_sampling("maps")
     page.fill("#maps-steps", str(STEPS))
     page.find("#maps-generate").click()
     first = page.wait_for_new_image("#word-overlay")
@@ -374,5 +370,7 @@ def test_page_regional_maps_and_a_bad_box(served, browser, tmp_path):
     page.edit_cell(0, 4, "1.5")
     page.find("#regional-generate").click()
     page.wait.until(lambda d: "lies outside [0, 1]" in page.error_text())
-    assert "region 1 ('a blue circle')" in page.error_text() and "Traceback" not in browser.page_source
+    message = page.error_text()
+    assert "region 1 ('a blue circle'): box [0.0, 0.0, 1.5, 1.0]" in message, message
+    assert "Traceback" not in browser.page_source
     browser.save_screenshot(str(shots / "error.png"))

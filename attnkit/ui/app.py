@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import AttnkitError
 
-__all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "Studio", "build_app", "launch", "lock_of", "region_spec"]
+__all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "SHOWN_SIDE", "Studio", "enlarged", "build_app", "launch", "lock_of", "region_spec"]
 
 DEFAULT_MODEL = "shapes-sd3"
 
@@ -35,6 +35,9 @@ REGION_COLUMNS = ("prompt", "negative", "x0", "y0", "x1", "y1")
 _BOX_COLUMNS = REGION_COLUMNS[2:]
 _EXAMPLE_REGIONS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.5, 0.0, 1.0, 1.0]]
 _EXAMPLE_BASE = "a red circle and a blue square"
+
+#: Smallest side the page shows an image at: small models (the shapes models draw 64 px) would be specks.
+SHOWN_SIDE = 384
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
@@ -74,12 +77,17 @@ def _size(value: Any, name: str) -> int | None:
 
 
 def _guidance(value: Any) -> float | None:
-    if value in (None, ""):
+    """The guidance field (text, so that blank can mean the model's own scale, which differs between models)."""
+    if _blank(value):
         return None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not math.isfinite(scale) or scale < 0:
         raise AttnkitError(f"guidance is {value!r}; enter a number of 0 or more (e.g. 7), or leave it blank for the "
                            "model's.")
-    return float(value)
+    return scale
 
 
 def _blank(cell: Any) -> bool:
@@ -154,6 +162,13 @@ def _spec_fields(spec: Any) -> tuple[list[list[Any]], str, str, float, str]:
     return rows, spec.grid or "", base.prompt if base else "", base.weight if base else 1.0, spec.negative or ""
 
 
+def enlarged(image: Image.Image) -> Image.Image:
+    """`image` scaled up by a whole factor, pixels kept square (nearest neighbour), to at least SHOWN_SIDE a side
+    for the page; downloads keep the generated size."""
+    factor = max(1, math.ceil(SHOWN_SIDE / min(image.size)))
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def _progress(progress: gr.Progress, steps: int) -> Callable[..., dict[str, Any]]:
     """A `callback_on_step_end` reporting each finished denoising step to the page."""
 
@@ -206,7 +221,7 @@ class Studio:
             image, record = generate_image(self.model, self.pipe, prompt, seed, options, **extra)
         path = self._request_folder() / "generate.png"
         save_png(image, path, record)
-        return image, str(path)
+        return enlarged(image), str(path)
 
     def regional(self, rows: Any, grid: str, base: str, weight: Any, negative: str, seed: Any, steps: Any,
                  height: Any, width: Any, guidance: Any,
@@ -223,7 +238,7 @@ class Studio:
             image, spec, token_grid, record = regional_image(self.model, self.pipe, spec, seed, options, **extra)
         path = self._request_folder() / "regional.png"
         save_png(image, path, record)
-        return draw_outlines(image, spec, token_grid), str(path)
+        return draw_outlines(enlarged(image), spec, token_grid), str(path)
 
     def save_spec(self, rows: Any, grid: str, base: str, weight: Any, negative: str) -> list[str]:
         """The Regional tab's spec as spec.yaml and spec.json, checked as `attnkit regional --spec` would."""
@@ -263,9 +278,9 @@ class Studio:
         overlays = {}
         for index, (word, heat) in enumerate(maps.items()):
             overlays[word] = str(folder / f"word-{index}.png")
-            plot.overlay(image, heat).save(overlays[word])
+            plot.overlay(enlarged(image), heat).save(overlays[word])
         first = next(iter(overlays))
-        return (image, gr.Radio(choices=list(overlays), value=first), overlays[first],
+        return (enlarged(image), gr.Radio(choices=list(overlays), value=first), overlays[first],
                 str(folder / "maps.safetensors"), overlays)
 
     def segment(self, prompt: str, image: Image.Image | None, seed: Any, steps: Any, height: Any, width: Any,
@@ -281,9 +296,6 @@ class Studio:
         if image is None and not prompt:
             raise AttnkitError("enter a prompt to segment a generated image, or upload an image (a prompt describing "
                                "it then names the segments).")
-        if image is not None and (_size(height, "height") or _size(width, "width")):
-            raise AttnkitError("height and width set the size of a generated image; an uploaded image keeps its own. "
-                               "Clear them, or resize the image.")
         with self._running(steps, progress) as extra:
             if image is not None:
                 result = segment.segment_image(self.pipe, image, prompt, seed=seed,
@@ -294,7 +306,7 @@ class Studio:
                     image, _ = generate_image(self.model, self.pipe, prompt, seed, options, **extra)
                 result = tc.segmentation(image)
         rows = [[s.id, s.label or "", s.area, " ".join(str(v) for v in s.bbox)] for s in result.segments]
-        return image, result.overlay(), rows
+        return enlarged(image), enlarged(result.overlay()), rows
 
 
 def _prompt(prompt: Any) -> str:
@@ -308,21 +320,22 @@ def _show_word(word: str | None, overlays: dict[str, str] | None) -> str | None:
     return (overlays or {}).get(word)
 
 
-def _sampling_inputs(tab: str) -> list[gr.components.Component]:
-    """Seed, steps, height, width and guidance fields of one tab."""
-    with gr.Accordion("sampling", open=False):
-        with gr.Row():
-            fields = [gr.Number(label="seed", value=0, precision=0, elem_id=f"{tab}-seed"),
-                      gr.Number(label="steps", value=28, precision=0, elem_id=f"{tab}-steps")]
-        with gr.Row():
-            fields += [gr.Number(label="height (blank: the model's)", value=None, precision=0, elem_id=f"{tab}-height"),
-                       gr.Number(label="width (blank: the model's)", value=None, precision=0, elem_id=f"{tab}-width"),
-                       gr.Number(label="guidance (blank: the model's)", value=None, elem_id=f"{tab}-guidance")]
+def _sampling_inputs(tab: str, size: int) -> list[gr.components.Component]:
+    """Seed, steps, height, width (shown at the model's default `size`) and guidance fields of one tab."""
+    with gr.Row():
+        fields = [gr.Number(label="seed", value=0, precision=0, elem_id=f"{tab}-seed"),
+                  gr.Number(label="steps", value=28, precision=0, elem_id=f"{tab}-steps"),
+                  gr.Number(label="height", value=size, precision=0, elem_id=f"{tab}-height"),
+                  gr.Number(label="width", value=size, precision=0, elem_id=f"{tab}-width"),
+                  gr.Textbox(label="guidance (blank: the model's)", elem_id=f"{tab}-guidance")]
     return fields
 
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The page: a tab per feature, each button an endpoint named after its command."""
+    from ..models import default_size
+
+    size = default_size(studio.pipe)
     with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False) as app:
         gr.Markdown(f"## attnkit · `{studio.model}`")
         with gr.Tab("Regional", id="regional"):
@@ -340,7 +353,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         base = gr.Textbox(label="base prompt (whole image)", value=_EXAMPLE_BASE, elem_id="base")
                         weight = gr.Number(label="base weight", value=0.5, elem_id="base-weight")
                     negative = gr.Textbox(label="negative prompt", elem_id="negative")
-                    sampling = _sampling_inputs("regional")
+                    sampling = _sampling_inputs("regional", size)
                     run = gr.Button("Generate", variant="primary", elem_id="regional-generate")
                     with gr.Row():
                         upload = gr.UploadButton("Load spec (YAML / JSON)", file_types=[".yaml", ".yml", ".json"],
@@ -359,7 +372,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     prompt = gr.Textbox(label="prompt", value=_EXAMPLE_BASE, elem_id="maps-prompt")
-                    sampling = _sampling_inputs("maps")
+                    sampling = _sampling_inputs("maps", size)
                     run = gr.Button("Generate", variant="primary", elem_id="maps-generate")
                     words = gr.Radio(label="words: click one to see where it went", choices=[], elem_id="words")
                     file = gr.File(label="maps.safetensors", elem_id="maps-file")
@@ -376,9 +389,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Column():
                     prompt = gr.Textbox(label="prompt (with an uploaded image: its description, to name segments)",
                                         value="a red circle", elem_id="segment-prompt")
-                    given = gr.Image(label="image to segment (optional: else one is generated)", type="pil",
+                    given = gr.Image(label="image to segment (optional; it keeps its own size: height and width "
+                                           "apply to a generated image)", type="pil",
                                      sources=["upload", "clipboard"], elem_id="segment-input")
-                    sampling = _sampling_inputs("segment")
+                    sampling = _sampling_inputs("segment", size)
                     run = gr.Button("Segment", variant="primary", elem_id="segment-run")
                 with gr.Column():
                     image = gr.Image(label="image", format="png", elem_id="segment-image")
@@ -391,7 +405,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     prompt = gr.Textbox(label="prompt", value=_EXAMPLE_BASE, elem_id="generate-prompt")
-                    sampling = _sampling_inputs("generate")
+                    sampling = _sampling_inputs("generate", size)
                     run = gr.Button("Generate", variant="primary", elem_id="generate-run")
                 with gr.Column():
                     image = gr.Image(label="image", format="png", elem_id="generate-image")
