@@ -122,6 +122,16 @@ def test_a_bad_region_is_an_error_message_and_the_app_serves_on(client, rows, gr
     assert record_of(regional(client, ROWS)[1])["command"] == "regional"
 
 
+def test_a_generation_that_raises_leaves_the_pipeline_unlocked_with_its_own_processors(client, served):
+    studio, _ = served
+    before = dict(studio.pipe.transformer.attn_processors)
+    hidden = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.0, 0.0, 1.0, 1.0]]
+    with pytest.raises(AppError, match=r"region\(s\) \[1\] get no image token"):  # found inside the session
+        regional(client, hidden)
+    assert studio.pipe.transformer.attn_processors == before
+    assert not studio.lock.locked()
+
+
 def test_a_grid_places_regions_without_boxes(client):
     rows = [[r[0], "", None, None, None, None] for r in ROWS]
     _, png = regional(client, rows, grid="1,1")

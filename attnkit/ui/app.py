@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import yaml
@@ -26,7 +26,11 @@ from PIL import Image
 
 from ..errors import AttnkitError
 
-__all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "SHOWN_SIDE", "Studio", "enlarged", "build_app", "launch", "lock_of", "region_spec"]
+if TYPE_CHECKING:
+    from ..regional.spec import RegionSpec
+
+__all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "SHOWN_SIDE", "Studio", "build_app", "check_port", "enlarged", "launch",
+           "load", "lock_of", "region_spec"]
 
 DEFAULT_MODEL = "shapes-sd3"
 
@@ -107,7 +111,7 @@ def _fraction(cell: Any, where: str) -> float:
 
 
 def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, base: str | None = None,
-                weight: float | None = None, negative: str | None = None) -> Any:
+                weight: float | None = None, negative: str | None = None) -> RegionSpec:
     """The RegionSpec of the Regional tab: table rows (prompt, negative, x0, y0, x1, y1; blank rows skipped), the
     grid string that places them instead of boxes, the base prompt and weight, the global negative."""
     from ..regional.spec import RegionSpec
@@ -148,7 +152,7 @@ def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, b
     return RegionSpec.from_dict(data)
 
 
-def _spec_fields(spec: Any) -> tuple[list[list[Any]], str, str, float, str]:
+def _spec_fields(spec: RegionSpec) -> tuple[list[list[Any]], str, str, float, str]:
     """A spec as the Regional tab's fields: rows, grid, base prompt, base weight, negative."""
     unfit = [i + 1 for i, r in enumerate(spec.regions) if r.mask is not None or r.from_word is not None]
     if unfit:
@@ -411,7 +415,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     image = gr.Image(label="image", format="png", elem_id="generate-image")
                     png = gr.File(label="PNG with the prompt embedded", elem_id="generate-png")
             run.click(_shown(studio.generate), [prompt] + sampling, [image, png], api_name="generate")
-    app.queue(default_concurrency_limit=None)
+    app.queue(default_concurrency_limit=None)  # the pipeline's lock orders generations; waiting ones show it
     return app
 
 
