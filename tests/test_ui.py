@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import time
-import types
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -224,7 +223,10 @@ def test_progress_reports_every_denoising_step(served):
 def test_apps_on_one_pipeline_share_its_one_lock(served, tmp_path):
     studio, _ = served
     assert Studio("again", studio.pipe, tmp_path).lock is studio.lock
-    assert Studio(MODEL, types.SimpleNamespace(), tmp_path).lock is not studio.lock
+    class OtherPipeline:
+        pass
+
+    assert Studio(MODEL, OtherPipeline(), tmp_path).lock is not studio.lock
 
 
 def test_the_step_callback_hands_the_pipeline_its_tensors_back():
