@@ -61,7 +61,7 @@ def _shown(handler: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return handler(*args, **kwargs)
         except AttnkitError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(str(error), duration=None, print_exception=False) from None  # stays until closed
 
     return wrapped
 
