@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -279,7 +278,12 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def browser():
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads):
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("headless Chromium needs the OS packages chromium and chromium-driver (apt-get install -y "
                     "chromium chromium-driver); they are not installed")
@@ -290,6 +294,8 @@ def browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
         options.add_argument(argument)
     options.binary_location = CHROMIUM
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
@@ -346,13 +352,7 @@ class Page:
         return " ".join(t.text for t in toasts)
 
 
-def fetch(url, path):
-    with urllib.request.urlopen(url, timeout=30) as response:
-        path.write_bytes(response.read())
-    return path
-
-
-def test_page_regional_maps_and_a_bad_box(served, browser, tmp_path):
+def test_page_regional_maps_and_a_bad_box(served, browser, downloads, tmp_path):
     """Set ATTNKIT_UI_SCREENSHOTS to a folder to keep the screenshots (docs/ui.png is regional.png)."""
     shots = Path(os.environ.get("ATTNKIT_UI_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
@@ -369,7 +369,9 @@ def test_page_regional_maps_and_a_bad_box(served, browser, tmp_path):
     page.wait.until(lambda d: d.find_elements("css selector", "#regional-png a[href]"))
     assert page.find("#regional-image img").get_attribute("naturalWidth") != "0"
     browser.save_screenshot(str(shots / "regional.png"))
-    png = fetch(page.find("#regional-png a[href]").get_attribute("href"), tmp_path / "downloaded.png")
+    page.find("#regional-png a[href]").click()
+    png = downloads / "regional.png"
+    page.wait.until(lambda d: png.is_file() and png.stat().st_size > 0)
     record = record_of(png)
     assert record["spec"]["regions"] == [{"prompt": p, "box": [float(v) for v in box]} for p, box in entered]
     assert record["spec"]["base"] == {"prompt": BASE, "weight": 0.5}
