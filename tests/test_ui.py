@@ -395,3 +395,16 @@ def test_page_regional_maps_and_a_bad_box(served, browser, downloads, tmp_path):
     assert "region 1 ('a blue circle'): box [0.0, 0.0, 1.5, 1.0]" in message, message
     assert "Traceback" not in browser.page_source
     browser.save_screenshot(str(shots / "error.png"))
+
+
+def test_page_segment_shows_the_overlay_and_a_row_per_segment(served, browser):
+    page = Page(browser, served[1])
+    page.tab("Segment")
+    page.fill("#segment-steps", str(STEPS))
+    page.find("#segment-run").click()
+    page.wait_for_new_image("#segment-overlay")
+    page.wait.until(lambda d: d.find_elements("css selector", '#segment-labels [data-testid="cell-0-1"]'))
+    labels = {cell.text.splitlines()[0] for cell in browser.find_elements(
+        "css selector", '#segment-labels [data-testid^="cell-"][data-col="1"]') if cell.text}
+    assert labels and labels <= {"a", "red", "circle", "background"}
+    assert page.find("#segment-overlay img").get_attribute("naturalWidth") == str(SHOWN_SIDE)
