@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,6 +263,13 @@ def test_ui_on_a_model_that_cannot_load_fails_with_a_message(tmp_path, capsys, f
     assert main(["ui", str(tmp_path), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_ui_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` then fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "attnkit.ui.app")
+    assert main(["ui", "--port", str(free_port())]) == 2
+    assert 'needs gradio, an optional dependency: pip install "attnkit[ui]"' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("port", ["0", "70000", "http"])

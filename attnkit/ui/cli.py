@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..cli import MODEL_HELP
+from ..errors import AttnkitError
 
 __all__ = ["register"]
 
@@ -32,6 +33,11 @@ def register(commands: Any) -> None:
 
 
 def _ui(args: argparse.Namespace) -> None:
-    from .app import launch
-
+    try:
+        from .app import launch
+    except ModuleNotFoundError as error:
+        if error.name != "gradio":
+            raise
+        raise AttnkitError("`attnkit ui` needs gradio, an optional dependency: pip install \"attnkit[ui]\" (or "
+                           "pip install gradio).") from None
     launch(args.model, args.host, args.port)
