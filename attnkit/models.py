@@ -9,8 +9,8 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "check_size", "default_size", "guidance_kwargs", "load_pipeline", "reusing_pipelines",
-           "size_multiple"]
+__all__ = ["builtin_names", "call_kwargs", "check_size", "default_size", "guidance_kwargs", "load_pipeline",
+           "reusing_pipelines", "size_multiple"]
 
 
 def builtin_names() -> tuple[str, ...]:

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-gr = pytest.importorskip("gradio")
+pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from attnkit.cli import main  # noqa: E402
-from attnkit.ui.app import REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, build_app, enlarged, load, region_spec  # noqa: E402
+from attnkit.ui.app import (REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, build_app, enlarged, load,  # noqa: E402
+                            region_spec)
 
 MODEL = "shapes-sd3"
 STEPS = 4  # segmentation reads noise level 300, which a run of 4 steps reaches

@@ -95,10 +95,14 @@ def _guidance(value: Any) -> float | None:
 
 
 def _blank(cell: Any) -> bool:
-    return cell is None or (isinstance(cell, float) and math.isnan(cell)) or (isinstance(cell, str) and not cell.strip())
+    """An empty table cell or field: None, NaN (pandas' blank) or whitespace."""
+    if isinstance(cell, str):
+        return not cell.strip()
+    return cell is None or (isinstance(cell, float) and math.isnan(cell))
 
 
 def _text(cell: Any) -> str:
+    """A cell or field as stripped text, blank as ""."""
     return "" if _blank(cell) else str(cell).strip()
 
 
