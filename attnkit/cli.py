@@ -31,6 +31,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "attnkit.kv.cli",
     "attnkit.segment.cli",
     "attnkit.batch.cli",
+    "attnkit.ui.cli",
 )
 
 

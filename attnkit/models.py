@@ -9,8 +9,8 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "check_size", "guidance_kwargs", "load_pipeline", "reusing_pipelines",
-           "size_multiple"]
+__all__ = ["builtin_names", "call_kwargs", "check_size", "default_size", "guidance_kwargs", "load_pipeline",
+           "reusing_pipelines", "size_multiple"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -115,6 +115,14 @@ def size_multiple(pipe: Any) -> int:
     architecture = architecture_of(denoiser_of(pipe)).name
     factor = int(getattr(pipe, "vae_scale_factor", 8))
     return math.lcm(8, factor) if architecture == "unet" else factor * sites(pipe)[0].stride
+
+
+def default_size(pipe: Any) -> int:
+    """The image side in pixels `pipe` generates at when given no size, as its `__call__` computes it."""
+    from .sites import denoiser_of
+
+    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size
+    return int(sample * pipe.vae_scale_factor)
 
 
 def check_size(pipe: Any, height: int | None, width: int | None) -> None:

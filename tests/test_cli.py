@@ -12,7 +12,7 @@ from PIL import Image
 
 from attnkit.cli import GENERATION_OPTIONS, _parser, main
 
-COMMANDS = ("sites", "inspect", "maps", "demo", "eval", "generate", "regional", "video-edit", "segment", "batch")
+COMMANDS = ("sites", "inspect", "maps", "demo", "eval", "generate", "regional", "video-edit", "segment", "batch", "ui")
 HEAVY = ("torch", "diffusers", "transformers")
 
 

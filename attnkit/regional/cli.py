@@ -13,12 +13,15 @@ import dataclasses
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli import MODEL_HELP, add_generation_options, strength
 from ..errors import AttnkitError
 
-__all__ = ["register", "METADATA_KEY"]
+if TYPE_CHECKING:
+    from .spec import RegionSpec
+
+__all__ = ["register", "METADATA_KEY", "generate_image", "regional_image", "sampling_options", "save_png"]
 
 #: PNG text chunk holding the JSON of the command, model, seed, sizes and prompt or spec.
 METADATA_KEY = "attnkit"
@@ -53,34 +56,54 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_generation_options(p)
 
 
+def sampling_options(model: str, pipe: Any, steps: int, height: int | None, width: int | None,
+                     guidance: float | None) -> dict[str, Any]:
+    """The pipeline arguments of the generation options, checked: every front end samples and records alike."""
+    from ..models import check_size, guidance_kwargs
+
+    check_size(pipe, height, width)
+    return {"num_inference_steps": steps, "height": height, "width": width} | guidance_kwargs(model, pipe, guidance)
+
+
 def _options(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
-    from ..models import check_size
-
-    check_size(pipe, args.height, args.width)
-    return {"num_inference_steps": args.steps, "height": args.height, "width": args.width}
+    return sampling_options(args.model, pipe, args.steps, args.height, args.width, args.guidance)
 
 
-def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
+def save_png(image: Any, path: Path, record: dict[str, Any]) -> None:
+    """Write `image` as PNG with `record` as JSON in its `attnkit` text chunk."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text(METADATA_KEY, json.dumps(record))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG", pnginfo=info)
+
+
+def _save(image: Any, path: Path, record: dict[str, Any]) -> None:
+    save_png(image, path, record)
     print(path)
 
 
-def _generate(args: argparse.Namespace) -> None:
+def generate_image(model: str, pipe: Any, prompt: str, seed: int, options: dict[str, Any],
+                   **extra: Any) -> tuple[Any, dict[str, Any]]:
+    """The image of `attnkit generate` and the record its PNG carries; `extra` (e.g. `callback_on_step_end`) goes to
+    the pipeline only."""
     import torch
 
-    from ..models import call_kwargs, guidance_kwargs, load_pipeline
+    from ..models import call_kwargs
+
+    options = options | call_kwargs(model, pipe)
+    with torch.inference_mode():
+        image = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **options, **extra).images[0]
+    return image, {"command": "generate", "model": model, "prompt": prompt, "seed": seed, **options}
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from ..models import load_pipeline
 
     pipe = load_pipeline(args.model)
-    options = _options(args, pipe) | call_kwargs(args.model, pipe) | guidance_kwargs(args.model, pipe, args.guidance)
-    with torch.inference_mode():
-        image = pipe(prompt=args.prompt, generator=torch.Generator().manual_seed(args.seed), **options).images[0]
-    _save(image, args.out, {"command": "generate", "model": args.model, "prompt": args.prompt, "seed": args.seed,
-                            **options})
+    image, record = generate_image(args.model, pipe, args.prompt, args.seed, _options(args, pipe))
+    _save(image, args.out, record)
 
 
 def _init_images(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,34 +134,46 @@ def _image_pipeline(args: argparse.Namespace, pipe: Any, images: dict[str, Any])
     return pipe, {"strength": default if args.strength is None else args.strength}
 
 
-def _regional(args: argparse.Namespace) -> None:
+def regional_image(model: str, pipe: Any, spec: RegionSpec, seed: int, options: dict[str, Any],
+                   images: dict[str, Any] | None = None, **extra: Any) -> tuple[Any, RegionSpec, tuple[int, int],
+                                                                               dict[str, Any]]:
+    """The image of `attnkit regional`, the spec it ran (with the masks a first pass found for `from_word`
+    regions), its token grid, and the record its PNG carries; `extra` (e.g. `callback_on_step_end`) goes to the
+    pipeline only."""
     import torch
 
-    from ..models import call_kwargs, guidance_kwargs, load_pipeline
-    from .outline import draw_outlines
+    from ..models import call_kwargs
     from .session import regional
+
+    options = dict(options)
+    negative = options.pop("negative_prompt", None)  # true CFG: the spec's negatives, else this one
+    if negative is not None and spec.negative is None and all(r.negative is None for r in spec.regions):
+        spec = dataclasses.replace(spec, negative=negative)
+    with regional(pipe, spec, **call_kwargs(model, pipe)) as regions:
+        kwargs = regions(seed=seed, **options, **(images or {}), **extra)
+        with torch.inference_mode():
+            image = pipe(**kwargs).images[0]
+        height, width = regions.size
+        grid = regions.grid(height, width)
+        spec = regions.spec
+    options |= {"height": height, "width": width}
+    return image, spec, grid, {"command": "regional", "model": model, "spec": spec.as_dict(), "seed": seed, **options}
+
+
+def _regional(args: argparse.Namespace) -> None:
+    from ..models import load_pipeline
+    from .outline import draw_outlines
     from .spec import load_spec
 
     spec = load_spec(args.spec)
     images = _init_images(args)
     pipe, strength = _image_pipeline(args, load_pipeline(args.model), images)
-    options = _options(args, pipe) | strength | guidance_kwargs(args.model, pipe, args.guidance)
-    negative = options.pop("negative_prompt", None)  # true CFG: the spec's negatives, else this one
-    if negative is not None and spec.negative is None and all(r.negative is None for r in spec.regions):
-        spec = dataclasses.replace(spec, negative=negative)
-    with regional(pipe, spec, **call_kwargs(args.model, pipe)) as regions:
-        kwargs = regions(seed=args.seed, **options, **images)
-        with torch.inference_mode():
-            image = pipe(**kwargs).images[0]
-        height, width = regions.size
-        grid = regions.grid(height, width)
-        spec = regions.spec  # with the masks a first pass found for `from_word` regions
-    options |= {"height": height, "width": width}
+    image, spec, grid, record = regional_image(args.model, pipe, spec, args.seed, _options(args, pipe) | strength,
+                                               images)
     if images:
-        options |= {"init_image": str(args.init_image),
-                    "mask_image": None if args.mask_image is None else str(args.mask_image)}
-    _save(image, args.out, {"command": "regional", "model": args.model, "spec": spec.as_dict(), "seed": args.seed,
-                            **options})
+        record |= {"init_image": str(args.init_image),
+                   "mask_image": None if args.mask_image is None else str(args.mask_image)}
+    _save(image, args.out, record)
     if args.outline:
         _save(draw_outlines(image, spec, grid), args.out.with_suffix(".outline" + (args.out.suffix or ".png")),
               {"command": "regional-outline", "spec": spec.as_dict()})

@@ -1,0 +1,419 @@
+"""`attnkit ui`: every named endpoint driven by `gradio_client` against the app served in-process on shapes-sd3,
+requests queued on one lock, errors shown as messages, and the page itself in headless Chromium."""
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from attnkit.cli import main  # noqa: E402
+from attnkit.ui.app import (REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, build_app, enlarged, load,  # noqa: E402
+                            region_spec)
+
+MODEL = "shapes-sd3"
+STEPS = 4  # segmentation reads noise level 300, which a run of 4 steps reaches
+ROWS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.5, 0.0, 1.0, 1.0]]
+SWAPPED = [["a blue square", "", 0.0, 0.0, 0.5, 1.0], ["a red circle", "green", 0.5, 0.0, 1.0, 1.0]]
+BASE = "a red circle and a blue square"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The app on shapes-sd3 at a free local port, for the whole module."""
+    studio = Studio(MODEL, load(MODEL))
+    app = build_app(studio)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield studio, f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[1], verbose=False)
+
+
+def table(rows):
+    return {"headers": list(REGION_COLUMNS), "data": rows}
+
+
+def regional(client, rows, seed=0, base=BASE, grid=""):
+    return client.predict(table(rows), grid, base, 0.5, "", seed, STEPS, None, None, None, api_name="/regional")
+
+
+def record_of(path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.text["attnkit"])
+
+
+def pixels(source) -> np.ndarray:
+    """RGB pixels of an image or an image file."""
+    if isinstance(source, Image.Image):
+        return np.asarray(source.convert("RGB"))
+    with Image.open(source) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_the_named_endpoints_are_those_of_the_commands(client):
+    named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/generate", "/regional", "/maps", "/segment"} <= set(named)
+
+
+def test_regional_png_is_the_one_attnkit_regional_writes_for_the_same_spec(client, tmp_path):
+    outlined, png = regional(client, ROWS, seed=3)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"base": {"prompt": BASE, "weight": 0.5},
+                                "regions": [{"prompt": r[0], "box": r[2:]} for r in ROWS]}))
+    out = tmp_path / "cli.png"
+    assert main(["regional", MODEL, "--spec", str(spec), "--out", str(out), "--steps", str(STEPS), "--seed", "3"]) == 0
+    assert record_of(png) == record_of(out)
+    assert record_of(png)["spec"]["regions"][1] == {"prompt": "a blue square", "box": [0.5, 0.0, 1.0, 1.0]}
+    assert np.array_equal(pixels(png), pixels(out))
+    shown = pixels(enlarged(Image.open(png)))
+    assert pixels(outlined).shape == shown.shape and not np.array_equal(pixels(outlined), shown)
+
+
+def test_two_concurrent_regional_requests_each_equal_the_same_request_run_alone(client, served):
+    studio, _ = served
+    before = dict(studio.pipe.transformer.attn_processors)
+    alone = [regional(client, ROWS, seed=1), regional(client, SWAPPED, seed=2)]
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(regional, client, ROWS, 1), pool.submit(regional, client, SWAPPED, 2)]
+        together = [job.result() for job in jobs]
+    for single, concurrent in zip(alone, together):
+        assert record_of(single[1]) == record_of(concurrent[1])
+        assert np.array_equal(pixels(single[1]), pixels(concurrent[1]))
+        assert np.array_equal(pixels(single[0]), pixels(concurrent[0]))
+    assert not np.array_equal(pixels(alone[0][1]), pixels(alone[1][1]))
+    assert studio.pipe.transformer.attn_processors == before
+    assert not studio.lock.locked()
+
+
+@pytest.mark.parametrize("rows, grid, message", [
+    ([["a red circle", "", 0.0, 0.0, 1.5, 1.0]], "", "lies outside [0, 1]"),
+    ([["a red circle", "", 0.5, 0.0, 0.5, 1.0]], "", "is empty"),
+    ([["a red circle", "", "left", 0.0, 0.5, 1.0]], "", "region 1: x0 is 'left', not a number"),
+    ([["a red circle", "", 0.0, None, 0.5, 1.0]], "", "the box has no y0"),
+    ([["a red circle", "", None, None, None, None]], "", "region 1 has no box"),
+    (ROWS, "1,1", "clear the grid to use the boxes"),
+    ([["a red circle", "", None, None, None, None]], "1,1", "divides the image into 2 cells"),
+])
+def test_a_bad_region_is_an_error_message_and_the_app_serves_on(client, rows, grid, message):
+    with pytest.raises(AppError, match=message.replace("[", r"\[").replace("]", r"\]")) as raised:
+        regional(client, rows, grid=grid, base="")
+    assert "Traceback" not in str(raised.value)
+    assert record_of(regional(client, ROWS)[1])["command"] == "regional"
+
+
+def test_a_generation_that_raises_leaves_the_pipeline_unlocked_with_its_own_processors(client, served):
+    studio, _ = served
+    before = dict(studio.pipe.transformer.attn_processors)
+    hidden = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.0, 0.0, 1.0, 1.0]]
+    with pytest.raises(AppError, match=r"region\(s\) \[1\] get no image token"):  # found inside the session
+        regional(client, hidden)
+    assert studio.pipe.transformer.attn_processors == before
+    assert not studio.lock.locked()
+
+
+def test_a_grid_places_regions_without_boxes(client):
+    rows = [[r[0], "", None, None, None, None] for r in ROWS]
+    _, png = regional(client, rows, grid="1,1")
+    assert record_of(png)["spec"]["grid"] == "1,1"
+    assert [r["prompt"] for r in record_of(png)["spec"]["regions"]] == ["a red circle", "a blue square"]
+
+
+def test_bad_sampling_fields_name_the_field(client):
+    with pytest.raises(AppError, match="steps is 0; enter a whole number of at least 1"):
+        client.predict(table(ROWS), "", BASE, 0.5, "", 0, 0, None, None, None, api_name="/regional")
+    with pytest.raises(AppError, match="--height 36 is not a multiple of 8"):
+        client.predict(table(ROWS), "", BASE, 0.5, "", 0, 2, 36, None, None, api_name="/regional")
+
+
+def test_saved_spec_files_load_back_into_the_same_fields(client):
+    yaml_file, json_file = client.predict(table(SWAPPED), "", BASE, 0.25, "blurry", api_name="/save_spec")
+    assert Path(yaml_file).name == "spec.yaml" and Path(json_file).name == "spec.json"
+    for path in (yaml_file, json_file):
+        rows, grid, base, weight, negative = client.predict(handle_file(path), api_name="/load_spec")
+        assert rows["data"] == [[r[0], r[1], *r[2:]] for r in SWAPPED]
+        assert (grid, base, weight, negative) == ("", BASE, 0.25, "blurry")
+
+
+def test_a_spec_with_a_mask_region_is_refused_with_the_command_that_runs_it(client, tmp_path):
+    spec = tmp_path / "masked.yaml"
+    spec.write_text("regions:\n  - {prompt: a red circle, mask: [[1, 0], [0, 1]]}\n")
+    with pytest.raises(AppError, match="run this spec with `attnkit regional`"):
+        client.predict(handle_file(str(spec)), api_name="/load_spec")
+
+
+def test_maps_endpoint_gives_a_word_per_choice_its_overlay_and_the_maps_file(client):
+    image, words, overlay, maps_file = client.predict("a red circle", 0, STEPS, None, None, None, api_name="/maps")
+    assert [choice[0] for choice in words["choices"]] == ["a", "red", "circle"]
+    assert words["value"] == "a"
+    assert pixels(image).shape == (SHOWN_SIDE, SHOWN_SIDE, 3)
+    assert pixels(overlay).shape == pixels(image).shape and not np.array_equal(pixels(overlay), pixels(image))
+    from safetensors import safe_open
+
+    with safe_open(maps_file, "pt") as saved:
+        assert {"word.red", "word.circle"} <= set(saved.keys())
+        assert json.loads(saved.metadata()["prompts"]) == ["a red circle"]
+
+
+def test_segment_endpoint_segments_a_generated_and_an_uploaded_image(client):
+    image, overlay, labels = client.predict("a red circle", None, 0, STEPS, None, None, None, api_name="/segment")
+    assert pixels(overlay).shape == pixels(image).shape == (SHOWN_SIDE, SHOWN_SIDE, 3)
+    assert labels["headers"][:2] == ["id", "label"]
+    assert {row[1] for row in labels["data"]} <= {"a", "red", "circle", "background"}
+    assert sum(row[2] for row in labels["data"]) == 64 * 64  # areas in pixels of the generated image
+    _, png = client.predict("a red circle", 0, STEPS, None, None, None, api_name="/generate")
+    shown, overlay, labels = client.predict("a red circle", handle_file(png), 0, STEPS, None, None, None,
+                                            api_name="/segment")
+    assert np.array_equal(pixels(shown), pixels(enlarged(Image.open(png))))
+    assert len(labels["data"]) >= 1 and pixels(overlay).shape == pixels(shown).shape
+
+
+def test_segment_without_prompt_or_image_says_to_give_one(client):
+    with pytest.raises(AppError, match="enter a prompt to segment a generated image, or upload an image"):
+        client.predict("", None, 0, STEPS, None, None, None, api_name="/segment")
+
+
+def test_generate_png_is_the_one_attnkit_generate_writes(client, tmp_path):
+    _, png = client.predict("a blue square", 5, STEPS, None, None, None, api_name="/generate")
+    out = tmp_path / "cli.png"
+    assert main(["generate", MODEL, "--prompt", "a blue square", "--out", str(out), "--steps", str(STEPS),
+                 "--seed", "5"]) == 0
+    assert record_of(png) == record_of(out)
+    assert np.array_equal(pixels(png), pixels(out))
+
+
+def test_requests_reuse_the_loaded_pipeline(client, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a request loaded a pipeline")
+
+    monkeypatch.setattr("attnkit.models.load_pipeline", refuse)
+    monkeypatch.setattr("attnkit.models._load", refuse)
+    assert record_of(client.predict("a red circle", 0, 2, None, None, None, api_name="/generate")[1])["seed"] == 0
+    assert record_of(regional(client, ROWS)[1])["command"] == "regional"
+
+
+def test_progress_reports_every_denoising_step(served):
+    studio, _ = served
+    reported = []
+    studio.regional(table(ROWS)["data"], "", BASE, 0.5, "", 0, 3, None, None, None,
+                    progress=lambda value, **kwargs: reported.append(value))
+    assert reported == [0, (1, 3), (2, 3), (3, 3)]
+
+
+def test_apps_on_one_pipeline_share_its_one_lock(served, tmp_path):
+    studio, _ = served
+    assert Studio("again", studio.pipe, tmp_path).lock is studio.lock
+    class OtherPipeline:
+        pass
+
+    assert Studio(MODEL, OtherPipeline(), tmp_path).lock is not studio.lock
+
+
+def test_the_step_callback_hands_the_pipeline_its_tensors_back():
+    tensors = {"latents": object()}
+    assert _progress(lambda *args, **kwargs: None, 2)(None, 0, 999, tensors) is tensors
+
+
+def test_region_spec_skips_blank_rows_and_keeps_per_region_negatives():
+    spec = region_spec([["a red circle", "green", 0, 0, 0.5, 1], [None, "", None, None, None, None],
+                        ["a blue square", "", 0.5, 0, 1, 1]], "", "", None, "blurry")
+    assert spec.as_dict() == {"negative": "blurry", "regions": [
+        {"prompt": "a red circle", "box": [0.0, 0.0, 0.5, 1.0], "negative": "green"},
+        {"prompt": "a blue square", "box": [0.5, 0.0, 1.0, 1.0]}]}
+
+
+def test_ui_on_a_taken_port_fails_at_once_naming_the_port(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        assert main(["ui", "tiny-sd3", "--port", str(port)]) == 2
+    assert time.monotonic() - started < 5  # before loading the model
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folder_content, message", [
+    ({}, "without model_index.json"),
+    ({"model_index.json": "{not json"}, "cannot load the model"),
+])
+def test_ui_on_a_model_that_cannot_load_fails_with_a_message(tmp_path, capsys, folder_content, message):
+    for name, text in folder_content.items():
+        (tmp_path / name).write_text(text)
+    assert main(["ui", str(tmp_path), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_ui_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` then fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "attnkit.ui.app")
+    assert main(["ui", "--port", str(free_port())]) == 2
+    assert 'needs gradio, an optional dependency: pip install "attnkit[ui]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_ui_port_outside_1_to_65535_is_a_usage_error(port, capsys):
+    with pytest.raises(SystemExit):
+        main(["ui", "--port", port])
+    assert "give a port number from 1 to 65535" in capsys.readouterr().err
+
+
+# ---- the page in a browser ----
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads):
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("headless Chromium needs the OS packages chromium and chromium-driver (apt-get install -y "
+                    "chromium chromium-driver); they are not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        options.add_argument(argument)
+    options.binary_location = CHROMIUM
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+class Page:
+    """The app's page in the browser: what a user clicks and types, and waits for."""
+
+    def __init__(self, driver, url):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        self.wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        self.wait.until(lambda d: d.find_elements("css selector", '#regions [data-testid="cell-1-5"]'))
+
+    def find(self, selector):
+        return self.driver.find_element("css selector", selector)
+
+    def cell(self, row, column):
+        return self.find(f'#regions [data-testid="cell-{row}-{column}"]')
+
+    def edit_cell(self, row, column, text):
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        ActionChains(self.driver).double_click(self.cell(row, column)).perform()
+        self.wait.until(lambda d: d.switch_to.active_element.tag_name == "textarea")
+        editor = self.driver.switch_to.active_element
+        editor.send_keys(Keys.CONTROL, "a")
+        editor.send_keys(text, Keys.ENTER)
+        self.wait.until(lambda d: self.cell(row, column).text.splitlines()[0] == text)
+
+    def fill(self, selector, text):
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.find(f"{selector} input, {selector} textarea")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE, text, Keys.TAB)
+
+    def tab(self, name):
+        self.driver.find_element("xpath", f"//button[@role='tab'][normalize-space()='{name}']").click()
+
+    def image_source(self, selector):
+        images = self.driver.find_elements("css selector", f"{selector} img")
+        return images[0].get_attribute("src") if images else None
+
+    def wait_for_new_image(self, selector, old=None):
+        self.wait.until(lambda d: self.image_source(selector) not in (None, old))
+        return self.image_source(selector)
+
+    def error_text(self):
+        toasts = self.driver.find_elements("css selector", ".toast-body")
+        return " ".join(t.text for t in toasts)
+
+
+def test_page_regional_maps_and_a_bad_box(served, browser, downloads, tmp_path):
+    """Set ATTNKIT_UI_SCREENSHOTS to a folder to keep the screenshots (docs/ui.png is regional.png)."""
+    shots = Path(os.environ.get("ATTNKIT_UI_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page = Page(browser, served[1])
+    entered = [("a blue circle", ["0", "0", "0.625", "1"]), ("a red square", ["0.625", "0", "1", "1"])]
+    for row, (prompt, box) in enumerate(entered):
+        page.edit_cell(row, 0, prompt)
+        for column, value in enumerate(box, start=2):
+            page.edit_cell(row, column, value)
+    page.fill("#regional-steps", str(STEPS))
+    page.fill("#regional-seed", "7")
+    page.find("#regional-generate").click()
+    page.wait_for_new_image("#regional-image")
+    page.wait.until(lambda d: d.find_elements("css selector", "#regional-png a[href]"))
+    assert page.find("#regional-image img").get_attribute("naturalWidth") != "0"
+    browser.save_screenshot(str(shots / "regional.png"))
+    page.find("#regional-png a[href]").click()
+    png = downloads / "regional.png"
+    page.wait.until(lambda d: png.is_file() and png.stat().st_size > 0)
+    record = record_of(png)
+    assert record["spec"]["regions"] == [{"prompt": p, "box": [float(v) for v in box]} for p, box in entered]
+    assert record["spec"]["base"] == {"prompt": BASE, "weight": 0.5}
+    assert (record["seed"], record["num_inference_steps"]) == (7, STEPS)
+
+    page.tab("Maps")
+    page.fill("#maps-steps", str(STEPS))
+    page.find("#maps-generate").click()
+    first = page.wait_for_new_image("#word-overlay")
+    page.wait.until(lambda d: d.find_elements("xpath", "//*[@id='words']//label[normalize-space()='circle']"))
+    browser.find_element("xpath", "//*[@id='words']//label[normalize-space()='circle']").click()
+    circle = page.wait_for_new_image("#word-overlay", first)
+    assert circle.endswith(".png") and page.find("#word-overlay img").get_attribute("naturalWidth") != "0"
+    browser.save_screenshot(str(shots / "maps.png"))
+
+    page.tab("Regional")
+    page.edit_cell(0, 4, "1.5")
+    page.find("#regional-generate").click()
+    page.wait.until(lambda d: "lies outside [0, 1]" in page.error_text())
+    message = page.error_text()
+    assert "region 1 ('a blue circle'): box [0.0, 0.0, 1.5, 1.0]" in message, message
+    assert "Traceback" not in browser.page_source
+    browser.save_screenshot(str(shots / "error.png"))
+
+
+def test_page_segment_shows_the_overlay_and_a_row_per_segment(served, browser):
+    page = Page(browser, served[1])
+    page.tab("Segment")
+    page.fill("#segment-steps", str(STEPS))
+    page.find("#segment-run").click()
+    page.wait_for_new_image("#segment-overlay")
+    page.wait.until(lambda d: d.find_elements("css selector", '#segment-labels [data-testid="cell-0-1"]'))
+    labels = {cell.text.splitlines()[0] for cell in browser.find_elements(
+        "css selector", '#segment-labels [data-testid^="cell-"][data-col="1"]') if cell.text}
+    assert labels and labels <= {"a", "red", "circle", "background"}
+    assert page.find("#segment-overlay img").get_attribute("naturalWidth") == str(SHOWN_SIDE)
