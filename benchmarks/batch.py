@@ -51,7 +51,7 @@ def run(argv: list[str], out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--model", default="shapes-sd3")
     parser.add_argument("--out", type=Path, default=RESULTS / "batch-cpu.json")
@@ -65,7 +65,7 @@ def main() -> None:
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *batch], folder / "two")
         same = all((folder / "one" / name / "image.png").read_bytes() == (folder / "two" / name / "image.png").read_bytes()
                    for name in (f"job-{i:03d}" for i in range(args.jobs)))
-    result = {"model": args.model, "steps": args.steps, "cpu_count": os.cpu_count(), "machine": platform.processor(),
+    result = {"model": args.model, "steps": args.steps, "cpu_count": os.cpu_count(), "machine": platform.machine(),
               "one_process": one, "two_processes": two,
               "speedup": round(two["jobs_per_minute"] / one["jobs_per_minute"], 3),
               "loading_share_of_first_job": round(1 - one["other_jobs_seconds"] / one["first_job_seconds"], 3),
