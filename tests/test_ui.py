@@ -286,6 +286,32 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
+def test_video_edit_endpoint_writes_the_video_attnkit_video_edit_writes(client, tmp_path):
+    from attnkit.kv.videoio import read_frames
+    from attnkit.shapes.data import random_video
+
+    clip = tmp_path / "clip.gif"
+    frames = [Image.fromarray(frame) for frame in random_video(5, frames=3).frames]
+    frames[0].save(clip, save_all=True, append_images=frames[1:], duration=125, loop=0)
+    mp4, gallery = client.predict(handle_file(str(clip)), "a green circle and a red square", "first+previous", 0.6,
+                                  None, 0, STEPS, None, api_name="/video_edit")
+    cli_out = tmp_path / "cli.mp4"
+    assert main(["video-edit", MODEL, "--video", str(clip), "--prompt", "a green circle and a red square",
+                 "--out", str(cli_out), "--steps", str(STEPS), "--seed", "0", "--strength", "0.6"]) == 0
+    ours = [np.asarray(frame) for frame in read_frames(mp4)]
+    theirs = [np.asarray(frame) for frame in read_frames(cli_out)]
+    assert len(ours) == len(theirs) == len(gallery) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_video_edit_endpoint_reports_a_bad_strength_in_the_page(client, tmp_path):
+    clip = tmp_path / "clip.gif"
+    Image.new("RGB", (64, 64)).save(clip)
+    with pytest.raises(AppError, match="strength is 1.5"):
+        client.predict(handle_file(str(clip)), "a red circle", "none", 1.5, None, 0, STEPS, None,
+                       api_name="/video_edit")
+
+
 @pytest.fixture(scope="module")
 def downloads(tmp_path_factory):
     return tmp_path_factory.mktemp("downloads")

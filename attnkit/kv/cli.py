@@ -4,13 +4,14 @@ attention (see `attnkit.kv.video`). Reads and writes mp4, GIF or a folder of fra
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..cli import MODEL_HELP, add_generation_options, checked_float, positive_int, strength
 from ..errors import AttnkitError
 
-__all__ = ["register"]
+__all__ = ["edit_file", "register"]
 
 ATTEND = ("none", "first", "first+previous")  # the choices of attnkit.kv.video.ATTEND, known without torch
 
@@ -41,24 +42,47 @@ def register(commands: Any) -> None:
 
 
 def _video_edit(args: argparse.Namespace) -> None:
-    from ..models import call_kwargs, check_size, guidance_kwargs, load_pipeline
+    from ..models import load_pipeline
+    from .videoio import probe
+
+    probe(args.video)  # a bad video fails before the model loads
+    count = edit_file(args.model, load_pipeline(args.model), args.video, args.out, args.prompt, attend=args.attend,
+                      strength=args.strength, steps=args.steps, seed=args.seed, guidance=args.guidance,
+                      height=args.height, width=args.width, frames=args.frames, fps=args.fps,
+                      controlnet=args.controlnet)
+    print(f"wrote {count} frame(s) to {args.out}")
+
+
+def edit_file(model: str, pipe: Any, video: Path, out: Path, prompt: str, *, attend: str = "first+previous",
+              strength: float = 0.6, steps: int = 28, seed: int = 0, guidance: float | None = None,
+              height: int | None = None, width: int | None = None, frames: int | None = None,
+              fps: float | None = None, controlnet: str | None = None,
+              on_frame: Callable[[int], None] | None = None) -> int:
+    """`attnkit video-edit` on a loaded `pipe` of `model`: the frames of `video` edited and written to `out`; returns
+    how many. `on_frame(count)` is called after each edited frame (a progress display)."""
+    from ..models import call_kwargs, check_size, guidance_kwargs
     from .video import edit_video, img2img_pipeline
     from .videoio import probe, read_frames, write_frames
 
-    (width, height), fps = probe(args.video)
-    width, height = args.width or width, args.height or height
-    pipe = load_pipeline(args.model)
+    (video_width, video_height), video_fps = probe(video)
+    width, height = width or video_width, height or video_height
     check_size(pipe, height, width)
-    controlnet = _controlnet(args.controlnet) if args.controlnet else None
-    editor = img2img_pipeline(pipe, controlnet)
+    net = _controlnet(controlnet) if controlnet else None
+    editor = img2img_pipeline(pipe, net)
     editor.set_progress_bar_config(disable=True)  # the bar over frames says how far the edit is
-    options = call_kwargs(args.model, pipe) | guidance_kwargs(args.model, editor, args.guidance)
-    frames = (frame.resize((width, height)) if frame.size != (width, height) else frame
-              for frame in read_frames(args.video, args.frames))
-    edited = edit_video(editor, frames, args.prompt, attend=args.attend, strength=args.strength,
-                        num_inference_steps=args.steps, seed=args.seed, controlnet=controlnet, **options)
-    count = write_frames(args.out, edited, args.fps or fps)
-    print(f"wrote {count} frame(s) to {args.out}")
+    options = call_kwargs(model, pipe) | guidance_kwargs(model, editor, guidance)
+    resized = (frame.resize((width, height)) if frame.size != (width, height) else frame
+               for frame in read_frames(video, frames))
+    edited = edit_video(editor, resized, prompt, attend=attend, strength=strength, num_inference_steps=steps,
+                        seed=seed, controlnet=net, progress=on_frame is None, **options)
+    return write_frames(out, _reporting(edited, on_frame), fps or video_fps)
+
+
+def _reporting(frames: Iterable[Any], on_frame: Callable[[int], None] | None) -> Iterator[Any]:
+    for count, frame in enumerate(frames, 1):
+        yield frame
+        if on_frame is not None:
+            on_frame(count)
 
 
 def _controlnet(name: str) -> Any:

@@ -1,9 +1,9 @@
-"""The Gradio app of `attnkit ui`: one loaded pipeline behind the Regional, Maps, Segment and Generate tabs.
+"""The Gradio app of `attnkit ui`: one loaded pipeline behind the Regional, Maps, Segment, Video and Generate tabs.
 
-Each tab runs the code of its command (`attnkit regional`, `maps`, `segment`, `generate`), so a PNG downloaded here
+Each tab runs the code of its command (`attnkit regional`, `maps`, `segment`, `video-edit`, `generate`), so a PNG downloaded here
 carries the record `attnkit regional` writes. attnkit sessions swap the pipeline's processors for the span of a
 generation, so one lock per pipeline lets a single generation run at a time; Gradio's queue holds the others.
-The endpoints are named (`/generate`, `/regional`, `/maps`, `/segment`) for `gradio_client` scripts.
+The endpoints are named (`/generate`, `/regional`, `/maps`, `/segment`, `/video_edit`) for `gradio_client` scripts.
 """
 
 from __future__ import annotations
@@ -317,6 +317,33 @@ class Studio:
         return enlarged(image), enlarged(result.overlay()), rows
 
 
+    def video_edit(self, video: str | None, prompt: str, attend: str, strength: Any, frames: Any, seed: Any,
+                   steps: Any, guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, list[Image.Image]]:
+        """A video (mp4, GIF) edited frame by frame, as `attnkit video-edit`: the mp4 and its frames."""
+        from ..kv.cli import edit_file
+        from ..kv.videoio import read_frames
+
+        if not video:
+            raise AttnkitError("no video arrived; upload an .mp4 or .gif clip to edit.")
+        prompt = _prompt(prompt)
+        seed, steps = self._sampling(seed, steps)
+        count = None if _blank(frames) else _whole(frames, "frames", 1)
+        try:
+            amount = float(strength)
+        except (TypeError, ValueError):
+            amount = math.nan
+        if not 0 < amount <= 1:
+            raise AttnkitError(f"strength is {strength!r}; enter a number above 0 and at most 1, e.g. 0.6.")
+        total = sum(1 for _ in read_frames(video, count))
+        out = self._request_folder() / "video.mp4"
+        progress(0, desc="waiting for the model")
+        with self.lock:
+            edit_file(self.model, self.pipe, Path(video), out, prompt, attend=attend, strength=amount, steps=steps,
+                      seed=seed, guidance=_guidance(guidance), frames=count,
+                      on_frame=lambda done: progress((done, total), desc="editing frames", unit="frames"))
+        return str(out), [enlarged(frame) for frame in read_frames(out)]
+
+
 def _prompt(prompt: Any) -> str:
     if not _text(prompt):
         raise AttnkitError("the prompt is empty; enter what to generate, e.g. 'a red circle'.")
@@ -408,6 +435,27 @@ def build_app(studio: Studio) -> gr.Blocks:
                     labels = gr.Dataframe(headers=["id", "label", "area", "box (left top right bottom)"],
                                           interactive=False, label="segments", elem_id="segment-labels")
             run.click(_shown(studio.segment), [prompt, given] + sampling, [image, overlay, labels], api_name="segment")
+
+        with gr.Tab("Video", id="video"):
+            with gr.Row():
+                with gr.Column():
+                    clip = gr.File(label="video to edit (.mp4 or .gif)", file_types=[".mp4", ".gif"],
+                                   elem_id="video-input")
+                    prompt = gr.Textbox(label="prompt: what the edited frames show", elem_id="video-prompt")
+                    attend = gr.Radio(label="cross-frame attention", choices=["none", "first", "first+previous"],
+                                      value="first+previous", elem_id="video-attend")
+                    with gr.Row():
+                        strength = gr.Number(label="strength", value=0.6, elem_id="video-strength")
+                        frames = gr.Number(label="frames (blank: all)", precision=0, elem_id="video-frames")
+                        seed = gr.Number(label="seed", value=0, precision=0, elem_id="video-seed")
+                        steps = gr.Number(label="steps", value=28, precision=0, elem_id="video-steps")
+                        guidance = gr.Textbox(label="guidance (blank: the model's)", elem_id="video-guidance")
+                    run = gr.Button("Edit", variant="primary", elem_id="video-run")
+                with gr.Column():
+                    edited = gr.File(label="edited video (mp4)", elem_id="video-output")
+                    gallery = gr.Gallery(label="edited frames", columns=4, elem_id="video-frames-out")
+            run.click(_shown(studio.video_edit), [clip, prompt, attend, strength, frames, seed, steps, guidance],
+                      [edited, gallery], api_name="video_edit")
 
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
