@@ -55,15 +55,11 @@ def run_jobs(jobs: list[Job], out: Path, root: Path, threads: int = 1, progress:
     out.mkdir(parents=True, exist_ok=True)
     pending = [job for job in jobs if not (out / job.name).is_dir()]
     state.wait_for_everyone()  # every process sees the same finished set before any starts
-    failed: dict[str, str] = {}
     with state.split_between_processes(pending) as mine, reusing_pipelines(state.device):
         bar = tqdm(mine, desc=f"process {state.process_index}", position=state.process_index, disable=not progress,
                    unit="job")
         for job in bar:
-            record = _run(job, out, root, state.process_index, parse_command)
-            if record["status"] == "failed":
-                failed[job.name] = record["error"]
-            _append(out / MANIFEST, record)
+            _append(out / MANIFEST, _run(job, out, root, state.process_index, parse_command))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import AttnkitError
+from ..models import default_size
 from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .control import RegionalControl, Schedule, StepRange
@@ -249,8 +250,7 @@ class Regional:
         """The size the pipeline generates: the init image's when there is one, else the asked or default size."""
         if image is not None:
             return init_size(self.pipe, image, height, width)
-        sample_size = getattr(self.pipe, "default_sample_size", None) or denoiser_of(self.pipe).config.sample_size
-        default = sample_size * self.pipe.vae_scale_factor
+        default = default_size(self.pipe)
         return height or default, width or default
 
     def _find_word_regions(self, kwargs: dict[str, Any]) -> None:

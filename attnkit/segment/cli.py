@@ -51,7 +51,7 @@ def _segment(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ..models import call_kwargs, check_size, guidance_kwargs, load_pipeline
+    from ..models import call_kwargs, check_size, default_size, guidance_kwargs, load_pipeline
     from ..regional.images import read_image
     from .trace import segment_image, trace
 
@@ -68,8 +68,8 @@ def _segment(args: argparse.Namespace) -> None:
                                **options)
     else:
         check_size(pipe, args.height, args.width)
-        height = args.height or _default_size(pipe)
-        width = args.width or _default_size(pipe)
+        height = args.height or default_size(pipe)
+        width = args.width or default_size(pipe)
         with trace(pipe, args.prompt, height=height, width=width, **options) as tc, torch.inference_mode():
             image = pipe(args.prompt, num_inference_steps=args.steps, height=height, width=width,
                          generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
@@ -80,14 +80,6 @@ def _segment(args: argparse.Namespace) -> None:
     named = ", ".join(f"{s.id}: {s.label}" for s in result.segments)
     print(f"wrote {len(result.segments)} segment(s) ({named}) to {args.out}: {', '.join(p.name for p in written[:3])}, "
           f"segment-<id>.png, image.png")
-
-
-def _default_size(pipe: Any) -> int:
-    """The pipeline's default image side in pixels, as its `__call__` computes it."""
-    from ..sites import denoiser_of
-
-    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size
-    return int(sample * pipe.vae_scale_factor)
 
 
 def _resolutions(text: str | None) -> list[int] | None:

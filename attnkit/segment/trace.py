@@ -50,7 +50,7 @@ class SegmentTrace:
     """Per-query self-attention maps (and, with a prompt, word maps) recorded over one generation."""
 
     def __init__(self, pipe: Any, chosen: SiteList, prompt: str | None, when: Callable[[State], bool],
-                 options: Options, word_steps: Iterable[int] | None) -> None:
+                 options: Options, word_steps: Iterable[int] | None = None) -> None:
         self.pipe = pipe
         self.recorder = MapRecorder(chosen, relation="image->image", steps=self._noting(when),
                                     reduction=PerQuery(options.max_side))
@@ -191,14 +191,8 @@ def trace(pipe: Any, prompt: str | None = None, *, height: int | None = None, wi
     `sites_`. `options`: the fields of `Options` (timestep, thresholds, anchors, ...).
     """
     chosen = Options.of(options)
-    return _trace(pipe, prompt, lambda state: state.step == _recorded_step(state.num_steps, chosen.timestep), chosen,
-                  _self_sites(pipe, chosen.resolutions, height, width, sites_))
-
-
-def _trace(pipe: Any, prompt: str | None, when: Callable[[State], bool], options: Options, chosen: SiteList,
-           word_steps: Iterable[int] | None = None) -> SegmentTrace:
-    """A segment trace recording self-attention `when` the state says so, and word maps at `word_steps` (all)."""
-    return SegmentTrace(pipe, chosen, prompt, when, options, word_steps)
+    return SegmentTrace(pipe, _self_sites(pipe, chosen.resolutions, height, width, sites_), prompt,
+                        lambda state: state.step == _recorded_step(state.num_steps, chosen.timestep), chosen)
 
 
 def _self_sites(pipe: Any, resolutions: Iterable[int] | None, height: int | None, width: int | None,
@@ -246,8 +240,8 @@ def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int 
                            f"{max(multiple, image.height // multiple * multiple)}.")
     _recorded_step(IMAGE_STEPS, chosen.timestep)
     sibling = image_pipeline(pipe, inpaint=False)
-    segmenter = _trace(sibling, prompt or None, lambda state: state.step == 0, chosen,
-                       _self_sites(sibling, chosen.resolutions, image.height, image.width, None), word_steps=[0])
+    segmenter = SegmentTrace(sibling, _self_sites(sibling, chosen.resolutions, image.height, image.width, None),
+                             prompt or None, lambda state: state.step == 0, chosen, word_steps=[0])
 
     def stop_after_first(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         pipeline._interrupt = True  # the loop skips every later step; only the first forward runs

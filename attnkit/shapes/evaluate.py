@@ -289,9 +289,11 @@ def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     threshold = SEGMENT_THRESHOLDS[architecture_of(denoiser_of(pipe)).name]
     cases = layouts(2 * seeds, seed=1)
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
+    gen_seeds = [5000 + k for k in range(len(prompts))]
+
     def segment_chunk(chunk: slice) -> list[tuple[float, int]]:
         with segment_trace(pipe, thresholds=(threshold,) * 3) as tc:
-            images = generate(pipe, prompts[chunk], [5000 + k for k in range(len(prompts))][chunk], **gen)
+            images = generate(pipe, prompts[chunk], gen_seeds[chunk], **gen)
         judged = []
         for item, image in enumerate(images):
             labels = tc.segmentation(item=item).labels
