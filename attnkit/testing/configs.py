@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
 from ..errors import AttnkitError
+from . import dits
 
 __all__ = [
     "DENOISER_NAMES",
@@ -197,6 +199,7 @@ _DENOISERS: Mapping[str, tuple[type[torch.nn.Module], dict[str, Any]]] = Mapping
         "sd35-medium": (SD3Transformer2DModel, SD35_MEDIUM_TRANSFORMER_CONFIG),
         "sd35-large": (SD3Transformer2DModel, SD35_LARGE_TRANSFORMER_CONFIG),
         "flux-dev": (FluxTransformer2DModel, FLUX_DEV_TRANSFORMER_CONFIG),
+        **{name: (getattr(diffusers, model), config) for name, (model, config) in dits.full_size_configs().items()},
     }
 )
 

@@ -49,6 +49,7 @@ from transformers import (
 )
 
 from ..errors import AttnkitError
+from . import dits
 from .configs import (
     FLUX_DEV_TRANSFORMER_CONFIG,
     SD3_MEDIUM_TRANSFORMER_CONFIG,
@@ -535,6 +536,7 @@ _BUILDERS: Mapping[str, Callable[..., DiffusionPipeline]] = MappingProxyType(
         "tiny-sd35": tiny_sd35_pipeline,
         "tiny-flux": tiny_flux_pipeline,
         "random-sd15": random_sd15_pipeline,
+        **dits.builders(),
     }
 )
 

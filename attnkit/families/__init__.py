@@ -1,0 +1,121 @@
+"""Declarative descriptions of the diffusers DiT families attnkit runs on through the generic site mechanism.
+
+Every modern diffusers attention module runs a processor that projects, normalises and rotates q, k and v and then
+calls one attention function (`dispatch_attention_fn`, or `F.scaled_dot_product_attention` in older processors).
+attnkit runs that processor's own code unchanged and takes over only that one call
+(`attnkit.processors.dispatch`), so a new family needs no processor copy, only the facts below: where its sites
+are, what kind each is, how its token sequence is laid out, how big the image token grid is, and which tokenizer
+produced which text positions. Each module of this package declares one `FAMILY`; they are found automatically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["DiT", "SitePattern", "Grid", "dits", "dit_of"]
+
+Kind = Literal["self", "cross", "joint", "single"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Image tokens of one denoiser forward: `frames` x `rows` x `cols` tokens, in that order along the sequence,
+    and the latent size in latent pixels (rows, cols) they come from."""
+
+    frames: int
+    rows: int
+    cols: int
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class SitePattern:
+    """Attention modules whose full module name matches `pattern` (a regex whose first group is the block index)
+    are sites of `kind` in stage `stage` ("joint", "single", "self", "cross", ...)."""
+
+    pattern: str
+    stage: str
+    kind: Kind
+
+
+def _text_tokens(bound: Mapping[str, Any]) -> int | None:
+    text = bound.get("encoder_hidden_states")
+    return None if text is None else int(text.shape[1])
+
+
+@dataclass(frozen=True)
+class DiT:
+    """One diffusers DiT family, as attnkit needs to know it.
+
+    - `name`: the architecture name attnkit reports (`Site.architecture`, `attnkit sites --json`).
+    - `model`: the denoiser class name in `diffusers` (looked up by name, so that an older diffusers without it
+      still imports attnkit).
+    - `processors`: stock processor class names whose code attnkit runs unchanged around its controls.
+    - `sites`: which attention modules are sites of which kind; a module with a processor that matches none is an
+      error at discovery, never skipped.
+    - `order`: the order of the parts in a sequence that holds text and image tokens ("text" first or "image").
+    - `stride`: latent pixels per image token side (patch size, times any packing the pipeline does).
+    - `grid`: the image token grid of one forward, from the denoiser forward's bound arguments and the model.
+    - `text_tokens`: the text tokens in the denoiser's text sequence, from the same arguments.
+    - `streams`: for word maps: (tokenizer, first position, length) of each tokenizer's stream within the text part
+      of the attention calls, given the pipeline and the number of text tokens.
+    - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000).
+    - `video`: whether the image tokens span several frames.
+    """
+
+    name: str
+    model: str
+    processors: tuple[str, ...]
+    sites: tuple[SitePattern, ...]
+    order: Literal["text", "image"]
+    stride: int
+    grid: Callable[[Mapping[str, Any], torch.nn.Module], Grid]
+    streams: Callable[[Any, int], list[tuple[Any, int, int]]]
+    text_tokens: Callable[[Mapping[str, Any]], int | None] = _text_tokens
+    timestep_scale: float = 1.0
+    video: bool = False
+    notes: str = field(default="", compare=False)
+
+    @property
+    def model_class(self) -> type | None:
+        import diffusers
+
+        return getattr(diffusers, self.model, None)
+
+    def site_of(self, module_name: str) -> tuple[str, int, Kind] | None:
+        """(stage, block index, kind) of the attention module called `module_name`, or None if it is no site."""
+        for site in self.sites:
+            match = re.fullmatch(site.pattern, module_name)
+            if match:
+                return site.stage, int(match.group(1)) if match.groups() else 0, site.kind
+        return None
+
+
+@cache
+def dits() -> tuple[DiT, ...]:
+    """Every family described in this package, in module-name order."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.append(module.FAMILY)
+    return tuple(found)
+
+
+def dit_of(model: torch.nn.Module) -> DiT | None:
+    """The family of `model`, or None if no description covers its class."""
+    for family in dits():
+        cls = family.model_class
+        if cls is not None and isinstance(model, cls):
+            return family
+    return None
