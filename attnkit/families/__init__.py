@@ -49,6 +49,9 @@ class SitePattern:
     kind: Kind
 
 
+Parts = tuple[tuple[str, int], ...]  # (part name, tokens) in sequence order; parts are "image", "text" or "pad"
+
+
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:
     text = bound.get("encoder_hidden_states")
     return None if text is None else int(text.shape[1])
@@ -70,6 +73,10 @@ class DiT:
     - `text_tokens`: the text tokens in the denoiser's text sequence, from the same arguments.
     - `streams`: for word maps: (tokenizer, first position, length) of each tokenizer's stream within the text part
       of the attention calls, given the pipeline and the number of text tokens.
+    - `layout`: (query parts, key parts) of one attention call, from its kind, query and key lengths, the grid and
+      the state's text length; the default knows "self" (image over image), "cross" (image over text) and
+      "joint"/"single" (one sequence of text and image in `order`, text being what is not image). A family whose
+      sequences hold anything else (padding, reference images) gives its own.
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000).
     - `video`: whether the image tokens span several frames.
     """
@@ -83,9 +90,23 @@ class DiT:
     grid: Callable[[Mapping[str, Any], torch.nn.Module], Grid]
     streams: Callable[[Any, int], list[tuple[Any, int, int]]]
     text_tokens: Callable[[Mapping[str, Any]], int | None] = _text_tokens
+    layout: Callable[[DiT, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     video: bool = False
     notes: str = field(default="", compare=False)
+
+    def parts(self, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None) -> tuple[Parts, Parts]:
+        """(query parts, key parts) of one attention call at a site of `kind`."""
+        if self.layout is not None:
+            return self.layout(self, kind, queries, keys, grid, text_tokens)
+        image = ("image", grid.tokens)
+        if kind == "self":
+            return (image,), (image,)
+        if kind == "cross":
+            return (image,), (("text", keys),)
+        sequence = (("text", queries - grid.tokens), image)
+        sequence = sequence if self.order == "text" else sequence[::-1]
+        return sequence, sequence
 
     @property
     def model_class(self) -> type | None:
