@@ -50,6 +50,13 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("T5", pipe.tokenizer, max_sequence_length or 128)]
 
 
+#: How regional prompting would feed this pipeline. Not wired into `FAMILY` (`regional=None`): attnkit's regional
+#: session is image-only today (`models.default_size` reads `config.sample_size`, which video denoisers lack; the
+#: region grid has one frame; the output is `.frames`, not `.images`), and the family's text meets the video in
+#: cross-attention only.
+REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                          max_sequence_length=128, negative="always")  # guidance 3 by default: CFG
+
 FAMILY = DiT(
     name="ltx",
     model="LTXVideoTransformer3DModel",
@@ -64,6 +71,4 @@ FAMILY = DiT(
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-1000) unchanged
     video=True,
-    regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
-                          max_sequence_length=128, negative="always"),  # guidance 3 by default: CFG
 )
