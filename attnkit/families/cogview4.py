@@ -1,0 +1,59 @@
+"""CogView4 (`CogView4Transformer2DModel`): one kind of block, whose attention (`CogView4AttnProcessor`)
+concatenates [text | image] and runs one `F.scaled_dot_product_attention` over the joint sequence (no mask from
+the pipeline; image rotary embeddings only on the image part).
+
+The text part is the GLM-4 encoding of [gMASK] <sop> + prompt, LEFT-padded by the pipeline with the pad token to a
+multiple of 16 (`CogView4Pipeline._get_glm_embeds`); the pads are real, attended positions. Their count depends on
+the prompt's token count, which an attention call cannot see, so the layout counts them as text; the word stream
+below pads on the left the same way, so word positions are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import DiT, Grid, SitePattern
+
+
+def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
+    # CogView4PatchEmbed: (B, C, H, W) -> p x p patches, row-major (permute(0, 2, 4, ...)).
+    _, _, height, width = bound["hidden_states"].shape
+    patch = model.config.patch_size
+    return Grid(1, height // patch, width // patch)
+
+
+class _LeftPadded:
+    """The pipeline's tokenizer, padding every prompt on the left to the text length the denoiser saw: what
+    `CogView4Pipeline._get_glm_embeds` does (padding="longest", then pad ids prepended up to a multiple of 16)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("padding", "max_length")
+        kwargs.setdefault("padding_side", "left")
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
+    return [(_LeftPadded(pipe.tokenizer), 0, text_tokens)]
+
+
+FAMILY = DiT(
+    name="cogview4",
+    model="CogView4Transformer2DModel",
+    processors=("CogView4AttnProcessor",),
+    sites=(SitePattern(r"transformer_blocks\.(\d+)\.attn1", "joint", "joint"),),
+    order="text",
+    stride=2,
+    grid=_grid,
+    streams=_streams,
+    timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-1000) unchanged
+    notes="Text part = left pads (0-15, to a multiple of 16) + [gMASK] <sop> + prompt tokens; pads counted as text.",
+)
