@@ -58,9 +58,16 @@ COGVIDEOX_5B_TRANSFORMER_CONFIG: dict[str, Any] = {
     **_COMMON, "num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True,
 }
 
+#: THUDM/CogVideoX1.5-5B: 2 x 2 x 2 (time, height, width) patches without bias, RoPE, 300 x 300 sample size.
+COGVIDEOX15_5B_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **COGVIDEOX_5B_TRANSFORMER_CONFIG, "patch_bias": False, "patch_size_t": 2, "sample_frames": 81,
+    "sample_height": 300, "sample_width": 300, "use_learned_positional_embeddings": False,
+}
+
 FULL_SIZE = {
     "cogvideox-2b": ("CogVideoXTransformer3DModel", COGVIDEOX_2B_TRANSFORMER_CONFIG),
     "cogvideox-5b": ("CogVideoXTransformer3DModel", COGVIDEOX_5B_TRANSFORMER_CONFIG),
+    "cogvideox1.5-5b": ("CogVideoXTransformer3DModel", COGVIDEOX15_5B_TRANSFORMER_CONFIG),
 }
 
 #: THUDM/CogVideoX-5b, `scheduler/scheduler_config.json` (the 2B release differs only in snr_shift_scale 3.0).
