@@ -41,5 +41,4 @@ FAMILY = DiT(
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's integer timesteps (0-999) unchanged
     video=True,
-    notes="Text part = T5 prompt tokens, eos and pads up to max_sequence_length (226); pads counted as text.",
 )

@@ -5,7 +5,7 @@ the pipeline; image rotary embeddings only on the image part).
 The text part is the GLM-4 encoding of [gMASK] <sop> + prompt, LEFT-padded by the pipeline with the pad token to a
 multiple of 16 (`CogView4Pipeline._get_glm_embeds`); the pads are real, attended positions. Their count depends on
 the prompt's token count, which an attention call cannot see, so the layout counts them as text; the word stream
-below pads on the left the same way, so word positions are exact.
+below pads each prompt on the left the same way, so word positions are exact.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 
 from . import DiT, Grid, SitePattern
 
+_MAX_SEQUENCE_LENGTH = 1024  # the pipeline's default `max_sequence_length`
+
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     # CogView4PatchEmbed: (B, C, H, W) -> p x p patches, row-major (permute(0, 2, 4, ...)).
@@ -26,16 +28,21 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
 
 
 class _LeftPadded:
-    """The pipeline's tokenizer, padding every prompt on the left to the text length the denoiser saw: what
-    `CogView4Pipeline._get_glm_embeds` does (padding="longest", then pad ids prepended up to a multiple of 16)."""
+    """The pipeline's tokenizer, padding a prompt on the left as `CogView4Pipeline._get_glm_embeds` does: to the next
+    multiple of 16 of its own token count. That is the prompt's text length in the forward (and the length of its
+    segment when regional prompting joins prompts), whatever `max_length` the caller gives: attnkit's state holds
+    the text length of the LAST forward, which is the negative prompt's when CFG runs it separately."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
 
-    def __call__(self, text: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("padding", "max_length")
-        kwargs.setdefault("padding_side", "left")
-        return self.tokenizer(text, **kwargs)
+    def __call__(self, text: str, **kwargs: Any) -> Any:
+        kwargs.pop("max_length", None)
+        kwargs.pop("truncation", None)
+        tokens = len(self.tokenizer(text, max_length=_MAX_SEQUENCE_LENGTH, truncation=True)["input_ids"])
+        padded = tokens + (16 - tokens % 16) % 16
+        return self.tokenizer(text, padding="max_length", max_length=padded, truncation=True, padding_side="left",
+                              **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tokenizer, name)
@@ -55,5 +62,4 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-1000) unchanged
-    notes="Text part = left pads (0-15, to a multiple of 16) + [gMASK] <sop> + prompt tokens; pads counted as text.",
 )
