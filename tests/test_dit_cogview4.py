@@ -78,3 +78,23 @@ def test_grid_follows_the_patch_embedding_on_a_non_square_latent(pipe):
     # Each token's first feature is its patch's top-left latent pixel: row-major order over the grid.
     expect = [(r * 2, c * 2) for r in range(grid.rows) for c in range(grid.cols)]
     assert list(zip(row_of[0, :, 0].int().tolist(), col_of[0, :, 0].int().tolist())) == expect
+
+
+def test_regional_segments_are_left_padded_together_and_words_land_on_their_tokens(pipe):
+    """Regional prompts are encoded as one batch (each left-padded to the longest one's multiple of 16); the word
+    stream must find each region's words at the ends of its segment."""
+    import attnkit
+    from attnkit import maps
+
+    long = "a big red dog next to a small blue house in the park with a green tree and a yellow flower"
+    spec = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]}, {"prompt": long, "box": [0.5, 0, 1, 1]}]}
+    site = next(s for s in attnkit.sites(pipe) if s.kind == "joint")
+    with attnkit.regional(pipe, spec) as call:
+        arguments = call(seed=0, num_inference_steps=1)
+        assert call.encoded.cond == ((0, 32), (1, 32))
+        assert arguments["prompt_embeds"].shape[1] == 64
+        with maps.trace(pipe, prompt=call, sites_=[site], steps=[0]) as trace:
+            pipe(output_type="latent", **arguments)
+        first, second = trace.tokens(region=0), trace.tokens(region=1)
+    assert [w.positions for w in first.words] == [(29,), (30,), (31,)]
+    assert second.words[-1].positions == (63,) and second.words[0].positions == (63 - 21 + 1,)

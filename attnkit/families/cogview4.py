@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, SitePattern
+from . import DiT, Grid, RegionalText, SitePattern
 
 _MAX_SEQUENCE_LENGTH = 1024  # the pipeline's default `max_sequence_length`
 
@@ -29,18 +29,20 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
 
 class _LeftPadded:
     """The pipeline's tokenizer, padding a prompt on the left as `CogView4Pipeline._get_glm_embeds` does: to the next
-    multiple of 16 of its own token count. That is the prompt's text length in the forward (and the length of its
-    segment when regional prompting joins prompts), whatever `max_length` the caller gives: attnkit's state holds
-    the text length of the LAST forward, which is the negative prompt's when CFG runs it separately."""
+    multiple of 16 of its token count, or to `max_length` when that is longer. Alone, a prompt's text is its own
+    multiple of 16; prompts encoded together (regional prompting) are all padded to the longest one's, and attnkit
+    gives that segment length as `max_length`. For a plain trace attnkit gives the text length of the last forward
+    (under CFG the negative prompt's, run after the prompt's): only a negative prompt longer than the prompt, in
+    blocks of 16 tokens, would shift the prompt's positions."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
 
     def __call__(self, text: str, **kwargs: Any) -> Any:
-        kwargs.pop("max_length", None)
+        length = kwargs.pop("max_length", None) or 0
         kwargs.pop("truncation", None)
         tokens = len(self.tokenizer(text, max_length=_MAX_SEQUENCE_LENGTH, truncation=True)["input_ids"])
-        padded = tokens + (16 - tokens % 16) % 16
+        padded = max(tokens + (16 - tokens % 16) % 16, length)
         return self.tokenizer(text, padding="max_length", max_length=padded, truncation=True, padding_side="left",
                               **kwargs)
 
@@ -50,6 +52,18 @@ class _LeftPadded:
 
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(_LeftPadded(pipe.tokenizer), 0, text_tokens)]
+
+
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """All prompts in one call, as the pipeline encodes a batch: each left-padded to the longest one's multiple
+    of 16, so every segment has the same length."""
+    embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                   max_sequence_length=max_sequence_length or _MAX_SEQUENCE_LENGTH)
+    return {"prompt_embeds": embeds}
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    return [("GLM", pipe.tokenizer, max_sequence_length or _MAX_SEQUENCE_LENGTH)]
 
 
 FAMILY = DiT(
@@ -62,4 +76,7 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-1000) unchanged
+    # CFG runs the prompt and the negative prompt ("" by default) as two forwards; their text lengths may differ.
+    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=_MAX_SEQUENCE_LENGTH,
+                          negative="always"),
 )
