@@ -62,7 +62,8 @@ def test_register_tokens_lead_every_sequence(pipe) -> None:
     bound = inspect.signature(type(model).forward).bind_partial(model, **arguments).arguments
     grid = family.grid(bound, model)
     assert (grid.frames, grid.rows, grid.cols) == (1, 6, 10)
-    kinds = {name: family.site_of(name)[2] for name, module in model.named_modules() if hasattr(module, "get_processor")}
+    kinds = {name: family.site_of(name)[2] for name, module in model.named_modules()
+             if hasattr(module, "get_processor")}
     assert sorted(set(kinds.values())) == ["joint", "single"]
     lengths = []
     original = F.scaled_dot_product_attention
