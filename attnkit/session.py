@@ -17,8 +17,8 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 
 from .errors import AttnkitError
-from .processors import FAMILIES, Control, SiteProcessor
-from .sites import Site, SiteList, architecture_of, choose, denoiser_of, sites
+from .processors import Control, SiteProcessor, family_of
+from .sites import Architecture, Site, SiteList, architecture_of, choose, denoiser_of, sites
 from .state import State, StepReader
 
 __all__ = ["Session", "attach"]
@@ -46,7 +46,7 @@ class Session:
         self.state.reset()
         try:
             HookRegistry.check_if_exists_or_initialize(self.model).register_hook(
-                _StateHook(self.state, self.target, self.model, self.architecture.name), self._hook_name
+                _StateHook(self.state, self.target, self.model, self.architecture), self._hook_name
             )
             for control, chosen in self.plan:
                 for site in chosen:
@@ -62,7 +62,7 @@ class Session:
 
     def _check(self) -> dict[str, torch.nn.Module]:
         """Every selected site's module, after checking that each one can be taken over; an error lists the rest."""
-        family = FAMILIES[self.architecture.name]
+        family = family_of(self.architecture)
         named = dict(self.model.named_modules())
         modules, refused = {}, []
         for control, chosen in self.plan:
@@ -77,7 +77,7 @@ class Session:
                 modules[site.name] = module
                 _check_parallel(control, site, processor)
         if refused:
-            allowed = ", ".join(cls.__name__ for cls in family.replaces)
+            allowed = family.replaceable
             listed = "; ".join(f"{name}: {cls}" for name, cls in refused[:5])
             raise AttnkitError(
                 f"attnkit cannot take over {len(refused)} attention site(s), whose processors it cannot replay "
@@ -89,7 +89,7 @@ class Session:
     def _add(self, module: torch.nn.Module, site: Site, control: Control) -> None:
         processor = module.get_processor()
         if not isinstance(processor, SiteProcessor):
-            processor = FAMILIES[self.architecture.name].processor(site, processor)
+            processor = family_of(self.architecture).stand_in(site, processor)
             module.set_processor(processor)
         processor.entries.append((control, self.state))
         self._installed.append((module, processor, control))
@@ -137,6 +137,17 @@ def _denoiser_attr(target: Any) -> str:
     return "pipe.transformer" if getattr(target, "transformer", None) is not None else "pipe.unet"
 
 
+def _batch(bound: dict[str, Any]) -> int:
+    """The batch size of a DiT forward: of its first image input, a tensor or a list of per-item tensors."""
+    for name in ("hidden_states", "x", "sample"):
+        value = bound.get(name)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    raise AttnkitError(f"cannot tell the batch size of this denoiser forward (arguments {sorted(bound)}).")
+
+
 class _ContextName(StateManager):
     """Listens to diffusers' `cache_context("cond" | "uncond")` through the public `set_context`, which diffusers
     calls with the name (up to 0.40) or a `CacheContext` carrying it (later); attnkit keeps no per-context data."""
@@ -165,45 +176,42 @@ class _StateHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state: State, target: Any, model: torch.nn.Module, architecture: str):
+    def __init__(self, state: State, target: Any, model: torch.nn.Module, architecture: Architecture):
         super().__init__()
         self.state = state
         self.pipeline = None if isinstance(target, torch.nn.Module) else target
-        self.architecture = architecture
+        self.dit = architecture.dit
         self.signature = inspect.signature(type(model).forward)
         self.contexts = _ContextName()
         self.steps = StepReader()
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        sample = bound.get("sample", bound.get("hidden_states"))
-        text = bound.get("encoder_hidden_states")
         timestep = bound.get("timestep")
         state = self.state
         state.forwards += 1
-        state.text_tokens = None if text is None else int(text.shape[1])
-        state.latent = self._latent(sample, bound)
+        if self.dit is not None:
+            grid = self.dit.grid(bound, module)
+            stride = self.dit.stride
+            state.latent, state.frames = (grid.frames * grid.rows * stride, grid.cols * stride), grid.frames
+            state.text_tokens = self.dit.text_tokens(bound)
+            batch = _batch(bound)
+        else:
+            sample = bound.get("sample", bound.get("hidden_states"))
+            text = bound.get("encoder_hidden_states")
+            state.text_tokens = None if text is None else int(text.shape[1])
+            state.latent = int(sample.shape[-2]), int(sample.shape[-1])
+            batch = int(sample.shape[0])
         state.timestep = None if timestep is None else self._timestep(timestep)
-        state.branches = self._branches(int(sample.shape[0]))
+        state.branches = self._branches(batch)
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
         return args, kwargs
 
     def _timestep(self, timestep: Any) -> float:
-        """The timestep in the scheduler's units (0-1000): Flux pipelines pass the transformer timestep / 1000."""
+        """The timestep in the scheduler's units (0-1000): Flux pipelines, for one, pass it / 1000."""
         value = float(torch.as_tensor(timestep).flatten()[0])
-        return value * 1000 if self.architecture == "flux" else value
-
-    def _latent(self, sample: torch.Tensor, bound: dict[str, Any]) -> tuple[int, int]:
-        if self.architecture != "flux":
-            return int(sample.shape[-2]), int(sample.shape[-1])
-        ids = bound.get("img_ids")
-        if ids is None:
-            raise AttnkitError("the Flux transformer was called without `img_ids`; attnkit needs them for the grid.")
-        ids = ids.reshape(-1, ids.shape[-1])
-        rows = int(ids[:, 1].max() - ids[:, 1].min()) + 1
-        cols = int(ids[:, 2].max() - ids[:, 2].min()) + 1
-        return rows * 2, cols * 2
+        return value * self.dit.timestep_scale if self.dit is not None else value
 
     def _branches(self, batch: int) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):

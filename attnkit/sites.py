@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
 from .errors import AttnkitError
+from .families import DiT, dit_of, dits
 
 __all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "choose", "sites", "denoiser_of",
            "architecture_of"]
@@ -29,10 +30,12 @@ _STAGE_ORDER = {"down": 0, "mid": 1, "up": 2, "joint": 3, "single": 4}
 
 @dataclass(frozen=True)
 class Architecture:
-    """One supported denoiser family; its site processor (in `processors`) knows its token layout."""
+    """One supported denoiser family: a hand-written site processor (in `processors`) knows the token layout of the
+    first three; every other one is a DiT described declaratively (`dit`, see `attnkit.families`)."""
 
     name: str
     model_class: type
+    dit: DiT | None = None
 
     def matches(self, model: torch.nn.Module) -> bool:
         return isinstance(model, self.model_class)
@@ -41,7 +44,6 @@ class Architecture:
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("unet", UNet2DConditionModel),
     Architecture("sd3", SD3Transformer2DModel),
-    Architecture("flux", FluxTransformer2DModel),
 )
 
 
@@ -198,12 +200,16 @@ def architecture_of(model: torch.nn.Module) -> Architecture:
     for arch in ARCHITECTURES:
         if arch.matches(model):
             return arch
-    has_processors = any(hasattr(m, "get_processor") for m in model.modules())
-    reason = "it has attention modules, but attnkit does not know their token layout" if has_processors else (
-        "it has no attention processors at all")
+    dit = dit_of(model)
+    if dit is not None:
+        return Architecture(dit.name, dit.model_class, dit)
+    modules = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "get_processor")})
+    reason = (f"it has attention modules ({', '.join(modules)}), but attnkit does not know their token layout"
+              if modules else "it has no attention processors at all")
+    known = [a.model_class.__name__ for a in ARCHITECTURES] + [d.model for d in dits()]
     raise AttnkitError(
-        f"unsupported model {type(model).__name__}: {reason}. attnkit supports "
-        f"{', '.join(a.model_class.__name__ for a in ARCHITECTURES)} (SD1.x, SDXL, SD3, SD3.5, Flux.1)."
+        f"unsupported model {type(model).__name__}: {reason}. attnkit supports {', '.join(known)}; a new DiT "
+        "family is described in one module of `attnkit.families`."
     )
 
 
@@ -233,13 +239,17 @@ def sites(
     for module_name, module in model.named_modules():
         if not hasattr(module, "get_processor"):
             continue
-        stage, block_index = _block_of(module_name)
-        kind = _kind_of(arch, module_name, module)
-        stride = strides.get(f"{stage}.{block_index}", 1) if arch.name == "unet" else _transformer_stride(arch, model)
+        if arch.dit is not None:
+            stage, block_index, kind, order = _dit_site(arch.dit, module_name, module)
+            stride = arch.dit.stride
+        else:
+            stage, block_index = _block_of(module_name)
+            kind, order = _kind_of(arch, module_name, module), _STAGE_ORDER[stage]
+            stride = strides.get(f"{stage}.{block_index}", 1) if arch.name == "unet" else _transformer_stride(arch, model)
         heads = int(module.heads)
         head_dim = int(getattr(module, "head_dim", None) or module.inner_dim // heads)
         site = Site(f"{module_name}.processor", kind, f"{stage}.{block_index}", heads, head_dim, 0, stride, arch.name)
-        found.append(((_STAGE_ORDER[stage], block_index, _natural(module_name)), site))
+        found.append(((order, block_index, _natural(module_name)), site))
     if not found:
         raise AttnkitError(f"{type(model).__name__} has no attention processors; nothing for attnkit to attach to.")
     ordered = [site for _, site in sorted(found, key=lambda item: item[0])]
@@ -281,6 +291,19 @@ def _block_of(module_name: str) -> tuple[str, int]:
     if head == "single_transformer_blocks":
         return "single", int(parts[1])
     raise AttnkitError(f"attention module {module_name!r} lies outside the blocks attnkit knows for this model.")
+
+
+def _dit_site(dit: DiT, module_name: str, module: torch.nn.Module) -> tuple[str, int, Kind, int]:
+    """(stage, block index, kind, position of its pattern) of a DiT attention module; an error if none matches."""
+    for position, pattern in enumerate(dit.sites):
+        match = re.fullmatch(pattern.pattern, module_name)
+        if match:
+            return pattern.stage, int(match.group(1)) if match.groups() else 0, pattern.kind, position
+    raise AttnkitError(
+        f"attention module {module_name!r} ({type(module).__name__}) lies outside the sites attnkit knows for "
+        f"{dit.name} ({', '.join(p.pattern for p in dit.sites)}), so attnkit cannot tell its token layout. "
+        f"Describe it in attnkit.families.{dit.name}."
+    )
 
 
 def _kind_of(arch: Architecture, module_name: str, module: torch.nn.Module) -> Kind:

@@ -25,7 +25,9 @@ class State:
     `step` is the 0-based step of the current pipeline run (the `i` of the pipeline's loop and of
     `callback_on_step_end`), `None` outside a pipeline. `branches` gives the CFG branch of every batch item.
     `timestep` is the current forward's timestep in the scheduler's units (0 to 1000, whatever the denoiser takes).
-    `latent` is the denoiser input's spatial size in latent pixels; each site derives its token grid from it.
+    `latent` is the denoiser input's spatial size in latent pixels; each site derives its token grid from it. A video
+    denoiser's `frames` (token frames after temporal patching) are stacked top to bottom in `latent`, so that a site's
+    grid is (frames x rows, cols): maps of a video are one tall picture of its frames.
     `frame` and `phase` are set by features that loop over frames or store-then-load passes. `exclusive` is set
     while a session runs a pass of its own through the denoiser's blocks (output-space concept maps): that pass's
     attention calls are seen only by the controls of that session, never by other sessions' features.
@@ -36,6 +38,7 @@ class State:
     timestep: float | None = None
     branches: tuple[Branch, ...] = ()
     latent: tuple[int, int] | None = None
+    frames: int | None = None
     text_tokens: int | None = None
     forwards: int = 0
     frame: int | None = None

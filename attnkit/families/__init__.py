@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["DiT", "SitePattern", "Grid", "dits", "dit_of"]
+__all__ = ["DiT", "SitePattern", "Grid", "RegionalText", "dits", "dit_of"]
 
 Kind = Literal["self", "cross", "joint", "single"]
 
@@ -42,7 +41,8 @@ class Grid:
 @dataclass(frozen=True)
 class SitePattern:
     """Attention modules whose full module name matches `pattern` (a regex whose first group is the block index)
-    are sites of `kind` in stage `stage` ("joint", "single", "self", "cross", ...)."""
+    are sites of `kind` in stage `stage` ("joint", "single", "self", "cross", ...). A family lists its patterns in
+    the order its forward runs them: sites are numbered in that order, then by block index."""
 
     pattern: str
     stage: str
@@ -50,6 +50,29 @@ class SitePattern:
 
 
 Parts = tuple[tuple[str, int], ...]  # (part name, tokens) in sequence order; parts are "image", "text" or "pad"
+
+
+@dataclass(frozen=True)
+class RegionalText:
+    """How regional prompting gives a family's pipeline the text of several prompts as one sequence.
+
+    `encode(pipe, prompts, max_sequence_length)` encodes each prompt on its own and returns pipeline keyword
+    arguments with one entry per prompt: a tensor whose batch axis is the one before its token axis, or a list of
+    per-prompt tensors (token axis 0) where the pipeline takes variable-length text. Arguments named in `sequence`
+    (with their token axis) are joined along it, one prompt after the other; those in `pooled` are averaged over the
+    regions or taken from the base prompt. Negative prompts go to the same arguments prefixed `negative_`.
+    `max_sequence_length`: the default text tokens per prompt (None: the encoder's fixed length, not settable).
+    `negative`: "always" when the pipeline guides against a negative prompt by default, "given" when only when one
+    is given (true CFG). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
+    to refuse prompts that would be cut short.
+    """
+
+    encode: Callable[[Any, list[str], int | None], dict[str, Any]]
+    sequence: Mapping[str, int]
+    limits: Callable[[Any, int | None], list[tuple[str, Any, int]]]
+    pooled: tuple[str, ...] = ()
+    max_sequence_length: int | None = None
+    negative: Literal["always", "given"] = "always"
 
 
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:
@@ -79,6 +102,8 @@ class DiT:
       sequences hold anything else (padding, reference images) gives its own.
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000).
     - `video`: whether the image tokens span several frames.
+    - `regional`: how regional prompting feeds the pipeline (None: regional prompting is not available, e.g. where
+      image tokens never attend to text tokens jointly).
     """
 
     name: str
@@ -93,7 +118,7 @@ class DiT:
     layout: Callable[[DiT, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     video: bool = False
-    notes: str = field(default="", compare=False)
+    regional: RegionalText | None = None
 
     def parts(self, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None) -> tuple[Parts, Parts]:
         """(query parts, key parts) of one attention call at a site of `kind`."""
@@ -113,14 +138,6 @@ class DiT:
         import diffusers
 
         return getattr(diffusers, self.model, None)
-
-    def site_of(self, module_name: str) -> tuple[str, int, Kind] | None:
-        """(stage, block index, kind) of the attention module called `module_name`, or None if it is no site."""
-        for site in self.sites:
-            match = re.fullmatch(site.pattern, module_name)
-            if match:
-                return site.stage, int(match.group(1)) if match.groups() else 0, site.kind
-        return None
 
 
 @cache

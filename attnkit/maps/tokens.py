@@ -1,8 +1,8 @@
 """Which positions of the denoiser's text sequence belong to which word of the prompt.
 
 The text sequence is built by the pipeline from one or more tokenizers: UNets (SD1.x, SDXL) see CLIP tokens, with
-the begin-of-text token first; SD3 and SD3.5 see 77 CLIP tokens followed by T5 tokens; Flux sees T5 tokens only
-(labelling them with CLIP tokens gives maps of the wrong words). A word may be split into several tokens and may
+the begin-of-text token first; SD3 and SD3.5 see 77 CLIP tokens followed by T5 tokens; every DiT family says its own streams
+(`attnkit.families`: Flux sees T5 tokens only, and labelling them with CLIP tokens gives maps of the wrong words). A word may be split into several tokens and may
 occur several times. Positions come from each tokenizer's character offsets over the very prompt the pipeline
 tokenizes, so sub-word splits, special tokens and case are handled by the tokenizer itself.
 """
@@ -82,17 +82,19 @@ def prompt_tokens(pipe: Any, prompt: str, text_tokens: int, offset: int = 0) -> 
 
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     """(tokenizer, first position, length) of each token stream in the denoiser's text sequence."""
-    architecture = architecture_of(denoiser_of(pipe)).name
-    if architecture == "unet":
+    architecture = architecture_of(denoiser_of(pipe))
+    if architecture.dit is not None:
+        return architecture.dit.streams(pipe, text_tokens)
+    if architecture.name == "unet":
         return [(_tokenizer(pipe, "tokenizer", "tokenizer_2"), 0, text_tokens)]
-    if architecture == "sd3":
+    if architecture.name == "sd3":
         clip = _tokenizer(pipe, "tokenizer", "tokenizer_2")
         clip_length = min(clip.model_max_length, text_tokens)
         streams = [(clip, 0, clip_length)]
         if getattr(pipe, "tokenizer_3", None) is not None and text_tokens > clip_length:
             streams.append((pipe.tokenizer_3, clip_length, text_tokens - clip_length))
         return streams
-    return [(_tokenizer(pipe, "tokenizer_2"), 0, text_tokens)]
+    raise AttnkitError(f"attnkit does not know the token streams of {architecture.name}.")
 
 
 def _tokenizer(pipe: Any, *names: str) -> Any:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, JointAttnProcessor2_0
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+from ..families import DiT
 from .base import AttentionCall, Control, SiteProcessor, TokenLayout
-from .flux import FluxSiteProcessor
+from .dispatch import DispatchSiteProcessor, site_processor_class
 from .joint import JointSiteProcessor
 from .unet import UNetSiteProcessor
 
-__all__ = ["AttentionCall", "Control", "SiteProcessor", "TokenLayout", "FAMILIES", "Family"]
+__all__ = ["AttentionCall", "Control", "SiteProcessor", "TokenLayout", "FAMILIES", "Family", "DiTFamily",
+           "family_of"]
 
 
 class Family:
@@ -24,6 +25,14 @@ class Family:
 
     def can_replace(self, processor: object) -> bool:
         return type(processor) in self.replaces
+
+    def stand_in(self, site: object, original: object) -> SiteProcessor:
+        """The site processor that takes `original`'s place at `site`."""
+        return self.processor(site, original)
+
+    @property
+    def replaceable(self) -> str:
+        return ", ".join(cls.__name__ for cls in self.replaces)
 
     def advice(self, refused: set[str], denoiser: str) -> str:
         """How to get processors attnkit can replay, for the refused processor class names."""
@@ -39,5 +48,29 @@ FAMILIES: dict[str, Family] = {
                    "call `{denoiser}.set_attn_processor(AttnProcessor2_0())` or `{denoiser}.set_default_attn_processor()`"),
     "sd3": Family(JointSiteProcessor, (JointAttnProcessor2_0,),
                   "call `{denoiser}.set_attn_processor(JointAttnProcessor2_0())`"),
-    "flux": Family(FluxSiteProcessor, (FluxAttnProcessor,), "call `{denoiser}.set_attn_processor(FluxAttnProcessor())`"),
 }
+
+
+class DiTFamily(Family):
+    """A DiT described in `attnkit.families`: the stock processors named there run unchanged, attnkit at their
+    attention call (`processors.dispatch`)."""
+
+    def __init__(self, dit: DiT):
+        super().__init__(DispatchSiteProcessor, (), f"call `{{denoiser}}.set_attn_processor({dit.processors[0]}())`")
+        self.dit = dit
+
+    def can_replace(self, processor: object) -> bool:
+        return type(processor).__name__ in self.dit.processors
+
+    def stand_in(self, site: object, original: object) -> SiteProcessor:
+        return site_processor_class(type(original))(site, original, self.dit)
+
+    @property
+    def replaceable(self) -> str:
+        return ", ".join(self.dit.processors)
+
+
+def family_of(architecture: object) -> Family:
+    """The processor family of an `attnkit.sites.Architecture`."""
+    dit = getattr(architecture, "dit", None)
+    return DiTFamily(dit) if dit is not None else FAMILIES[architecture.name]

@@ -5,7 +5,8 @@ denoiser sees [region 1 | region 2 | ... | base] text (a UNet's cross-attention 
 attention). The CFG batch needs the negative text to be as long: with
 per-region negatives each segment gets its region's negative (the same mask applies); with the global negative it is
 encoded once and repeated, the copies after the first marked `PAD` so that, while the mask is on, nothing sees them
-and the uncond branch is exactly plain attention on the global negative.
+and the uncond branch is exactly plain attention on the global negative. How a pipeline takes the joined text is
+its family's `RegionalText`: here for UNets and SD3, in `attnkit.families` for every DiT.
 """
 
 from __future__ import annotations
@@ -16,22 +17,21 @@ from typing import Any, Literal
 import torch
 
 from ..errors import AttnkitError
+from ..families import RegionalText
+from ..sites import architecture_of, denoiser_of
 from .mask import PAD
 from .spec import BASE, RegionSpec
 
-__all__ = ["Encoded", "encode", "truncation_problems"]
+__all__ = ["Encoded", "encode", "regional_text", "truncation_problems"]
 
 Segments = tuple[tuple[int, int], ...]  # (owner, text tokens) in order
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """Embeddings for the pipeline, and which owner every text token has per CFG branch."""
+    """The pipeline's text arguments (cond and negative), and which owner every text token has per CFG branch."""
 
-    prompt_embeds: torch.Tensor
-    pooled_prompt_embeds: torch.Tensor | None  # None where the pipeline takes none (SD1.x, SD2)
-    negative_prompt_embeds: torch.Tensor | None
-    negative_pooled_prompt_embeds: torch.Tensor | None
+    arguments: dict[str, Any]
     cond: Segments
     uncond: Segments
     regional_negatives: bool
@@ -55,80 +55,130 @@ class Encoded:
             )
 
 
-def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int, pooled: Literal["mean", "base"],
+def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pooled: Literal["mean", "base"],
            negatives: Literal["auto", "regional", "global"], with_negatives: bool) -> Encoded:
     """Encode every region's prompt (and negatives when `with_negatives`) with `pipe.encode_prompt`."""
     if pooled == "base" and spec.base is None:
         raise AttnkitError("pooled='base' takes the pooled embedding of the base prompt, but the spec has no `base`.")
+    text = regional_text(pipe)
     regional = negatives == "regional" or (negatives == "auto" and any(r.negative for r in spec.regions))
     prompts = spec.prompts + ([spec.base.prompt] if spec.base else [])
     owners = list(range(len(spec.regions))) + ([BASE] if spec.base else [])
-    embeds, pools = _encode(pipe, prompts, max_sequence_length)
-    cond = tuple((owner, embeds.shape[1]) for owner in owners)
-    prompt_embeds = embeds.reshape(1, -1, embeds.shape[-1])
-    pooled_embeds = _pool(pools, pooled, len(spec.regions))
+    per_prompt = _encode(text, pipe, prompts, max_sequence_length)
+    lengths = _lengths(text, per_prompt, len(prompts))
+    cond = tuple(zip(owners, lengths))
+    arguments = _join(text, per_prompt, pooled, len(spec.regions))
     if not with_negatives:
-        return Encoded(prompt_embeds, pooled_embeds, None, None, cond, cond, regional)
+        return Encoded(arguments, cond, cond, regional)
     global_negative = spec.negative or ""
     if regional:
         negative_prompts = [r.negative if r.negative is not None else global_negative for r in spec.regions]
         negative_prompts += [global_negative] if spec.base else []
-        neg, neg_pools = _encode(pipe, negative_prompts, max_sequence_length)
-        uncond = cond
-        neg_pooled = _pool(neg_pools, pooled, len(spec.regions))
+        negative = _encode(text, pipe, negative_prompts, max_sequence_length)
+        uncond = tuple(zip(owners, _lengths(text, negative, len(owners))))
     else:
-        neg, neg_pooled = _encode(pipe, [global_negative], max_sequence_length)
-        neg = neg.expand(len(owners), -1, -1)
-        uncond = ((0, embeds.shape[1]), (PAD, embeds.shape[1] * (len(owners) - 1)))
-    return Encoded(prompt_embeds, pooled_embeds, neg.reshape(1, -1, neg.shape[-1]), neg_pooled, cond,
-                   tuple(s for s in uncond if s[1]), regional)
+        negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length), len(owners))
+        length = _lengths(text, negative, len(owners))[0]
+        uncond = ((0, length), (PAD, length * (len(owners) - 1)))
+    arguments |= {f"negative_{name}": value for name, value in
+                  _join(text, negative, pooled, len(spec.regions)).items()}
+    return Encoded(arguments, cond, tuple(s for s in uncond if s[1]), regional)
 
 
-def _pool(pools: torch.Tensor | None, pooled: Literal["mean", "base"], regions: int) -> torch.Tensor | None:
-    """The pooled embedding: the base prompt's (encoded last) or the mean over the regions'."""
-    if pools is None:
-        return None
-    return pools[-1:] if pooled == "base" else pools[:regions].mean(0, keepdim=True)
-
-
-def _encode(pipe: Any, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(text embeddings (n, T, C), pooled (n, P) or None) of `prompts`, in one batch."""
+def _encode(text: RegionalText, pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
     with torch.no_grad():
-        if hasattr(pipe, "unet"):
-            encoded = pipe.encode_prompt(prompt=prompts, device=pipe._execution_device, num_images_per_prompt=1,
-                                         do_classifier_free_guidance=False)
-            return encoded[0], encoded[2] if len(encoded) == 4 else None  # SDXL also returns pooled embeddings
-        if hasattr(pipe, "text_encoder_3"):
-            embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
-                                                      do_classifier_free_guidance=False,
-                                                      max_sequence_length=max_sequence_length)
+        return text.encode(pipe, prompts, max_sequence_length)
+
+
+def _lengths(text: RegionalText, per_prompt: dict[str, Any], count: int) -> list[int]:
+    """Text tokens of each prompt, from the first joined argument."""
+    name, axis = next(iter(text.sequence.items()))
+    value = per_prompt[name]
+    return [int(v.shape[0]) for v in value] if isinstance(value, list) else [int(value.shape[axis])] * count
+
+
+def _join(text: RegionalText, per_prompt: dict[str, Any], pooled: Literal["mean", "base"], regions: int
+          ) -> dict[str, Any]:
+    """The pipeline arguments of the prompts' text in one sequence, and their pooled embedding."""
+    joined: dict[str, Any] = {}
+    for name, value in per_prompt.items():
+        if value is None:
+            continue
+        if name in text.pooled:
+            joined[name] = value[-1:] if pooled == "base" else value[:regions].mean(0, keepdim=True)
+        elif isinstance(value, list):
+            joined[name] = [torch.cat(value)]
         else:
-            embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None,
-                                                   max_sequence_length=max_sequence_length)
-    return embeds, pooled
+            axis = text.sequence[name]
+            joined[name] = torch.cat(value.unbind(axis - 1), dim=axis - 1).unsqueeze(axis - 1)
+    return joined
 
 
-def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int) -> list[str]:
+def _repeat(text: RegionalText, per_prompt: dict[str, Any], count: int) -> dict[str, Any]:
+    """One prompt's arguments as if `count` prompts had been encoded."""
+    repeated: dict[str, Any] = {}
+    for name, value in per_prompt.items():
+        if value is None or name in text.pooled:  # one row: its mean over copies would not be exactly itself
+            repeated[name] = value
+        elif isinstance(value, list):
+            repeated[name] = value * count
+        else:
+            repeated[name] = value.repeat_interleave(count, dim=text.sequence[name] - 1)
+    return repeated
+
+
+def regional_text(pipe: Any) -> RegionalText | None:
+    """How `pipe` takes several prompts' text as one sequence; None where regional prompting is not available."""
+    architecture = architecture_of(denoiser_of(pipe))
+    if architecture.dit is not None:
+        return architecture.dit.regional
+    return _SD3 if architecture.name == "sd3" else _UNET if architecture.name == "unet" else None
+
+
+def _unet_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    encoded = pipe.encode_prompt(prompt=prompts, device=pipe._execution_device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+    pooled = encoded[2] if len(encoded) == 4 else None  # SDXL also returns pooled embeddings
+    return {"prompt_embeds": encoded[0], "pooled_prompt_embeds": pooled}
+
+
+def _sd3_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                              do_classifier_free_guidance=False,
+                                              max_sequence_length=max_sequence_length)
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+def _unet_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    return [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77)),
+            ("CLIP-G", getattr(pipe, "tokenizer_2", None), 77)]
+
+
+def _sd3_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    keeps = getattr(pipe, "tokenizer_max_length", 77)
+    limits = [("CLIP", getattr(pipe, "tokenizer", None), keeps), ("CLIP-G", getattr(pipe, "tokenizer_2", None), keeps)]
+    if getattr(pipe, "text_encoder_3", None) is not None:
+        limits.append(("T5", getattr(pipe, "tokenizer_3", None), max_sequence_length))
+    return limits
+
+
+_UNET = RegionalText(_unet_encode, {"prompt_embeds": 1}, _unet_limits, pooled=("pooled_prompt_embeds",))
+_SD3 = RegionalText(_sd3_encode, {"prompt_embeds": 1}, _sd3_limits, pooled=("pooled_prompt_embeds",),
+                    max_sequence_length=256)
+
+
+def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int | None) -> list[str]:
     """One line per prompt of the spec that an encoder of `pipe` would cut short."""
-    encoders = [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77))]
-    if hasattr(pipe, "unet"):
-        encoders.append(("CLIP-G", getattr(pipe, "tokenizer_2", None), 77))
-    elif hasattr(pipe, "text_encoder_3"):
-        encoders.append(("CLIP-G", getattr(pipe, "tokenizer_2", None), getattr(pipe, "tokenizer_max_length", 77)))
-        if pipe.text_encoder_3 is not None:
-            encoders.append(("T5", getattr(pipe, "tokenizer_3", None), max_sequence_length))
-    else:
-        encoders.append(("T5", getattr(pipe, "tokenizer_2", None), max_sequence_length))
     texts = [(f"region {i + 1} prompt", r.prompt) for i, r in enumerate(spec.regions)]
     texts += [(f"region {i + 1} negative", r.negative) for i, r in enumerate(spec.regions) if r.negative]
     texts += [("base prompt", spec.base.prompt)] if spec.base else []
     texts += [("global negative", spec.negative)] if spec.negative else []
     problems = []
-    for where, text in texts:
-        for name, tokenizer, keeps in encoders:
+    for where, prompt in texts:
+        for name, tokenizer, keeps in regional_text(pipe).limits(pipe, max_sequence_length):
             if tokenizer is None:
                 continue
-            count = len(tokenizer(text, truncation=False, verbose=False).input_ids)
+            count = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
             if count > keeps:
                 problems.append(f"{where} is {count} {name} tokens; {name} keeps {keeps}, so it would be truncated")
     return problems

@@ -28,7 +28,7 @@ from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .control import RegionalControl, Schedule, StepRange
 from .couple import CoupleControl
-from .encode import Encoded, encode, truncation_problems
+from .encode import Encoded, encode, regional_text, truncation_problems
 from .images import init_size, takes_size
 from .mask import Rules, base_bias
 from .spec import METHODS, RegionSpec, load_spec
@@ -36,8 +36,6 @@ from .words import derive_word_masks
 
 __all__ = ["Regional", "RegionalOptions", "regional", "supports"]
 
-_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}  # T5 tokens per region
-_ARCHITECTURES = ("unet", "sd3", "flux")
 _OWN_ARGUMENTS = ("prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
                   "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 
@@ -115,10 +113,16 @@ def _step_range(steps: Any, name: str) -> StepRange:
     return start, end
 
 
+def _regional_families() -> list[str]:
+    from ..families import dits
+
+    return [dit.name for dit in dits() if dit.regional is not None]
+
+
 def supports(pipe: Any) -> bool:
-    """Whether regional prompting works on this pipeline: UNets with cross-attention (SD1.x, SD2, SDXL) and joint
-    attention (SD3, SD3.5, Flux.1)."""
-    return architecture_of(denoiser_of(pipe)).name in _ARCHITECTURES
+    """Whether regional prompting works on this pipeline: UNets with cross-attention (SD1.x, SD2, SDXL), and
+    transformers whose image tokens attend to text (SD3, SD3.5, and the DiT families that describe how, e.g. Flux)."""
+    return regional_text(pipe) is not None
 
 
 class Regional:
@@ -129,15 +133,20 @@ class Regional:
         self.spec = load_spec(spec)
         self.options = options
         self.architecture = architecture_of(denoiser_of(pipe)).name
-        if not supports(pipe):
-            raise AttnkitError(f"regional prompting needs an SD1.x, SD2, SDXL, SD3, SD3.5 or Flux.1 pipeline; "
-                               f"{type(pipe).__name__} is a {self.architecture} model.")
+        self.text = regional_text(pipe)
+        if self.text is None:
+            raise AttnkitError(
+                f"regional prompting needs image tokens that attend to text tokens: SD1.x, SD2, SDXL, SD3, SD3.5, or "
+                f"a DiT family whose text and image share attention ({', '.join(_regional_families())}); "
+                f"{type(pipe).__name__} is a {self.architecture} model, where attnkit offers no regional prompting.")
         unet = self.architecture == "unet"
-        if unet and options.max_sequence_length is not None:
-            raise AttnkitError("max_sequence_length sets T5 tokens per region; this UNet pipeline encodes with CLIP, "
-                               "which keeps 77 tokens. Leave it out.")
-        self.max_sequence_length = (_DEFAULT_MAX_SEQUENCE_LENGTH.get(self.architecture, 0) if
-                                    options.max_sequence_length is None else options.max_sequence_length)
+        if self.text.max_sequence_length is None and options.max_sequence_length is not None:
+            fixed = ", ".join(f"{name} keeps {keeps} tokens" for name, tokenizer, keeps in self.text.limits(pipe, None)
+                              if tokenizer is not None)
+            raise AttnkitError(f"max_sequence_length sets text tokens per region; this {type(pipe).__name__} encodes "
+                               f"text at fixed lengths ({fixed}). Leave it out.")
+        self.max_sequence_length = (self.text.max_sequence_length if options.max_sequence_length is None
+                                    else options.max_sequence_length)
         if options.method is not None and self.spec.method is not None and options.method != self.spec.method:
             raise AttnkitError(f"the spec says method {self.spec.method!r} and the options say {options.method!r}; "
                                "give the method in one place.")
@@ -159,7 +168,7 @@ class Regional:
                                + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
         # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings,
         # and an explicit "" (CFG against the empty prompt) counts as given.
-        with_negatives = self.architecture != "flux" or self.spec.negative is not None or any(
+        with_negatives = self.text.negative == "always" or self.spec.negative is not None or any(
             r.negative is not None for r in self.spec.regions)
         self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
                               pooled=self.options.pooled, negatives=self.options.negatives,
@@ -221,7 +230,7 @@ class Regional:
         everything else passed through."""
         if self.encoded is None or self._session is None:
             raise AttnkitError("regions(...) works inside `with attnkit.regional(pipe, spec) as regions:` only.")
-        clashing = sorted(set(kwargs) & set(_OWN_ARGUMENTS))
+        clashing = sorted(set(kwargs) & (set(_OWN_ARGUMENTS) | set(self.encoded.arguments)))
         if clashing:
             raise AttnkitError(f"{clashing} come from the region spec; leave them out of regions(...).")
         if seed is not None and "generator" in kwargs:
@@ -238,13 +247,7 @@ class Regional:
         if self.spec.pending:
             self._find_word_regions({**size, **kwargs})
         self.spec.check_grid(grid)
-        e = self.encoded
-        embeds = {"prompt_embeds": e.prompt_embeds, "pooled_prompt_embeds": e.pooled_prompt_embeds}
-        if e.negative_prompt_embeds is not None:
-            embeds |= {"negative_prompt_embeds": e.negative_prompt_embeds,
-                       "negative_pooled_prompt_embeds": e.negative_pooled_prompt_embeds}
-        embeds = {name: value for name, value in embeds.items() if value is not None}  # SD1.x takes no pooled
-        return {**embeds, **size, **kwargs}
+        return {**self.encoded.arguments, **size, **kwargs}
 
     def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
         """The size the pipeline generates: the init image's when there is one, else the asked or default size."""
@@ -258,10 +261,10 @@ class Regional:
         (and so does `self.spec` for whatever writes it next to the image)."""
         self._session.__exit__(None, None, None)
         self._session = None
-        if self.architecture in _DEFAULT_MAX_SEQUENCE_LENGTH:  # the base prompt's T5 tokens as in the regional pass
+        if self.max_sequence_length is not None:  # the base prompt's text tokens as in the regional pass
             kwargs = {**kwargs, "max_sequence_length": self.max_sequence_length}
         try:
-            self.spec = derive_word_masks(self.pipe, self.spec, kwargs, negative=self.architecture != "flux"
+            self.spec = derive_word_masks(self.pipe, self.spec, kwargs, negative=self.text.negative == "always"
                                           or self.spec.negative is not None)
         finally:
             self._attach()
