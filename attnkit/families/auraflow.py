@@ -55,5 +55,4 @@ FAMILY = DiT(
     streams=_streams,
     layout=_layout,
     timestep_scale=1000.0,  # the pipeline passes t / 1000
-    notes="MMDiT joint blocks then single-stream blocks over [8 registers | padded UMT5 text | image]",
 )

@@ -60,5 +60,4 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-999) unchanged
-    notes="self-attention over image tokens and cross-attention to padded T5 text (masked) in every block",
 )
