@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import attnkit
 from attnkit.families import dit_of
 from attnkit.families.auraflow import REGISTER_TOKENS
 from attnkit.testing import VOCABULARY_WORDS, build_pipeline
@@ -62,8 +63,7 @@ def test_register_tokens_lead_every_sequence(pipe) -> None:
     bound = inspect.signature(type(model).forward).bind_partial(model, **arguments).arguments
     grid = family.grid(bound, model)
     assert (grid.frames, grid.rows, grid.cols) == (1, 6, 10)
-    kinds = {name: family.site_of(name)[2] for name, module in model.named_modules()
-             if hasattr(module, "get_processor")}
+    kinds = {site.name.removesuffix(".processor"): site.kind for site in attnkit.sites(model)}
     assert sorted(set(kinds.values())) == ["joint", "single"]
     lengths = []
     original = F.scaled_dot_product_attention

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, Kind, Parts, SitePattern
+from . import DiT, Grid, Kind, Parts, RegionalText, SitePattern
 
 #: `AuraFlowTransformer2DModel.register_tokens` has 8 tokens in every release (hard-coded in the class).
 REGISTER_TOKENS = 8
@@ -40,6 +40,25 @@ def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid,
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(pipe.tokenizer, 0, text_tokens)]
 
+
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """`encode_prompt` pads every prompt to `max_sequence_length` and returns a mask the pipeline only checks (it
+    is the token mask expanded over the embedding width and flattened, (batch, tokens * width): joined along axis
+    1 it stays the concatenation of the prompts' masks); the transformer gets no mask."""
+    embeds, mask, _, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False,
+                                            max_sequence_length=max_sequence_length or 256)
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    return [("UMT5", pipe.tokenizer, max_sequence_length or 256)]
+
+
+#: How regional prompting would feed the pipeline, not attached yet: the regional mask treats every non-image part
+#: as region text, so the 8 register tokens ("pad") fail its text-length check; with "pad" tokens as seen by and
+#: seeing every token it is exact on the tiny pipeline (one whole-image region gives the plain latents).
+REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                        max_sequence_length=256, negative="always")  # guidance 3.5 by default: CFG
 
 FAMILY = DiT(
     name="auraflow",

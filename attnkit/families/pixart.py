@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, SitePattern
+from . import DiT, Grid, RegionalText, SitePattern
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -46,6 +46,25 @@ class _LowercasedTokenizer:
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(_LowercasedTokenizer(pipe.tokenizer), 0, text_tokens)]
 
+
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """Each prompt padded to `max_sequence_length` T5 tokens, with its token mask: the transformer turns the joined
+    mask into the cross-attention's key bias, so every prompt's padding stays masked in the joined text."""
+    embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, clean_caption=False,
+                                            max_sequence_length=max_sequence_length or 300)
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    return [("T5", pipe.tokenizer, max_sequence_length or 300)]
+
+
+#: How regional prompting would feed the pipeline (exact on the tiny pipeline: one whole-image region gives the plain
+#: latents bit for bit, image tokens give other regions' text probability 0), not attached yet: `PixArtSigmaPipeline`
+#: defaults `negative_prompt` to "" and refuses it together with `negative_prompt_embeds`, so the regional call needs
+#: `negative_prompt=None`, which `RegionalText` cannot say yet.
+REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                        max_sequence_length=300, negative="always")  # guidance 4.5 by default: CFG
 
 FAMILY = DiT(
     name="pixart",
