@@ -121,3 +121,15 @@ def test_timestep_scale_gives_scheduler_units(pipe) -> None:
         hook.remove()
     np.testing.assert_allclose([t * family.timestep_scale for t in seen], pipe.scheduler.timesteps.tolist(),
                                rtol=1e-5)
+
+
+def test_image_tokens_are_row_major_patches(pipe) -> None:
+    """A latent that differs from zero in one patch only changes one token of the patch embedding: r * cols + c."""
+    model = pipe.transformer
+    patch = model.config.patch_size
+    rows, cols, r, c = 6, 10, 4, 7
+    latent = torch.zeros(1, 4, rows * patch, cols * patch)
+    latent[..., r * patch + 1, c * patch] = 1.0
+    with torch.inference_mode():
+        changed = (model.pos_embed(latent) - model.pos_embed(torch.zeros_like(latent)))[0].abs().sum(-1)
+    assert changed.nonzero().flatten().tolist() == [r * cols + c]

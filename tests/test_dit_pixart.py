@@ -120,3 +120,15 @@ def test_cross_attention_gets_the_text_mask(pipe) -> None:
     # T5's own attention (text encoder) is in the list too; the transformer's calls are 256 image tokens of queries.
     assert (256, None) in masks  # self-attention: no mask
     assert (300, (2, heads, 1, 300)) in masks  # cross-attention: (batch with CFG, heads, 1, text) bias
+
+
+def test_image_tokens_are_row_major_patches(pipe) -> None:
+    """A latent that differs from zero in one patch only changes one token of the patch embedding: r * cols + c."""
+    model = pipe.transformer
+    patch = model.config.patch_size
+    rows, cols, r, c = 6, 10, 4, 7
+    latent = torch.zeros(1, 4, rows * patch, cols * patch)
+    latent[..., r * patch, c * patch + 1] = 1.0
+    with torch.inference_mode():
+        changed = (model.pos_embed(latent) - model.pos_embed(torch.zeros_like(latent)))[0].abs().sum(-1)
+    assert changed.nonzero().flatten().tolist() == [r * cols + c]
