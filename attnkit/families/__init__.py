@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
 
@@ -64,7 +64,9 @@ class RegionalText:
     `max_sequence_length`: the default text tokens per prompt (None: the encoder's fixed length, not settable).
     `negative`: "always" when the pipeline guides against a negative prompt by default, "given" when only when one
     is given (true CFG). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
-    to refuse prompts that would be cut short.
+    to refuse prompts that would be cut short. `arguments`: fixed keyword arguments every regional call of the
+    pipeline takes (e.g. `negative_prompt=None` where a pipeline's default negative prompt would clash with the
+    negative embeddings).
     """
 
     encode: Callable[[Any, list[str], int | None], dict[str, Any]]
@@ -73,6 +75,7 @@ class RegionalText:
     pooled: tuple[str, ...] = ()
     max_sequence_length: int | None = None
     negative: Literal["always", "given"] = "always"
+    arguments: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:

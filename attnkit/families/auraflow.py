@@ -54,9 +54,6 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("UMT5", pipe.tokenizer, max_sequence_length or 256)]
 
 
-#: How regional prompting would feed the pipeline, not attached yet: the regional mask treats every non-image part
-#: as region text, so the 8 register tokens ("pad") fail its text-length check; with "pad" tokens as seen by and
-#: seeing every token it is exact on the tiny pipeline (one whole-image region gives the plain latents).
 REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
                         max_sequence_length=256, negative="always")  # guidance 3.5 by default: CFG
 
@@ -74,4 +71,5 @@ FAMILY = DiT(
     streams=_streams,
     layout=_layout,
     timestep_scale=1000.0,  # the pipeline passes t / 1000
+    regional=REGIONAL,
 )

@@ -59,12 +59,9 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("T5", pipe.tokenizer, max_sequence_length or 300)]
 
 
-#: How regional prompting would feed the pipeline (exact on the tiny pipeline: one whole-image region gives the plain
-#: latents bit for bit, image tokens give other regions' text probability 0), not attached yet: `PixArtSigmaPipeline`
-#: defaults `negative_prompt` to "" and refuses it together with `negative_prompt_embeds`, so the regional call needs
-#: `negative_prompt=None`, which `RegionalText` cannot say yet.
 REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
-                        max_sequence_length=300, negative="always")  # guidance 4.5 by default: CFG
+                        max_sequence_length=300, negative="always",
+                        arguments={"negative_prompt": None})  # its default "" would clash with the embeddings  # guidance 4.5 by default: CFG
 
 FAMILY = DiT(
     name="pixart",
@@ -79,4 +76,5 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-999) unchanged
+    regional=REGIONAL,
 )
