@@ -68,8 +68,9 @@ def _prefix_tokens(pipe: Any) -> int:
     rendered = rendered[0] if isinstance(rendered, list) else rendered
     end = rendered.rfind("[/INST]")
     if end < 0:
-        raise AttnkitError("attnkit cannot find `[/INST]` in the Flux.2 chat template, so it cannot tell where the "
-                           "prompt's tokens are.")
+        raise AttnkitError(f"attnkit cannot find `[/INST]` in the chat template of {type(pipe).__name__}'s "
+                           "tokenizer, so it cannot tell where the prompt's tokens are: attnkit knows FLUX.2 [dev]'s "
+                           "Mistral template (Flux2Pipeline), not others (e.g. FLUX.2 [klein]'s Qwen3 template).")
     return len(_tokenizer(pipe)(rendered[:end], add_special_tokens=False)["input_ids"])
 
 
