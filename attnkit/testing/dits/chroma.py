@@ -24,9 +24,11 @@ _TEXT_WIDTH = 32
 _APPROXIMATOR_CHANNELS = 16  # 4 x the timestep/guidance/modulation-index projection width
 _DEFAULT_SAMPLE_SIZE = 16  # latent pixels: 16 * 4 = 64 px by default
 
-# lodestones/Chroma1-HD transformer/config.json: ChromaTransformer2DModel's defaults (FLUX.1-schnell's 19 double +
-# 38 single blocks of 24 heads x 128, T5-XXL width 4096, 64 packed channels; the approximator replaces the
-# per-block modulation MLPs: 64 input channels, hidden 5120, 5 layers).
+# lodestones/Chroma1-HD transformer/config.json, taken to be ChromaTransformer2DModel's defaults (the file itself
+# was not reachable offline): FLUX.1-schnell's 19 double + 38 single blocks of 24 heads x 128, T5-XXL width 4096,
+# 64 packed channels; the approximator replaces the per-block modulation MLPs (64 input channels, hidden 5120,
+# 5 layers). Built on meta it has 8.9B parameters, Chroma1's published size.
+# The scheduler is assumed to be FLUX.1's (FlowMatchEulerDiscreteScheduler, shift 3, dynamic shifting).
 FULL_SIZE = {
     "chroma1-hd": ("ChromaTransformer2DModel", {
         "patch_size": 1,

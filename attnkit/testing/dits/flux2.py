@@ -32,8 +32,8 @@ _TEXT_LAYERS = 30  # the pipeline reads hidden_states[10], [20], [30]
 _OUT_LAYERS = 3
 _DEFAULT_SAMPLE_SIZE = 16  # latent pixels: 16 * 4 = 64 px by default
 
-# The release's scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler, dynamic shifting; the pipeline
-# passes its own empirical `mu`).
+# The release's scheduler: FlowMatchEulerDiscreteScheduler with dynamic shifting (the pipeline passes its own
+# empirical `mu`). Assumed, not read from FLUX.2-dev's scheduler_config.json (offline): FLUX.1's values.
 _SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "shift": 3.0,
@@ -45,9 +45,10 @@ _SCHEDULER_CONFIG = {
     "time_shift_type": "exponential",
 }
 
-# black-forest-labs/FLUX.2-dev transformer/config.json: these are also Flux2Transformer2DModel's defaults
-# (8 double-stream + 48 single-stream blocks, 48 heads x 128, 128 latent channels after 2x2 patchify of the
-# 32-channel VAE, Mistral-Small hidden 5120 x 3 stacked layers = 15360).
+# black-forest-labs/FLUX.2-dev transformer/config.json, taken to be Flux2Transformer2DModel's defaults (the file
+# itself was not reachable offline): 8 double-stream + 48 single-stream blocks, 48 heads x 128, 128 latent channels
+# after 2x2 patchify of the 32-channel VAE, Mistral-Small hidden 5120 x 3 stacked layers = 15360. Built on meta it
+# has 32.2B parameters, FLUX.2 [dev]'s published size.
 FULL_SIZE = {
     "flux2-dev": ("Flux2Transformer2DModel", {
         "patch_size": 1,
