@@ -192,7 +192,7 @@ class _StateHook(ModelHook):
         state.forwards += 1
         if self.dit is not None:
             grid = self.dit.grid(bound, module)
-            stride = self.dit.stride
+            stride = self.dit.stride_of(module)
             state.latent, state.frames = (grid.frames * grid.rows * stride, grid.cols * stride), grid.frames
             state.text_tokens = self.dit.text_tokens(bound)
             batch = _batch(bound)
