@@ -8,9 +8,12 @@ A 64 px image is 8x8 = 64 tokens (VAE 4x, then the pipeline's 2x2 patchify); the
 10, 20 and 30 (`text_encoder_out_layers`), so the tiny Mistral has 30 (narrow) layers, the fewest that make the
 default call work, and the transformer's `joint_attention_dim` is 3x its width.
 
-The release's `tokenizer` component is a `PixtralProcessor` (tokenizer + image processor). transformers can only
-build that class with torchvision installed; without it the component is the processor's tokenizer itself, which
-the pipeline's text-to-image path calls the same way (`apply_chat_template`) with the same token ids.
+The release's `tokenizer` component is a `PixtralProcessor` (tokenizer + Pixtral image processor); transformers 5
+only builds that class with torchvision, which this environment lacks. The component here is the processor's
+tokenizer itself (transformers' `TokenizersBackend`, with the chat template): the pipeline's text-to-image path
+only calls `tokenizer.apply_chat_template(...)`, which gives the same token ids either way. What needs the real
+processor: image inputs to the text encoder and caption upsampling (`caption_upsample_temperature`, which calls
+`tokenizer.tokenizer.batch_decode` and generates text).
 """
 
 from __future__ import annotations
@@ -67,18 +70,6 @@ FULL_SIZE = {
         "guidance_embeds": True,
     }),
 }
-
-
-def _processor_or_tokenizer(tokenizer: Any) -> Any:
-    """The release's PixtralProcessor around `tokenizer` where transformers can build it (needs torchvision)."""
-    try:
-        from transformers.models.pixtral.image_processing_pixtral import PixtralImageProcessor
-        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
-    except ImportError:
-        return tokenizer
-    image_processor = PixtralImageProcessor(patch_size=14, size={"longest_edge": 1540})
-    return PixtralProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                            spatial_merge_size=2, chat_template=tokenizer.chat_template)
 
 
 def _text_encoder(tokenizer: Any) -> Any:
@@ -156,7 +147,7 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
             scheduler=FlowMatchEulerDiscreteScheduler(**_SCHEDULER_CONFIG),
             vae=vae,
             text_encoder=text_encoder,
-            tokenizer=_processor_or_tokenizer(tokenizer),
+            tokenizer=tokenizer,
             transformer=transformer,
         )
     pipe.default_sample_size = _DEFAULT_SAMPLE_SIZE
