@@ -185,6 +185,7 @@ class _StateHook(ModelHook):
         self.signature = inspect.signature(type(model).forward)
         self.contexts = _ContextName()
         self.steps = StepReader()
+        self.forwards_in_step = 0
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
@@ -204,9 +205,11 @@ class _StateHook(ModelHook):
             state.latent = int(sample.shape[-2]), int(sample.shape[-1])
             batch = int(sample.shape[0])
         state.timestep = None if timestep is None else self._timestep(timestep)
-        state.branches = self._branches(batch)
+        step = state.step
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
+        self.forwards_in_step = self.forwards_in_step + 1 if state.step == step and step is not None else 0
+        state.branches = self._branches(batch)
         return args, kwargs
 
     def _timestep(self, timestep: Any) -> float:
@@ -217,6 +220,9 @@ class _StateHook(ModelHook):
     def _branches(self, batch: int) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):
             return (self.contexts.name,) * batch
+        if self.dit is not None and self.dit.cfg == "sequential":  # cond, then uncond, as forwards of their own
+            guided = self._guided()
+            return ("uncond" if guided and self.forwards_in_step % 2 else "cond",) * batch
         if self._guided() and batch % 2 == 0:
             return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
         return ("cond",) * batch
@@ -236,5 +242,6 @@ class _StateHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
+        self.forwards_in_step = 0
         return module
 

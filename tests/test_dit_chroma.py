@@ -87,11 +87,13 @@ def test_word_maps_are_exact_under_the_additive_mask_without_cfg(pipe):
     assert torch.allclose(trace.maps.double(), reference, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="ChromaPipeline runs CFG as a second forward per step (negative prompt) "
-                   "without diffusers' cache_context('uncond'); attnkit's session labels it 'cond'")
 def test_the_negative_prompt_forward_is_the_uncond_branch(pipe):
     site = next(s for s in attnkit.sites(pipe) if s.kind == "joint")
     keep = _Keep()
     with attnkit.attach(pipe, keep, [site]), torch.inference_mode():
         pipe(PROMPT, num_inference_steps=1, guidance_scale=5.0, output_type="latent")
     assert [branches for _, branches, *_ in keep.calls] == [("cond",), ("uncond",)]
+    keep.calls.clear()
+    with attnkit.attach(pipe, keep, [site]), torch.inference_mode():  # two prompts: still one forward per branch
+        pipe([PROMPT, "a blue square"], num_inference_steps=2, guidance_scale=5.0, output_type="latent")
+    assert [branches for _, branches, *_ in keep.calls] == [("cond", "cond"), ("uncond", "uncond")] * 2

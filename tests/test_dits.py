@@ -39,7 +39,7 @@ def family_pipe(request):
 def _generate(pipe, **options):
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        out = pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="latent", **options)
+        out = pipe(prompt=PROMPT, num_inference_steps=2, generator=generator, output_type="latent", **options)
     images = getattr(out, "images", None)
     return images if images is not None else out.frames
 
@@ -132,7 +132,7 @@ def test_inspect_shapes_agree_with_the_stock_run(family_pipe, monkeypatch):
              pipe.transformer.register_forward_hook(lambda *_: denoising.clear())]
     try:
         with torch.inference_mode():
-            pipe(PROMPT, num_inference_steps=1, output_type="latent")
+            pipe(prompt=PROMPT, num_inference_steps=1, output_type="latent")
     finally:
         for hook in hooks:
             hook.remove()

@@ -63,7 +63,7 @@ class RegionalText:
     regions or taken from the base prompt. Negative prompts go to the same arguments prefixed `negative_`.
     `max_sequence_length`: the default text tokens per prompt (None: the encoder's fixed length, not settable).
     `negative`: "always" when the pipeline guides against a negative prompt by default, "given" when only when one
-    is given (true CFG). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
+    is given (true CFG), "never" when it takes none (guidance-distilled models). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
     to refuse prompts that would be cut short. `arguments`: fixed keyword arguments every regional call of the
     pipeline takes (e.g. `negative_prompt=None` where a pipeline's default negative prompt would clash with the
     negative embeddings).
@@ -74,7 +74,7 @@ class RegionalText:
     limits: Callable[[Any, int | None], list[tuple[str, Any, int]]]
     pooled: tuple[str, ...] = ()
     max_sequence_length: int | None = None
-    negative: Literal["always", "given"] = "always"
+    negative: Literal["always", "given", "never"] = "always"
     arguments: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -106,6 +106,8 @@ class DiT:
       sequences hold anything else (padding, reference images) gives its own.
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000).
     - `video`: whether the image tokens span several frames.
+    - `cfg`: how the pipeline runs classifier-free guidance without naming its branches (`cache_context`):
+      "batched" ([uncond, cond] in one batch) or "sequential" (a cond forward, then an uncond one, per step).
     - `regional`: how regional prompting feeds the pipeline (None: regional prompting is not available, e.g. where
       image tokens never attend to text tokens jointly).
     """
@@ -122,6 +124,7 @@ class DiT:
     layout: Callable[[DiT, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     video: bool = False
+    cfg: Literal["batched", "sequential"] = "batched"
     regional: RegionalText | None = None
 
     def parts(self, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None) -> tuple[Parts, Parts]:

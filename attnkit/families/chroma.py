@@ -56,4 +56,5 @@ FAMILY = DiT(
     timestep_scale=1000.0,
     regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
                           max_sequence_length=512, negative="always"),
+    cfg="sequential",  # ChromaPipeline runs the negative prompt as a forward of its own after the prompt's
 )

@@ -107,5 +107,5 @@ FAMILY = DiT(
     layout=_layout,
     timestep_scale=1000.0,
     # Flux2Pipeline has no negative prompt (guidance-distilled: `guidance_scale` is embedded, no CFG batch).
-    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=512, negative="given"),
+    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=512, negative="never"),
 )

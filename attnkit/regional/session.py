@@ -168,8 +168,11 @@ class Regional:
                                + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
         # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings,
         # and an explicit "" (CFG against the empty prompt) counts as given.
-        with_negatives = self.text.negative == "always" or self.spec.negative is not None or any(
-            r.negative is not None for r in self.spec.regions)
+        given = self.spec.negative is not None or any(r.negative is not None for r in self.spec.regions)
+        if given and self.text.negative == "never":
+            raise AttnkitError(f"{type(self.pipe).__name__} takes no negative prompt (its guidance is distilled into "
+                               "the model): remove `negative` from the spec and its regions.")
+        with_negatives = self.text.negative == "always" or given
         self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
                               pooled=self.options.pooled, negatives=self.options.negatives,
                               with_negatives=with_negatives)
