@@ -53,7 +53,7 @@ class _Layouts(attnkit.processors.Control):
 def test_layouts_mark_the_padding_to_multiples_of_32(pipe):
     keep = _Layouts()
     with attnkit.attach(pipe, keep), torch.inference_mode():  # no CFG: one batch item
-        pipe(PROMPT, height=5 * 128, width=7 * 128, num_inference_steps=2, guidance_scale=0.0, output_type="latent")
+        pipe(PROMPT, height=5 * 64, width=7 * 64, num_inference_steps=2, guidance_scale=0.0, output_type="latent")
     image, image_pad, text, text_pad = 35, 29, 16, 16
     layout, grid = keep.seen["noise_refiner.0.attention.processor"]
     assert tuple(grid) == (5, 7)
