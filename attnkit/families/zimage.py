@@ -92,6 +92,8 @@ FAMILY = DiT(
     streams=_streams,
     text_tokens=_text_tokens,
     layout=_layout,
+    # the forward's `t` is (1000 - timestep) / 1000, which no factor turns into scheduler units: the session reads a
+    # `timestep` argument only (Z-Image's has another name), so it needs a per-family reader (see the branch notes)
     timestep_scale=1000.0,
     # regional prompting needs what the mechanism does not have yet: "pad" parts that every query sees (Z-Image
     # attends to its pad tokens), per-item text lengths within one batch (cond and uncond captions differ), and the
