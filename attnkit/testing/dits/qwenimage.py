@@ -43,7 +43,7 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 #: Qwen/Qwen-Image, ``transformer/config.json`` (its "pooled_projection_dim": 768 is not an argument of the diffusers
-#: class and is left out). Qwen-Image-2512 and the Edit releases share this denoiser config.
+#: class and is left out).
 FULL_SIZE: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen-image": ("QwenImageTransformer2DModel", {
         "patch_size": 2,
