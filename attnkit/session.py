@@ -10,6 +10,7 @@ nest, and may end in any order.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -192,7 +193,7 @@ class _StateHook(ModelHook):
         state.forwards += 1
         if self.dit is not None:
             grid = self.dit.grid(bound, module)
-            stride = self.dit.stride
+            stride = self.dit.stride_of(module)
             state.latent, state.frames = (grid.frames * grid.rows * stride, grid.cols * stride), grid.frames
             state.text_tokens = self.dit.text_tokens(bound)
             batch = _batch(bound)
@@ -216,9 +217,22 @@ class _StateHook(ModelHook):
     def _branches(self, batch: int) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):
             return (self.contexts.name,) * batch
-        if getattr(self.pipeline, "do_classifier_free_guidance", False) and batch % 2 == 0:
+        if self._guided() and batch % 2 == 0:
             return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
         return ("cond",) * batch
+
+    def _guided(self) -> bool:
+        """Whether the pipeline batches [uncond, cond]: its `do_classifier_free_guidance` property, else (PixArt,
+        AuraFlow and other pipelines that keep it in a local of `__call__`) that local of the running `__call__`."""
+        guided = getattr(self.pipeline, "do_classifier_free_guidance", None)
+        if guided is not None or self.pipeline is None:
+            return bool(guided)
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is self.pipeline:
+                return bool(frame.f_locals.get("do_classifier_free_guidance", False))
+            frame = frame.f_back
+        return False
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()

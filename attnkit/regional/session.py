@@ -230,7 +230,7 @@ class Regional:
         everything else passed through."""
         if self.encoded is None or self._session is None:
             raise AttnkitError("regions(...) works inside `with attnkit.regional(pipe, spec) as regions:` only.")
-        clashing = sorted(set(kwargs) & (set(_OWN_ARGUMENTS) | set(self.encoded.arguments)))
+        clashing = sorted(set(kwargs) & (set(_OWN_ARGUMENTS) | set(self.encoded.arguments) | set(self.text.arguments)))
         if clashing:
             raise AttnkitError(f"{clashing} come from the region spec; leave them out of regions(...).")
         if seed is not None and "generator" in kwargs:
@@ -247,7 +247,7 @@ class Regional:
         if self.spec.pending:
             self._find_word_regions({**size, **kwargs})
         self.spec.check_grid(grid)
-        return {**self.encoded.arguments, **size, **kwargs}
+        return {**self.encoded.arguments, **self.text.arguments, **size, **kwargs}
 
     def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
         """The size the pipeline generates: the init image's when there is one, else the asked or default size."""
