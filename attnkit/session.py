@@ -189,7 +189,7 @@ class _StateHook(ModelHook):
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        timestep = bound.get("timestep")
+        timestep = self.dit.timestep(bound) if self.dit is not None and self.dit.timestep else bound.get("timestep")
         state = self.state
         state.forwards += 1
         if self.dit is not None:
@@ -215,7 +215,7 @@ class _StateHook(ModelHook):
     def _timestep(self, timestep: Any) -> float:
         """The timestep in the scheduler's units (0-1000): Flux pipelines, for one, pass it / 1000."""
         value = float(torch.as_tensor(timestep).flatten()[0])
-        return value * self.dit.timestep_scale if self.dit is not None else value
+        return value * self.dit.timestep_scale if self.dit is not None and not self.dit.timestep else value
 
     def _branches(self, batch: int) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):
@@ -224,7 +224,8 @@ class _StateHook(ModelHook):
             guided = self._guided()
             return ("uncond" if guided and self.forwards_in_step % 2 else "cond",) * batch
         if self._guided() and batch % 2 == 0:
-            return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
+            halves = ("uncond",) * (batch // 2), ("cond",) * (batch // 2)
+            return halves[1] + halves[0] if self.dit is not None and self.dit.cfg == "cond-first" else halves[0] + halves[1]
         return ("cond",) * batch
 
     def _guided(self) -> bool:

@@ -24,8 +24,8 @@ from .families import DiT, dit_of, dits
 __all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "choose", "sites", "denoiser_of",
            "architecture_of"]
 
-Kind = Literal["self", "cross", "joint", "single", "self2"]
-KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2")
+Kind = Literal["self", "cross", "joint", "single", "self2", "text"]
+KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2", "text")
 _STAGE_ORDER = {"down": 0, "mid": 1, "up": 2}  # UNet stages; a DiT's come in the order of its `SitePattern`s
 
 

@@ -65,6 +65,7 @@ def test_layouts_mark_the_padding_to_multiples_of_32(pipe):
     assert layout.span("queries", "text") == slice(image + image_pad, image + image_pad + text)
 
 
-def test_a_refiner_call_as_long_as_either_stream_is_an_error():
-    with pytest.raises(attnkit.errors.AttnkitError, match="cannot tell them apart"):
-        FAMILY.parts("self", 32, 32, Grid(1, 4, 4), 20)  # 16 image tokens and 20 caption tokens both pad to 32
+def test_refiners_as_long_as_each_other_are_told_apart_by_their_kind():
+    # 16 image tokens and 20 caption tokens both pad to 32: the noise refiner is "self", the context refiner "text"
+    assert FAMILY.parts("self", 32, 32, Grid(1, 4, 4), 20) == ((("image", 16), ("pad", 16)),) * 2
+    assert FAMILY.parts("text", 32, 32, Grid(1, 4, 4), 20) == ((("text", 20), ("pad", 12)),) * 2

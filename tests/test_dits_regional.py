@@ -59,7 +59,7 @@ def test_image_tokens_of_one_region_give_the_other_regions_text_probability_zero
     kept = _Probabilities()
     with attnkit.regional(pipe, LEFT_RIGHT) as call:
         with attnkit.attach(pipe, kept, [site]):
-            _latents(pipe, **call(seed=0, num_inference_steps=1))
+            _latents(pipe, **call(seed=0, num_inference_steps=2))
         text_owners = call.encoded.text_owners("cond")
     cond, probabilities, grid = kept.kept[0]
     owners = call.spec.owners(grid).flatten()

@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["DiT", "SitePattern", "Grid", "RegionalText", "dits", "dit_of"]
 
-Kind = Literal["self", "cross", "joint", "single", "self2"]
+Kind = Literal["self", "cross", "joint", "single", "self2", "text"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,10 @@ class DiT:
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000).
     - `video`: whether the image tokens span several frames.
     - `cfg`: how the pipeline runs classifier-free guidance without naming its branches (`cache_context`):
-      "batched" ([uncond, cond] in one batch) or "sequential" (a cond forward, then an uncond one, per step).
+      in one batch, "uncond-first" (diffusers' usual [uncond, cond]) or "cond-first", or "sequential" (a cond
+      forward, then an uncond one, per step).
+    - `timestep`: the forward's timestep in scheduler units, where it is not its `timestep` argument times
+      `timestep_scale`.
     - `regional`: how regional prompting feeds the pipeline (None: regional prompting is not available, e.g. where
       image tokens never attend to text tokens jointly).
     """
@@ -124,7 +127,8 @@ class DiT:
     layout: Callable[[DiT, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     video: bool = False
-    cfg: Literal["batched", "sequential"] = "batched"
+    cfg: Literal["uncond-first", "cond-first", "sequential"] = "uncond-first"
+    timestep: Callable[[Mapping[str, Any]], Any] | None = None
     regional: RegionalText | None = None
 
     def parts(self, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None) -> tuple[Parts, Parts]:
@@ -134,6 +138,8 @@ class DiT:
         image = ("image", grid.tokens)
         if kind in ("self", "self2"):
             return (image,), (image,)
+        if kind == "text":
+            return (("text", queries),), (("text", keys),)
         if kind == "cross":
             return (image,), (("text", keys),)
         sequence = (("text", queries - grid.tokens), image)

@@ -51,18 +51,10 @@ def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid, text_t
         text = text_tokens if text_tokens is not None else queries - image - image_pad
         sequence = (("image", image), ("pad", image_pad), ("text", text), ("pad", queries - image - image_pad - text))
         return sequence, sequence
-    # "self": the noise refiner (image, padded) or the context refiner (caption, padded, then batch padding). The
-    # kind does not tell them apart; the lengths do unless the caption is padded to as many tokens as the image.
-    if queries == image + image_pad and (text_tokens is None or _padded(text_tokens) != queries):
+    if kind == "self":  # the noise refiner: the image, padded
         sequence = (("image", image), ("pad", image_pad))
         return sequence, sequence
-    if queries == image + image_pad:
-        raise AttnkitError(
-            f"a Z-Image refiner attention call of {queries} tokens could be the image's ({image} tokens, padded) or "
-            f"the caption's ({text_tokens} tokens, padded): attnkit cannot tell them apart at this image size. Select "
-            "the `single` sites (layers.*) or use another image size."
-        )
-    text = text_tokens if text_tokens is not None else queries
+    text = text_tokens if text_tokens is not None else queries  # the context refiner: the caption, padded
     sequence = (("text", text), ("pad", queries - text))
     return sequence, sequence
 
@@ -84,7 +76,7 @@ FAMILY = DiT(
     model="ZImageTransformer2DModel",
     processors=("ZSingleStreamAttnProcessor",),
     sites=(SitePattern(r"noise_refiner\.(\d+)\.attention", "noise_refiner", "self"),
-           SitePattern(r"context_refiner\.(\d+)\.attention", "context_refiner", "self"),
+           SitePattern(r"context_refiner\.(\d+)\.attention", "context_refiner", "text"),
            SitePattern(r"layers\.(\d+)\.attention", "single", "single")),
     order="image",
     stride=2,
@@ -92,11 +84,8 @@ FAMILY = DiT(
     streams=_streams,
     text_tokens=_text_tokens,
     layout=_layout,
-    # the forward's `t` is (1000 - timestep) / 1000, which no factor turns into scheduler units: the session reads a
-    # `timestep` argument only (Z-Image's has another name), so it needs a per-family reader (see the branch notes)
-    timestep_scale=1000.0,
-    # regional prompting needs what the mechanism does not have yet: "pad" parts that every query sees (Z-Image
-    # attends to its pad tokens), per-item text lengths within one batch (cond and uncond captions differ), and the
-    # cond-first CFG batch order of this pipeline
-    regional=None,
+    timestep=lambda bound: 1000 * (1 - bound["t"]),  # the forward's `t` is (1000 - timestep) / 1000
+    cfg="cond-first",
+    # no regional prompting: one call's layout holds one caption length, and a CFG batch's cond and uncond captions
+    # differ in length (each padded on its own)
 )
