@@ -30,7 +30,7 @@ def pipe():
     return build_pipeline("tiny-sana")
 
 
-def _forward_arguments(pipe, **options):
+def _forward_arguments(pipe, prompt=PROMPT, **options):
     seen = []
 
     def hook(module, args, kwargs):
@@ -39,7 +39,7 @@ def _forward_arguments(pipe, **options):
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.inference_mode():
-            pipe(prompt=PROMPT, num_inference_steps=1, output_type="latent", **options)
+            pipe(prompt=prompt, num_inference_steps=1, output_type="latent", **options)
     finally:
         handle.remove()
     return seen[0]
@@ -53,21 +53,22 @@ def test_every_vocabulary_word_is_one_token_alone_and_after_a_space():
     assert tokenizer("a").input_ids[0] == tokenizer.bos_token_id
 
 
-def test_word_positions_are_the_prompt_tokens_the_transformer_sees(pipe):
+@pytest.mark.parametrize("prompt", [PROMPT, "  A Red CIRCLE next to a Blue square"])
+def test_word_positions_are_the_prompt_tokens_the_transformer_sees(pipe, prompt):
     ids = []
     handle = pipe.text_encoder.register_forward_pre_hook(
         lambda module, args, kwargs: ids.append((args[0] if args else kwargs["input_ids"]).clone()), with_kwargs=True)
     try:
-        _forward_arguments(pipe)
+        _forward_arguments(pipe, prompt)
     finally:
         handle.remove()
     max_length = 300  # the pipeline's default max_sequence_length: <bos> and the last 299 positions are kept
     seen = ids[0][0, [0, *range(-max_length + 1, 0)]]  # the prompt is encoded first, then the negative
-    words = prompt_tokens(pipe, PROMPT, max_length).words
-    assert [w.text for w in words] == PROMPT.split()
-    for word in words:
+    words = prompt_tokens(pipe, prompt, max_length).words
+    assert [w.text for w in words] == prompt.split()
+    for word in words:  # the pipeline encodes the prompt lower-cased
         (position,) = word.positions
-        assert pipe.tokenizer.decode([int(seen[position])]).strip() == word.text
+        assert pipe.tokenizer.decode([int(seen[position])]).strip() == word.text.lower()
 
 
 def test_grid_and_token_order_follow_the_transformers_patching(pipe):

@@ -16,6 +16,7 @@ The cross-attention (`attn2`, `SanaAttnProcessor2_0`) calls `F.scaled_dot_produc
 Text: the pipeline prepends its long "complex human instruction" to the prompt, pads to instruction + 298 tokens
 and keeps `<bos>` plus the last 299 positions, so the transformer sees 300 text tokens: `<bos>`, the prompt's
 tokens, padding — the same positions as a plain `tokenizer(prompt)`, whose first word merely lacks the leading "▁".
+The pipeline lower-cases and strips the prompt first (without `clean_caption`); the stream tokenizes it the same way.
 The timestep is passed in scheduler units (times `config.timestep_scale`, 1.0 in the Sana releases); patch size 1.
 """
 
@@ -42,9 +43,32 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(1, hidden.shape[-2] // patch, hidden.shape[-1] // patch)
 
 
+class _AsSanaTokenizes:
+    """The pipeline's tokenizer on the prompt as `SanaPipeline._text_preprocessing` leaves it without
+    `clean_caption` (lower-cased, stripped), with character offsets into the prompt as given."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, prompt: str, **options: Any) -> Any:
+        text = prompt.lower()
+        if len(text) != len(prompt):  # a character whose lower case is longer: offsets would not line up
+            text = prompt
+        lead = len(text) - len(text.lstrip())
+        encoded = self.tokenizer(text.strip(), **options)
+        if "offset_mapping" in encoded:
+            encoded["offset_mapping"] = [(start + lead, end + lead) if end > start else (start, end)
+                                         for start, end in encoded["offset_mapping"]]
+        return encoded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
-    """`<bos>` then the prompt's tokens from position 0, as `tokenizer(prompt)` gives them (see the module doc)."""
-    return [(pipe.tokenizer, 0, text_tokens)]
+    """`<bos>` then the prompt's tokens from position 0, as `tokenizer(prompt)` gives them (see the module doc), on
+    the lower-cased prompt the pipeline encodes (`clean_caption=True` would clean it further: not followed)."""
+    return [(_AsSanaTokenizes(pipe.tokenizer), 0, text_tokens)]
 
 
 FAMILY = DiT(
