@@ -10,7 +10,8 @@ attention is asked for) and the mask above.
 
 The text the transformer sees is `system prompt + " <Prompt Start> " + prompt` (`pipe.system_prompt`, unless the call
 passes `system_prompt=`), `<bos>` first; the prompt's tokens come after the prefix. The classifier-free guidance
-branches are separate forwards (cond, then uncond, each of the prompt batch size), without `cache_context`. The
+branches are separate forwards (cond, then uncond, each of the prompt batch size; the uncond one is skipped after
+`cfg_trunc_ratio` of the steps), without `cache_context`: `cfg="sequential"`. The
 forward's timestep is `1 - t / 1000`: 0 is noise, 1 the image (reversed against the scheduler).
 """
 
@@ -87,10 +88,11 @@ FAMILY = DiT(
            SitePattern(r"noise_refiner\.(\d+)\.attn", "noise", "self"),
            SitePattern(r"layers\.(\d+)\.attn", "joint", "joint")),
     order="text",
-    stride=2,  # patch size 2 in the release
+    stride=lambda model: int(model.config.patch_size),  # 2 in the release
     grid=_grid,
     streams=_streams,
     text_tokens=_text_tokens,
     layout=_layout,
+    cfg="sequential",
     timestep_scale=1000.0,  # NB: the forward's timestep is 1 - t/1000, so this reads 1000 - t (see the report)
 )

@@ -78,7 +78,7 @@ FAMILY = DiT(
     sites=(SitePattern(r"transformer_blocks\.(\d+)\.attn1", "linear", "self"),
            SitePattern(r"transformer_blocks\.(\d+)\.attn2", "cross", "cross")),
     order="image",
-    stride=1,  # patch size 1 in every Sana release; `_grid` reads the model's own
+    stride=lambda model: int(model.config.patch_size),  # 1 in every Sana release
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,
