@@ -12,12 +12,12 @@ import torch
 
 pytest.importorskip("diffusers.pipelines.lumina2")
 
-import attnkit  # noqa: E402
-from attnkit.errors import AttnkitError  # noqa: E402
-from attnkit.families import Grid, dit_of, dits  # noqa: E402
-from attnkit.maps.tokens import prompt_tokens  # noqa: E402
-from attnkit.processors import Control  # noqa: E402
-from attnkit.testing import build_pipeline  # noqa: E402
+import attnkit
+from attnkit.errors import AttnkitError
+from attnkit.families import Grid, dit_of, dits
+from attnkit.maps.tokens import prompt_tokens
+from attnkit.processors import Control
+from attnkit.testing import build_pipeline
 
 PROMPT = "a red circle next to a blue square"
 

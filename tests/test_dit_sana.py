@@ -12,14 +12,14 @@ import torch
 
 pytest.importorskip("diffusers.pipelines.sana")
 
-import attnkit  # noqa: E402
-from attnkit.errors import AttnkitError  # noqa: E402
-from attnkit.families import dit_of  # noqa: E402
-from attnkit.families.sana import NOT_SOFTMAX  # noqa: E402
-from attnkit.maps.tokens import prompt_tokens  # noqa: E402
-from attnkit.processors import Control  # noqa: E402
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline  # noqa: E402
-from attnkit.testing.dits._gemma_tokenizer import tiny_gemma_tokenizer  # noqa: E402
+import attnkit
+from attnkit.errors import AttnkitError
+from attnkit.families import dit_of
+from attnkit.families.sana import NOT_SOFTMAX
+from attnkit.maps.tokens import prompt_tokens
+from attnkit.processors import Control
+from attnkit.testing import VOCABULARY_WORDS, build_pipeline
+from attnkit.testing.dits._gemma_tokenizer import tiny_gemma_tokenizer
 
 PROMPT = "a red circle next to a blue square"
 
@@ -99,6 +99,5 @@ def test_a_control_at_a_linear_site_is_refused_naming_it(pipe):
         name = "nothing"
 
     site = next(s for s in attnkit.sites(pipe) if s.stage == "linear")
-    with pytest.raises(AttnkitError, match=r"attn1.*SanaLinearAttnProcessor2_0"):
-        with attnkit.attach(pipe, Nothing(), [site]):
-            pass
+    with pytest.raises(AttnkitError, match=r"attn1.*SanaLinearAttnProcessor2_0"), attnkit.attach(pipe, Nothing(), [site]):
+        pass

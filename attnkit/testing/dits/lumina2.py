@@ -76,7 +76,11 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
     if not hasattr(diffusers, "Lumina2Pipeline"):
         raise AttnkitError(f"tiny-lumina2 needs diffusers' Lumina2Pipeline (diffusers >= 0.33); this is diffusers "
                            f"{diffusers.__version__}.")
-    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        Lumina2Pipeline,
+        Lumina2Transformer2DModel,
+    )
 
     tokenizer = tiny_gemma_tokenizer()
     with _seeded(seed):

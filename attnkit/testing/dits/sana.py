@@ -142,7 +142,11 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
     if not hasattr(diffusers, "SanaPipeline"):
         raise AttnkitError(f"tiny-sana needs diffusers' SanaPipeline (diffusers >= 0.32); this is diffusers "
                            f"{diffusers.__version__}.")
-    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        SanaPipeline,
+        SanaTransformer2DModel,
+    )
 
     tokenizer = tiny_gemma_tokenizer()
     with _seeded(seed):
