@@ -166,6 +166,18 @@ def test_word_maps_are_probabilities_equal_to_an_fp64_softmax(family_pipe):
     assert torch.allclose(tc.maps.double(), reference, atol=1e-5)
 
 
+def test_video_word_maps_split_into_one_map_per_latent_frame(family_pipe):
+    name, pipe = family_pipe
+    if not FAMILIES[name].video:
+        pytest.skip("an image model")
+    with maps.trace(pipe, prompt=PROMPT) as tc:
+        latents = _generate(pipe)
+    frames = tc.frame_maps("circle")
+    heat = tc.heatmap("circle")
+    assert frames.shape[0] == tc.recorder.frames > 1 and frames.shape[1] * frames.shape[0] == heat.shape[0]
+    assert torch.equal(frames.flatten(0, 1), heat) and latents.ndim == 5
+
+
 def test_an_undescribed_attention_module_is_an_error_naming_it(family_pipe):
     from diffusers.models.attention_processor import Attention
 
