@@ -11,6 +11,7 @@ falls back to bytes. Merges are learned deterministically (ties to the smallest 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from functools import lru_cache
 from itertools import pairwise
@@ -59,21 +60,32 @@ def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
     return out
 
 
+def _pre_tokens(text: str) -> list[str]:
+    """`text`'s pre-tokens under Llama 3's split, special tokens left out."""
+    from tokenizers import Regex, pre_tokenizers
+
+    split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False)
+    plain = [part for part in re.split("|".join(re.escape(t) for t in _SPECIALS), text) if part]
+    return [piece for part in plain for piece, _ in split.pre_tokenize_str(part)]
+
+
 @lru_cache(maxsize=4)
-def _vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+def _vocab_and_merges(words: tuple[str, ...], texts: tuple[str, ...]) -> tuple[dict[str, int],
+                                                                             tuple[tuple[str, str], ...]]:
     from tokenizers import pre_tokenizers
 
     pieces = [_byte_level(w) for word in words for w in (word, " " + word)]
+    pieces += [_byte_level(piece) for text in texts for piece in _pre_tokens(text)]
     merges = _learn_merges(pieces)
     tokens = [*sorted(pre_tokenizers.ByteLevel.alphabet()), *(left + right for left, right in merges)]
     return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
 
 
-def _backend(words: tuple[str, ...]):
+def _backend(words: tuple[str, ...], texts: tuple[str, ...]):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    vocab, merges = _vocab_and_merges(words)
+    vocab, merges = _vocab_and_merges(words, texts)
     vocab = dict(vocab)
     for special in _SPECIALS:
         vocab[special] = len(vocab)
@@ -94,14 +106,16 @@ def _backend(words: tuple[str, ...]):
     return backend
 
 
-def tiny_llama3_tokenizer(extra_words: tuple[str, ...] = (), *, cls: str = "PreTrainedTokenizerFast",
-                          eos_token: str = EOT, pad_token: str | None = None, model_max_length: int = 131072):
+def tiny_llama3_tokenizer(extra_words: tuple[str, ...] = (), *, texts: tuple[str, ...] = (),
+                          cls: str = "PreTrainedTokenizerFast", eos_token: str = EOT, pad_token: str | None = None,
+                          model_max_length: int = 131072):
     """A Llama 3 tokenizer of transformers class `cls` in which every word of `VOCABULARY_WORDS` + `extra_words` is
-    one token (with or without a leading space); special tokens take the last ids."""
+    one token (with or without a leading space), and so is every pre-token of `texts` (prompt templates: each
+    piece Llama 3's split makes of them is one token, as in the real vocabulary); special tokens take the last ids."""
     import transformers
 
     words = tuple(dict.fromkeys(VOCABULARY_WORDS + tuple(extra_words)))
     tokenizer_class = getattr(transformers, cls)
-    return tokenizer_class(tokenizer_object=_backend(words), bos_token=BEGIN_OF_TEXT, eos_token=eos_token,
+    return tokenizer_class(tokenizer_object=_backend(words, tuple(texts)), bos_token=BEGIN_OF_TEXT, eos_token=eos_token,
                            pad_token=pad_token, model_max_length=model_max_length,
                            clean_up_tokenization_spaces=False)
