@@ -18,7 +18,7 @@ from itertools import pairwise
 
 from ..tokenizers import VOCABULARY_WORDS
 
-__all__ = ["BEGIN_OF_TEXT", "END_OF_TEXT", "EOT", "START_HEADER", "END_HEADER", "tiny_llama3_tokenizer"]
+__all__ = ["BEGIN_OF_TEXT", "END_HEADER", "END_OF_TEXT", "EOT", "START_HEADER", "tiny_llama3_tokenizer"]
 
 BEGIN_OF_TEXT, END_OF_TEXT = "<|begin_of_text|>", "<|end_of_text|>"
 START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
@@ -116,6 +116,8 @@ def tiny_llama3_tokenizer(extra_words: tuple[str, ...] = (), *, texts: tuple[str
 
     words = tuple(dict.fromkeys(VOCABULARY_WORDS + tuple(extra_words)))
     tokenizer_class = getattr(transformers, cls)
-    return tokenizer_class(tokenizer_object=_backend(words, tuple(texts)), bos_token=BEGIN_OF_TEXT, eos_token=eos_token,
-                           pad_token=pad_token, model_max_length=model_max_length,
-                           clean_up_tokenization_spaces=False)
+    # right padding: the pipelines read the prompt's tokens from the front (HunyuanVideo crops its template's
+    # prefix), as the released tokenizers pad (LlamaTokenizerFast alone would default to the left)
+    return tokenizer_class(tokenizer_object=_backend(words, tuple(texts)), bos_token=BEGIN_OF_TEXT,
+                           eos_token=eos_token, pad_token=pad_token, model_max_length=model_max_length,
+                           padding_side="right", clean_up_tokenization_spaces=False)
