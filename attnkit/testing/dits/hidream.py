@@ -88,8 +88,9 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
     tokenizer_3, tokenizer_4 = tiny_t5_tokenizer(), tiny_llama3_tokenizer(eos_token=EOT, pad_token=EOT)
     with _seeded(seed):
         clips = [CLIPTextModelWithProjection(_clip_text_config(
-            t, vocab_size=len(t), hidden_size=_CLIP_WIDTH, projection_dim=_CLIP_WIDTH, intermediate_size=2 * _CLIP_WIDTH,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=_LONG_CLIP_POSITIONS))
+            t, vocab_size=len(t), hidden_size=_CLIP_WIDTH, projection_dim=_CLIP_WIDTH,
+            intermediate_size=2 * _CLIP_WIDTH, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=_LONG_CLIP_POSITIONS))
             for t in (tokenizer, tokenizer_2)]
         t5 = _tiny_t5(tokenizer_3, width=_TEXT_WIDTH)
         llama = _llama(tokenizer_4)
