@@ -57,7 +57,7 @@ def _maps(args: argparse.Namespace) -> None:
     check_size(pipe, args.height, args.width)
     space = {"space": "output", "concepts": concepts} if concepts else {}
     with trace(pipe, prompt=args.prompt, **space) as tc, torch.inference_mode():
-        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
+        image = pipe(prompt=args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
                      generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
                      **guidance_kwargs(args.model, pipe, args.guidance)).images[0]
     if concepts:

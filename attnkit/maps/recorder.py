@@ -47,7 +47,7 @@ Exact = Literal["lse", "explicit"]
 RELATIONS: dict[str, tuple[str, str, frozenset[str]]] = {
     "image->text": ("image", "text", frozenset({"cross", "joint", "single"})),
     "text->image": ("text", "image", frozenset({"joint", "single"})),
-    "text->text": ("text", "text", frozenset({"joint", "single"})),
+    "text->text": ("text", "text", frozenset({"joint", "single", "text"})),
     "image->image": ("image", "image", frozenset({"self", "joint", "single", "self2"})),
 }
 _BRANCHES = ("cond", "uncond")

@@ -98,7 +98,7 @@ class Trace:
                                f"{len(self.prompts)} prompt(s) given to the trace: give the same prompts.")
         prompt = self.prompts[item // (items // len(self.prompts))]
         if prompt not in self._tokens:
-            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, self.session.state.text_tokens)
+            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, total.shape[1])  # the recorded text part
         return self._tokens[prompt]
 
     def _region_tokens(self, region: int | str | None) -> PromptTokens:

@@ -6,7 +6,7 @@ attention). The CFG batch needs the negative text to be as long: with
 per-region negatives each segment gets its region's negative (the same mask applies); with the global negative it is
 encoded once and repeated, the copies after the first marked `PAD` so that, while the mask is on, nothing sees them
 and the uncond branch is exactly plain attention on the global negative. How a pipeline takes the joined text is
-its family's `RegionalText`: here for UNets and SD3, in `attnkit.families` for every DiT.
+its family's `RegionalText`: here for UNets, in `attnkit.families` for every transformer.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def regional_text(pipe: Any) -> RegionalText | None:
     architecture = architecture_of(denoiser_of(pipe))
     if architecture.dit is not None:
         return architecture.dit.regional
-    return _SD3 if architecture.name == "sd3" else _UNET if architecture.name == "unet" else None
+    return _UNET if architecture.name == "unet" else None
 
 
 def _unet_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
@@ -142,29 +142,12 @@ def _unet_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None)
     return {"prompt_embeds": encoded[0], "pooled_prompt_embeds": pooled}
 
 
-def _sd3_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
-                                              do_classifier_free_guidance=False,
-                                              max_sequence_length=max_sequence_length)
-    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-
-
 def _unet_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
     return [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77)),
             ("CLIP-G", getattr(pipe, "tokenizer_2", None), 77)]
 
 
-def _sd3_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
-    keeps = getattr(pipe, "tokenizer_max_length", 77)
-    limits = [("CLIP", getattr(pipe, "tokenizer", None), keeps), ("CLIP-G", getattr(pipe, "tokenizer_2", None), keeps)]
-    if getattr(pipe, "text_encoder_3", None) is not None:
-        limits.append(("T5", getattr(pipe, "tokenizer_3", None), max_sequence_length))
-    return limits
-
-
 _UNET = RegionalText(_unet_encode, {"prompt_embeds": 1}, _unet_limits, pooled=("pooled_prompt_embeds",))
-_SD3 = RegionalText(_sd3_encode, {"prompt_embeds": 1}, _sd3_limits, pooled=("pooled_prompt_embeds",),
-                    max_sequence_length=256)
 
 
 def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int | None) -> list[str]:
