@@ -69,7 +69,7 @@ def test_refiner_sites_are_text_only(pipe):
     import attnkit
 
     refiner = [s for s in attnkit.sites(pipe) if "token_refiner" in s.name]
-    assert len(refiner) == 2 and {s.kind for s in refiner} == {"self"}
+    assert len(refiner) == 2 and {s.kind for s in refiner} == {"text"}
     grid = FAMILY.grid({"hidden_states": torch.zeros(1, 4, 2, 8, 8)}, pipe.transformer)
-    assert FAMILY.parts("self", 256, 256, grid, 256) == ((("text", 256),), (("text", 256),))
+    assert FAMILY.parts("text", 256, 256, grid, 256) == ((("text", 256),), (("text", 256),))
     assert FAMILY.parts("joint", 32 + 256, 32 + 256, grid, 256)[0] == (("image", 32), ("text", 256))

@@ -10,7 +10,7 @@ with `<pad>`, Llama with `<|eot_id|>`; no text mask reaches the transformer: pad
 A non-square image is patchified into `max_resolution` tokens (4096 in the release): the image tokens, row-major,
 then zero "pad" tokens whose keys are multiplied by 0 (not masked: they still take softmax mass). The processor
 (`HiDreamAttnProcessor`) calls `F.scaled_dot_product_attention` once, without a mask. The pipeline passes the
-scheduler's timestep (0-1000) unscaled.
+scheduler's timestep (0-1000) unscaled, as the forward's `timesteps` argument.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ FAMILY = DiT(
     text_tokens=_text_tokens,
     layout=_layout,
     timestep_scale=1.0,
+    timestep=lambda bound: bound.get("timesteps"),  # the forward's argument is `timesteps` (scheduler units)
     regional=RegionalText(_encode, {"prompt_embeds_t5": 1, "prompt_embeds_llama3": 2}, _limits,
                           pooled=("pooled_prompt_embeds",), max_sequence_length=_DEFAULT_MAX_SEQUENCE_LENGTH,
                           negative="always"),

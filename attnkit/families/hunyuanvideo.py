@@ -7,9 +7,7 @@ prompt's tokens, `<|eot_id|>`, then padding up to `max_sequence_length` (256). T
 (`HunyuanVideoAttnProcessor2_0`, one `dispatch_attention_fn` call) get a boolean key mask of shape
 (batch, 1, 1, video + text) that hides the text padding: the transformer keeps the first `sum(encoder_attention_mask)`
 text tokens of each prompt. The refiner's calls (the stock `AttnProcessor2_0`, one `F.scaled_dot_product_attention`
-call) are text over text with a (batch, 1, text, text) boolean mask. attnkit has no kind for text-only
-self-attention, so refiner sites are declared "self" with a text-only layout: in this family no "self" site is
-video over video. The pipeline passes the scheduler's timestep (0-1000) unscaled, and the guidance scale x 1000.
+call) are text over text (kind "text") with a (batch, 1, text, text) boolean mask. The pipeline passes the scheduler's timestep (0-1000) unscaled, and the guidance scale x 1000.
 """
 
 from __future__ import annotations
@@ -32,13 +30,6 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(latents.shape[2] // patch_t, latents.shape[3] // patch, latents.shape[4] // patch)
 
 
-def _layout(family: DiT, kind: str, queries: int, keys: int, grid: Grid, text_tokens: int | None):
-    if kind == "self":  # the token refiner: text over text
-        return (("text", queries),), (("text", keys),)
-    sequence = (("image", grid.tokens), ("text", queries - grid.tokens))
-    return sequence, sequence
-
-
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     """The transformer's text starts with the prompt's first token: the pipeline tokenizes the templated prompt and
     drops the template's prefix, which ends with "\\n\\n", so the prompt's tokens are those of a plain tokenizer call
@@ -50,14 +41,13 @@ FAMILY = DiT(
     name="hunyuanvideo",
     model="HunyuanVideoTransformer3DModel",
     processors=("HunyuanVideoAttnProcessor2_0", "AttnProcessor2_0"),
-    sites=(SitePattern(r"context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.attn", "refiner", "self"),
+    sites=(SitePattern(r"context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.attn", "refiner", "text"),
            SitePattern(r"transformer_blocks\.(\d+)\.attn", "double", "joint"),
            SitePattern(r"single_transformer_blocks\.(\d+)\.attn", "single", "single")),
     order="image",
     stride=2,
     grid=_grid,
     streams=_streams,
-    layout=_layout,
     timestep_scale=1.0,
     video=True,
     regional=None,  # see the report: the transformer keeps the first sum(mask) text tokens, so prompts cannot simply
