@@ -68,6 +68,11 @@ class Session:
         modules, refused = {}, []
         for control, chosen in self.plan:
             for site in chosen:
+                if site.kind == "linear":
+                    raise AttnkitError(
+                        f"{site.name} is linear attention (no softmax): no attention probabilities, masks or keys to "
+                        "swap exist there, so no attnkit control can run at it. Select other sites, e.g. kind='cross'."
+                    )
                 module = named.get(site.module_name)
                 if module is None:
                     raise AttnkitError(f"site {site.name} is not in {type(self.model).__name__}; "

@@ -24,8 +24,10 @@ from .families import DiT, dit_of, dits
 __all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "choose", "sites", "denoiser_of",
            "architecture_of"]
 
-Kind = Literal["self", "cross", "joint", "single", "self2", "text"]
-KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2", "text")
+Kind = Literal["self", "cross", "joint", "single", "self2", "text", "linear"]
+#: "text": text over text (a DiT's caption refiner); "linear": attention without a softmax (Sana's ReLU linear
+#: attention), listed for completeness: no controls run there, since no attention probabilities exist.
+KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2", "text", "linear")
 _STAGE_ORDER = {"down": 0, "mid": 1, "up": 2}  # UNet stages; a DiT's come in the order of its `SitePattern`s
 
 
@@ -265,14 +267,15 @@ def sites(
 def choose(obj: Any, sites_: Iterable[Site] | None, selection: dict[str, Any],
            default: Callable[[Any], SiteList] | None = None) -> SiteList:
     """The sites a feature runs at: `sites_` as given, else `SiteList.select(**selection)`, else `default(obj)`
-    (every site when None); giving both sites and selection keywords is an error."""
+    (when None: every site where a control can run, i.e. all but linear attention); giving both sites and
+    selection keywords is an error."""
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     if sites_ is not None:
         return SiteList(sites_)
     if selection:
         return sites(obj).select(**selection)
-    return (default or sites)(obj)
+    return default(obj) if default is not None else SiteList(s for s in sites(obj) if s.kind != "linear")
 
 
 def _natural(name: str) -> tuple:

@@ -83,7 +83,8 @@ def test_layouts_of_the_three_block_kinds():
     # noise refiner: image only
     assert family.parts("self", 16, 16, grid, 35) == ((("image", 16),), (("image", 16),))
     # context refiner: the text padded to max_sequence_length
-    assert family.parts("self", 256, 256, grid, 35)[0] == (("text", 35), ("pad", 221))
+    assert family.parts("text", 256, 256, grid, 35)[0] == (("text", 35), ("pad", 221))
+    assert family.parts("text", 16, 16, grid, 10)[0] == (("text", 10), ("pad", 6))  # as long as the image: text
     # joint blocks: [text | image], padding only in batches of different lengths
     assert family.parts("joint", 51, 51, grid, 35)[0] == (("text", 35), ("image", 16), ("pad", 0))
 

@@ -15,7 +15,6 @@ pytest.importorskip("diffusers.pipelines.sana")
 import attnkit
 from attnkit.errors import AttnkitError
 from attnkit.families import dit_of
-from attnkit.families.sana import NOT_SOFTMAX
 from attnkit.maps.tokens import prompt_tokens
 from attnkit.processors import Control
 from attnkit.testing import VOCABULARY_WORDS, build_pipeline
@@ -84,13 +83,13 @@ def test_grid_and_token_order_follow_the_transformers_patching(pipe):
         assert changed.tolist() == [row * grid.cols + col]
 
 
-def test_linear_self_attention_sites_are_listed_but_not_softmax(pipe):
+def test_linear_self_attention_sites_are_listed_with_kind_linear(pipe):
     sites = attnkit.sites(pipe)
-    linear = [s for s in sites if s.stage == "linear"]
-    assert linear and all(s.kind == "self" for s in linear)
+    linear = [s for s in sites if s.kind == "linear"]
+    assert linear and all(s.module_name.endswith("attn1") for s in linear)
     named = dict(pipe.transformer.named_modules())
-    assert {type(named[s.module_name].get_processor()).__name__ for s in linear} == set(NOT_SOFTMAX)
-    assert not set(NOT_SOFTMAX) & set(dit_of(pipe.transformer).processors)
+    assert {type(named[s.module_name].get_processor()).__name__ for s in linear} == {"SanaLinearAttnProcessor2_0"}
+    assert "SanaLinearAttnProcessor2_0" not in dit_of(pipe.transformer).processors
     assert {s.kind for s in sites if s.stage == "cross"} == {"cross"}
 
 
@@ -98,6 +97,9 @@ def test_a_control_at_a_linear_site_is_refused_naming_it(pipe):
     class Nothing(Control):
         name = "nothing"
 
-    site = next(s for s in attnkit.sites(pipe) if s.stage == "linear")
-    with pytest.raises(AttnkitError, match=r"attn1.*SanaLinearAttnProcessor2_0"), attnkit.attach(pipe, Nothing(), [site]):
-        pass
+    site = next(s for s in attnkit.sites(pipe) if s.kind == "linear")
+    before = type(pipe.transformer.get_submodule(site.module_name).get_processor())
+    with pytest.raises(AttnkitError, match=r"attn1.processor is linear attention \(no softmax\)"):
+        with attnkit.attach(pipe, Nothing(), [site]):
+            pass
+    assert type(pipe.transformer.get_submodule(site.module_name).get_processor()) is before

@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["DiT", "SitePattern", "Grid", "RegionalText", "dits", "dit_of"]
 
-Kind = Literal["self", "cross", "joint", "single", "self2", "text"]
+Kind = Literal["self", "cross", "joint", "single", "self2", "text", "linear"]
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,9 @@ def _text_tokens(bound: Mapping[str, Any]) -> int | None:
 
 def _layout(dit: DiT, kind: str, queries: int, keys: int, grid: Grid, text_tokens: int | None):
     image = grid.tokens
-    if kind == "self":
-        if queries == image and keys == image:  # noise refiner: image tokens only
-            return (("image", image),), (("image", image),)
-        # context refiner: the text, padded to the pipeline's max_sequence_length.
-        # (Were the padded text length equal to the image tokens, the two could not be told apart by length.)
+    if kind == "self":  # noise refiner: image tokens only
+        return (("image", image),), (("image", image),)
+    if kind == "text":  # context refiner: the text, padded to the pipeline's max_sequence_length
         text = min(text_tokens if text_tokens is not None else queries, queries)
         parts = (("text", text), ("pad", queries - text))
         return parts, parts
@@ -84,7 +82,7 @@ FAMILY = DiT(
     name="lumina2",
     model="Lumina2Transformer2DModel",
     processors=("Lumina2AttnProcessor2_0",),
-    sites=(SitePattern(r"context_refiner\.(\d+)\.attn", "context", "self"),
+    sites=(SitePattern(r"context_refiner\.(\d+)\.attn", "context", "text"),
            SitePattern(r"noise_refiner\.(\d+)\.attn", "noise", "self"),
            SitePattern(r"layers\.(\d+)\.attn", "joint", "joint")),
     order="text",
@@ -94,5 +92,5 @@ FAMILY = DiT(
     text_tokens=_text_tokens,
     layout=_layout,
     cfg="sequential",
-    timestep_scale=1000.0,  # NB: the forward's timestep is 1 - t/1000, so this reads 1000 - t (see the report)
+    timestep=lambda bound: 1000 * (1 - bound["timestep"]),  # the forward's timestep is 1 - t / 1000
 )

@@ -5,9 +5,8 @@ Only the cross-attention is softmax attention. The self-attention (`attn1`, `San
 linear attention: out_i = sum_j (relu(q_i) . relu(k_j)) v_j / sum_j relu(q_i) . relu(k_j), computed as
 relu(K)^T V first, so no (queries x keys) score matrix is ever formed and there is no softmax, no
 `dispatch_attention_fn` and no `F.scaled_dot_product_attention` call. attnkit cannot show attention maps, mask,
-reweight or swap keys/values there: those sites are listed (stage "linear", kind "self") so that discovery covers
-every attention module, but their processor is not among `processors`, so attnkit never takes them over; the
-processor names of such sites are in `NOT_SOFTMAX`, for attnkit to say so by name.
+reweight or swap keys/values there: those sites are listed with kind "linear" so that discovery covers every
+attention module, and attnkit refuses any control there by that kind.
 
 The cross-attention (`attn2`, `SanaAttnProcessor2_0`) calls `F.scaled_dot_product_attention` once, in its
 `__call__`, with an additive float mask (batch, heads, 1, text tokens): 0 for prompt tokens, -10000 for padding
@@ -29,10 +28,6 @@ import torch
 
 from ..errors import AttnkitError
 from . import DiT, Grid, SitePattern
-
-#: Stock processors of this family that do not compute softmax attention (no attention probabilities exist there).
-NOT_SOFTMAX: tuple[str, ...] = ("SanaLinearAttnProcessor2_0",)
-
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     hidden = bound.get("hidden_states")
@@ -75,7 +70,7 @@ FAMILY = DiT(
     name="sana",
     model="SanaTransformer2DModel",
     processors=("SanaAttnProcessor2_0",),
-    sites=(SitePattern(r"transformer_blocks\.(\d+)\.attn1", "linear", "self"),
+    sites=(SitePattern(r"transformer_blocks\.(\d+)\.attn1", "linear", "linear"),
            SitePattern(r"transformer_blocks\.(\d+)\.attn2", "cross", "cross")),
     order="image",
     stride=lambda model: int(model.config.patch_size),  # 1 in every Sana release

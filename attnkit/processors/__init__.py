@@ -54,7 +54,9 @@ class DiTFamily(Family):
     attention call (`processors.dispatch`)."""
 
     def __init__(self, dit: DiT):
-        super().__init__(DispatchSiteProcessor, (), f"call `{{denoiser}}.set_attn_processor({dit.processors[0]}())`")
+        super().__init__(DispatchSiteProcessor, (), f"give those sites back their stock {dit.processors[0]} "
+                         f"(`{{denoiser}}.set_attn_processor({dit.processors[0]}())` where the model has it, or "
+                         "reload the model)")
         self.dit = dit
 
     def can_replace(self, processor: object) -> bool:
