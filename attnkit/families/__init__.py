@@ -66,7 +66,9 @@ class RegionalText:
     is given (true CFG), "never" when it takes none (guidance-distilled models). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
     to refuse prompts that would be cut short. `arguments`: fixed keyword arguments every regional call of the
     pipeline takes (e.g. `negative_prompt=None` where a pipeline's default negative prompt would clash with the
-    negative embeddings).
+    negative embeddings). `text_order`: the joined arguments whose tokens make up the denoiser's text, in the order
+    it sees them (default: the first of `sequence`), e.g. HiDream's [T5 | Llama | Llama]: each prompt then owns one
+    segment in each.
     """
 
     encode: Callable[[Any, list[str], int | None], dict[str, Any]]
@@ -76,6 +78,7 @@ class RegionalText:
     max_sequence_length: int | None = None
     negative: Literal["always", "given", "never"] = "always"
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    text_order: tuple[str, ...] = ()
 
 
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:

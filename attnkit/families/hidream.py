@@ -95,14 +95,10 @@ FAMILY = DiT(
     layout=_layout,
     timestep_scale=1.0,
     timestep=lambda bound: bound.get("timesteps"),  # the forward's argument is `timesteps` (scheduler units)
-    regional=None,  # see REGIONAL
+    # several prompts' text: `prompt_embeds_t5` joined on its token axis 1, `prompt_embeds_llama3` (layers, batch,
+    # tokens, width) on axis 2; every block's text is [T5 | Llama | Llama] of the joined arguments
+    regional=RegionalText(_encode, {"prompt_embeds_t5": 1, "prompt_embeds_llama3": 2}, _limits,
+                          pooled=("pooled_prompt_embeds",), max_sequence_length=_DEFAULT_MAX_SEQUENCE_LENGTH,
+                          negative="always",
+                          text_order=("prompt_embeds_t5", "prompt_embeds_llama3", "prompt_embeds_llama3")),
 )
-
-#: How HiDream's pipeline would take several prompts' text (`prompt_embeds_t5` joined on its token axis 1,
-#: `prompt_embeds_llama3` (layers, batch, tokens, width) on axis 2; the stock pipeline runs on such joined embeddings).
-#: Not wired: every block's text is [T5 | Llama | Llama] of the joined arguments, so each prompt owns three separate
-#: segments of the attention's text, while attnkit's regional encoding gives each prompt one contiguous segment
-#: (the length of the first joined argument).
-REGIONAL = RegionalText(_encode, {"prompt_embeds_t5": 1, "prompt_embeds_llama3": 2}, _limits,
-                        pooled=("pooled_prompt_embeds",), max_sequence_length=_DEFAULT_MAX_SEQUENCE_LENGTH,
-                        negative="always")

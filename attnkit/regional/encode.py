@@ -65,8 +65,7 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
     prompts = spec.prompts + ([spec.base.prompt] if spec.base else [])
     owners = list(range(len(spec.regions))) + ([BASE] if spec.base else [])
     per_prompt = _encode(text, pipe, prompts, max_sequence_length)
-    lengths = _lengths(text, per_prompt, len(prompts))
-    cond = tuple(zip(owners, lengths))
+    cond = _segments(text, per_prompt, owners)
     arguments = _join(text, per_prompt, pooled, len(spec.regions))
     if not with_negatives:
         return Encoded(arguments, cond, cond, regional)
@@ -75,11 +74,12 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
         negative_prompts = [r.negative if r.negative is not None else global_negative for r in spec.regions]
         negative_prompts += [global_negative] if spec.base else []
         negative = _encode(text, pipe, negative_prompts, max_sequence_length)
-        uncond = tuple(zip(owners, _lengths(text, negative, len(owners))))
+        uncond = _segments(text, negative, owners)
     else:
         negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length), len(owners))
-        length = _lengths(text, negative, len(owners))[0]
-        uncond = ((0, length), (PAD, length * (len(owners) - 1)))
+        uncond = tuple(segment for name in _text_order(text) for segment in (
+            (0, _lengths(text, negative, name, len(owners))[0]),
+            (PAD, sum(_lengths(text, negative, name, len(owners))[1:]))))
     arguments |= {f"negative_{name}": value for name, value in
                   _join(text, negative, pooled, len(spec.regions)).items()}
     return Encoded(arguments, cond, tuple(s for s in uncond if s[1]), regional)
@@ -90,11 +90,20 @@ def _encode(text: RegionalText, pipe: Any, prompts: list[str], max_sequence_leng
         return text.encode(pipe, prompts, max_sequence_length)
 
 
-def _lengths(text: RegionalText, per_prompt: dict[str, Any], count: int) -> list[int]:
-    """Text tokens of each prompt, from the first joined argument."""
-    name, axis = next(iter(text.sequence.items()))
+def _text_order(text: RegionalText) -> tuple[str, ...]:
+    return text.text_order or (next(iter(text.sequence)),)
+
+
+def _segments(text: RegionalText, per_prompt: dict[str, Any], owners: list[int]) -> Segments:
+    """(owner, tokens) of the denoiser's text: each prompt's segment in each joined argument of `text_order`."""
+    return tuple(segment for name in _text_order(text)
+                 for segment in zip(owners, _lengths(text, per_prompt, name, len(owners))))
+
+
+def _lengths(text: RegionalText, per_prompt: dict[str, Any], name: str, count: int) -> list[int]:
+    """Text tokens of each prompt in the joined argument `name`."""
     value = per_prompt[name]
-    return [int(v.shape[0]) for v in value] if isinstance(value, list) else [int(value.shape[axis])] * count
+    return [int(v.shape[0]) for v in value] if isinstance(value, list) else [int(value.shape[text.sequence[name]])] * count
 
 
 def _join(text: RegionalText, per_prompt: dict[str, Any], pooled: Literal["mean", "base"], regions: int
