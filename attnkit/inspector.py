@@ -61,5 +61,6 @@ def inspect_shapes(pipe: Any, height: int | None = None, width: int | None = Non
     """Run one denoising step of `pipe` (its default guidance, latents out, no decode) and return the shapes."""
     recorder = ShapeRecorder()
     with attach(pipe, recorder), torch.inference_mode():
-        pipe(prompt=prompt, height=height, width=width, num_inference_steps=1, output_type="latent", **call_kwargs)
+        size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}  # Sana bins given sizes
+        pipe(prompt=prompt, num_inference_steps=1, output_type="latent", **size, **call_kwargs)
     return recorder.records

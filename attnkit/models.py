@@ -118,11 +118,19 @@ def size_multiple(pipe: Any) -> int:
 
 
 def default_size(pipe: Any) -> int:
-    """The image side in pixels `pipe` generates at when given no size, as its `__call__` computes it."""
+    """The image side in pixels `pipe` generates at when given no size, as its `__call__` computes it: from the
+    default sample size, or the height its signature defaults to (Z-Image, AuraFlow)."""
+    import inspect
+
     from .sites import denoiser_of
 
-    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size
-    return int(sample * pipe.vae_scale_factor)
+    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.get("sample_size")
+    if sample is not None:
+        return int(sample * pipe.vae_scale_factor)
+    height = inspect.signature(type(pipe).__call__).parameters.get("height")
+    if height is None or not isinstance(height.default, int):
+        raise AttnkitError(f"cannot tell the default image size of {type(pipe).__name__}: give --height and --width.")
+    return height.default
 
 
 def check_size(pipe: Any, height: int | None, width: int | None) -> None:

@@ -10,6 +10,7 @@ nest, and may end in any order.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -67,6 +68,11 @@ class Session:
         modules, refused = {}, []
         for control, chosen in self.plan:
             for site in chosen:
+                if site.kind == "linear":
+                    raise AttnkitError(
+                        f"{site.name} is linear attention (no softmax): no attention probabilities, masks or keys to "
+                        "swap exist there, so no attnkit control can run at it. Select other sites, e.g. kind='cross'."
+                    )
                 module = named.get(site.module_name)
                 if module is None:
                     raise AttnkitError(f"site {site.name} is not in {type(self.model).__name__}; "
@@ -184,15 +190,16 @@ class _StateHook(ModelHook):
         self.signature = inspect.signature(type(model).forward)
         self.contexts = _ContextName()
         self.steps = StepReader()
+        self.forwards_in_step = 0
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        timestep = bound.get("timestep")
+        timestep = self.dit.timestep(bound) if self.dit is not None and self.dit.timestep else bound.get("timestep")
         state = self.state
         state.forwards += 1
         if self.dit is not None:
             grid = self.dit.grid(bound, module)
-            stride = self.dit.stride
+            stride = self.dit.stride_of(module)
             state.latent, state.frames = (grid.frames * grid.rows * stride, grid.cols * stride), grid.frames
             state.text_tokens = self.dit.text_tokens(bound)
             batch = _batch(bound)
@@ -203,24 +210,44 @@ class _StateHook(ModelHook):
             state.latent = int(sample.shape[-2]), int(sample.shape[-1])
             batch = int(sample.shape[0])
         state.timestep = None if timestep is None else self._timestep(timestep)
-        state.branches = self._branches(batch)
+        step = state.step
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
+        self.forwards_in_step = self.forwards_in_step + 1 if state.step == step and step is not None else 0
+        state.branches = self._branches(batch)
         return args, kwargs
 
     def _timestep(self, timestep: Any) -> float:
         """The timestep in the scheduler's units (0-1000): Flux pipelines, for one, pass it / 1000."""
         value = float(torch.as_tensor(timestep).flatten()[0])
-        return value * self.dit.timestep_scale if self.dit is not None else value
+        return value * self.dit.timestep_scale if self.dit is not None and not self.dit.timestep else value
 
     def _branches(self, batch: int) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):
             return (self.contexts.name,) * batch
-        if getattr(self.pipeline, "do_classifier_free_guidance", False) and batch % 2 == 0:
-            return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
+        if self.dit is not None and self.dit.cfg == "sequential":  # cond, then uncond, as forwards of their own
+            guided = self._guided()
+            return ("uncond" if guided and self.forwards_in_step % 2 else "cond",) * batch
+        if self._guided() and batch % 2 == 0:
+            halves = ("uncond",) * (batch // 2), ("cond",) * (batch // 2)
+            return halves[1] + halves[0] if self.dit is not None and self.dit.cfg == "cond-first" else halves[0] + halves[1]
         return ("cond",) * batch
+
+    def _guided(self) -> bool:
+        """Whether the pipeline batches [uncond, cond]: its `do_classifier_free_guidance` property, else (PixArt,
+        AuraFlow and other pipelines that keep it in a local of `__call__`) that local of the running `__call__`."""
+        guided = getattr(self.pipeline, "do_classifier_free_guidance", None)
+        if guided is not None or self.pipeline is None:
+            return bool(guided)
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is self.pipeline:
+                return bool(frame.f_locals.get("do_classifier_free_guidance", False))
+            frame = frame.f_back
+        return False
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
+        self.forwards_in_step = 0
         return module
 

@@ -1,7 +1,8 @@
 """Discovery of attention sites: where attention happens in a denoiser, typed by what it attends over.
 
 A site is one attention module, addressed by its full processor name as diffusers' `attn_processors` keys it.
-Each supported architecture is one row of `ARCHITECTURES`: its token order and how its sites are typed.
+UNets (SD1.x, SD2, SDXL) are typed here, by their down/mid/up blocks; every transformer (SD3, Flux and the other
+DiTs) by its family's description in `attnkit.families`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
-from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from .errors import AttnkitError
 from .families import DiT, dit_of, dits
@@ -23,15 +24,17 @@ from .families import DiT, dit_of, dits
 __all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "choose", "sites", "denoiser_of",
            "architecture_of"]
 
-Kind = Literal["self", "cross", "joint", "single", "self2"]
-KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2")
-_STAGE_ORDER = {"down": 0, "mid": 1, "up": 2, "joint": 3, "single": 4}
+Kind = Literal["self", "cross", "joint", "single", "self2", "text", "linear"]
+#: "text": text over text (a DiT's caption refiner); "linear": attention without a softmax (Sana's ReLU linear
+#: attention), listed for completeness: no controls run there, since no attention probabilities exist.
+KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2", "text", "linear")
+_STAGE_ORDER = {"down": 0, "mid": 1, "up": 2}  # UNet stages; a DiT's come in the order of its `SitePattern`s
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """One supported denoiser family: a hand-written site processor (in `processors`) knows the token layout of the
-    first three; every other one is a DiT described declaratively (`dit`, see `attnkit.families`)."""
+    """One supported denoiser family: the UNet, whose hand-written site processor (in `processors`) knows its token
+    layout, or a DiT described declaratively (`dit`, see `attnkit.families`)."""
 
     name: str
     model_class: type
@@ -43,7 +46,6 @@ class Architecture:
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("unet", UNet2DConditionModel),
-    Architecture("sd3", SD3Transformer2DModel),
 )
 
 
@@ -234,18 +236,18 @@ def sites(
         if factor is None:
             raise AttnkitError("`height`/`width` are pixel sizes and need a pipeline; for a bare model pass `latent=(h, w)`.")
         latent = (height // factor, width // factor)
-    strides = _unet_strides(model) if arch.name == "unet" else {}
+    strides = _unet_strides(model) if arch.dit is None else {}
     found: list[tuple[tuple, Site]] = []
     for module_name, module in model.named_modules():
         if not hasattr(module, "get_processor"):
             continue
         if arch.dit is not None:
             stage, block_index, kind, order = _dit_site(arch.dit, module_name, module)
-            stride = arch.dit.stride
+            stride = arch.dit.stride_of(model)
         else:
             stage, block_index = _block_of(module_name)
-            kind, order = _kind_of(arch, module_name, module), _STAGE_ORDER[stage]
-            stride = strides.get(f"{stage}.{block_index}", 1) if arch.name == "unet" else _transformer_stride(arch, model)
+            kind: Kind = "cross" if getattr(module, "is_cross_attention", False) else "self"
+            order, stride = _STAGE_ORDER[stage], strides[f"{stage}.{block_index}"]
         heads = int(module.heads)
         head_dim = int(getattr(module, "head_dim", None) or module.inner_dim // heads)
         site = Site(f"{module_name}.processor", kind, f"{stage}.{block_index}", heads, head_dim, 0, stride, arch.name)
@@ -265,14 +267,15 @@ def sites(
 def choose(obj: Any, sites_: Iterable[Site] | None, selection: dict[str, Any],
            default: Callable[[Any], SiteList] | None = None) -> SiteList:
     """The sites a feature runs at: `sites_` as given, else `SiteList.select(**selection)`, else `default(obj)`
-    (every site when None); giving both sites and selection keywords is an error."""
+    (when None: every site where a control can run, i.e. all but linear attention); giving both sites and
+    selection keywords is an error."""
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     if sites_ is not None:
         return SiteList(sites_)
     if selection:
         return sites(obj).select(**selection)
-    return (default or sites)(obj)
+    return default(obj) if default is not None else SiteList(s for s in sites(obj) if s.kind != "linear")
 
 
 def _natural(name: str) -> tuple:
@@ -286,19 +289,17 @@ def _block_of(module_name: str) -> tuple[str, int]:
         return head.removesuffix("_blocks"), int(parts[1])
     if head == "mid_block":
         return "mid", 0
-    if head == "transformer_blocks":
-        return "joint", int(parts[1])
-    if head == "single_transformer_blocks":
-        return "single", int(parts[1])
     raise AttnkitError(f"attention module {module_name!r} lies outside the blocks attnkit knows for this model.")
 
 
 def _dit_site(dit: DiT, module_name: str, module: torch.nn.Module) -> tuple[str, int, Kind, int]:
-    """(stage, block index, kind, position of its pattern) of a DiT attention module; an error if none matches."""
-    for position, pattern in enumerate(dit.sites):
+    """(stage, block index, kind, position of its stage) of a DiT attention module; an error if none matches."""
+    stages = list(dict.fromkeys(p.stage for p in dit.sites))
+    for pattern in dit.sites:
         match = re.fullmatch(pattern.pattern, module_name)
         if match:
-            return pattern.stage, int(match.group(1)) if match.groups() else 0, pattern.kind, position
+            block = int(match.group(1)) if match.groups() else 0
+            return pattern.stage, block, pattern.kind, stages.index(pattern.stage)
     raise AttnkitError(
         f"attention module {module_name!r} ({type(module).__name__}) lies outside the sites attnkit knows for "
         f"{dit.name} ({', '.join(p.pattern for p in dit.sites)}), so attnkit cannot tell its token layout. "
@@ -306,18 +307,6 @@ def _dit_site(dit: DiT, module_name: str, module: torch.nn.Module) -> tuple[str,
     )
 
 
-def _kind_of(arch: Architecture, module_name: str, module: torch.nn.Module) -> Kind:
-    if arch.name == "unet":
-        return "cross" if getattr(module, "is_cross_attention", False) else "self"
-    if getattr(module, "added_kv_proj_dim", None) is not None:
-        return "joint"
-    return "single" if module_name.startswith("single_transformer_blocks") else "self2"
-
-
-def _transformer_stride(arch: Architecture, model: torch.nn.Module) -> int:
-    if arch.name == "flux":
-        return 2  # Flux packs 2x2 latent pixels into one token before the transformer
-    return int(model.config.patch_size)
 
 
 def _unet_strides(model: torch.nn.Module) -> dict[str, int]:

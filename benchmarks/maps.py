@@ -9,7 +9,8 @@ With `--full`, the configs are instead the full-size SDXL UNet, SD3-medium and F
 weights (`attnkit.testing.random_full_size_pipeline`, bfloat16 on CUDA) at 1024 px; on CUDA times are wall times
 between device synchronisations; writes benchmarks/results/maps-full-DEVICE.json.
 
-Configs: every tiny pipeline (overhead-dominated), and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
+Configs: every tiny pipeline of SD1.5, SDXL, SD3, SD3.5 and Flux.1 (overhead-dominated); Flux.2, Qwen-Image and
+Wan (`FAMILIES`), tiny and around a mid-size transformer (8 heads of 64, 1024 image tokens per frame); and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
 1024 image + 333 text tokens, CFG batch 2: attention is about 30% of the compute, as in SD3-medium at 1024 px).
 Also an op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder. On the
 transformers, one more variant records output-space concept maps (`space="output"`, `CONCEPTS`, ConceptAttention's
@@ -38,6 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +51,7 @@ from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E
 import attnkit.maps  # noqa: E402
 import attnkit.segment  # noqa: E402
 from attnkit import AttentionCall, Site, State, TokenLayout, ops  # noqa: E402
+from attnkit.sites import architecture_of, denoiser_of  # noqa: E402
 from attnkit.testing import build_pipeline, random_full_size_pipeline  # noqa: E402
 
 try:
@@ -71,6 +74,14 @@ RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red circle and a blue square"
 CONCEPTS = ["circle", "zebra", "background"]
 TINY = ("tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-sd35", "tiny-flux")
+#: Newer DiT families, run through attnkit's generic site mechanism: tiny, and mid-size (the tiny pipeline around a
+#: transformer with these config changes: 8 heads of 64, at MID_IMAGE_SIZE px 1024 image tokens per frame).
+FAMILIES = {
+    "tiny-flux2": {"num_layers": 2, "num_single_layers": 4, "num_attention_heads": 8, "attention_head_dim": 64,
+                   "axes_dims_rope": (16, 16, 16, 16)},
+    "tiny-qwenimage": {"num_layers": 4, "num_attention_heads": 8, "attention_head_dim": 64,
+                       "axes_dims_rope": (16, 24, 24)},
+}
 MID_IMAGE_SIZE = 256  # 64x64 latents (tiny VAE, 4x), patch 2: 32x32 = 1024 image tokens
 MID_LAYERS, MID_HEADS, MID_HEAD_DIM = 4, 8, 64
 OP_HEADS, OP_IMAGE, OP_TEXT = 24, 1024, 333  # SD3-medium heads; 32x32 image tokens; CLIP 77 + T5 256
@@ -88,6 +99,16 @@ def mid_sd3() -> StableDiffusion3Pipeline:
         pooled_projection_dim=tiny.transformer.config.pooled_projection_dim, pos_embed_max_size=64,
     ).eval()
     pipe = StableDiffusion3Pipeline(**{**tiny.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mid_family(name: str) -> Any:
+    """The tiny pipeline `name` around a mid-size random-init transformer (`FAMILIES[name]`)."""
+    tiny = build_pipeline(name)
+    torch.manual_seed(0)
+    transformer = type(tiny.transformer).from_config({**tiny.transformer.config, **FAMILIES[name]}).eval()
+    pipe = type(tiny)(**{**tiny.components, "transformer": transformer})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -129,8 +150,9 @@ def measure(pipe, steps: int, rounds: int, size: int | None, device: torch.devic
     with a segmentation trace (`attnkit.segment.trace`: per-query self-attention maps at one step, word maps at all)."""
 
     def generate() -> torch.Tensor:
-        return pipe(PROMPT, num_inference_steps=steps, height=size, width=size, output_type="latent",
-                    generator=torch.Generator().manual_seed(0)).images
+        out = pipe(prompt=PROMPT, num_inference_steps=steps, height=size, width=size, output_type="latent",
+                   generator=torch.Generator().manual_seed(0))
+        return out.frames if hasattr(out, "frames") else out.images
 
     def recorded(exact: str) -> Callable[[], int]:
         def run() -> int:
@@ -151,7 +173,7 @@ def measure(pipe, steps: int, rounds: int, size: int | None, device: torch.devic
 
     sites = attnkit.maps.trace(pipe).recorder.sites
     variants = {"none": generate, "lse": recorded("lse"), "explicit": recorded("explicit"), "segment": segmented}
-    if kinds_compared(pipe):  # concept maps need a joint text stream: transformers only
+    if architecture_of(denoiser_of(pipe)).name in ("sd3", "flux"):  # where concept maps are implemented
         variants["concepts"] = concepts
     with torch.inference_mode():
         peer = amd_variants(pipe, generate, variants) if amd is not None else None
@@ -306,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-size", type=int, default=1024, help="image side of the full-size configs")
     parser.add_argument("--num-blocks", type=int, help="full-size configs keep only this many blocks (quick check)")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"))
+    parser.add_argument("--only", nargs="+", metavar="CONFIG",
+                        help="measure only these tiny configs (and their mid-size rows), keeping the other rows of "
+                             "the saved JSON: e.g. --only tiny-flux2 tiny-qwenimage")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = args.device
@@ -338,13 +363,21 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
         out = RESULTS / f"maps-full-{device.type}.json"
     else:
-        for name in TINY:
+        out = RESULTS / "maps-cpu.json"
+        names = args.only or TINY + tuple(FAMILIES)
+        if args.only:
+            results["configs"] = json.loads(out.read_text())["configs"]
+        for name in names:
             results["configs"][name] = measure(build_pipeline(name), args.steps, args.tiny_rounds, None)
             print(name, json.dumps(results["configs"][name]["ratio"]), flush=True)
-        mid = f"mid-sd3 ({MID_LAYERS} blocks, {MID_HEADS}x{MID_HEAD_DIM} heads, 1024+333 tokens, CFG)"
-        results["configs"][mid] = measure(mid_sd3(), args.steps, args.rounds, MID_IMAGE_SIZE)
-        print(mid, json.dumps(results["configs"][mid]["ratio"]), flush=True)
-        out = RESULTS / "maps-cpu.json"
+            if name in FAMILIES:
+                mid = f"mid-{name.removeprefix('tiny-')} ({', '.join(f'{k}={v}' for k, v in FAMILIES[name].items())})"
+                results["configs"][mid] = measure(mid_family(name), args.steps, args.rounds, MID_IMAGE_SIZE)
+                print(mid, json.dumps(results["configs"][mid]["ratio"]), flush=True)
+        if not args.only:
+            mid = f"mid-sd3 ({MID_LAYERS} blocks, {MID_HEADS}x{MID_HEAD_DIM} heads, 1024+333 tokens, CFG)"
+            results["configs"][mid] = measure(mid_sd3(), args.steps, args.rounds, MID_IMAGE_SIZE)
+            print(mid, json.dumps(results["configs"][mid]["ratio"]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     seconds = f"{device.type}_seconds_min"

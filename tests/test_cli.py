@@ -187,7 +187,7 @@ def test_a_size_the_model_cannot_take_is_one_error_naming_the_multiple(capsys, t
             "inspect": ["inspect", model]}[command]
     assert exit_code(argv + ["--height", "68", "--width", "64", *(["--steps", "1"] if command != "inspect" else [])]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == f"attnkit: error: --height 68 is not a multiple of 8, which this {{}} needs; use e.g. --height 64."\
+    assert last == "attnkit: error: --height 68 is not a multiple of 8, which this {} needs; use e.g. --height 64."\
         .format({"tiny-sd15": "StableDiffusionPipeline", "tiny-sd3": "StableDiffusion3Pipeline",
                  "tiny-flux": "FluxPipeline"}[model])
     assert not list(tmp_path.iterdir())

@@ -17,7 +17,7 @@ from attnkit.families import dits
 from attnkit.inspector import inspect_shapes
 from attnkit.processors import AttentionCall, Control
 from attnkit.sites import KINDS
-from attnkit.testing import build_pipeline
+from attnkit.testing import build_pipeline, dits as builders, meta_denoiser
 
 FAMILIES = {family.name: family for family in dits()}
 PIPELINES = {name: f"tiny-{name}" for name in FAMILIES}
@@ -39,7 +39,7 @@ def family_pipe(request):
 def _generate(pipe, **options):
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        out = pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="latent", **options)
+        out = pipe(prompt=PROMPT, num_inference_steps=2, generator=generator, output_type="latent", **options)
     images = getattr(out, "images", None)
     return images if images is not None else out.frames
 
@@ -60,6 +60,26 @@ class _Keep(Control):
         kept = AttentionCall(call.site, None, call.q.clone(), call.k.clone(), call.v, call.layout, call.grid,
                              call.scale, mask=call.mask)
         self.calls.append((call.state.step, call.state.batch_index("cond"), kept))
+
+
+def test_default_generation_is_finite_and_the_same_from_a_new_build(family_pipe):
+    name, pipe = family_pipe
+    first = _generate(pipe)
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, _generate(pipe))
+    assert torch.equal(first, _generate(build_pipeline(PIPELINES[name])))  # built again: the same weights
+
+
+@pytest.mark.parametrize("release", sorted(builders.full_size_configs()))
+def test_full_size_releases_on_the_meta_device_list_one_typed_site_per_attention_module(release):
+    model_name = builders.full_size_configs()[release][0]
+    if not any(f.model == model_name and f.model_class is not None for f in FAMILIES.values()):
+        pytest.skip(f"this diffusers has no {model_name}")
+    model = meta_denoiser(release)
+    found = attnkit.sites(model)
+    modules = [n for n, m in model.named_modules() if hasattr(m, "get_processor")]
+    assert sorted(s.module_name for s in found) == sorted(modules)
+    assert all(s.heads > 0 and s.head_dim > 0 and s.kind in KINDS for s in found)
 
 
 def test_sites_json_lists_every_attention_module_typed(family_pipe, capsys):
@@ -112,7 +132,7 @@ def test_inspect_shapes_agree_with_the_stock_run(family_pipe, monkeypatch):
              pipe.transformer.register_forward_hook(lambda *_: denoising.clear())]
     try:
         with torch.inference_mode():
-            pipe(PROMPT, num_inference_steps=1, output_type="latent")
+            pipe(prompt=PROMPT, num_inference_steps=1, output_type="latent")
     finally:
         for hook in hooks:
             hook.remove()
@@ -144,6 +164,18 @@ def test_word_maps_are_probabilities_equal_to_an_fp64_softmax(family_pipe):
     reference = probabilities[cond][:, :, rows, cols].sum(1).transpose(1, 2)
     reference = reference.reshape(*reference.shape[:2], *call.grid) / call.q.shape[1]
     assert torch.allclose(tc.maps.double(), reference, atol=1e-5)
+
+
+def test_video_word_maps_split_into_one_map_per_latent_frame(family_pipe):
+    name, pipe = family_pipe
+    if not FAMILIES[name].video:
+        pytest.skip("an image model")
+    with maps.trace(pipe, prompt=PROMPT) as tc:
+        latents = _generate(pipe)
+    frames = tc.frame_maps("circle")
+    heat = tc.heatmap("circle")
+    assert frames.shape[0] == tc.recorder.frames > 1 and frames.shape[1] * frames.shape[0] == heat.shape[0]
+    assert torch.equal(frames.flatten(0, 1), heat) and latents.ndim == 5
 
 
 def test_an_undescribed_attention_module_is_an_error_naming_it(family_pipe):

@@ -13,7 +13,7 @@ from attnkit.processors import Control
 from attnkit.testing import build_pipeline
 
 REGIONAL = {family.name: family for family in dits() if family.regional is not None}
-WITHOUT = {family.name: family for family in dits() if family.regional is None and not family.video}
+WITHOUT = {family.name: family for family in dits() if family.regional is None}
 LEFT_RIGHT = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
                           {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
 
@@ -55,11 +55,11 @@ def test_one_whole_image_region_is_the_plain_pipeline(name):
 @pytest.mark.parametrize("name", sorted(REGIONAL))
 def test_image_tokens_of_one_region_give_the_other_regions_text_probability_zero(name):
     pipe = _pipe(REGIONAL[name])
-    site = next(s for s in attnkit.sites(pipe) if s.kind in ("joint", "single"))
+    site = next(s for s in attnkit.sites(pipe) if s.kind in ("joint", "single", "cross"))
     kept = _Probabilities()
     with attnkit.regional(pipe, LEFT_RIGHT) as call:
         with attnkit.attach(pipe, kept, [site]):
-            _latents(pipe, **call(seed=0, num_inference_steps=1))
+            _latents(pipe, **call(seed=0, num_inference_steps=2))
         text_owners = call.encoded.text_owners("cond")
     cond, probabilities, grid = kept.kept[0]
     owners = call.spec.owners(grid).flatten()

@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import attnkit
 import attnkit.maps

@@ -33,7 +33,6 @@ pytestmark = pytest.mark.core
 
 torch.set_num_threads(1)
 
-TINY_NAMES = tuple(name for name in PIPELINE_NAMES if name.startswith("tiny-"))
 PROMPT = "a red circle"
 STEPS = 2
 # Reloaded weights are memory-mapped with a different alignment, so CPU kernels may
@@ -43,6 +42,7 @@ RELOAD_ATOL = 1e-5
 # Attention processors per tiny denoiser, and (for the UNets) distinct latent token
 # counts their self-attention runs at for a 64 px image.
 TINY_PROCESSOR_COUNTS = {"tiny-sd15": 14, "tiny-sdxl": 22, "tiny-sd3": 2, "tiny-sd35": 5, "tiny-flux": 4}
+TINY_NAMES = tuple(TINY_PROCESSOR_COUNTS)  # the pipelines of the other DiT families: tests/test_dits.py
 TINY_UNET_TOKEN_COUNTS = {"tiny-sd15": {16 * 16, 8 * 8}, "tiny-sdxl": {8 * 8, 4 * 4}}
 # Joint-attention text tokens with default arguments: CLIP 77 + T5 256 (SD3), T5 512 (Flux).
 TINY_JOINT_TEXT_TOKENS = {"tiny-sd3": 77 + 256, "tiny-sd35": 77 + 256, "tiny-flux": 512}
@@ -188,7 +188,10 @@ def test_meta_denoiser_site_counts(name: str, expected: dict[str, int]) -> None:
 
 
 def test_meta_denoiser_covers_all_names() -> None:
-    assert DENOISER_NAMES == ("sd15", "sdxl", "sd3-medium", "sd35-medium", "sd35-large", "flux-dev")
+    from attnkit.testing import dits
+
+    assert DENOISER_NAMES[:6] == ("sd15", "sdxl", "sd3-medium", "sd35-medium", "sd35-large", "flux-dev")
+    assert set(dits.full_size_configs()) == set(DENOISER_NAMES[6:])
 
 
 def test_unknown_names_list_the_known_ones() -> None:

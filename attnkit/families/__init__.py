@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["DiT", "SitePattern", "Grid", "RegionalText", "dits", "dit_of"]
 
-Kind = Literal["self", "cross", "joint", "single"]
+Kind = Literal["self", "cross", "joint", "single", "self2", "text", "linear"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class Grid:
 @dataclass(frozen=True)
 class SitePattern:
     """Attention modules whose full module name matches `pattern` (a regex whose first group is the block index)
-    are sites of `kind` in stage `stage` ("joint", "single", "self", "cross", ...). A family lists its patterns in
-    the order its forward runs them: sites are numbered in that order, then by block index."""
+    are sites of `kind` in stage `stage` ("joint", "single", "self", "cross", ...). Sites run stage by stage, in the
+    order the patterns first name the stages, and within a stage by block index (then module name)."""
 
     pattern: str
     stage: str
@@ -63,8 +63,12 @@ class RegionalText:
     regions or taken from the base prompt. Negative prompts go to the same arguments prefixed `negative_`.
     `max_sequence_length`: the default text tokens per prompt (None: the encoder's fixed length, not settable).
     `negative`: "always" when the pipeline guides against a negative prompt by default, "given" when only when one
-    is given (true CFG). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
-    to refuse prompts that would be cut short.
+    is given (true CFG), "never" when it takes none (guidance-distilled models). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
+    to refuse prompts that would be cut short. `arguments`: fixed keyword arguments every regional call of the
+    pipeline takes (e.g. `negative_prompt=None` where a pipeline's default negative prompt would clash with the
+    negative embeddings). `text_order`: the joined arguments whose tokens make up the denoiser's text, in the order
+    it sees them (default: the first of `sequence`), e.g. HiDream's [T5 | Llama | Llama]: each prompt then owns one
+    segment in each.
     """
 
     encode: Callable[[Any, list[str], int | None], dict[str, Any]]
@@ -72,7 +76,9 @@ class RegionalText:
     limits: Callable[[Any, int | None], list[tuple[str, Any, int]]]
     pooled: tuple[str, ...] = ()
     max_sequence_length: int | None = None
-    negative: Literal["always", "given"] = "always"
+    negative: Literal["always", "given", "never"] = "always"
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    text_order: tuple[str, ...] = ()
 
 
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:
@@ -91,7 +97,8 @@ class DiT:
     - `sites`: which attention modules are sites of which kind; a module with a processor that matches none is an
       error at discovery, never skipped.
     - `order`: the order of the parts in a sequence that holds text and image tokens ("text" first or "image").
-    - `stride`: latent pixels per image token side (patch size, times any packing the pipeline does).
+    - `stride`: latent pixels per image token side (patch size, times any packing the pipeline does), or how to read
+      it from the model.
     - `grid`: the image token grid of one forward, from the denoiser forward's bound arguments and the model.
     - `text_tokens`: the text tokens in the denoiser's text sequence, from the same arguments.
     - `streams`: for word maps: (tokenizer, first position, length) of each tokenizer's stream within the text part
@@ -102,6 +109,11 @@ class DiT:
       sequences hold anything else (padding, reference images) gives its own.
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000).
     - `video`: whether the image tokens span several frames.
+    - `cfg`: how the pipeline runs classifier-free guidance without naming its branches (`cache_context`):
+      in one batch, "uncond-first" (diffusers' usual [uncond, cond]) or "cond-first", or "sequential" (a cond
+      forward, then an uncond one, per step).
+    - `timestep`: the forward's timestep in scheduler units, where it is not its `timestep` argument times
+      `timestep_scale`.
     - `regional`: how regional prompting feeds the pipeline (None: regional prompting is not available, e.g. where
       image tokens never attend to text tokens jointly).
     """
@@ -111,13 +123,15 @@ class DiT:
     processors: tuple[str, ...]
     sites: tuple[SitePattern, ...]
     order: Literal["text", "image"]
-    stride: int
+    stride: int | Callable[[torch.nn.Module], int]
     grid: Callable[[Mapping[str, Any], torch.nn.Module], Grid]
     streams: Callable[[Any, int], list[tuple[Any, int, int]]]
     text_tokens: Callable[[Mapping[str, Any]], int | None] = _text_tokens
     layout: Callable[[DiT, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     video: bool = False
+    cfg: Literal["uncond-first", "cond-first", "sequential"] = "uncond-first"
+    timestep: Callable[[Mapping[str, Any]], Any] | None = None
     regional: RegionalText | None = None
 
     def parts(self, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None) -> tuple[Parts, Parts]:
@@ -125,13 +139,18 @@ class DiT:
         if self.layout is not None:
             return self.layout(self, kind, queries, keys, grid, text_tokens)
         image = ("image", grid.tokens)
-        if kind == "self":
+        if kind in ("self", "self2"):
             return (image,), (image,)
+        if kind == "text":
+            return (("text", queries),), (("text", keys),)
         if kind == "cross":
             return (image,), (("text", keys),)
         sequence = (("text", queries - grid.tokens), image)
         sequence = sequence if self.order == "text" else sequence[::-1]
         return sequence, sequence
+
+    def stride_of(self, model: torch.nn.Module) -> int:
+        return self.stride(model) if callable(self.stride) else self.stride
 
     @property
     def model_class(self) -> type | None:

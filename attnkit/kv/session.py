@@ -34,7 +34,12 @@ DEFAULT_SELECTION: dict[str, dict[str, Any]] = {
 
 def default_sites(pipe: Any) -> SiteList:
     """The sites K/V controls use on `pipe` when none are chosen."""
-    return sites(pipe).select(**DEFAULT_SELECTION[architecture_of(denoiser_of(pipe)).name])
+    architecture = architecture_of(denoiser_of(pipe)).name
+    if architecture not in DEFAULT_SELECTION:
+        raise AttnkitError(f"K/V injection has default sites on SD1.x, SD2, SDXL, SD3, SD3.5 and Flux.1 only; "
+                           f"{type(pipe).__name__} is a {architecture} model: choose its sites explicitly "
+                           "(`sites_=` or selection keywords such as kind='self').")
+    return sites(pipe).select(**DEFAULT_SELECTION[architecture])
 
 
 def _chosen(pipe: Any, sites_: Iterable[Site] | None, selection: dict[str, Any]) -> SiteList:

@@ -57,7 +57,8 @@ def _maps(args: argparse.Namespace) -> None:
     check_size(pipe, args.height, args.width)
     space = {"space": "output", "concepts": concepts} if concepts else {}
     with trace(pipe, prompt=args.prompt, **space) as tc, torch.inference_mode():
-        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
+        size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+        image = pipe(prompt=args.prompt, num_inference_steps=args.steps, **size,
                      generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
                      **guidance_kwargs(args.model, pipe, args.guidance)).images[0]
     if concepts:

@@ -405,6 +405,11 @@ def concept_trace(pipe: Any, prompt: Any, concepts: Sequence[str] | None, *, ste
             f"space='output' needs a transformer with a joint text stream (SD3, SD3.5: MMDiT; Flux.1: double- and "
             f"single-stream blocks); {type(model).__name__} (SD1.x/SDXL) takes text only as cross-attention keys "
             "and values, so concepts have no stream of their own. Use space='probability' for word maps there.")
+    if architecture not in ("sd3", "flux"):
+        raise AttnkitError(
+            f"space='output' runs concept tokens through the blocks of SD3, SD3.5 and Flux.1, whose streams attnkit "
+            f"knows how to extend; {type(model).__name__} ({architecture}) is not one of them. Use "
+            "space='probability' for word maps there.")
     names = _concept_names(concepts)
     if not isinstance(template, str) or template.count("{}") != 1:
         raise AttnkitError(f"template={template!r} must hold one '{{}}' where each concept goes, e.g. 'a {{}}'.")

@@ -47,7 +47,7 @@ Exact = Literal["lse", "explicit"]
 RELATIONS: dict[str, tuple[str, str, frozenset[str]]] = {
     "image->text": ("image", "text", frozenset({"cross", "joint", "single"})),
     "text->image": ("text", "image", frozenset({"joint", "single"})),
-    "text->text": ("text", "text", frozenset({"joint", "single"})),
+    "text->text": ("text", "text", frozenset({"joint", "single", "text"})),
     "image->image": ("image", "image", frozenset({"self", "joint", "single", "self2"})),
 }
 _BRANCHES = ("cond", "uncond")
@@ -203,6 +203,7 @@ class MapRecorder(Control):
         self.total: torch.Tensor | None = None
         self.count = 0.0 if isinstance(self.reduction, PerQuery) else 0
         self.steps_recorded: set[int | None] = set()
+        self.frames = 1  # token frames of the recorded forwards (a video model's), stacked top to bottom in the maps
         self._expected = frozenset(self.sites.names)
         self._forward: int | None = None
         self._step: int | None = None
@@ -238,6 +239,7 @@ class MapRecorder(Control):
         heat, weight = self.reduction.reduce(self, view, lse, rows, state.latent)
         self._add(heat, weight)
         self.steps_recorded.add(state.step)
+        self.frames = state.frames or 1
 
     def _add(self, heat: torch.Tensor, weight: float) -> None:
         if self.total is None:

@@ -85,16 +85,7 @@ def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     architecture = architecture_of(denoiser_of(pipe))
     if architecture.dit is not None:
         return architecture.dit.streams(pipe, text_tokens)
-    if architecture.name == "unet":
-        return [(_tokenizer(pipe, "tokenizer", "tokenizer_2"), 0, text_tokens)]
-    if architecture.name == "sd3":
-        clip = _tokenizer(pipe, "tokenizer", "tokenizer_2")
-        clip_length = min(clip.model_max_length, text_tokens)
-        streams = [(clip, 0, clip_length)]
-        if getattr(pipe, "tokenizer_3", None) is not None and text_tokens > clip_length:
-            streams.append((pipe.tokenizer_3, clip_length, text_tokens - clip_length))
-        return streams
-    raise AttnkitError(f"attnkit does not know the token streams of {architecture.name}.")
+    return [(_tokenizer(pipe, "tokenizer", "tokenizer_2"), 0, text_tokens)]
 
 
 def _tokenizer(pipe: Any, *names: str) -> Any:

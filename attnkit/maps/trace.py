@@ -3,7 +3,8 @@
     with attnkit.maps.trace(pipe, prompt="a red circle and a blue square") as tc:
         image = pipe("a red circle and a blue square").images[0]
     tc.heatmap("circle")            # (rows, cols) mean probability of attending to "circle"
-    tc.word_maps(["red", "square"]) # {word: (batch items, rows, cols)}
+    tc.word_maps(["red", "square"]) # {word: (batch items, rows, cols)}; a video's frames stacked top to bottom
+    tc.frame_maps("circle")         # (frames, rows, cols): one map per frame of a video model
     tc.save("maps.safetensors")
 """
 
@@ -98,7 +99,7 @@ class Trace:
                                f"{len(self.prompts)} prompt(s) given to the trace: give the same prompts.")
         prompt = self.prompts[item // (items // len(self.prompts))]
         if prompt not in self._tokens:
-            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, self.session.state.text_tokens)
+            self._tokens[prompt] = prompt_tokens(self.pipe, prompt, total.shape[1])  # the recorded text part
         return self._tokens[prompt]
 
     def _region_tokens(self, region: int | str | None) -> PromptTokens:
@@ -132,6 +133,13 @@ class Trace:
                                f"{' and '.join(WORD_RELATIONS)} traces. Read `maps` instead.")
         positions = self.tokens(item, region).positions(word, occurrence)
         return self.total[item, positions].sum(0) / self.count
+
+    def frame_maps(self, word: str, item: int = 0, occurrence: int | None = None) -> torch.Tensor:
+        """(frames, rows, cols): `heatmap(word)` of a video model, one map per latent frame (token frames after the
+        model's temporal patching); an image model's is one frame."""
+        heat = self.heatmap(word, item, occurrence)
+        frames = self.recorder.frames
+        return heat.reshape(frames, heat.shape[0] // frames, heat.shape[1])
 
     def word_maps(self, words: Iterable[str] | None = None, region: int | str | None = None) -> dict[str, torch.Tensor]:
         """{word: (batch items, rows, cols)} for `words` (default: every word of the first prompt, or of region

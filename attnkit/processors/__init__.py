@@ -1,13 +1,13 @@
-"""Site processors per architecture, and which stock diffusers processors each one can stand in for."""
+"""Site processors: the UNet's replay of its stock processors, and the generic one that runs any described DiT's
+own processors (`dispatch`); which stock processors each stands in for, and how a user gets them back."""
 
 from __future__ import annotations
 
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, JointAttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from ..families import DiT
 from .base import AttentionCall, Control, SiteProcessor, TokenLayout
 from .dispatch import DispatchSiteProcessor, site_processor_class
-from .joint import JointSiteProcessor
 from .unet import UNetSiteProcessor
 
 __all__ = ["AttentionCall", "Control", "SiteProcessor", "TokenLayout", "FAMILIES", "Family", "DiTFamily",
@@ -46,8 +46,6 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "unet": Family(UNetSiteProcessor, (AttnProcessor2_0, AttnProcessor),
                    "call `{denoiser}.set_attn_processor(AttnProcessor2_0())` or `{denoiser}.set_default_attn_processor()`"),
-    "sd3": Family(JointSiteProcessor, (JointAttnProcessor2_0,),
-                  "call `{denoiser}.set_attn_processor(JointAttnProcessor2_0())`"),
 }
 
 
@@ -56,7 +54,9 @@ class DiTFamily(Family):
     attention call (`processors.dispatch`)."""
 
     def __init__(self, dit: DiT):
-        super().__init__(DispatchSiteProcessor, (), f"call `{{denoiser}}.set_attn_processor({dit.processors[0]}())`")
+        super().__init__(DispatchSiteProcessor, (), f"give those sites back their stock {dit.processors[0]} "
+                         f"(`{{denoiser}}.set_attn_processor({dit.processors[0]}())` where the model has it, or "
+                         "reload the model)")
         self.dit = dit
 
     def can_replace(self, processor: object) -> bool:

@@ -1,6 +1,7 @@
 """The one processor attnkit installs per site, and the `Control` interface features implement.
 
-A site processor replays the stock projection and output code of its architecture, and in between hands one
+A site processor runs the stock projection and output code of its architecture (replayed for the UNet, the stock
+processor's own code for every transformer: `processors.dispatch`), and in between hands one
 `AttentionCall` to every active control: before the attention kernel (to change q/k/v or restrict the mask, or to
 supply the kernel itself) and after it (to observe the output and its log-sum-exp). Several features active on the
 same site therefore share one attention computation instead of wrapping each other.
@@ -243,5 +244,5 @@ class SiteProcessor:
 
 
 def sdpa(call: AttentionCall) -> torch.Tensor:
-    """The stock kernel of `AttnProcessor2_0` and `JointAttnProcessor2_0`."""
+    """The stock kernel of `AttnProcessor2_0`."""
     return F.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=call.mask, dropout_p=0.0, is_causal=False)

@@ -19,7 +19,7 @@ from .. import ops
 from ..errors import AttnkitError
 from ..processors import AttentionCall, Control
 from .encode import Encoded
-from .mask import Plan, Rules
+from .mask import SHARED, Plan, Rules
 from .spec import RegionSpec, owners_of
 
 __all__ = ["RegionalControl", "Schedule", "StepRange"]
@@ -120,6 +120,9 @@ class RegionalControl(Control):
                 if branch == "uncond" and not self.encoded.regional_negatives:
                     image = torch.zeros_like(image)  # the global negative is one whole-image region: plain attention
                 pieces.append(image)
+                continue
+            if part == "pad":  # tokens the model adds to the text (registers): seen by and seeing everything
+                pieces.append(torch.full((n,), SHARED, dtype=torch.long))
                 continue
             self.encoded.check_text_tokens(call.site.name, n, branch)
             pieces.append(self.encoded.text_owners(branch))

@@ -6,7 +6,7 @@ attention). The CFG batch needs the negative text to be as long: with
 per-region negatives each segment gets its region's negative (the same mask applies); with the global negative it is
 encoded once and repeated, the copies after the first marked `PAD` so that, while the mask is on, nothing sees them
 and the uncond branch is exactly plain attention on the global negative. How a pipeline takes the joined text is
-its family's `RegionalText`: here for UNets and SD3, in `attnkit.families` for every DiT.
+its family's `RegionalText`: here for UNets, in `attnkit.families` for every transformer.
 """
 
 from __future__ import annotations
@@ -65,8 +65,7 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
     prompts = spec.prompts + ([spec.base.prompt] if spec.base else [])
     owners = list(range(len(spec.regions))) + ([BASE] if spec.base else [])
     per_prompt = _encode(text, pipe, prompts, max_sequence_length)
-    lengths = _lengths(text, per_prompt, len(prompts))
-    cond = tuple(zip(owners, lengths))
+    cond = _segments(text, per_prompt, owners)
     arguments = _join(text, per_prompt, pooled, len(spec.regions))
     if not with_negatives:
         return Encoded(arguments, cond, cond, regional)
@@ -75,11 +74,12 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
         negative_prompts = [r.negative if r.negative is not None else global_negative for r in spec.regions]
         negative_prompts += [global_negative] if spec.base else []
         negative = _encode(text, pipe, negative_prompts, max_sequence_length)
-        uncond = tuple(zip(owners, _lengths(text, negative, len(owners))))
+        uncond = _segments(text, negative, owners)
     else:
         negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length), len(owners))
-        length = _lengths(text, negative, len(owners))[0]
-        uncond = ((0, length), (PAD, length * (len(owners) - 1)))
+        uncond = tuple(segment for name in _text_order(text) for segment in (
+            (0, _lengths(text, negative, name, len(owners))[0]),
+            (PAD, sum(_lengths(text, negative, name, len(owners))[1:]))))
     arguments |= {f"negative_{name}": value for name, value in
                   _join(text, negative, pooled, len(spec.regions)).items()}
     return Encoded(arguments, cond, tuple(s for s in uncond if s[1]), regional)
@@ -90,11 +90,20 @@ def _encode(text: RegionalText, pipe: Any, prompts: list[str], max_sequence_leng
         return text.encode(pipe, prompts, max_sequence_length)
 
 
-def _lengths(text: RegionalText, per_prompt: dict[str, Any], count: int) -> list[int]:
-    """Text tokens of each prompt, from the first joined argument."""
-    name, axis = next(iter(text.sequence.items()))
+def _text_order(text: RegionalText) -> tuple[str, ...]:
+    return text.text_order or (next(iter(text.sequence)),)
+
+
+def _segments(text: RegionalText, per_prompt: dict[str, Any], owners: list[int]) -> Segments:
+    """(owner, tokens) of the denoiser's text: each prompt's segment in each joined argument of `text_order`."""
+    return tuple(segment for name in _text_order(text)
+                 for segment in zip(owners, _lengths(text, per_prompt, name, len(owners))))
+
+
+def _lengths(text: RegionalText, per_prompt: dict[str, Any], name: str, count: int) -> list[int]:
+    """Text tokens of each prompt in the joined argument `name`."""
     value = per_prompt[name]
-    return [int(v.shape[0]) for v in value] if isinstance(value, list) else [int(value.shape[axis])] * count
+    return [int(v.shape[0]) for v in value] if isinstance(value, list) else [int(value.shape[text.sequence[name]])] * count
 
 
 def _join(text: RegionalText, per_prompt: dict[str, Any], pooled: Literal["mean", "base"], regions: int
@@ -132,7 +141,7 @@ def regional_text(pipe: Any) -> RegionalText | None:
     architecture = architecture_of(denoiser_of(pipe))
     if architecture.dit is not None:
         return architecture.dit.regional
-    return _SD3 if architecture.name == "sd3" else _UNET if architecture.name == "unet" else None
+    return _UNET if architecture.name == "unet" else None
 
 
 def _unet_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
@@ -142,29 +151,12 @@ def _unet_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None)
     return {"prompt_embeds": encoded[0], "pooled_prompt_embeds": pooled}
 
 
-def _sd3_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
-                                              do_classifier_free_guidance=False,
-                                              max_sequence_length=max_sequence_length)
-    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-
-
 def _unet_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
     return [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77)),
             ("CLIP-G", getattr(pipe, "tokenizer_2", None), 77)]
 
 
-def _sd3_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
-    keeps = getattr(pipe, "tokenizer_max_length", 77)
-    limits = [("CLIP", getattr(pipe, "tokenizer", None), keeps), ("CLIP-G", getattr(pipe, "tokenizer_2", None), keeps)]
-    if getattr(pipe, "text_encoder_3", None) is not None:
-        limits.append(("T5", getattr(pipe, "tokenizer_3", None), max_sequence_length))
-    return limits
-
-
 _UNET = RegionalText(_unet_encode, {"prompt_embeds": 1}, _unet_limits, pooled=("pooled_prompt_embeds",))
-_SD3 = RegionalText(_sd3_encode, {"prompt_embeds": 1}, _sd3_limits, pooled=("pooled_prompt_embeds",),
-                    max_sequence_length=256)
 
 
 def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int | None) -> list[str]:

@@ -27,10 +27,12 @@ import torch
 from .. import ops
 from .spec import BASE
 
-__all__ = ["Token", "Rules", "allowed", "TokenGroups", "Block", "Plan", "PAD", "group_matrix", "blocks", "dense"]
+__all__ = ["Token", "Rules", "allowed", "TokenGroups", "Block", "Plan", "PAD", "SHARED", "group_matrix", "blocks", "dense"]
 
 #: Owner of text slots that nothing may see (uncond copies that only pad the CFG batch's text to equal length).
 PAD = -2
+#: Owner of tokens every token sees and that see every token (e.g. AuraFlow's register tokens, a layout's "pad" part).
+SHARED = -3
 _NEG_INF = float("-inf")
 
 
@@ -73,6 +75,8 @@ def allowed(query: Token, key: Token, rules: Rules) -> float:
     same = query.owner == key.owner
     if rules.hide_pads and PAD in (query.owner, key.owner):
         return 0.0 if same else _NEG_INF
+    if SHARED in (query.owner, key.owner):
+        return 0.0
     if query.part == "image" and key.part == "image":
         return 0.0 if same or not rules.image_isolation else rules.image_bias
     if query.part == "image":
@@ -109,14 +113,14 @@ class TokenGroups:
 
     def __init__(self, layout: Layout, owners: torch.Tensor):
         owners = owners.cpu()
-        is_text = torch.cat([torch.full((n,), part == "text") for part, n in layout])
+        is_text = torch.cat([torch.full((n,), part != "image") for part, n in layout])
         image = sorted(owners[~is_text].unique().tolist(), key=lambda o: (o < 0, o))
         text = list(dict.fromkeys(torch.unique_consecutive(owners[is_text]).tolist()))
         self.groups: tuple[Token, ...] = tuple([Token("image", o) for o in image] + [Token("text", o) for o in text])
-        lookup = torch.zeros(2, int(owners.max()) - PAD + 1, dtype=torch.long)  # [is_text, owner - PAD] -> group
+        lookup = torch.zeros(2, int(owners.max()) - SHARED + 1, dtype=torch.long)  # [is_text, owner - SHARED]
         for i, group in enumerate(self.groups):
-            lookup[int(group.part == "text"), group.owner - PAD] = i
-        self.group_of = lookup[is_text.long(), owners - PAD]
+            lookup[int(group.part == "text"), group.owner - SHARED] = i
+        self.group_of = lookup[is_text.long(), owners - SHARED]
         self.sizes = torch.bincount(self.group_of, minlength=len(self.groups)).tolist()
         self.perm = torch.argsort(self.group_of, stable=True)
 

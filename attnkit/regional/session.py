@@ -168,8 +168,11 @@ class Regional:
                                + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
         # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings,
         # and an explicit "" (CFG against the empty prompt) counts as given.
-        with_negatives = self.text.negative == "always" or self.spec.negative is not None or any(
-            r.negative is not None for r in self.spec.regions)
+        given = self.spec.negative is not None or any(r.negative is not None for r in self.spec.regions)
+        if given and self.text.negative == "never":
+            raise AttnkitError(f"{type(self.pipe).__name__} takes no negative prompt (its guidance is distilled into "
+                               "the model): remove `negative` from the spec and its regions.")
+        with_negatives = self.text.negative == "always" or given
         self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
                               pooled=self.options.pooled, negatives=self.options.negatives,
                               with_negatives=with_negatives)
@@ -230,7 +233,7 @@ class Regional:
         everything else passed through."""
         if self.encoded is None or self._session is None:
             raise AttnkitError("regions(...) works inside `with attnkit.regional(pipe, spec) as regions:` only.")
-        clashing = sorted(set(kwargs) & (set(_OWN_ARGUMENTS) | set(self.encoded.arguments)))
+        clashing = sorted(set(kwargs) & (set(_OWN_ARGUMENTS) | set(self.encoded.arguments) | set(self.text.arguments)))
         if clashing:
             raise AttnkitError(f"{clashing} come from the region spec; leave them out of regions(...).")
         if seed is not None and "generator" in kwargs:
@@ -247,7 +250,7 @@ class Regional:
         if self.spec.pending:
             self._find_word_regions({**size, **kwargs})
         self.spec.check_grid(grid)
-        return {**self.encoded.arguments, **size, **kwargs}
+        return {**self.encoded.arguments, **self.text.arguments, **size, **kwargs}
 
     def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
         """The size the pipeline generates: the init image's when there is one, else the asked or default size."""

@@ -71,7 +71,7 @@ def _segment(args: argparse.Namespace) -> None:
         height = args.height or default_size(pipe)
         width = args.width or default_size(pipe)
         with trace(pipe, args.prompt, height=height, width=width, **options) as tc, torch.inference_mode():
-            image = pipe(args.prompt, num_inference_steps=args.steps, height=height, width=width,
+            image = pipe(prompt=args.prompt, num_inference_steps=args.steps, height=height, width=width,
                          generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
                          **guidance_kwargs(args.model, pipe, args.guidance)).images[0]
         result = tc.segmentation(image)

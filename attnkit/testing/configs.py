@@ -191,7 +191,7 @@ FLUX_DEV_TRANSFORMER_CONFIG: dict[str, Any] = {
     "axes_dims_rope": [16, 56, 56],
 }
 
-_DENOISERS: Mapping[str, tuple[type[torch.nn.Module], dict[str, Any]]] = MappingProxyType(
+_DENOISERS: Mapping[str, tuple[type[torch.nn.Module] | str, dict[str, Any]]] = MappingProxyType(
     {
         "sd15": (UNet2DConditionModel, SD15_UNET_CONFIG),
         "sdxl": (UNet2DConditionModel, SDXL_UNET_CONFIG),
@@ -199,7 +199,7 @@ _DENOISERS: Mapping[str, tuple[type[torch.nn.Module], dict[str, Any]]] = Mapping
         "sd35-medium": (SD3Transformer2DModel, SD35_MEDIUM_TRANSFORMER_CONFIG),
         "sd35-large": (SD3Transformer2DModel, SD35_LARGE_TRANSFORMER_CONFIG),
         "flux-dev": (FluxTransformer2DModel, FLUX_DEV_TRANSFORMER_CONFIG),
-        **{name: (getattr(diffusers, model), config) for name, (model, config) in dits.full_size_configs().items()},
+        **dits.full_size_configs(),  # denoiser class names: a diffusers without one still imports attnkit
     }
 )
 
@@ -217,6 +217,12 @@ def meta_denoiser(name: str) -> torch.nn.Module:
         model_class, config = _DENOISERS[name]
     except KeyError:
         raise AttnkitError(f"unknown denoiser {name!r}; known: {', '.join(DENOISER_NAMES)}") from None
+    if isinstance(model_class, str):
+        found = getattr(diffusers, model_class, None)
+        if found is None:
+            raise AttnkitError(f"{name!r} is a {model_class}, which diffusers {diffusers.__version__} does not have; "
+                               "upgrade diffusers to build it.")
+        model_class = found
     with torch.device("meta"):
         model = model_class(**copy.deepcopy(config))
     return model.eval()
