@@ -6,7 +6,8 @@ text mask as an additive bias (0 / -10000 on padding keys), shape (batch, heads,
 The text is T5's tokens of the prompt, eos, then pads up to `max_sequence_length` (128), the pads masked. The
 pipeline packs the latent into tokens frame-major, then row-major (`_pack_latents`), and gives the transformer the
 token grid as `num_frames`, `height` and `width` (latent frames, rows and cols; patch 1 in every 0.9 release). The
-conditional and unconditional halves run as one batch ([uncond | cond]).
+conditional and unconditional halves run as one batch ([uncond | cond]). With `output_type="latent"` the pipeline
+returns the packed latents, (batch, tokens, channels), not a 5-d video latent.
 """
 
 from __future__ import annotations

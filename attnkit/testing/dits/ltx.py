@@ -91,7 +91,12 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
     if missing:
         raise AttnkitError(f"tiny-ltx needs {', '.join(missing)}, in diffusers >= 0.32 (this is "
                            f"{diffusers.__version__}).")
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
 
     from ..pipelines import _finish, _seeded, _tiny_t5
     from ..tokenizers import tiny_t5_tokenizer

@@ -114,7 +114,12 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
     if missing:
         raise AttnkitError(f"tiny-wan needs {', '.join(missing)}, in diffusers >= 0.33 (this is "
                            f"{diffusers.__version__}).")
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
 
     from ..pipelines import _finish, _seeded
     from ..tokenizers import tiny_t5_tokenizer
