@@ -16,10 +16,10 @@ so the tiny pipeline is an instance of a same-named subclass of the stock class 
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any
 
 from ...errors import AttnkitError
+from ._video import small_default_class
 
 NAME = "tiny-hunyuanvideo"
 
@@ -57,28 +57,6 @@ FULL_SIZE: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @functools.cache
-def _small_default_class(stock: type, **defaults: Any) -> type:
-    """`stock` with `defaults` as its `__call__` defaults (None given for one also means the default), nothing else
-    changed. (The same helper as the Wan / LTX builders' `_video.small_default_class`.)"""
-    signature = inspect.signature(stock.__call__)
-
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind_partial(self, *args, **kwargs)
-        for name, value in defaults.items():
-            if bound.arguments.get(name) is None:
-                if name in bound.arguments and name not in kwargs:
-                    raise TypeError(f"{name}=None given positionally; pass it by keyword")
-                kwargs[name] = value
-        return stock.__call__(self, *args, **kwargs)
-
-    __call__.__signature__ = signature.replace(parameters=[
-        p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()])
-    __call__.__doc__ = stock.__call__.__doc__
-    return type(stock.__name__, (stock,), {"__call__": __call__, "__module__": stock.__module__,
-                                             "__qualname__": stock.__qualname__,
-                                             "__doc__": f"{stock.__doc__ or ''}\n(tiny: defaults {defaults})"})
-
-
 def _llama(tokenizer: Any) -> Any:
     from transformers import LlamaConfig, LlamaModel
 
@@ -126,7 +104,7 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
             up_block_types=("HunyuanVideoUpBlock3D",) * 3, layers_per_block=1, norm_num_groups=4,
             spatial_compression_ratio=4, temporal_compression_ratio=4,
         )
-    pipe_class = _small_default_class(HunyuanVideoPipeline, height=_SIZE, width=_SIZE, num_frames=_FRAMES)
+    pipe_class = small_default_class(HunyuanVideoPipeline, height=_SIZE, width=_SIZE, num_frames=_FRAMES)
     pipe = pipe_class(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
                       scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
                       text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
