@@ -10,7 +10,7 @@ weights (`attnkit.testing.random_full_size_pipeline`, bfloat16 on CUDA) at 1024 
 between device synchronisations; writes benchmarks/results/maps-full-DEVICE.json.
 
 Configs: every tiny pipeline of SD1.5, SDXL, SD3, SD3.5 and Flux.1 (overhead-dominated); Flux.2, Qwen-Image and
-Wan (`FAMILIES`), tiny and around a mid-size transformer (8 heads of 64, 1024 image tokens per frame); and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
+Wan (`FAMILIES`), tiny and around a mid-size transformer (8 heads of 64; 1024 image tokens, Wan 2x16x16); and a mid-size SD3 (a 4-block MMDiT with SD3-medium's head size,
 1024 image + 333 text tokens, CFG batch 2: attention is about 30% of the compute, as in SD3-medium at 1024 px).
 Also an op-level figure: one joint attention call with SD3-medium's 24 heads, alone vs with the recorder. On the
 transformers, one more variant records output-space concept maps (`space="output"`, `CONCEPTS`, ConceptAttention's
@@ -75,12 +75,14 @@ PROMPT = "a red circle and a blue square"
 CONCEPTS = ["circle", "zebra", "background"]
 TINY = ("tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-sd35", "tiny-flux")
 #: Newer DiT families, run through attnkit's generic site mechanism: tiny, and mid-size (the tiny pipeline around a
-#: transformer with these config changes: 8 heads of 64, at MID_IMAGE_SIZE px 1024 image tokens per frame).
+#: transformer with these config changes: 8 heads of 64; at MID_IMAGE_SIZE px 1024 image tokens, Wan 2 latent frames
+#: of 16x16).
 FAMILIES = {
     "tiny-flux2": {"num_layers": 2, "num_single_layers": 4, "num_attention_heads": 8, "attention_head_dim": 64,
                    "axes_dims_rope": (16, 16, 16, 16)},
     "tiny-qwenimage": {"num_layers": 4, "num_attention_heads": 8, "attention_head_dim": 64,
                        "axes_dims_rope": (16, 24, 24)},
+    "tiny-wan": {"num_layers": 4, "num_attention_heads": 8, "attention_head_dim": 64, "ffn_dim": 2048},
 }
 MID_IMAGE_SIZE = 256  # 64x64 latents (tiny VAE, 4x), patch 2: 32x32 = 1024 image tokens
 MID_LAYERS, MID_HEADS, MID_HEAD_DIM = 4, 8, 64

@@ -198,3 +198,19 @@ def test_an_unknown_denoiser_class_is_one_error_naming_it():
                               cross_attention_dim_t5=16, pooled_projection_dim=8, text_len=4, text_len_t5=4)
     with pytest.raises(AttnkitError, match="unsupported model HunyuanDiT2DModel.*attention modules"):
         attnkit.sites(model)
+
+
+def test_readme_family_table_is_the_family_results_json():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "families.py"
+    spec = importlib.util.spec_from_file_location("families_benchmark", path)
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    results = json.loads(families.RESULTS.read_text())
+    assert set(results["families"]) == set(FAMILIES), "every family is in the table: run benchmarks/families.py"
+    readme = families.README.read_text()
+    assert families.readme_with_table(readme, results) == readme, "run `python benchmarks/families.py --readme`"
+    for entry in results["families"].values():  # each cell is what its tests gave
+        assert entry["features"] == families.cells(entry["tests"])
