@@ -18,8 +18,10 @@ from .errors import AttnkitError
 
 __all__ = ["main", "parse_command", "MODEL_HELP", "GENERATION_OPTIONS", "add_generation_options", "checked_float", "positive_int"]
 
-MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, "
-              "random-sd15), local folder or hub id")
+MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, random-sd15, or a tiny offline pipeline: tiny-sd15, "
+              "tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, tiny-flux2, tiny-qwenimage, tiny-chroma, tiny-hidream, "
+              "tiny-zimage, tiny-sana, tiny-pixart, tiny-lumina2, tiny-cogview4, tiny-auraflow, tiny-wan, tiny-cogvideox, "
+              "tiny-hunyuanvideo, tiny-ltx), local folder or hub id")
 
 # Feature packages add their subcommands through a `register(commands)` function in these modules. Building the
 # parser imports them, so they import torch, diffusers and their own heavy modules inside their run functions only:

@@ -214,3 +214,15 @@ def test_readme_family_table_is_the_family_results_json():
     assert families.readme_with_table(readme, results) == readme, "run `python benchmarks/families.py --readme`"
     for entry in results["families"].values():  # each cell is what its tests gave
         assert entry["features"] == families.cells(entry["tests"])
+
+
+def test_cli_maps_of_a_video_model_overlay_a_filmstrip_of_its_latent_frames(tmp_path):
+    from PIL import Image
+
+    _available("wan")
+    assert cli_main(["maps", "tiny-wan", "--prompt", "a red circle", "--out", str(tmp_path), "--steps", "2"]) == 0
+    image = Image.open(tmp_path / "image.png")
+    with maps.trace(build_pipeline("tiny-wan"), prompt="a red circle") as tc:
+        _generate(tc.pipe)
+    assert image.height == tc.recorder.frames * image.width > image.width  # square frames, one per latent frame
+    assert (tmp_path / "circle.png").is_file() and (tmp_path / "maps.safetensors").is_file()

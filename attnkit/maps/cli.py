@@ -58,9 +58,10 @@ def _maps(args: argparse.Namespace) -> None:
     space = {"space": "output", "concepts": concepts} if concepts else {}
     with trace(pipe, prompt=args.prompt, **space) as tc, torch.inference_mode():
         size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
-        image = pipe(prompt=args.prompt, num_inference_steps=args.steps, **size,
-                     generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
-                     **guidance_kwargs(args.model, pipe, args.guidance)).images[0]
+        out = pipe(prompt=args.prompt, num_inference_steps=args.steps, **size,
+                   generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
+                   **guidance_kwargs(args.model, pipe, args.guidance))
+    image = out.images[0] if hasattr(out, "images") else _filmstrip(out.frames[0], tc.recorder.frames)
     if concepts:
         words = concepts
     elif words is None:
@@ -79,6 +80,17 @@ def _maps(args: argparse.Namespace) -> None:
     print(f"wrote {args.out / 'image.png'}, {len(maps)} {'concept' if concepts else 'word'} map(s) "
           f"({', '.join(maps)}), "
           f"{args.out / 'grid.png'}, {args.out / 'maps.safetensors'}")
+
+
+def _filmstrip(frames: Any, count: int) -> Any:
+    """A video's frames at the `count` latent frames of its maps, stacked top to bottom as the maps stack them."""
+    import numpy as np
+    from PIL import Image
+
+    frames = [np.asarray(f) for f in frames]
+    chosen = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, count).round()]
+    stacked = np.concatenate(chosen, axis=0)
+    return Image.fromarray(stacked if stacked.dtype == np.uint8 else (stacked.clip(0, 1) * 255).round().astype(np.uint8))
 
 
 def _concepts(args: argparse.Namespace) -> list[str] | None:
