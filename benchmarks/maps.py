@@ -227,6 +227,8 @@ def amd_variants(pipe, generate: Callable[[], torch.Tensor], variants: dict) -> 
     except (RuntimeError, ValueError) as error:  # it refuses pipelines it cannot cover completely
         return {"error": str(error).splitlines()[0]}
     capture, maps = runs["amd-exact"].capture, runs["amd-exact"].maps
+    if not maps.records:
+        return {"error": "it installed but recorded no image->text maps on this pipeline"}
     variants.update(runs)
     return {
         "captured_modules": capture.coverage["captured_modules"],
