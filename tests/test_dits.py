@@ -140,6 +140,8 @@ def test_inspect_shapes_agree_with_the_stock_run(family_pipe, monkeypatch):
     records = inspect_shapes(pipe, prompt=PROMPT)
     inspected = [tuple(r.attention) for r in records]
     assert inspected and inspected == seen[: len(inspected)]
+    listed = [s.name for s in attnkit.sites(pipe) if s.kind != "linear"]  # sites are listed in execution order
+    assert [r.site for r in records][: len(listed)] == listed
 
 
 def test_word_maps_are_probabilities_equal_to_an_fp64_softmax(family_pipe):

@@ -70,8 +70,8 @@ FAMILY = DiT(
     name="sana",
     model="SanaTransformer2DModel",
     processors=("SanaAttnProcessor2_0",),
-    sites=(SitePattern(r"transformer_blocks\.(\d+)\.attn1", "linear", "linear"),
-           SitePattern(r"transformer_blocks\.(\d+)\.attn2", "cross", "cross")),
+    sites=(SitePattern(r"transformer_blocks\.(\d+)\.attn1", "blocks", "linear"),
+           SitePattern(r"transformer_blocks\.(\d+)\.attn2", "blocks", "cross")),
     order="image",
     stride=lambda model: int(model.config.patch_size),  # 1 in every Sana release
     grid=_grid,
