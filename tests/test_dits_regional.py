@@ -73,5 +73,5 @@ def test_image_tokens_of_one_region_give_the_other_regions_text_probability_zero
 @pytest.mark.parametrize("name", sorted(WITHOUT))
 def test_a_family_without_regional_prompting_says_so(name):
     pipe = _pipe(WITHOUT[name])
-    with pytest.raises(AttnkitError, match=f"{type(pipe).__name__} is a {name} model, where attnkit offers no"):
+    with pytest.raises(AttnkitError, match=f"{type(pipe).__name__} is a {name} model, where attnkit does not offer it"):
         attnkit.regional(pipe, LEFT_RIGHT)

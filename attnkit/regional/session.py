@@ -136,9 +136,9 @@ class Regional:
         self.text = regional_text(pipe)
         if self.text is None:
             raise AttnkitError(
-                f"regional prompting needs image tokens that attend to text tokens: SD1.x, SD2, SDXL, SD3, SD3.5, or "
-                f"a DiT family whose text and image share attention ({', '.join(_regional_families())}); "
-                f"{type(pipe).__name__} is a {self.architecture} model, where attnkit offers no regional prompting.")
+                f"regional prompting runs on SD1.x, SD2, SDXL and the transformer families "
+                f"{', '.join(_regional_families())}; {type(pipe).__name__} is a {self.architecture} model, where "
+                "attnkit does not offer it (the README's family table says why).")
         unet = self.architecture == "unet"
         if self.text.max_sequence_length is None and options.max_sequence_length is not None:
             fixed = ", ".join(f"{name} keeps {keeps} tokens" for name, tokenizer, keeps in self.text.limits(pipe, None)
