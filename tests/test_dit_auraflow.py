@@ -8,28 +8,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import inspect
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
 import attnkit
 from attnkit.families import dit_of
 from attnkit.families.auraflow import REGISTER_TOKENS
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline
+from attnkit.testing import VOCABULARY_WORDS
+from dit_helpers import pipe_fixture, run
 
 torch.set_num_threads(1)
 
-STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline("tiny-auraflow")
-
-
-def run(pipe, prompt="a red circle", **kwargs):
-    with torch.inference_mode():
-        return pipe(prompt, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), **kwargs).images
+pipe = pipe_fixture("tiny-auraflow")
 
 
 def test_release_classes_and_fixed_1024px_default(pipe) -> None:

@@ -4,8 +4,6 @@ second, negative-prompt forward per step."""
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
@@ -14,46 +12,20 @@ pytest.importorskip("diffusers.pipelines.chroma")
 import attnkit  # noqa: E402
 from attnkit import maps  # noqa: E402
 from attnkit.families import dit_of  # noqa: E402
-from attnkit.processors import Control  # noqa: E402
-from attnkit.testing import build_pipeline  # noqa: E402
+from dit_helpers import Keep, forward_arguments, pipe_fixture  # noqa: E402
 
 PROMPT = "a red circle"
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-chroma")
+pipe = pipe_fixture("tiny-chroma")
 
 
-def _forward_arguments(pipe, **options):
-    seen = []
-
-    def hook(module, args, kwargs):
-        seen.append(inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments)
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            pipe(PROMPT, num_inference_steps=1, output_type="latent", **options)
-    finally:
-        handle.remove()
-    return seen
-
-
-class _Keep(Control):
-    name = "keep"
-
-    def __init__(self):
-        self.calls = []
-
-    def before(self, call):
-        self.calls.append((call.state.step, tuple(call.state.branches), call.q.clone(), call.k.clone(), call.mask,
-                           call.layout, call.grid, call.scale))
+def _record(call):
+    return (call.state.step, tuple(call.state.branches), call.q.clone(), call.k.clone(), call.mask, call.layout,
+            call.grid, call.scale)
 
 
 def test_grid_follows_a_non_square_image(pipe):
-    (bound, *_) = _forward_arguments(pipe, height=64, width=96, guidance_scale=1.0)  # 8 x 12 packed tokens
+    (bound, *_) = forward_arguments(pipe, PROMPT, height=64, width=96, guidance_scale=1.0)  # 8 x 12 packed tokens
     grid = dit_of(pipe.transformer).grid(bound, pipe.transformer)
     assert (grid.frames, grid.rows, grid.cols) == (1, 8, 12)
     assert bound["hidden_states"].shape[1] == grid.tokens
@@ -62,7 +34,7 @@ def test_grid_follows_a_non_square_image(pipe):
 
 
 def test_the_stock_mask_keeps_the_prompt_and_one_padding_token(pipe):
-    (bound, *_) = _forward_arguments(pipe, guidance_scale=1.0)
+    (bound, *_) = forward_arguments(pipe, PROMPT, guidance_scale=1.0)
     mask = bound["attention_mask"]
     text = bound["encoder_hidden_states"].shape[1]
     prompt = len(pipe.tokenizer(PROMPT).input_ids)  # words and </s>
@@ -73,7 +45,7 @@ def test_the_stock_mask_keeps_the_prompt_and_one_padding_token(pipe):
 
 def test_word_maps_are_exact_under_the_additive_mask_without_cfg(pipe):
     site = next(s for s in attnkit.sites(pipe) if s.kind == "joint")
-    keep = _Keep()
+    keep = Keep(_record)
     with maps.trace(pipe, prompt=PROMPT, sites_=[site], steps=[0]) as trace, attnkit.attach(pipe, keep, [site]):
         with torch.inference_mode():
             pipe(PROMPT, num_inference_steps=2, guidance_scale=1.0, output_type="latent",
@@ -89,7 +61,7 @@ def test_word_maps_are_exact_under_the_additive_mask_without_cfg(pipe):
 
 def test_the_negative_prompt_forward_is_the_uncond_branch(pipe):
     site = next(s for s in attnkit.sites(pipe) if s.kind == "joint")
-    keep = _Keep()
+    keep = Keep(_record)
     with attnkit.attach(pipe, keep, [site]), torch.inference_mode():
         pipe(PROMPT, num_inference_steps=1, guidance_scale=5.0, output_type="latent")
     assert [branches for _, branches, *_ in keep.calls] == [("cond",), ("uncond",)]

@@ -2,16 +2,12 @@
 order on a non-square multi-frame latent (1.0 spatial patches and 1.5 temporal patches), and the T5 word stream
 lines up with the 226 text positions the pipeline feeds the transformer."""
 
-import pytest
 import torch
 
 from attnkit.families import dit_of
-from attnkit.testing import build_pipeline
+from dit_helpers import pipe_fixture
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline("tiny-cogvideox")
+pipe = pipe_fixture("tiny-cogvideox")
 
 
 def _token_origins(model, frames: int, height: int, width: int) -> list[tuple[int, int, int]]:

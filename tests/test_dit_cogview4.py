@@ -5,12 +5,10 @@ import pytest
 import torch
 
 from attnkit.families import dit_of
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline
+from attnkit.testing import VOCABULARY_WORDS
+from dit_helpers import pipe_fixture
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline("tiny-cogview4")
+pipe = pipe_fixture("tiny-cogview4")
 
 
 def test_every_vocabulary_word_is_one_token_with_or_without_its_space(pipe):

@@ -11,34 +11,13 @@ pytest.importorskip("diffusers.pipelines.flux2")
 
 from attnkit.families import dit_of  # noqa: E402
 from attnkit.maps.tokens import prompt_tokens  # noqa: E402
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline  # noqa: E402
+from attnkit.testing import VOCABULARY_WORDS  # noqa: E402
 from attnkit.testing.dits._flux2_tokenizer import tiny_mistral_tokenizer  # noqa: E402
+from dit_helpers import forward_arguments, pipe_fixture  # noqa: E402
 
 PROMPT = "a red circle next to a blue square"
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-flux2")
-
-
-def _forward_arguments(pipe, **options):
-    """The bound arguments of the transformer's first forward."""
-    import inspect
-
-    seen = []
-
-    def hook(module, args, kwargs):
-        seen.append(inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments)
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            pipe(prompt=PROMPT, num_inference_steps=1, output_type="latent", **options)
-    finally:
-        handle.remove()
-    return seen[0]
+pipe = pipe_fixture("tiny-flux2")
 
 
 def test_every_vocabulary_word_is_one_token_alone_and_after_a_space():
@@ -64,7 +43,7 @@ def test_word_positions_are_the_prompt_tokens_inside_the_templated_text(pipe):
 
 
 def test_grid_follows_a_non_square_image(pipe):
-    bound = _forward_arguments(pipe, height=64, width=96)  # 16 x 24 latents -> 8 x 12 tokens
+    bound = forward_arguments(pipe, PROMPT, height=64, width=96)[0]  # 16 x 24 latents -> 8 x 12 tokens
     family = dit_of(pipe.transformer)
     grid = family.grid(bound, pipe.transformer)
     assert (grid.frames, grid.rows, grid.cols) == (1, 8, 12)
@@ -76,7 +55,7 @@ def test_grid_follows_a_non_square_image(pipe):
 def test_reference_image_tokens_are_pad(pipe):
     from PIL import Image
 
-    bound = _forward_arguments(pipe, image=Image.new("RGB", (64, 64), "red"), height=64, width=64)
+    bound = forward_arguments(pipe, PROMPT, image=Image.new("RGB", (64, 64), "red"), height=64, width=64)[0]
     family = dit_of(pipe.transformer)
     grid = family.grid(bound, pipe.transformer)
     text = bound["encoder_hidden_states"].shape[1]

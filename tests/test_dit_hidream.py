@@ -8,16 +8,12 @@ import torch
 
 from attnkit.families.hidream import FAMILY
 from attnkit.maps.tokens import prompt_tokens
-from attnkit.testing import build_pipeline
 from attnkit.testing.tokenizers import VOCABULARY_WORDS
+from dit_helpers import pipe_fixture
 
 pytestmark = pytest.mark.skipif(FAMILY.model_class is None, reason="this diffusers has no HiDream")
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-hidream")
+pipe = pipe_fixture("tiny-hidream")
 
 
 def test_llama_tokenizer_keeps_every_vocabulary_word_one_token(pipe):

@@ -11,16 +11,12 @@ import torch
 
 from attnkit.families.hunyuanvideo import FAMILY
 from attnkit.maps.tokens import prompt_tokens
-from attnkit.testing import build_pipeline
 from attnkit.testing.tokenizers import VOCABULARY_WORDS
+from dit_helpers import pipe_fixture
 
 pytestmark = pytest.mark.skipif(FAMILY.model_class is None, reason="this diffusers has no HunyuanVideo")
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-hunyuanvideo")
+pipe = pipe_fixture("tiny-hunyuanvideo")
 
 
 def test_template_prefix_is_the_cropped_95_tokens_and_words_stay_one_token(pipe):

@@ -5,8 +5,6 @@ lengths (one joint layout per item) is a clear error."""
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
@@ -17,30 +15,11 @@ from attnkit.errors import AttnkitError
 from attnkit.families import Grid, dit_of, dits
 from attnkit.maps.tokens import prompt_tokens
 from attnkit.processors import Control
-from attnkit.testing import build_pipeline
+from dit_helpers import Keep, forward_arguments, pipe_fixture
 
 PROMPT = "a red circle next to a blue square"
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-lumina2")
-
-
-def _forward_arguments(pipe, prompt=PROMPT, **options):
-    seen = []
-
-    def hook(module, args, kwargs):
-        seen.append(inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments)
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            pipe(prompt=prompt, num_inference_steps=1, output_type="latent", **options)
-    finally:
-        handle.remove()
-    return seen
+pipe = pipe_fixture("tiny-lumina2")
 
 
 def test_word_positions_are_the_prompt_tokens_after_the_system_prompt(pipe):
@@ -48,7 +27,7 @@ def test_word_positions_are_the_prompt_tokens_after_the_system_prompt(pipe):
     handle = pipe.text_encoder.register_forward_pre_hook(
         lambda module, args, kwargs: ids.append((args[0] if args else kwargs["input_ids"]).clone()), with_kwargs=True)
     try:
-        bound = _forward_arguments(pipe)[0]  # the cond forward comes first
+        bound = forward_arguments(pipe, PROMPT)[0]  # the cond forward comes first
     finally:
         handle.remove()
     text_tokens = dit_of(pipe.transformer).text_tokens(bound)
@@ -63,7 +42,7 @@ def test_word_positions_are_the_prompt_tokens_after_the_system_prompt(pipe):
 
 
 def test_grid_and_token_order_follow_the_transformers_patching(pipe):
-    bound = _forward_arguments(pipe, height=64, width=96)[0]  # 8 x 12 latents, patch 2 -> 4 x 6 tokens
+    bound = forward_arguments(pipe, PROMPT, height=64, width=96)[0]  # 8 x 12 latents, patch 2 -> 4 x 6 tokens
     model = pipe.transformer
     grid = dit_of(model).grid(bound, model)
     assert (grid.frames, grid.rows, grid.cols) == (1, 4, 6)
@@ -89,28 +68,22 @@ def test_layouts_of_the_three_block_kinds():
     assert family.parts("joint", 51, 51, grid, 35)[0] == (("text", 35), ("image", 16), ("pad", 0))
 
 
-class _Keep(Control):
-    name = "keep"
-
-    def __init__(self):
-        self.calls = []
-
-    def before(self, call):
-        self.calls.append((call.site.stage, call.q.shape[2], call.layout))
+def _record(call):
+    return call.site.stage, call.q.shape[2], call.layout
 
 
 def test_the_calls_of_a_run_fit_their_layouts(pipe):
-    keep = _Keep()
+    keep = Keep(_record)
     with attnkit.attach(pipe, keep):
-        _forward_arguments(pipe)
+        forward_arguments(pipe, PROMPT)
     stages = {stage for stage, _, _ in keep.calls}
     assert stages == {"context", "noise", "joint"}
     assert all(n > 0 for _, n, _ in keep.calls)
 
 
 def test_a_batch_of_prompts_of_different_lengths_is_refused(pipe):
-    with attnkit.attach(pipe, _Keep()), pytest.raises(AttnkitError, match="different token lengths"):
-        _forward_arguments(pipe, prompt=["a red circle", "a big blue square next to a tree"])
+    with attnkit.attach(pipe, Keep(_record)), pytest.raises(AttnkitError, match="different token lengths"):
+        forward_arguments(pipe, ["a red circle", "a big blue square next to a tree"])
 
 
 class _Branches(Control):

@@ -2,30 +2,22 @@
 and masked T5 text, and the token grid on a non-square image."""
 
 import os
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import pytest
 import torch
 
 from attnkit.families import dit_of
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline
+from attnkit.testing import VOCABULARY_WORDS
+import dit_helpers
+from dit_helpers import pipe_fixture
 
 torch.set_num_threads(1)
 
-STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline("tiny-pixart")
-
-
-def run(pipe, prompt="a red circle", **kwargs):
-    with torch.inference_mode():
-        return pipe(prompt, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
-                    clean_caption=False, **kwargs).images
+pipe = pipe_fixture("tiny-pixart")
+run = partial(dit_helpers.run, clean_caption=False)
 
 
 def test_release_classes_and_default_256px(pipe) -> None:

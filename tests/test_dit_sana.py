@@ -5,8 +5,6 @@ over (no softmax there)."""
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
@@ -17,31 +15,13 @@ from attnkit.errors import AttnkitError
 from attnkit.families import dit_of
 from attnkit.maps.tokens import prompt_tokens
 from attnkit.processors import Control
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline
+from attnkit.testing import VOCABULARY_WORDS
 from attnkit.testing.dits._gemma_tokenizer import tiny_gemma_tokenizer
+from dit_helpers import forward_arguments, pipe_fixture
 
 PROMPT = "a red circle next to a blue square"
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-sana")
-
-
-def _forward_arguments(pipe, prompt=PROMPT, **options):
-    seen = []
-
-    def hook(module, args, kwargs):
-        seen.append(inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments)
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            pipe(prompt=prompt, num_inference_steps=1, output_type="latent", **options)
-    finally:
-        handle.remove()
-    return seen[0]
+pipe = pipe_fixture("tiny-sana")
 
 
 def test_every_vocabulary_word_is_one_token_alone_and_after_a_space():
@@ -58,7 +38,7 @@ def test_word_positions_are_the_prompt_tokens_the_transformer_sees(pipe, prompt)
     handle = pipe.text_encoder.register_forward_pre_hook(
         lambda module, args, kwargs: ids.append((args[0] if args else kwargs["input_ids"]).clone()), with_kwargs=True)
     try:
-        _forward_arguments(pipe, prompt)
+        forward_arguments(pipe, prompt)
     finally:
         handle.remove()
     max_length = 300  # the pipeline's default max_sequence_length: <bos> and the last 299 positions are kept
@@ -71,7 +51,8 @@ def test_word_positions_are_the_prompt_tokens_the_transformer_sees(pipe, prompt)
 
 
 def test_grid_and_token_order_follow_the_transformers_patching(pipe):
-    bound = _forward_arguments(pipe, height=256, width=384, use_resolution_binning=False)  # 8 x 12 latents (f32)
+    # 8 x 12 latents (f32)
+    bound = forward_arguments(pipe, PROMPT, height=256, width=384, use_resolution_binning=False)[0]
     grid = dit_of(pipe.transformer).grid(bound, pipe.transformer)
     assert (grid.frames, grid.rows, grid.cols) == (1, 8, 12)
     latent = torch.zeros(1, *bound["hidden_states"].shape[1:])

@@ -9,33 +9,14 @@ import pytest
 import torch
 
 from attnkit.families import dit_of
-from attnkit.testing import build_pipeline
+from dit_helpers import grids as _grids
+from dit_helpers import pipe_fixture
 
 diffusers = pytest.importorskip("diffusers")
 if not hasattr(diffusers, "WanPipeline"):
     pytest.skip("this diffusers has no WanPipeline", allow_module_level=True)
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-wan")
-
-
-def _grids(pipe, **call):
-    family, grids = dit_of(pipe.transformer), []
-
-    def hook(module, args, kwargs):
-        bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
-        grids.append((family.grid(bound, module), bound["hidden_states"].shape))
-
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            pipe("a red circle", num_inference_steps=1, output_type="latent", **call)
-    finally:
-        handle.remove()
-    return grids
+pipe = pipe_fixture("tiny-wan")
 
 
 def test_grid_of_a_non_square_multi_frame_run(pipe):

@@ -10,17 +10,14 @@ import torch
 import attnkit
 from attnkit.families import Grid, dits
 from attnkit.maps.tokens import prompt_tokens
-from attnkit.testing import VOCABULARY_WORDS, build_pipeline
+from attnkit.testing import VOCABULARY_WORDS
+from dit_helpers import pipe_fixture
 
 FAMILY = next(f for f in dits() if f.name == "zimage")
 pytestmark = pytest.mark.skipif(FAMILY.model_class is None, reason="this diffusers has no ZImageTransformer2DModel")
 PROMPT = "a red circle next to the blue dog"
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return build_pipeline("tiny-zimage")
+pipe = pipe_fixture("tiny-zimage")
 
 
 def test_every_vocabulary_word_is_one_token_alone_and_after_a_space(pipe):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import string
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from itertools import pairwise
 
@@ -67,10 +68,11 @@ _T5_CHAR_SCORE = -5.0
 _T5_CHARACTERS = string.ascii_letters + string.digits + string.punctuation
 
 
-def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+def learn_merges(words: Iterable[str], *, end_of_word: str = _END_OF_WORD) -> list[tuple[str, str]]:
     """Learns BPE merges until every word is one symbol, deterministically: ties go to the smallest pair (the
-    `tokenizers` trainer breaks ties in hash order). Shared with the shapes-world tokenizer."""
-    segmented = [[*word[:-1], word[-1] + _END_OF_WORD] for word in sorted(set(words))]
+    `tokenizers` trainer breaks ties in hash order). `end_of_word` joins each word's last symbol (CLIP's ``</w>``;
+    byte-level BPEs pass ``""``). Shared by every in-memory BPE tokenizer."""
+    segmented = [[*word[:-1], word[-1] + end_of_word] for word in sorted(set(words))]
     merges: list[tuple[str, str]] = []
     while True:
         pair_counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
@@ -94,20 +96,39 @@ def _apply_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
     return merged
 
 
+def bpe_vocab(merges: Iterable[tuple[str, str]], *, before: Iterable[str] = (),
+              after: Iterable[str] = ()) -> dict[str, int]:
+    """Ids in order: `before`, the merged symbols, `after`. Two merges can spell the same token; ids stay
+    contiguous all the same (the first spelling keeps its id)."""
+    tokens = [*before, *(left + right for left, right in merges), *after]
+    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+
+
+def byte_level(text: str) -> str:
+    """`text` in byte-level BPE's printable spelling (" red" -> "Ġred")."""
+    return "".join(piece for piece, _ in
+                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text))
+
+
+@lru_cache(maxsize=8)
+def byte_level_bpe(words: tuple[str, ...], *, extra_pieces: tuple[str, ...] = (), before: tuple[str, ...] = (),
+                   after: tuple[str, ...] = ()) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """A byte-level BPE (GPT-2 style, no end-of-word suffix) where each of `words` is one token with or without a
+    leading space, and so is each of `extra_pieces` (already byte-level). Ids: `before`, the 256 byte symbols, the
+    merged symbols, `after`. Callers copy the cached vocabulary before changing it."""
+    pieces = (*(byte_level(spelling) for word in words for spelling in (word, " " + word)), *extra_pieces)
+    merges = learn_merges(pieces, end_of_word="")
+    vocab = bpe_vocab(merges, before=(*before, *sorted(pre_tokenizers.ByteLevel.alphabet())), after=after)
+    return vocab, tuple(merges)
+
+
 @lru_cache(maxsize=4)
 def _clip_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """CLIP's layout: byte alphabet, the same with ``</w>``, merges, then bos and eos last."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     merges = learn_merges(words)
-    tokens = [
-        *alphabet,
-        *(symbol + _END_OF_WORD for symbol in alphabet),
-        *(left + right for left, right in merges),
-        _CLIP_BOS,
-        _CLIP_EOS,
-    ]
-    # Two merges can spell the same token; keep ids contiguous all the same.
-    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
+    before = (*alphabet, *(symbol + _END_OF_WORD for symbol in alphabet))
+    return bpe_vocab(merges, before=before, after=(_CLIP_BOS, _CLIP_EOS)), tuple(merges)
 
 
 def _special(token: str) -> AddedToken:

@@ -4,19 +4,16 @@
 The release's pipeline, rebuilt small: the cl100k-style split regex, byte-level BPE (no end-of-word suffix, GPT-2
 style `Ġ` word starts), GLM-4's special tokens after the BPE vocabulary, and a post-processor that prepends
 ``[gMASK]<sop>`` to every sequence. Padding goes on the left and pads with ``<|endoftext|>``, as in the release's
-`tokenizer_config.json`. BPE merges are learned deterministically here (ties to the smallest pair).
+`tokenizer_config.json`. BPE merges come from the deterministic trainer of `attnkit.testing.tokenizers` (ties to
+the smallest pair).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from functools import lru_cache
-from itertools import pairwise
-
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from ..tokenizers import VOCABULARY_WORDS
+from ..tokenizers import VOCABULARY_WORDS, byte_level_bpe
 
 __all__ = ["GLM4_SPECIAL_TOKENS", "tiny_glm4_tokenizer"]
 
@@ -29,42 +26,10 @@ _PAD = _EOS = "<|endoftext|>"
 # GLM-4's (and cl100k's) pre-tokenization regex.
 _SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_SPACE = "Ġ"  # byte-level spelling of " "
-
-
-def _merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
-    """BPE merges until every word is one symbol; ties go to the smallest pair, so ids never depend on hashing."""
-    segmented = [list(word) for word in sorted(set(words))]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        joined = best[0] + best[1]
-        for index, symbols in enumerate(segmented):
-            merged, at = [], 0
-            while at < len(symbols):
-                if at + 1 < len(symbols) and (symbols[at], symbols[at + 1]) == best:
-                    merged.append(joined)
-                    at += 2
-                else:
-                    merged.append(symbols[at])
-                    at += 1
-            segmented[index] = merged
-
-
-@lru_cache(maxsize=2)
-def _vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    spelled = tuple(w for word in words for w in (word, _SPACE + word))
-    merges = _merges(spelled)
-    tokens = [*sorted(pre_tokenizers.ByteLevel.alphabet()), *(left + right for left, right in merges)]
-    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
 
 
 def _backend(words: tuple[str, ...]) -> Tokenizer:
-    vocab, merges = _vocab_and_merges(words)
+    vocab, merges = byte_level_bpe(words)
     backend = Tokenizer(BPE(vocab=dict(vocab), merges=list(merges), dropout=None, fuse_unk=False,
                             byte_fallback=False))
     backend.pre_tokenizer = pre_tokenizers.Sequence([

@@ -7,20 +7,17 @@ template `<s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]...[/INST]`. This one keeps
 every word of `VOCABULARY_WORDS` is one token both at the start of a piece ("red") and after a space (" red"), and
 so are the words of FLUX.2's system message. Unknown text falls back to single bytes, never `<unk>`.
 
-Merges are learned by a deterministic trainer (ties to the smallest pair), as in `attnkit.testing.tokenizers`.
+Merges come from the deterministic trainer of `attnkit.testing.tokenizers` (ties to the smallest pair).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from functools import lru_cache
-from itertools import pairwise
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from ..tokenizers import VOCABULARY_WORDS
+from ..tokenizers import VOCABULARY_WORDS, byte_level_bpe
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "tiny_mistral_tokenizer"]
 
@@ -51,8 +48,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
 )
 
-_SPACE = "Ġ"  # byte-level's printable form of the space byte
-
 
 def _system_words() -> tuple[str, ...]:
     """The words of FLUX.2's system message, so the fixed prefix of every prompt is word tokens as in the release."""
@@ -61,43 +56,9 @@ def _system_words() -> tuple[str, ...]:
     return tuple(dict.fromkeys(re.findall(r"[A-Za-z]+", SYSTEM_MESSAGE)))
 
 
-def _learn_merges(pieces: tuple[str, ...]) -> list[tuple[str, str]]:
-    """BPE merges until every piece is one symbol; ties go to the smallest pair (deterministic)."""
-    segmented = [list(piece) for piece in sorted(set(pieces))]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        segmented = [_merge(symbols, best) for symbols in segmented]
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out: list[str] = []
-    index = 0
-    while index < len(symbols):
-        if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
-            out.append(symbols[index] + symbols[index + 1])
-            index += 2
-        else:
-            out.append(symbols[index])
-            index += 1
-    return out
-
-
-@lru_cache(maxsize=2)
-def _vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    """Specials first, then the 256 byte symbols, then merged symbols (Tekken's layout)."""
-    pieces = tuple(p for word in words for p in (word, _SPACE + word))
-    merges = _learn_merges(pieces)
-    tokens = [*SPECIAL_TOKENS, *sorted(pre_tokenizers.ByteLevel.alphabet()), *(a + b for a, b in merges)]
-    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
-
-
 def _backend(words: tuple[str, ...]) -> Tokenizer:
-    vocab, merges = _vocab_and_merges(words)
+    # Tekken's layout: specials first, then the 256 byte symbols, then merged symbols
+    vocab, merges = byte_level_bpe(words, before=SPECIAL_TOKENS)
     backend = Tokenizer(BPE(vocab=dict(vocab), merges=list(merges), fuse_unk=False, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),

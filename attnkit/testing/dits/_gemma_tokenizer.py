@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import re
 import string
-from collections import Counter
 from functools import lru_cache
-from itertools import pairwise
 
-from ..tokenizers import VOCABULARY_WORDS
+from ..tokenizers import VOCABULARY_WORDS, bpe_vocab, learn_merges
 
 __all__ = ["SPECIAL_TOKENS", "tiny_gemma_tokenizer"]
 
@@ -51,37 +49,12 @@ def _prefix_words() -> tuple[str, ...]:
     return tuple(dict.fromkeys(words))
 
 
-def _learn_merges(pieces: tuple[str, ...]) -> list[tuple[str, str]]:
-    segmented = [list(piece) for piece in sorted(set(pieces))]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        segmented = [_merge(symbols, best) for symbols in segmented]
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out: list[str] = []
-    index = 0
-    while index < len(symbols):
-        if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
-            out.append(symbols[index] + symbols[index + 1])
-            index += 2
-        else:
-            out.append(symbols[index])
-            index += 1
-    return out
-
-
 @lru_cache(maxsize=2)
 def _vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """Specials, the 256 byte-fallback tokens, single characters, then merged symbols."""
-    merges = _learn_merges(tuple(p for word in words for p in (word, _SPACE + word)))
-    tokens = [*SPECIAL_TOKENS, *(f"<0x{i:02X}>" for i in range(256)), *_CHARACTERS, *(a + b for a, b in merges)]
-    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
+    merges = learn_merges((p for word in words for p in (word, _SPACE + word)), end_of_word="")
+    before = (*SPECIAL_TOKENS, *(f"<0x{i:02X}>" for i in range(256)), *_CHARACTERS)
+    return bpe_vocab(merges, before=before), tuple(merges)
 
 
 def tiny_gemma_tokenizer(model_max_length: int = 8192):

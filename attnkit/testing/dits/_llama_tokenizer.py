@@ -12,11 +12,8 @@ falls back to bytes. Merges are learned deterministically (ties to the smallest 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from functools import lru_cache
-from itertools import pairwise
 
-from ..tokenizers import VOCABULARY_WORDS
+from ..tokenizers import VOCABULARY_WORDS, byte_level, byte_level_bpe
 
 __all__ = ["BEGIN_OF_TEXT", "END_HEADER", "END_OF_TEXT", "EOT", "START_HEADER", "tiny_llama3_tokenizer"]
 
@@ -29,37 +26,6 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def _byte_level(text: str) -> str:
-    from tokenizers import pre_tokenizers
-
-    return "".join(piece for piece, _ in
-                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text))
-
-
-def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
-    segmented = [list(word) for word in sorted(set(words)) if len(word) > 1]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        segmented = [s for s in (_merge(symbols, best) for symbols in segmented) if len(s) > 1]
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out, index = [], 0
-    while index < len(symbols):
-        if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
-            out.append(symbols[index] + symbols[index + 1])
-            index += 2
-        else:
-            out.append(symbols[index])
-            index += 1
-    return out
-
-
 def _pre_tokens(text: str) -> list[str]:
     """`text`'s pre-tokens under Llama 3's split, special tokens left out."""
     from tokenizers import Regex, pre_tokenizers
@@ -69,26 +35,13 @@ def _pre_tokens(text: str) -> list[str]:
     return [piece for part in plain for piece, _ in split.pre_tokenize_str(part)]
 
 
-@lru_cache(maxsize=4)
-def _vocab_and_merges(words: tuple[str, ...], texts: tuple[str, ...]) -> tuple[dict[str, int],
-                                                                             tuple[tuple[str, str], ...]]:
-    from tokenizers import pre_tokenizers
-
-    pieces = [_byte_level(w) for word in words for w in (word, " " + word)]
-    pieces += [_byte_level(piece) for text in texts for piece in _pre_tokens(text)]
-    merges = _learn_merges(pieces)
-    tokens = [*sorted(pre_tokenizers.ByteLevel.alphabet()), *(left + right for left, right in merges)]
-    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
-
-
 def _backend(words: tuple[str, ...], texts: tuple[str, ...]):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    vocab, merges = _vocab_and_merges(words, texts)
+    pieces = tuple(byte_level(piece) for text in texts for piece in _pre_tokens(text))
+    vocab, merges = byte_level_bpe(words, extra_pieces=pieces, after=_SPECIALS)
     vocab = dict(vocab)
-    for special in _SPECIALS:
-        vocab[special] = len(vocab)
     backend = Tokenizer(BPE(vocab=vocab, merges=list(merges), dropout=None, fuse_unk=False, ignore_merges=True))
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),

@@ -12,11 +12,7 @@ back to bytes. Merges are learned deterministically (ties to the smallest pair).
 
 from __future__ import annotations
 
-from collections import Counter
-from functools import lru_cache
-from itertools import pairwise
-
-from ..tokenizers import VOCABULARY_WORDS
+from ..tokenizers import VOCABULARY_WORDS, byte_level_bpe
 
 __all__ = ["IM_START", "IM_END", "ENDOFTEXT", "QWEN3_CHAT_TEMPLATE", "tiny_qwen2_tokenizer"]
 
@@ -44,59 +40,14 @@ QWEN3_CHAT_TEMPLATE = (
 )
 
 
-def _byte_level(text: str) -> str:
-    from tokenizers import pre_tokenizers
-
-    return "".join(piece for piece, _ in
-                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text))
-
-
-def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
-    """Byte-level BPE merges until every word is one symbol; ties go to the smallest pair."""
-    segmented = [list(word) for word in sorted(set(words)) if len(word) > 1]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(pair for symbols in segmented for pair in pairwise(symbols))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        segmented = [s for s in (_merge(symbols, best) for symbols in segmented) if len(s) > 1]
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out, index = [], 0
-    while index < len(symbols):
-        if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
-            out.append(symbols[index] + symbols[index + 1])
-            index += 2
-        else:
-            out.append(symbols[index])
-            index += 1
-    return out
-
-
-@lru_cache(maxsize=2)
-def _vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    from tokenizers import pre_tokenizers
-
-    pieces = [_byte_level(w) for word in words for w in (word, " " + word)]
-    merges = _learn_merges(pieces)
-    tokens = [*sorted(pre_tokenizers.ByteLevel.alphabet()), *(left + right for left, right in merges)]
-    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, tuple(merges)
-
-
 def tiny_qwen2_tokenizer(words: tuple[str, ...] = VOCABULARY_WORDS, *, eos_token: str = IM_END,
                          chat_template: str | None = None, model_max_length: int = 131072):
     """A `Qwen2Tokenizer` where each of `words` (and of the template words) is one token, special tokens last."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    vocab, merges = _vocab_and_merges(tuple(dict.fromkeys(words + TEMPLATE_WORDS)))
-    vocab = dict(vocab)
-    for special in (ENDOFTEXT, IM_START, IM_END):
-        vocab[special] = len(vocab)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=list(merges), unk_token=None,
+    vocab, merges = byte_level_bpe(tuple(dict.fromkeys(words + TEMPLATE_WORDS)), after=(ENDOFTEXT, IM_START, IM_END))
+    tokenizer = Qwen2Tokenizer(vocab=dict(vocab), merges=list(merges), unk_token=None,
                                eos_token=eos_token, pad_token=ENDOFTEXT, model_max_length=model_max_length,
                                clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
