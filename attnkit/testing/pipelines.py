@@ -179,16 +179,19 @@ def _finish(pipe: _PipelineT) -> _PipelineT:
     return pipe
 
 
-def _tiny_vae(*, scaling_factor: float, shift_factor: float | None = None, quant_conv: bool = True) -> AutoencoderKL:
-    """SD/SDXL VAEs have quant convs; SD3/Flux VAEs drop them and add a latent shift."""
+def _tiny_vae(*, scaling_factor: float, shift_factor: float | None = None, quant_conv: bool = True,
+              channels: tuple[int, ...] = _TINY_VAE_CHANNELS, norm_groups: int = _TINY_NORM_GROUPS,
+              latent_channels: int = _TINY_LATENT_CHANNELS, sample_size: int = TINY_IMAGE_SIZE) -> AutoencoderKL:
+    """SD/SDXL VAEs have quant convs; SD3/Flux VAEs drop them and add a latent shift. Each of the `channels` levels
+    but the last halves the image side."""
     return AutoencoderKL(
-        sample_size=TINY_IMAGE_SIZE,
-        down_block_types=("DownEncoderBlock2D",) * len(_TINY_VAE_CHANNELS),
-        up_block_types=("UpDecoderBlock2D",) * len(_TINY_VAE_CHANNELS),
-        block_out_channels=_TINY_VAE_CHANNELS,
+        sample_size=sample_size,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
         layers_per_block=1,
-        latent_channels=_TINY_LATENT_CHANNELS,
-        norm_num_groups=_TINY_NORM_GROUPS,
+        latent_channels=latent_channels,
+        norm_num_groups=norm_groups,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
         use_quant_conv=quant_conv,

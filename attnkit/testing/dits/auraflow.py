@@ -91,9 +91,9 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
     if not hasattr(diffusers, "AuraFlowPipeline"):
         raise AttnkitError(f"tiny-auraflow needs AuraFlowPipeline, in diffusers >= 0.30 (installed: "
                            f"{diffusers.__version__}).")
-    from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
-    from ..pipelines import _finish, _seeded
+    from ..pipelines import _finish, _seeded, _tiny_vae
     from ..tokenizers import tiny_t5_tokenizer
 
     with _seeded(seed):
@@ -112,16 +112,8 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
             out_channels=_LATENT_CHANNELS,
             pos_embed_max_size=_POS_EMBED_MAX_SIZE,
         )
-        vae = AutoencoderKL(
-            sample_size=_SAMPLE_SIZE * 2 ** (len(_VAE_CHANNELS) - 1),
-            down_block_types=("DownEncoderBlock2D",) * len(_VAE_CHANNELS),
-            up_block_types=("UpDecoderBlock2D",) * len(_VAE_CHANNELS),
-            block_out_channels=_VAE_CHANNELS,
-            layers_per_block=1,
-            latent_channels=_LATENT_CHANNELS,
-            norm_num_groups=_VAE_NORM_GROUPS,
-            scaling_factor=_SDXL_VAE_SCALING,
-        )
+        vae = _tiny_vae(scaling_factor=_SDXL_VAE_SCALING, channels=_VAE_CHANNELS, norm_groups=_VAE_NORM_GROUPS,
+                        latent_channels=_LATENT_CHANNELS, sample_size=_SAMPLE_SIZE * 2 ** (len(_VAE_CHANNELS) - 1))
         pipe = AuraFlowPipeline(
             tokenizer=tokenizer,
             text_encoder=text_encoder,

@@ -89,11 +89,10 @@ FULL_SIZE: dict[str, tuple[str, dict[str, Any]]] = {
 def tiny_pipeline(*, seed: int = 0) -> Any:
     """The tiny `PixArtSigmaPipeline`: 2 blocks of self- + cross-attention, 2 heads x 16; 256 px by default."""
     try:
-        from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline,
-                               PixArtTransformer2DModel)
+        from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
     except ImportError as error:  # pragma: no cover - diffusers >= 0.28 has them
         raise AttnkitError(f"tiny-pixart needs PixArtSigmaPipeline, in diffusers >= 0.28 ({error}).") from None
-    from ..pipelines import _finish, _seeded, _tiny_t5
+    from ..pipelines import _finish, _seeded, _tiny_t5, _tiny_vae
     from ..tokenizers import tiny_t5_tokenizer
 
     with _seeded(seed):
@@ -112,16 +111,8 @@ def tiny_pipeline(*, seed: int = 0) -> Any:
             interpolation_scale=0.5,  # PixArt-Sigma-XL-2-256x256's
             use_additional_conditions=False,
         )
-        vae = AutoencoderKL(
-            sample_size=_SAMPLE_SIZE * 2 ** (len(_VAE_CHANNELS) - 1),
-            down_block_types=("DownEncoderBlock2D",) * len(_VAE_CHANNELS),
-            up_block_types=("UpDecoderBlock2D",) * len(_VAE_CHANNELS),
-            block_out_channels=_VAE_CHANNELS,
-            layers_per_block=1,
-            latent_channels=_LATENT_CHANNELS,
-            norm_num_groups=_VAE_NORM_GROUPS,
-            scaling_factor=_SDXL_VAE_SCALING,
-        )
+        vae = _tiny_vae(scaling_factor=_SDXL_VAE_SCALING, channels=_VAE_CHANNELS, norm_groups=_VAE_NORM_GROUPS,
+                        latent_channels=_LATENT_CHANNELS, sample_size=_SAMPLE_SIZE * 2 ** (len(_VAE_CHANNELS) - 1))
         pipe = PixArtSigmaPipeline(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
