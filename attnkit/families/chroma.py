@@ -11,22 +11,10 @@ that tensor as `call.mask`. Classifier-free guidance is a second transformer cal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ..errors import AttnkitError
-from . import DiT, Grid, RegionalText, SitePattern
-
-
-def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
-    ids = bound.get("img_ids")
-    if ids is None:
-        raise AttnkitError("the Chroma transformer was called without `img_ids`; attnkit reads the token grid from "
-                           "them.")
-    ids = ids.reshape(-1, ids.shape[-1])
-    return Grid(1, int(ids[:, 1].max() - ids[:, 1].min()) + 1, int(ids[:, 2].max() - ids[:, 2].min()) + 1)
+from . import DiT, RegionalText, SitePattern
+from .flux import img_ids_grid
 
 
 def _streams(pipe: Any, text_tokens: int | None) -> list[tuple[Any, int, int | None]]:
@@ -51,7 +39,7 @@ FAMILY = DiT(
            SitePattern(r"single_transformer_blocks\.(\d+)\.attn", "single", "single")),
     order="text",
     stride=2,
-    grid=_grid,
+    grid=img_ids_grid,
     streams=_streams,
     timestep_scale=1000.0,
     regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,

@@ -13,10 +13,12 @@ from ..errors import AttnkitError
 from . import DiT, Grid, RegionalText, SitePattern
 
 
-def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
+def img_ids_grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
+    """The token grid from the (row, column) position ids of the image tokens, as Flux-layout models take them."""
     ids = bound.get("img_ids")
     if ids is None:
-        raise AttnkitError("the Flux transformer was called without `img_ids`; attnkit reads the token grid from them.")
+        raise AttnkitError(f"the {type(model).__name__} was called without `img_ids`; attnkit reads the token grid "
+                           "from them.")
     ids = ids.reshape(-1, ids.shape[-1])
     return Grid(1, int(ids[:, 1].max() - ids[:, 1].min()) + 1, int(ids[:, 2].max() - ids[:, 2].min()) + 1)
 
@@ -44,7 +46,7 @@ FAMILY = DiT(
            SitePattern(r"single_transformer_blocks\.(\d+)\.attn", "single", "single")),
     order="text",
     stride=2,
-    grid=_grid,
+    grid=img_ids_grid,
     streams=_streams,
     timestep_scale=1000.0,
     regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
