@@ -194,7 +194,8 @@ class _StateHook(ModelHook):
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
-        timestep = self.dit.timestep(bound) if self.dit is not None and self.dit.timestep else bound.get("timestep")
+        # in the scheduler's units: Flux pipelines, for one, pass the transformer the timestep / 1000
+        timestep = self.dit.scheduler_timestep(bound) if self.dit is not None else bound.get("timestep")
         state = self.state
         state.forwards += 1
         if self.dit is not None:
@@ -209,18 +210,13 @@ class _StateHook(ModelHook):
             state.text_tokens = None if text is None else int(text.shape[1])
             state.latent = int(sample.shape[-2]), int(sample.shape[-1])
             batch = int(sample.shape[0])
-        state.timestep = None if timestep is None else self._timestep(timestep)
+        state.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
         step = state.step
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
         self.forwards_in_step = self.forwards_in_step + 1 if state.step == step and step is not None else 0
         state.branches = self._branches(batch)
         return args, kwargs
-
-    def _timestep(self, timestep: Any) -> float:
-        """The timestep in the scheduler's units (0-1000): Flux pipelines, for one, pass it / 1000."""
-        value = float(torch.as_tensor(timestep).flatten()[0])
-        return value * self.dit.timestep_scale if self.dit is not None and not self.dit.timestep else value
 
     def _branches(self, batch: int) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):
@@ -229,8 +225,9 @@ class _StateHook(ModelHook):
             guided = self._guided()
             return ("uncond" if guided and self.forwards_in_step % 2 else "cond",) * batch
         if self._guided() and batch % 2 == 0:
-            halves = ("uncond",) * (batch // 2), ("cond",) * (batch // 2)
-            return halves[1] + halves[0] if self.dit is not None and self.dit.cfg == "cond-first" else halves[0] + halves[1]
+            cond_first = self.dit is not None and self.dit.cfg == "cond-first"
+            first, second = ("cond", "uncond") if cond_first else ("uncond", "cond")
+            return (first,) * (batch // 2) + (second,) * (batch // 2)
         return ("cond",) * batch
 
     def _guided(self) -> bool:

@@ -63,7 +63,8 @@ class RegionalText:
     regions or taken from the base prompt. Negative prompts go to the same arguments prefixed `negative_`.
     `max_sequence_length`: the default text tokens per prompt (None: the encoder's fixed length, not settable).
     `negative`: "always" when the pipeline guides against a negative prompt by default, "given" when only when one
-    is given (true CFG), "never" when it takes none (guidance-distilled models). `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
+    is given (true CFG), "never" when it takes none (guidance-distilled models).
+    `limits(pipe, max_sequence_length)`: (name, tokenizer, tokens kept) of each text encoder,
     to refuse prompts that would be cut short. `arguments`: fixed keyword arguments every regional call of the
     pipeline takes (e.g. `negative_prompt=None` where a pipeline's default negative prompt would clash with the
     negative embeddings). `text_order`: the joined arguments whose tokens make up the denoiser's text, in the order
@@ -148,6 +149,13 @@ class DiT:
         sequence = (("text", queries - grid.tokens), image)
         sequence = sequence if self.order == "text" else sequence[::-1]
         return sequence, sequence
+
+    def scheduler_timestep(self, bound: Mapping[str, Any]) -> Any:
+        """The forward's timestep in the scheduler's units, from its bound arguments (None if it has none)."""
+        if self.timestep is not None:
+            return self.timestep(bound)
+        timestep = bound.get("timestep")
+        return None if timestep is None else timestep * self.timestep_scale
 
     def stride_of(self, model: torch.nn.Module) -> int:
         return self.stride(model) if callable(self.stride) else self.stride

@@ -23,17 +23,54 @@ import torch.nn.functional as F
 from diffusers.models import attention_dispatch
 
 from ..errors import AttnkitError, AttnkitWarning
+from ..families import DiT, Grid
 from ..sites import Site
 from .base import AttentionCall, SiteProcessor, TokenLayout
 
-__all__ = ["BackendSiteProcessor", "DispatchSiteProcessor", "site_processor_class"]
+__all__ = ["DispatchSiteProcessor", "site_processor_class"]
 
 
-class BackendSiteProcessor(SiteProcessor):
-    """A site processor standing in for a stock processor that diffusers configures with an attention backend and a
-    context-parallel config (`set_attention_backend`, `enable_parallelism`): while attnkit holds the site these
-    belong to the stock processor, which gets the site back; sites that a control takes off the stock kernel say
-    so once."""
+def _backend_name(backend: object) -> str | None:
+    """The backend a stock processor would use: its own, else the active one (`attention_backend(...)`)."""
+    if backend is None:
+        registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
+        backend = registry.get_active_backend()[0] if registry is not None else None
+    return getattr(backend, "value", backend)
+
+
+class _Functional:
+    """`torch.nn.functional` as the stock code sees it at a held site: everything is torch's except
+    `scaled_dot_product_attention`, which is attnkit's entry."""
+
+    def __init__(self, sdpa: Callable[..., torch.Tensor]):
+        self.scaled_dot_product_attention = sdpa
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(F, name)
+
+
+class DispatchSiteProcessor(SiteProcessor):
+    """Runs `original`'s own `__call__` with its attention function routed through the site's controls.
+
+    Built through `site_processor_class(type(original))`, whose `__call__` has the stock signature, because diffusers'
+    attention modules pass a processor only the keyword arguments its `__call__` declares. The attention backend and
+    context-parallel config diffusers sets on the site (`set_attention_backend`, `enable_parallelism`) belong to the
+    stock processor, which gets the site back; sites that a control takes off the stock kernel say so once.
+    """
+
+    def __init__(self, site: Site, original: object, family: DiT):
+        super().__init__(site, original)
+        self.family = family
+        stock = type(original).__call__
+        names = dict(stock.__globals__)
+        if "dispatch_attention_fn" in names:
+            names["dispatch_attention_fn"] = self._dispatch
+        if names.get("F") is F:
+            names["F"] = _Functional(self._sdpa)
+        self._stock = types.FunctionType(stock.__code__, names, stock.__name__, stock.__defaults__,
+                                          stock.__closure__)
+        self._stock.__kwdefaults__ = stock.__kwdefaults__
+        self._seen = 0
 
     @property
     def _attention_backend(self) -> object:
@@ -64,47 +101,6 @@ class BackendSiteProcessor(SiteProcessor):
                 f"own exact kernel at the sites that need it; the other sites keep {backend!r}.",
                 AttnkitWarning, stacklevel=2,
             )
-
-
-def _backend_name(backend: object) -> str | None:
-    """The backend a stock processor would use: its own, else the active one (`attention_backend(...)`)."""
-    if backend is None:
-        registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
-        backend = registry.get_active_backend()[0] if registry is not None else None
-    return getattr(backend, "value", backend)
-
-
-class _Functional:
-    """`torch.nn.functional` as the stock code sees it at a held site: everything is torch's except
-    `scaled_dot_product_attention`, which is attnkit's entry."""
-
-    def __init__(self, sdpa: Callable[..., torch.Tensor]):
-        self.scaled_dot_product_attention = sdpa
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(F, name)
-
-
-class DispatchSiteProcessor(BackendSiteProcessor):
-    """Runs `original`'s own `__call__` with its attention function routed through the site's controls.
-
-    Built through `site_processor_class(type(original))`, whose `__call__` has the stock signature, because diffusers'
-    attention modules pass a processor only the keyword arguments its `__call__` declares.
-    """
-
-    def __init__(self, site: Site, original: object, family: Any):
-        super().__init__(site, original)
-        self.family = family
-        stock = type(original).__call__
-        names = dict(stock.__globals__)
-        if "dispatch_attention_fn" in names:
-            names["dispatch_attention_fn"] = self._dispatch
-        if names.get("F") is F:
-            names["F"] = _Functional(self._sdpa)
-        self._stock = types.FunctionType(stock.__code__, names, stock.__name__, stock.__defaults__,
-                                          stock.__closure__)
-        self._stock.__kwdefaults__ = stock.__kwdefaults__
-        self._seen = 0
 
     def run(self, attn: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         seen = self._seen
@@ -153,11 +149,13 @@ class DispatchSiteProcessor(BackendSiteProcessor):
             raise AttnkitError(f"{self.site.name}: attnkit expects 4-d q/k/v, got {tuple(q.shape)} from "
                                f"{type(self.original).__name__}; this processor is not supported.")
         state = entries[0][1]
-        queries, keys = self._parts(state, q.shape[2], k.shape[2])
+        grid = self._token_grid(state)
+        queries, keys = self._parts(state, grid, q.shape[2], k.shape[2])
         mask = _as_mask(attn_mask)
         scale = options.get("scale") or q.shape[-1] ** -0.5
-        call = AttentionCall(self.site, None, q, k, v, TokenLayout(queries, keys), self._grid(state), scale,
-                             mask=mask)
+        # attnkit's maps take a video's frames stacked top to bottom: (frames x rows, cols)
+        call = AttentionCall(self.site, None, q, k, v, TokenLayout(queries, keys),
+                             (grid.frames * grid.rows, grid.cols), scale, mask=mask)
 
         def plain(c: AttentionCall) -> torch.Tensor:
             if c.q is q and c.k is k and c.v is v and c.mask is mask:
@@ -176,8 +174,7 @@ class DispatchSiteProcessor(BackendSiteProcessor):
             raise AttnkitError(f"{self.site.name}: {type(self.original).__name__} makes {what}, which attnkit's exact "
                                "kernel does not reproduce; select other sites for this feature.")
 
-    def _parts(self, state: Any, queries: int, keys: int) -> tuple[tuple, tuple]:
-        grid = self._token_grid(state)
+    def _parts(self, state: Any, grid: Grid, queries: int, keys: int) -> tuple[tuple, tuple]:
         q_parts, k_parts = self.family.parts(self.site.kind, queries, keys, grid, state.text_tokens)
         if (sum(n for _, n in q_parts) != queries or sum(n for _, n in k_parts) != keys
                 or any(n < 0 for _, n in q_parts + k_parts)):
@@ -188,19 +185,13 @@ class DispatchSiteProcessor(BackendSiteProcessor):
             )
         return tuple(p for p in q_parts if p[1]), tuple(p for p in k_parts if p[1])
 
-    def _token_grid(self, state: Any) -> Any:
-        from ..families import Grid
-
+    def _token_grid(self, state: Any) -> Grid:
         if state.latent is None:
             raise AttnkitError(f"{self.site.name}: the image size of this forward is unknown; run the denoiser "
                                "inside the session (the session reads it from the denoiser's inputs).")
         rows, cols = self.site.grid(state.latent)
         frames = state.frames or 1
         return Grid(frames, rows // frames, cols)
-
-    def _grid(self, state: Any) -> tuple[int, int]:
-        """The image part's token grid as attnkit's maps take it: a video's frames stacked top to bottom."""
-        return self.site.grid(state.latent)
 
 
 _OPTIONS = ("dropout_p", "is_causal", "scale", "enable_gqa")

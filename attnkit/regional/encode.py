@@ -103,7 +103,9 @@ def _segments(text: RegionalText, per_prompt: dict[str, Any], owners: list[int])
 def _lengths(text: RegionalText, per_prompt: dict[str, Any], name: str, count: int) -> list[int]:
     """Text tokens of each prompt in the joined argument `name`."""
     value = per_prompt[name]
-    return [int(v.shape[0]) for v in value] if isinstance(value, list) else [int(value.shape[text.sequence[name]])] * count
+    if isinstance(value, list):
+        return [int(v.shape[0]) for v in value]
+    return [int(value.shape[text.sequence[name]])] * count
 
 
 def _join(text: RegionalText, per_prompt: dict[str, Any], pooled: Literal["mean", "base"], regions: int
