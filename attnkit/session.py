@@ -203,6 +203,8 @@ class _StateHook(ModelHook):
             stride = self.dit.stride_of(module)
             state.latent, state.frames = (grid.frames * grid.rows * stride, grid.cols * stride), grid.frames
             state.text_tokens = self.dit.text_tokens(bound)
+            items = self.dit.item_text_tokens(bound) if self.dit.item_text_tokens is not None else ()
+            state.item_text_tokens = items if len(set(items)) > 1 else ()
             batch = _batch(bound)
         else:
             sample = bound.get("sample", bound.get("hidden_states"))

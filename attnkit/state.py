@@ -28,6 +28,8 @@ class State:
     `latent` is the denoiser input's spatial size in latent pixels; each site derives its token grid from it. A video
     denoiser's `frames` (token frames after temporal patching) are stacked top to bottom in `latent`, so that a site's
     grid is (frames x rows, cols): maps of a video are one tall picture of its frames.
+    `text_tokens` is the text length of the first batch item, `item_text_tokens` that of every item where items
+    differ (empty where one length holds for all).
     `frame` and `phase` are set by features that loop over frames or store-then-load passes. `exclusive` is set
     while a session runs a pass of its own through the denoiser's blocks (output-space concept maps): that pass's
     attention calls are seen only by the controls of that session, never by other sessions' features.
@@ -40,6 +42,7 @@ class State:
     latent: tuple[int, int] | None = None
     frames: int | None = None
     text_tokens: int | None = None
+    item_text_tokens: tuple[int, ...] = ()
     forwards: int = 0
     frame: int | None = None
     phase: str | None = None

@@ -209,7 +209,7 @@ def attention_op(rounds: int, device: torch.device, dtype: torch.dtype) -> list[
     image_side, text, heads, head_dim = 32, 333, 24, 64
     owners = torch.cat([(torch.arange(image_side) * 2 // image_side).repeat(image_side),
                         torch.arange(2).repeat_interleave(text)])
-    plan = Plan((("image", image_side**2), ("text", 2 * text)), [owners.to(device)], Rules(), dtype, device)
+    plan = Plan([((("image", image_side**2), ("text", 2 * text)), owners.to(device))], Rules(), dtype, device)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, len(owners), head_dim, generator=generator).to(device, dtype) for _ in range(3))
     scale = head_dim**-0.5

@@ -191,3 +191,18 @@ def test_a_size_the_model_cannot_take_is_one_error_naming_the_multiple(capsys, t
         .format({"tiny-sd15": "StableDiffusionPipeline", "tiny-sd3": "StableDiffusion3Pipeline",
                  "tiny-flux": "FluxPipeline"}[model])
     assert not list(tmp_path.iterdir())
+
+
+def test_regional_spec_negatives_on_flux_are_an_error_without_true_cfg_and_recorded_with_it(capsys, tmp_path):
+    argv = ["regional", "tiny-flux", "--spec", "examples/regional-left-right.yaml", "--steps", "1"]
+    assert exit_code(argv + ["--out", str(tmp_path / "without.png")]) == 2
+    assert "--true-cfg-scale" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(argv + ["--out", str(tmp_path / "with.png"), "--true-cfg-scale", "3"]) == 0
+    assert json.loads(Image.open(tmp_path / "with.png").text["attnkit"])["true_cfg_scale"] == 3.0
+
+
+def test_true_cfg_scale_on_a_pipeline_that_has_none_is_one_error_naming_it(capsys, tmp_path):
+    argv = ["regional", "tiny-sd3", "--spec", "examples/regional-left-right.yaml", "--steps", "1",
+            "--out", str(tmp_path / "x.png"), "--true-cfg-scale", "3"]
+    assert exit_code(argv) == 2
+    assert "StableDiffusion3Pipeline does not" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -31,7 +31,8 @@ def _latents(pipe, **kwargs):
 
 
 class _Probabilities(Control):
-    """Keeps the image->text probabilities of the first call of every forward at its site, with the CFG branches."""
+    """Keeps the image->text probabilities of every call at its site, per batch item (over the item's own text), with
+    the CFG branches."""
 
     name = "probabilities"
     needs_lse = True
@@ -40,7 +41,18 @@ class _Probabilities(Control):
         self.kept = []
 
     def after(self, call, out, lse):
-        self.kept.append((call.state.batch_index("cond"), call.probabilities(lse, "image", "text"), call.grid))
+        per_item = [call.probabilities(lse, "image", layout.span("keys", "text"))[item]
+                    for item, layout in enumerate(call.layouts())]
+        self.kept.append((call.state.branches, per_item, call.grid))
+
+
+def _other_regions_text_is_unseen(probabilities, owners, text_owners):
+    """Image tokens of each of two regions give the other region's text probability 0 and their own some."""
+    for region, other in ((0, 1), (1, 0)):
+        block = probabilities[:, owners == region][..., text_owners == other]
+        assert block.numel() and torch.all(block == 0)
+        own = probabilities[:, owners == region][..., text_owners == region]
+        assert torch.all(own.sum(-1) > 0)
 
 
 @pytest.mark.parametrize("name", sorted(REGIONAL))
@@ -61,13 +73,42 @@ def test_image_tokens_of_one_region_give_the_other_regions_text_probability_zero
         with attnkit.attach(pipe, kept, [site]):
             _latents(pipe, **call(seed=0, num_inference_steps=2))
         text_owners = call.encoded.text_owners("cond")
-    cond, probabilities, grid = kept.kept[0]
+    branches, probabilities, grid = kept.kept[0]
     owners = call.spec.owners(grid).flatten()
-    for region, other in ((0, 1), (1, 0)):
-        block = probabilities[cond][:, :, owners == region][..., text_owners == other]
-        assert block.numel() and torch.all(block == 0)
-        own = probabilities[cond][:, :, owners == region][..., text_owners == region]
-        assert torch.all(own.sum(-1) > 0)
+    _other_regions_text_is_unseen(probabilities[branches.index("cond")], owners, text_owners)
+
+
+@pytest.mark.parametrize("name", sorted(name for name, family in REGIONAL.items()
+                                        if family.regional.negative != "never"))
+def test_with_negatives_per_region_uncond_image_tokens_give_the_other_regions_negative_probability_zero(name):
+    """Each region's negative has a length of its own (Z-Image's captions are as long as their text), so the
+    uncond batch items lay out their tokens differently from the cond ones."""
+    pipe = _pipe(REGIONAL[name])
+    spec = {"regions": [dict(LEFT_RIGHT["regions"][0], negative="blurry"),
+                        dict(LEFT_RIGHT["regions"][1], negative="a dark and very ugly picture of low quality")]}
+    site = next(s for s in attnkit.sites(pipe) if s.kind in ("joint", "single", "cross"))
+    kept = _Probabilities()
+    true_cfg = {"true_cfg_scale": 2.0} if REGIONAL[name].regional.negative == "given" else {}
+    with attnkit.regional(pipe, spec) as call:
+        with attnkit.attach(pipe, kept, [site]):
+            _latents(pipe, **call(seed=0, num_inference_steps=2, **true_cfg))
+        text_owners = {branch: call.encoded.text_owners(branch) for branch in ("cond", "uncond")}
+    seen = set()
+    for branches, probabilities, grid in kept.kept:
+        owners = call.spec.owners(grid).flatten()
+        for item, branch in enumerate(branches):
+            _other_regions_text_is_unseen(probabilities[item], owners, text_owners[branch])
+            seen.add(branch)
+    assert seen == {"cond", "uncond"}
+
+
+@pytest.mark.parametrize("name", sorted(name for name, family in REGIONAL.items() if family.regional.negative == "given"))
+def test_negatives_that_true_cfg_would_leave_unused_are_an_error(name):
+    pipe = _pipe(REGIONAL[name])
+    spec = {"regions": [dict(LEFT_RIGHT["regions"][0], negative="blurry"), LEFT_RIGHT["regions"][1]]}
+    with attnkit.regional(pipe, spec) as call:
+        with pytest.raises(AttnkitError, match="only with true_cfg_scale > 1"):
+            call(seed=0, num_inference_steps=2, true_cfg_scale=1.0)
 
 
 @pytest.mark.parametrize("name", sorted(WITHOUT))

@@ -159,7 +159,7 @@ def test_split_kernel_equals_explicit_masked_softmax(regions, image_tokens, text
     parts = [part for part, n in runs for _ in range(n)]
     owners = text_owners + image.tolist() if text_first else image.tolist() + text_owners
     rules = Rules(*flags, True, math.log(weight) if weight else float("-inf"), image_bias, text_bias)
-    plan = Plan(runs, [torch.tensor(owners)], rules, torch.float32, torch.device("cpu"))
+    plan = Plan([(runs, torch.tensor(owners))], rules, torch.float32, torch.device("cpu"))
     bias = reference_bias(parts, owners, rules)
     if plan.noop:  # nothing masked: the control leaves the call to the stock kernel
         assert not bias.any()
@@ -211,9 +211,10 @@ def test_masked_attention_equals_explicit_reference_at_every_site(pipelines, nam
             "regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
                         {"prompt": "a blue square", "box": [0.5, 0.25, 1, 1], "negative": "green"}]}
     recorder = Recorder()
+    true_cfg = {"true_cfg_scale": 2.0} if name == "tiny-flux" else {}  # Flux guides against negatives only so
     with attnkit.regional(pipe, spec, max_sequence_length=SHORT_T5, image_isolation=True) as call:
         with attnkit.attach(pipe, recorder):
-            latents(pipe, **call(seed=0, num_inference_steps=2))
+            latents(pipe, **call(seed=0, num_inference_steps=2, **true_cfg))
         owners_image = call.spec.owners((8, 8))
         encoded = call.encoded
     assert recorder.calls
@@ -363,11 +364,11 @@ def test_flux_encodes_negatives_only_when_the_spec_gives_one_and_empty_counts(pi
     pipe = pipelines["tiny-flux"]
     for spec, expected in ((LEFT_RIGHT, False), ({**LEFT_RIGHT, "negative": ""}, True)):
         with attnkit.regional(pipe, spec, max_sequence_length=SHORT_T5) as call:
-            kwargs = call(seed=0, num_inference_steps=1)
+            kwargs = call(seed=0, num_inference_steps=1, true_cfg_scale=2.0 if expected else 1.0)
             assert ("negative_prompt_embeds" in kwargs) is expected
             if expected:
                 assert kwargs["negative_prompt_embeds"].shape == kwargs["prompt_embeds"].shape
-                latents(pipe, true_cfg_scale=2.0, **kwargs)
+                latents(pipe, **kwargs)
 
 
 def test_a_negative_prompt_outside_the_spec_is_refused_with_the_fix(pipelines):
@@ -388,7 +389,7 @@ def test_masks_are_compiled_once_per_layout_and_never_reused_across_sizes_or_spe
         latents(pipe, **call(seed=0, num_inference_steps=1, height=96, width=64))
         plans = call.control._plans
         assert {key[1] for key in plans} == {(8, 8), (12, 8)}
-        assert all(plan.mask.shape[-1] == sum(n for _, n in key[0].queries) for key, plan in plans.items())
+        assert all(plan.mask.shape[-1] == sum(n for _, n in key[0][0].queries) for key, plan in plans.items())
     swapped = {"regions": [{**LEFT_RIGHT["regions"][0], "box": [0.5, 0, 1, 1]},
                            {**LEFT_RIGHT["regions"][1], "box": [0, 0, 0.5, 1]}]}
     with attnkit.regional(pipe, swapped, max_sequence_length=SHORT_T5) as call:

@@ -102,6 +102,8 @@ class DiT:
       it from the model.
     - `grid`: the image token grid of one forward, from the denoiser forward's bound arguments and the model.
     - `text_tokens`: the text tokens in the denoiser's text sequence, from the same arguments.
+    - `item_text_tokens`: the text tokens of every batch item, for families whose pipelines give each item text of
+      its own length in one forward (padded there): a CFG batch's prompt and negative prompt, for one.
     - `streams`: for word maps: (tokenizer, first position, length) of each tokenizer's stream within the text part
       of the attention calls, given the pipeline and the number of text tokens.
     - `layout`: (query parts, key parts) of one attention call, from its kind, query and key lengths, the grid and
@@ -128,6 +130,7 @@ class DiT:
     grid: Callable[[Mapping[str, Any], torch.nn.Module], Grid]
     streams: Callable[[Any, int], list[tuple[Any, int, int]]]
     text_tokens: Callable[[Mapping[str, Any]], int | None] = _text_tokens
+    item_text_tokens: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
     layout: Callable[[DiT, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     video: bool = False

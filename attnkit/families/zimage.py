@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, Kind, Parts, SitePattern
+from . import DiT, Grid, Kind, Parts, RegionalText, SitePattern
 
 _MULTIPLE = 32  # diffusers' SEQ_MULTI_OF
 _SENTINEL = "\x00prompt\x00"
@@ -59,11 +59,35 @@ def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid, text_t
     return sequence, sequence
 
 
-def _prefix_tokens(tokenizer: Any) -> int:
-    """Tokens of the chat template before the prompt (`<|im_start|>user\\n`: 3)."""
+def _template(tokenizer: Any) -> tuple[str, str]:
+    """The chat template the pipeline wraps a prompt in: (text before the prompt, text after it)."""
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
                                              add_generation_prompt=True, enable_thinking=True)
-    return len(tokenizer(rendered.split(_SENTINEL)[0]).input_ids)
+    before, after = rendered.split(_SENTINEL)
+    return before, after
+
+
+def _prefix_tokens(tokenizer: Any) -> int:
+    """Tokens of the chat template before the prompt (`<|im_start|>user\\n`: 3)."""
+    return len(tokenizer(_template(tokenizer)[0]).input_ids)
+
+
+def _item_text_tokens(bound: Mapping[str, Any]) -> tuple[int, ...]:
+    captions = bound.get("cap_feats")
+    return () if not captions or isinstance(captions[0], list) else tuple(int(c.shape[0]) for c in captions)
+
+
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """One caption per prompt, each of its own length (the pipeline drops the padding)."""
+    embeds, _ = pipe.encode_prompt(prompt=list(prompts), device=pipe._execution_device,
+                                   do_classifier_free_guidance=False, max_sequence_length=max_sequence_length or 512)
+    return {"prompt_embeds": embeds}
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    """Qwen3 keeps `max_sequence_length` tokens of the prompt in its chat template."""
+    template = len(pipe.tokenizer("".join(_template(pipe.tokenizer))).input_ids)
+    return [("Qwen3", pipe.tokenizer, (max_sequence_length or 512) - template)]
 
 
 def _streams(pipe: Any, text_tokens: int | None) -> list[tuple[Any, int, int | None]]:
@@ -83,9 +107,9 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     text_tokens=_text_tokens,
+    item_text_tokens=_item_text_tokens,
     layout=_layout,
     timestep=lambda bound: 1000 * (1 - bound["t"]),  # the forward's `t` is (1000 - timestep) / 1000
     cfg="cond-first",
-    # no regional prompting: one call's layout holds one caption length, and a CFG batch's cond and uncond captions
-    # differ in length (each padded on its own)
+    regional=RegionalText(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=512),
 )

@@ -45,7 +45,10 @@ class TokenLayout:
 
 @dataclass
 class AttentionCall:
-    """One attention computation at one site, as controls see it: q, k, v are (batch, heads, tokens, head_dim)."""
+    """One attention computation at one site, as controls see it: q, k, v are (batch, heads, tokens, head_dim).
+
+    `layout` is the first batch item's; `item_layouts` gives every item's where items differ (their texts have
+    lengths of their own, padded to one call), else it is None (see `layouts`)."""
 
     site: Site
     state: State
@@ -56,11 +59,22 @@ class AttentionCall:
     grid: tuple[int, int] | None
     scale: float
     mask: torch.Tensor | None = None  # a property (below): may be built only when read
+    item_layouts: tuple[TokenLayout, ...] | None = None
     kernel: Kernel | None = None
     kernel_owner: str | None = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, init=False, repr=False)
     _build_mask: Callable[[], torch.Tensor] | None = field(default=None, init=False, repr=False)
     _mask_tag: object = field(default=None, init=False, repr=False)
+
+    def layouts(self) -> tuple[TokenLayout, ...]:
+        """The layout of every batch item."""
+        return self.item_layouts or (self.layout,) * self.q.shape[0]
+
+    def _map_keys(self, change: Callable[[tuple[tuple[Part, int], ...]], tuple[tuple[Part, int], ...]]) -> None:
+        """Apply `change` to the key parts of every item's layout."""
+        self.layout = TokenLayout(self.layout.queries, change(self.layout.keys))
+        if self.item_layouts is not None:
+            self.item_layouts = tuple(TokenLayout(item.queries, change(item.keys)) for item in self.item_layouts)
 
     def set_mask(self, build: Callable[[], torch.Tensor], tag: object) -> None:
         """Set a mask that is built only if something reads `mask` (a dense kernel, `probabilities`), so that a
@@ -94,8 +108,8 @@ class AttentionCall:
         self._check_keys("extra", k, v)
         self.k = torch.cat([self.k, k.to(self.k.dtype)], dim=2)
         self.v = torch.cat([self.v, v.to(self.v.dtype)], dim=2)
-        self.layout = TokenLayout(self.layout.queries, self.layout.keys + ((part, k.shape[2]),))
         count = k.shape[2]
+        self._map_keys(lambda keys: keys + ((part, count),))
         if self._build_mask is not None:
             build = self._build_mask
             self._build_mask, self._mask_tag = (lambda: ops.allow_extra_keys(build(), count)), None
@@ -106,6 +120,9 @@ class AttentionCall:
         """Put `k` and `v` in place of `part`'s keys and values; the number of tokens may change where no mask is
         set yet (a mask says which query sees which of the old tokens, which would no longer hold)."""
         span = self.layout.span("keys", part)
+        if any(item.span("keys", part) != span for item in self.layouts()):
+            raise AttnkitError(f"{self.site.name}: the {part} keys lie elsewhere in each batch item of this call (texts "
+                               "of different lengths), so attnkit cannot replace them; select other sites.")
         old = span.stop - span.start
         if self.has_mask and k.shape[2] != old:
             raise AttnkitError(
@@ -116,8 +133,7 @@ class AttentionCall:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         self.k = torch.cat([self.k[:, :, : span.start], k, self.k[:, :, span.stop :]], dim=2)
         self.v = torch.cat([self.v[:, :, : span.start], v, self.v[:, :, span.stop :]], dim=2)
-        self.layout = TokenLayout(self.layout.queries, tuple(
-            (name, k.shape[2] if name == part else length) for name, length in self.layout.keys))
+        self._map_keys(lambda keys: tuple((name, k.shape[2] if name == part else length) for name, length in keys))
 
     def _check_keys(self, what: str, k: torch.Tensor, v: torch.Tensor) -> None:
         if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1] or v.shape != k.shape:

@@ -150,12 +150,13 @@ class DispatchSiteProcessor(SiteProcessor):
                                f"{type(self.original).__name__}; this processor is not supported.")
         state = entries[0][1]
         grid = self._token_grid(state)
-        queries, keys = self._parts(state, grid, q.shape[2], k.shape[2])
+        layout = TokenLayout(*self._parts(grid, q.shape[2], k.shape[2], state.text_tokens))
+        items = tuple(TokenLayout(*self._parts(grid, q.shape[2], k.shape[2], text)) for text in state.item_text_tokens)
         mask = _as_mask(attn_mask)
         scale = options.get("scale") or q.shape[-1] ** -0.5
         # attnkit's maps take a video's frames stacked top to bottom: (frames x rows, cols)
-        call = AttentionCall(self.site, None, q, k, v, TokenLayout(queries, keys),
-                             (grid.frames * grid.rows, grid.cols), scale, mask=mask)
+        call = AttentionCall(self.site, None, q, k, v, layout, (grid.frames * grid.rows, grid.cols), scale, mask=mask,
+                             item_layouts=items or None)
 
         def plain(c: AttentionCall) -> torch.Tensor:
             if c.q is q and c.k is k and c.v is v and c.mask is mask:
@@ -174,8 +175,8 @@ class DispatchSiteProcessor(SiteProcessor):
             raise AttnkitError(f"{self.site.name}: {type(self.original).__name__} makes {what}, which attnkit's exact "
                                "kernel does not reproduce; select other sites for this feature.")
 
-    def _parts(self, state: Any, grid: Grid, queries: int, keys: int) -> tuple[tuple, tuple]:
-        q_parts, k_parts = self.family.parts(self.site.kind, queries, keys, grid, state.text_tokens)
+    def _parts(self, grid: Grid, queries: int, keys: int, text_tokens: int | None) -> tuple[tuple, tuple]:
+        q_parts, k_parts = self.family.parts(self.site.kind, queries, keys, grid, text_tokens)
         if (sum(n for _, n in q_parts) != queries or sum(n for _, n in k_parts) != keys
                 or any(n < 0 for _, n in q_parts + k_parts)):
             raise AttnkitError(

@@ -48,6 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="with --init-image: how much of it is re-noised, in (0, 1] (default: the pipeline's, 0.6)")
     p.add_argument("--mask-image", type=Path,
                    help="with --init-image: inpaint, repainting only where this mask is white")
+    p.add_argument("--true-cfg-scale", type=float,
+                   help="true classifier-free guidance against the spec's negatives, on pipelines that guide only when "
+                        "given a negative (Flux.1, Qwen-Image); needed there when the spec has negatives")
     p.set_defaults(run=_regional)
 
 
@@ -160,6 +163,15 @@ def regional_image(model: str, pipe: Any, spec: RegionSpec, seed: int, options: 
     return image, spec, grid, {"command": "regional", "model": model, "spec": spec.as_dict(), "seed": seed, **options}
 
 
+def _true_cfg(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
+    if args.true_cfg_scale is None:
+        return {}
+    if "true_cfg_scale" not in inspect.signature(type(pipe).__call__).parameters:
+        raise AttnkitError(f"--true-cfg-scale applies to pipelines that take `true_cfg_scale` (Flux.1, Qwen-Image); "
+                           f"{type(pipe).__name__} does not: use --guidance.")
+    return {"true_cfg_scale": args.true_cfg_scale}
+
+
 def _regional(args: argparse.Namespace) -> None:
     from ..models import load_pipeline
     from .outline import draw_outlines
@@ -168,8 +180,8 @@ def _regional(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     images = _init_images(args)
     pipe, strength = _image_pipeline(args, load_pipeline(args.model), images)
-    image, spec, grid, record = regional_image(args.model, pipe, spec, args.seed, _options(args, pipe) | strength,
-                                               images)
+    image, spec, grid, record = regional_image(args.model, pipe, spec, args.seed,
+                                               _options(args, pipe) | strength | _true_cfg(args, pipe), images)
     if images:
         record |= {"init_image": str(args.init_image),
                    "mask_image": None if args.mask_image is None else str(args.mask_image)}

@@ -17,7 +17,7 @@ import torch
 
 from .. import ops
 from ..errors import AttnkitError
-from ..processors import AttentionCall, Control
+from ..processors import AttentionCall, Control, TokenLayout
 from .encode import Encoded
 from .mask import SHARED, Plan, Rules
 from .spec import RegionSpec, owners_of
@@ -94,21 +94,17 @@ class RegionalControl(Control):
                             self.name)
 
     def plan(self, call: AttentionCall, rules: Rules) -> Plan:
-        """The compiled mask for this call's layout, grid, branches, rules, device and dtype (cached)."""
-        layout = call.layout
-        if layout.keys[: len(layout.queries)] == layout.queries:
-            keys = None  # self- or joint attention: the queries' own tokens come first among the keys
-        elif layout.queries == layout.queries[:1] and layout.queries[0][0] == "image" and layout.keys[0][0] == "text":
-            keys = layout.keys[:1]  # cross-attention from the image to the text
-        else:
-            raise AttnkitError(f"{call.site.name}: regional masks need the queries' own tokens as the first keys, or "
-                               f"image queries over text keys; got queries {layout.queries} and keys {layout.keys}.")
+        """The compiled mask for this call's layouts, grid, branches, rules, device and dtype (cached)."""
+        layouts = call.layouts()
         branches = call.state.branches or ("cond",) * call.q.shape[0]
-        key = (layout, call.grid, _level(call), branches, rules, call.q.device, call.q.dtype)
+        key = (layouts, call.grid, _level(call), branches, rules, call.q.device, call.q.dtype)
         if key not in self._plans:
-            owners = [self._owners_of(call, branch, layout.queries) for branch in branches]
-            key_owners = None if keys is None else (keys, [self._owners_of(call, branch, keys) for branch in branches])
-            self._plans[key] = Plan(layout.queries, owners, rules, call.q.dtype, call.q.device, key_owners)
+            keys = [_key_parts(call, layout) for layout in layouts]
+            items = [(layout.queries, self._owners_of(call, branch, layout.queries))
+                     for layout, branch in zip(layouts, branches, strict=True)]
+            key_items = None if keys[0] is None else [(parts, self._owners_of(call, branch, parts))
+                                                      for parts, branch in zip(keys, branches)]
+            self._plans[key] = Plan(items, rules, call.q.dtype, call.q.device, key_items)
         return self._plans[key]
 
     def _owners_of(self, call: AttentionCall, branch: str, parts: tuple[tuple[str, int], ...]) -> torch.Tensor:
@@ -142,6 +138,17 @@ class RegionalControl(Control):
                 self.spec.check_grid(level[1])  # every latent pixel has a prompt and every region a pixel
                 self._owners[level] = owners_of(self.spec.coverage_at(level[1], call.site.stride))
         return self._owners[level]
+
+
+def _key_parts(call: AttentionCall, layout: TokenLayout) -> tuple[tuple[str, int], ...] | None:
+    """The key parts a regional mask covers apart from the queries' own tokens: None in self- and joint attention
+    (the queries' own tokens come first among the keys), the text in cross-attention from the image."""
+    if layout.keys[: len(layout.queries)] == layout.queries:
+        return None
+    if layout.queries == layout.queries[:1] and layout.queries[0][0] == "image" and layout.keys[0][0] == "text":
+        return layout.keys[:1]
+    raise AttnkitError(f"{call.site.name}: regional masks need the queries' own tokens as the first keys, or image "
+                       f"queries over text keys; got queries {layout.queries} and keys {layout.keys}.")
 
 
 def _level(call: AttentionCall) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:

@@ -200,35 +200,35 @@ def _status_runs(written: list[bool], start: int, end: int) -> list[tuple[int, i
 
 
 class Plan:
-    """One compiled mask for one token layout, CFG branch set, device and dtype: the calls of the split kernel, per
-    group of batch items that share a mask, and the dense mask `mask` (B or 1, 1, Lq, Lk) (the reference, and what
-    `AttentionCall.probabilities` reads), built on first use: the split kernel never needs it.
+    """One compiled mask for one call's batch items (the token layout and owners of each), device and dtype: the
+    calls of the split kernel, per group of batch items that share a mask, and the dense mask `mask` (B or 1, 1, Lq,
+    Lk) (the reference, and what `AttentionCall.probabilities` reads), built on first use: the split kernel never
+    needs it.
 
     The keys are the queries' own tokens (self- and joint attention) unless `keys` gives their layout and owners per
     batch item (cross-attention from image tokens to text)."""
 
-    def __init__(self, layout: Layout, owners_per_item: list[torch.Tensor], rules: Rules, dtype: torch.dtype,
-                 device: torch.device, keys: tuple[Layout, list[torch.Tensor]] | None = None):
-        key_layout, key_owners = keys if keys is not None else (layout, owners_per_item)
+    def __init__(self, items: list[tuple[Layout, torch.Tensor]], rules: Rules, dtype: torch.dtype,
+                 device: torch.device, keys: list[tuple[Layout, torch.Tensor]] | None = None):
         compiled: dict[tuple, tuple[TokenGroups, TokenGroups, torch.Tensor]] = {}
-        items: list[tuple[TokenGroups, TokenGroups, torch.Tensor]] = []
-        for owners, k_owners in zip(owners_per_item, key_owners, strict=True):
-            key = (tuple(owners.tolist()), tuple(k_owners.tolist()))
+        per_item: list[tuple[TokenGroups, TokenGroups, torch.Tensor]] = []
+        for (layout, owners), (k_layout, k_owners) in zip(items, keys or items, strict=True):
+            key = (layout, tuple(owners.tolist()), k_layout, tuple(k_owners.tolist()))
             if key not in compiled:
                 q_groups = TokenGroups(layout, owners)
-                k_groups = q_groups if keys is None else TokenGroups(key_layout, k_owners)
+                k_groups = q_groups if keys is None else TokenGroups(k_layout, k_owners)
                 compiled[key] = (q_groups, k_groups, group_matrix(q_groups, k_groups, rules))
-            items.append(compiled[key])
+            per_item.append(compiled[key])
         self.noop = all(bool((matrix == 0).all()) for _, _, matrix in compiled.values())
         if self.noop:  # everything sees everything: the stock kernel does it
             return
         variants = list(compiled.values())
         self.tokens = len(variants[0][1].group_of)  # keys of the call's own layout
-        self._dense_from = (variants if len(variants) == 1 else items, dtype, device)
+        self._dense_from = (variants if len(variants) == 1 else per_item, dtype, device)
         self._batches: list[tuple[slice | torch.Tensor, list[_Call]]] = []
         for variant in variants:
             q_groups, k_groups, matrix = variant
-            rows = [i for i, item in enumerate(items) if item is variant]
+            rows = [i for i, item in enumerate(per_item) if item is variant]
             q_perm, k_perm = q_groups.perm.to(device), k_groups.perm.to(device)
             calls = [_Call(_index(q_perm[b.q0:b.q1]), _index(torch.cat([k_perm[k0:k1] for k0, k1 in b.keys])),
                            b.bias, b.first) for b in blocks(q_groups, k_groups, matrix)]

@@ -15,6 +15,8 @@ The img2img and inpaint pipelines of these families work the same way (`AutoPipe
 
 from __future__ import annotations
 
+import inspect
+
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -241,6 +243,7 @@ class Regional:
         if kwargs.get("padding_mask_crop") is not None:
             raise AttnkitError("padding_mask_crop generates only a crop around the mask, so the regions (fractions of "
                                "the whole image) would land elsewhere; leave it out.")
+        self._check_true_cfg(kwargs)
         height, width = self._size(kwargs.pop("height", None), kwargs.pop("width", None), kwargs.get("image"))
         grid = self.grid(height, width, what="init image" if kwargs.get("image") is not None else "image size")
         self.size = (height, width)
@@ -251,6 +254,20 @@ class Regional:
             self._find_word_regions({**size, **kwargs})
         self.spec.check_grid(grid)
         return {**self.encoded.arguments, **self.text.arguments, **size, **kwargs}
+
+    def _check_true_cfg(self, kwargs: dict[str, Any]) -> None:
+        """An error where the spec's negatives would go unused: pipelines that guide against a negative only when one
+        is given (Flux.1, Qwen-Image) do so only with `true_cfg_scale` > 1."""
+        given = self.spec.negative is not None or any(r.negative is not None for r in self.spec.regions)
+        parameter = inspect.signature(type(self.pipe).__call__).parameters.get("true_cfg_scale")
+        if self.text.negative != "given" or not given or parameter is None:
+            return
+        scale = kwargs.get("true_cfg_scale", parameter.default)
+        if scale is None or scale <= 1:
+            raise AttnkitError(f"the spec gives negative prompts, but {type(self.pipe).__name__} guides against them "
+                               f"only with true_cfg_scale > 1 (here {scale}): pass e.g. true_cfg_scale=4.0 "
+                               "(`--true-cfg-scale 4` on the command line), or remove `negative` from the spec and "
+                               "its regions.")
 
     def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
         """The size the pipeline generates: the init image's when there is one, else the asked or default size."""
