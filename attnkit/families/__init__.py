@@ -69,7 +69,10 @@ class RegionalText:
     pipeline takes (e.g. `negative_prompt=None` where a pipeline's default negative prompt would clash with the
     negative embeddings). `text_order`: the joined arguments whose tokens make up the denoiser's text, in the order
     it sees them (default: the first of `sequence`), e.g. HiDream's [T5 | Llama | Llama]: each prompt then owns one
-    segment in each.
+    segment in each. `pack(arguments)`: where the pipeline takes text in another form than the joined arguments
+    (cond and `negative_` ones together), what it takes instead, e.g. Lumina 2's per-prompt token lists as one
+    padded tensor with its attention mask. `encode_negative`: how negative prompts are encoded, where the pipeline
+    encodes them otherwise than prompts (Lumina 2 leaves its system prompt out of the negative); default `encode`.
     """
 
     encode: Callable[[Any, list[str], int | None], dict[str, Any]]
@@ -80,6 +83,8 @@ class RegionalText:
     negative: Literal["always", "given", "never"] = "always"
     arguments: Mapping[str, Any] = field(default_factory=dict)
     text_order: tuple[str, ...] = ()
+    pack: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    encode_negative: Callable[[Any, list[str], int | None], dict[str, Any]] | None = None
 
 
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:

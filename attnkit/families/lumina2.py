@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, SitePattern
+from . import DiT, Grid, RegionalText, SitePattern
 
 _SEPARATOR = " <Prompt Start> "  # how Lumina2Pipeline.encode_prompt joins the system prompt and the prompt
 
@@ -78,6 +78,49 @@ def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(tokenizer, offset, max(text_tokens - offset, 0))]
 
 
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """Each prompt's tokens, after the system prompt, without the padding (the transformer reads a prompt's length
+    from its mask)."""
+    embeds, mask, _, _ = pipe.encode_prompt(prompt=list(prompts), do_classifier_free_guidance=False,
+                                            device=pipe._execution_device,
+                                            max_sequence_length=max_sequence_length or 256)
+    return {"prompt_embeds": _unpadded(embeds, mask)}
+
+
+def _encode_negative(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """Negative prompts as the pipeline encodes them: without the system prompt."""
+    _, _, embeds, mask = pipe.encode_prompt(prompt=[""] * len(prompts), negative_prompt=list(prompts),
+                                            do_classifier_free_guidance=True, device=pipe._execution_device,
+                                            max_sequence_length=max_sequence_length or 256)
+    return {"prompt_embeds": _unpadded(embeds, mask)}
+
+
+def _unpadded(embeds: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    return [tokens[kept.bool()] for tokens, kept in zip(embeds, mask)]
+
+
+def _pack(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The joined text (and negative) as the pipeline takes it: one tensor each, zero-padded to a common length,
+    with masks marking the tokens (the pipeline wants the cond and negative masks of one shape)."""
+    texts = {name: arguments[name][0] for name in ("prompt_embeds", "negative_prompt_embeds") if name in arguments}
+    length = max(len(tokens) for tokens in texts.values())
+    packed = dict(arguments)
+    for name, tokens in texts.items():
+        embeds = tokens.new_zeros(1, length, tokens.shape[-1])
+        embeds[0, : len(tokens)] = tokens
+        mask = torch.zeros(1, length, dtype=torch.long, device=tokens.device)
+        mask[0, : len(tokens)] = 1
+        packed[name] = embeds
+        packed[name.replace("embeds", "attention_mask")] = mask
+    return packed
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    """Gemma keeps `max_sequence_length` tokens of the system prompt, the separator and the prompt."""
+    prefix = (getattr(pipe, "system_prompt", None) or "") + _SEPARATOR
+    return [("Gemma", pipe.tokenizer, (max_sequence_length or 256) - len(pipe.tokenizer(prefix).input_ids))]
+
+
 FAMILY = DiT(
     name="lumina2",
     model="Lumina2Transformer2DModel",
@@ -93,4 +136,6 @@ FAMILY = DiT(
     layout=_layout,
     cfg="sequential",
     timestep=lambda bound: 1000 * (1 - bound["timestep"]),  # the forward's timestep is 1 - t / 1000
+    regional=RegionalText(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=256, pack=_pack,
+                          encode_negative=_encode_negative),
 )

@@ -21,13 +21,14 @@ The timestep is passed in scheduler units (times `config.timestep_scale`, 1.0 in
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, SitePattern
+from . import DiT, Grid, RegionalText, SitePattern
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     hidden = bound.get("hidden_states")
@@ -66,6 +67,29 @@ def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(_AsSanaTokenizes(pipe.tokenizer), 0, text_tokens)]
 
 
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """Each prompt after the pipeline's default complex human instruction, as 300 tokens with its token mask: the
+    transformer turns the joined mask into the cross-attention's key bias, so every prompt's padding stays masked in
+    the joined text."""
+    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    embeds, mask, _, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                            device=pipe._execution_device, complex_human_instruction=instruction,
+                                            max_sequence_length=max_sequence_length or 300)
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+
+def _encode_negative(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    """Negative prompts as the pipeline encodes them: without the complex human instruction."""
+    _, _, embeds, mask = pipe.encode_prompt([""] * len(prompts), negative_prompt=list(prompts),
+                                            do_classifier_free_guidance=True, device=pipe._execution_device,
+                                            max_sequence_length=max_sequence_length or 300)
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    return [("Gemma", pipe.tokenizer, (max_sequence_length or 300) - 1)]  # `<bos>` is one of them
+
+
 FAMILY = DiT(
     name="sana",
     model="SanaTransformer2DModel",
@@ -77,4 +101,7 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,
+    regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                          max_sequence_length=300, arguments={"negative_prompt": None},
+                          encode_negative=_encode_negative),
 )

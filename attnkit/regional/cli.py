@@ -35,8 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(run=_generate)
 
-    p = commands.add_parser("regional",
-                            help="regional prompting from a YAML / JSON region spec (SD1.x, SDXL, SD3, SD3.5, Flux)")
+    p = commands.add_parser("regional", help="regional prompting from a YAML / JSON region spec (SD1.x, SDXL, SD3, "
+                                             "Flux and the other image DiTs)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--spec", required=True, type=Path, help="region spec file (.yaml, .yml or .json)")
     _common(p)

@@ -68,26 +68,33 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
     cond = _segments(text, per_prompt, owners)
     arguments = _join(text, per_prompt, pooled, len(spec.regions))
     if not with_negatives:
-        return Encoded(arguments, cond, cond, regional)
+        return Encoded(_packed(text, arguments), cond, cond, regional)
     global_negative = spec.negative or ""
     if regional:
         negative_prompts = [r.negative if r.negative is not None else global_negative for r in spec.regions]
         negative_prompts += [global_negative] if spec.base else []
-        negative = _encode(text, pipe, negative_prompts, max_sequence_length)
+        negative = _encode(text, pipe, negative_prompts, max_sequence_length, negative=True)
         uncond = _segments(text, negative, owners)
     else:
-        negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length), len(owners))
+        negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length, negative=True),
+                           len(owners))
         uncond = tuple(segment for name in _text_order(text) for segment in (
             (0, _lengths(text, negative, name, len(owners))[0]),
             (PAD, sum(_lengths(text, negative, name, len(owners))[1:]))))
     arguments |= {f"negative_{name}": value for name, value in
                   _join(text, negative, pooled, len(spec.regions)).items()}
-    return Encoded(arguments, cond, tuple(s for s in uncond if s[1]), regional)
+    return Encoded(_packed(text, arguments), cond, tuple(s for s in uncond if s[1]), regional)
 
 
-def _encode(text: RegionalText, pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+def _packed(text: RegionalText, arguments: dict[str, Any]) -> dict[str, Any]:
+    return text.pack(arguments) if text.pack is not None else arguments
+
+
+def _encode(text: RegionalText, pipe: Any, prompts: list[str], max_sequence_length: int | None,
+            negative: bool = False) -> dict[str, Any]:
+    encoder = text.encode_negative if negative and text.encode_negative is not None else text.encode
     with torch.no_grad():
-        return text.encode(pipe, prompts, max_sequence_length)
+        return encoder(pipe, prompts, max_sequence_length)
 
 
 def _text_order(text: RegionalText) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""`attnkit.regional(pipe, spec)`: regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline in
-one `with` block.
+"""`attnkit.regional(pipe, spec)`: regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline
+(or another image DiT) in one `with` block.
 
 ```python
 with attnkit.regional(pipe, "spec.yaml") as regions:
@@ -291,8 +291,8 @@ class Regional:
 
 
 def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) -> Regional:
-    """Regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline; `options` are
-    `RegionalOptions` fields.
+    """Regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline or another image DiT; `options`
+    are `RegionalOptions` fields.
 
     `with attnkit.regional(pipe, spec) as regions: image = pipe(**regions(seed=0, num_inference_steps=28)).images[0]`
     """
