@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -162,10 +163,25 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     assert second["device"] == "cpu" and card.count("minutes on one CPU thread") == 2
 
 
+def test_pooled_dropout_gives_that_share_of_items_the_empty_captions_pooled_vector() -> None:
+    captions = torch.arange(4000) % 7
+    args = argparse.Namespace(pooled_dropout=0.25)
+    pooled = train._pooled_captions(captions, 99, args, torch.Generator().manual_seed(0))
+    dropped = pooled == 99
+    assert abs(dropped.float().mean().item() - 0.25) < 0.03
+    assert torch.equal(pooled[~dropped], captions[~dropped])
+    gen = torch.Generator().manual_seed(0)
+    unchanged = train._pooled_captions(captions, 99, argparse.Namespace(pooled_dropout=0.0), gen)
+    assert unchanged is captions and torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state()), \
+        "without pooled dropout the batches of earlier recipes stay the same"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "sd15", "--layers", "4"], "--layers"),
     (["--arch", "sd15", "--init", "shapes-sd3"], "not an sd15 pipeline"),
     (["--init", "shapes-sd3", "--heads", "2"], "--init continues"),
+    (["--arch", "sd15", "--pooled-dropout", "0.5"], "SD1.x has no pooled vector"),
+    (["--arch", "sd3", "--pooled-dropout", "1.5"], "a share from 0 to 1"),
 ])
 def test_trainer_refuses_conflicting_options(tmp_path, argv: list[str], message: str) -> None:
     with pytest.raises(AttnkitError, match=message):

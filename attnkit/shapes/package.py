@@ -112,6 +112,9 @@ def _stage(training: dict[str, Any]) -> str:
     start = "`--init` with the weights of the run above: " if "init" in training else ""
     stopped = ("" if training["steps"] == training["planned_steps"] else
                f"; stopped early in the cosine schedule planned for {training['planned_steps']} steps")
+    pooled = training.get("pooled_dropout", 0.0)
+    stopped += (f"; {pooled:.0%} of the batch items got the empty caption's pooled vector with their caption's tokens "
+                "(`--pooled-dropout`)") if pooled else ""
     return (f"{start}{training['steps']} steps of batch {training['batch']} at peak learning rate "
             f"{training.get('lr', 1e-3):g} in {training['minutes']} minutes {_hardware(training)} "
             f"(seed {training['seed']}, {training['scenes']} pre-encoded scenes{stopped}); final loss (mean of the "

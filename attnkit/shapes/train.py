@@ -301,6 +301,15 @@ def _epsilon_loss(model: Any, alphas_cumprod: torch.Tensor, x0: torch.Tensor, em
     return (snr.clamp(max=gamma) / snr * (pred - noise).pow(2).mean((1, 2, 3))).mean()
 
 
+def _pooled_captions(cap: torch.Tensor, empty: int, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """The captions whose pooled vector each batch item gets: its own, or with probability `--pooled-dropout` the
+    empty caption's, so that the model reads what to draw from the caption's tokens (which regional prompting gives
+    each region) rather than from the one global pooled vector (which it cannot)."""
+    if not args.pooled_dropout:
+        return cap
+    return torch.where(torch.rand(len(cap), generator=gen) < args.pooled_dropout, empty, cap)
+
+
 def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Namespace, log: _Log, out: Path,
                    meta: dict[str, Any]) -> None:
     """AdamW with warm-up and cosine decay to 0.1x, 10% caption dropout, EMA; checkpoints the EMA weights."""
@@ -325,7 +334,8 @@ def train_denoiser(pipe: Any, data: dict[str, torch.Tensor], args: argparse.Name
         cap[torch.rand(args.batch, generator=gen) < 0.1] = empty
         embeds = data["embeds"][cap].to(model.device)
         if args.arch in ("sd3", "flux"):
-            loss = _flow_loss(model, x0, embeds, data["pooled"][cap].to(model.device), gen)
+            loss = _flow_loss(model, x0, embeds, data["pooled"][_pooled_captions(cap, empty, args, gen)].to(
+                model.device), gen)
         else:
             loss = _epsilon_loss(model, alphas_cumprod, x0, embeds, gen)
         opt.zero_grad(set_to_none=True)
@@ -398,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None,
                         help="peak learning rate (default: sd3 and flux 1e-3, sd15 5e-4)")
     parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--pooled-dropout", type=float, default=0.0,
+                        help="SD3 and Flux: share of batch items whose pooled vector is the empty caption's while "
+                             "their tokens keep the caption (default 0)")
     parser.add_argument("--layers", type=int, default=None,
                         help="transformer blocks: sd3 joint blocks (default 8), flux double-stream blocks (default 4, "
                         "and twice as many single-stream); not for sd15")
@@ -414,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         raise AttnkitError("--steps must be >= 1 and --minutes > 0")
     if args.arch == "sd15" and args.layers is not None:
         raise AttnkitError("--layers sets a transformer's depth: leave it out with --arch sd15")
+    if not 0 <= args.pooled_dropout <= 1 or (args.pooled_dropout and args.arch == "sd15"):
+        raise AttnkitError(f"--pooled-dropout {args.pooled_dropout}: give a share from 0 to 1, on --arch sd3 or flux "
+                           "(SD1.x has no pooled vector)")
     if args.init and (args.vae or args.layers or args.heads):
         raise AttnkitError("--init continues a saved pipeline as it is: leave out --vae, --layers and --heads")
     for key, value in DEFAULTS[args.arch].items():
@@ -428,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes, set_scaling=not args.init)
     meta = {"arch": args.arch, "seed": args.seed, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
             "planned_steps": args.steps, "device": args.device, "threads": args.threads, **meta}
+    if args.pooled_dropout:
+        meta["pooled_dropout"] = args.pooled_dropout
     train_denoiser(pipe, data, args, _Log(args.out / "loss.jsonl", args.steps, "denoiser"), args.out, meta)
     if args.decoder_steps:
         return _refine_saved(args)
