@@ -116,3 +116,34 @@ def test_a_family_without_regional_prompting_says_so(name):
     pipe = _pipe(WITHOUT[name])
     with pytest.raises(AttnkitError, match=f"{type(pipe).__name__} is a {name} model, where attnkit does not offer it"):
         attnkit.regional(pipe, LEFT_RIGHT)
+
+
+class _TextProbabilities(Control):
+    name = "text probabilities"
+    needs_lse = True
+
+    def __init__(self):
+        self.kept = []
+
+    def after(self, call, out, lse):
+        if "cond" in call.state.branches:
+            item = call.state.branches.index("cond")
+            text = call.layouts()[item].span("queries", "text")
+            self.kept.append(call.probabilities(lse, text, text)[item])
+
+
+@pytest.mark.parametrize("name", sorted(name for name, family in REGIONAL.items()
+                                        if any(pattern.kind == "text" for pattern in family.sites)))
+def test_in_caption_refiners_each_regions_text_gives_the_others_probability_zero(name):
+    pipe = _pipe(REGIONAL[name])
+    site = next(s for s in attnkit.sites(pipe) if s.kind == "text")
+    kept = _TextProbabilities()
+    with attnkit.regional(pipe, LEFT_RIGHT) as call:
+        with attnkit.attach(pipe, kept, [site]):
+            _latents(pipe, **call(seed=0, num_inference_steps=1))
+        owners = call.encoded.text_owners("cond")
+    assert kept.kept
+    for probabilities in kept.kept:
+        for region, other in ((0, 1), (1, 0)):
+            assert torch.all(probabilities[:, owners == region][..., owners == other] == 0)
+            assert torch.all(probabilities[:, owners == region][..., owners == region].sum(-1) > 0)

@@ -209,10 +209,10 @@ class Regional:
             self._session = None
 
     def sites(self) -> SiteList:
-        """Where the mask goes: joint attention (and Flux single blocks) or UNet cross-attention; image-only
-        self-attention (MMDiT-X `attn2`, UNet `attn1`) only when image isolation is on; restricted to
-        `options.blocks`."""
-        kinds = ["joint", "single", "cross"] + (["self2", "self"] if self.options.image_isolation else [])
+        """Where the mask goes: joint attention (and Flux single blocks) or UNet cross-attention, and the caption
+        refiners of Z-Image and Lumina 2 (text isolation); image-only self-attention (MMDiT-X `attn2`, UNet `attn1`)
+        only when image isolation is on; restricted to `options.blocks`."""
+        kinds = ["joint", "single", "cross", "text"] + (["self2", "self"] if self.options.image_isolation else [])
         found = sites(self.pipe)
         kinds = [k for k in kinds if any(s.kind == k for s in found)]
         return found.select(kind=kinds, block=self.options.blocks)
