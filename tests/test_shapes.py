@@ -248,3 +248,12 @@ def test_readme_regional_ablation_table_is_the_benchmark_json() -> None:
     readme = ablation.README.read_text()
     table = readme.split(ablation.START, 1)[1].split(ablation.END, 1)[0]
     assert table.strip() == ablation.ablation_table(results), "run `python benchmarks/regional_ablation.py --readme`"
+
+
+def test_model_card_says_when_a_run_trained_with_pooled_dropout() -> None:
+    from attnkit.shapes.package import _stage
+
+    run = {"steps": 10, "planned_steps": 10, "batch": 4, "lr": 3e-4, "minutes": 1.0, "seed": 0, "scenes": 24,
+           "loss": 0.5}
+    assert "--pooled-dropout" not in _stage(run)
+    assert "25% of the batch items got the empty caption's pooled vector" in _stage({**run, "pooled_dropout": 0.25})
