@@ -29,27 +29,17 @@ from scipy.cluster.vq import kmeans2
 
 from attnkit import sites
 from attnkit.segment import trace
+from attnkit.segment.diffseg import label_proposals
 from attnkit.shapes import MODEL_NAMES, load
-from attnkit.shapes.evaluate import SEGMENT_THRESHOLDS, _phrase, generate, layouts, matched_iou
-from attnkit.shapes.scorer import detect
+from attnkit.shapes.evaluate import SEGMENT_THRESHOLDS, _phrase, generate, layouts, matched_iou, true_regions
 
 RESULTS = Path(__file__).parent / "results"
 IMAGES = 16  # as `attnkit eval` (2 x 8 seeds)
 
 
-def _regions(image: np.ndarray) -> list[np.ndarray]:
-    objects = [blob.mask for blob in detect(image)]
-    return objects + [~np.any(objects, axis=0) if objects else np.ones(image.shape[:2], bool)]
-
-
-def _upsample(planes: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Labels at `size` from per-segment planes on the grid (K, rows, cols), upsampled bilinearly, largest wins."""
-    return F.interpolate(planes[None].float(), size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
-
-
 def _grid_ceiling(regions: list[np.ndarray], grid: tuple[int, int]) -> float:
     planes = F.adaptive_avg_pool2d(torch.from_numpy(np.stack(regions)).float(), grid)
-    return matched_iou(_upsample(planes, regions[0].shape), regions)
+    return matched_iou(label_proposals(planes, regions[0].shape), regions)
 
 
 def _known_count(maps: torch.Tensor, regions: list[np.ndarray]) -> float:
@@ -57,7 +47,7 @@ def _known_count(maps: torch.Tensor, regions: list[np.ndarray]) -> float:
     grid = maps.shape[1:]
     _, assigned = kmeans2(maps.reshape(len(maps), -1).double().numpy(), len(regions), minit="++", seed=0)
     planes = F.one_hot(torch.from_numpy(assigned).long(), len(regions)).T.reshape(len(regions), *grid)
-    return matched_iou(_upsample(planes, regions[0].shape), regions)
+    return matched_iou(label_proposals(planes, regions[0].shape), regions)
 
 
 def _own_mass(maps: torch.Tensor, regions: list[np.ndarray]) -> tuple[float, float]:
@@ -91,11 +81,11 @@ def measure(model: str) -> dict:
             alone = {s.name: stack.enter_context(trace(pipe, sites_=[s])) for s in chosen}
             made = generate(pipe, prompts[chunk], seeds[chunk])
         images += made
-        diffseg += [matched_iou(together.segmentation(item=i).labels, _regions(im)) for i, im in enumerate(made)]
+        diffseg += [matched_iou(together.segmentation(item=i).labels, true_regions(im)) for i, im in enumerate(made)]
         for name, tc in alone.items():
             grid = tc.recorder.reduction.resolution(tc.recorder, tc.latent)
             per_site[name] += [m.reshape(-1, *grid).cpu() for m in tc.maps]
-    regions = [_regions(im) for im in images]
+    regions = [true_regions(im) for im in images]
     known = {name: float(np.mean([_known_count(m, r) for m, r in zip(maps, regions)]))
              for name, maps in per_site.items()}
     best = max(known, key=known.get)

@@ -38,10 +38,16 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(frames // frame_patch, rows // patch, cols // patch)
 
 
+def _item_text_tokens(bound: Mapping[str, Any]) -> tuple[int, ...]:
+    """Every item's caption tokens, before padding (none in the omni mode's nested lists)."""
+    captions = bound.get("cap_feats")
+    return () if not captions or isinstance(captions[0], list) else tuple(int(c.shape[0]) for c in captions)
+
+
 def _text_tokens(bound: Mapping[str, Any]) -> int | None:
     """The first (a cond) item's caption tokens, before padding."""
-    captions = bound.get("cap_feats")
-    return None if not captions or isinstance(captions[0], list) else int(captions[0].shape[0])
+    items = _item_text_tokens(bound)
+    return items[0] if items else None
 
 
 def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
@@ -70,11 +76,6 @@ def _template(tokenizer: Any) -> tuple[str, str]:
 def _prefix_tokens(tokenizer: Any) -> int:
     """Tokens of the chat template before the prompt (`<|im_start|>user\\n`: 3)."""
     return len(tokenizer(_template(tokenizer)[0]).input_ids)
-
-
-def _item_text_tokens(bound: Mapping[str, Any]) -> tuple[int, ...]:
-    captions = bound.get("cap_feats")
-    return () if not captions or isinstance(captions[0], list) else tuple(int(c.shape[0]) for c in captions)
 
 
 def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:

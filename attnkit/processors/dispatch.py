@@ -150,8 +150,8 @@ class DispatchSiteProcessor(SiteProcessor):
                                f"{type(self.original).__name__}; this processor is not supported.")
         state = entries[0][1]
         grid = self._token_grid(state)
-        layout = TokenLayout(*self._parts(grid, q.shape[2], k.shape[2], state.text_tokens))
         items = tuple(TokenLayout(*self._parts(grid, q.shape[2], k.shape[2], text)) for text in state.item_text_tokens)
+        layout = items[0] if items else TokenLayout(*self._parts(grid, q.shape[2], k.shape[2], state.text_tokens))
         mask = _as_mask(attn_mask)
         scale = options.get("scale") or q.shape[-1] ** -0.5
         # attnkit's maps take a video's frames stacked top to bottom: (frames x rows, cols)

@@ -168,9 +168,8 @@ class Regional:
         if problems:
             raise AttnkitError("; ".join(problems) + ". Shorten these prompts"
                                + (" or raise max_sequence_length." if any("T5" in p for p in problems) else "."))
-        # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings,
-        # and an explicit "" (CFG against the empty prompt) counts as given.
-        given = self.spec.negative is not None or any(r.negative is not None for r in self.spec.regions)
+        # Flux samples without a negative unless one is given: then true CFG (`true_cfg_scale`) needs its embeddings.
+        given = self.spec.negatives_given
         if given and self.text.negative == "never":
             raise AttnkitError(f"{type(self.pipe).__name__} takes no negative prompt (its guidance is distilled into "
                                "the model): remove `negative` from the spec and its regions.")
@@ -258,9 +257,8 @@ class Regional:
     def _check_true_cfg(self, kwargs: dict[str, Any]) -> None:
         """An error where the spec's negatives would go unused: pipelines that guide against a negative only when one
         is given (Flux.1, Qwen-Image) do so only with `true_cfg_scale` > 1."""
-        given = self.spec.negative is not None or any(r.negative is not None for r in self.spec.regions)
         parameter = inspect.signature(type(self.pipe).__call__).parameters.get("true_cfg_scale")
-        if self.text.negative != "given" or not given or parameter is None:
+        if self.text.negative != "given" or not self.spec.negatives_given or parameter is None:
             return
         scale = kwargs.get("true_cfg_scale", parameter.default)
         if scale is None or scale <= 1:

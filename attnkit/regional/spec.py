@@ -144,6 +144,12 @@ class RegionSpec:
         return [r.prompt for r in self.regions]
 
     @property
+    def negatives_given(self) -> bool:
+        """Whether the spec or any region gives a negative prompt (an explicit "" counts: CFG against the empty
+        prompt)."""
+        return self.negative is not None or any(r.negative is not None for r in self.regions)
+
+    @property
     def pending(self) -> list[int]:
         """Indices of the regions whose mask is still to be found from a word of the base prompt."""
         return [i for i, area in enumerate(self._areas) if area is None]

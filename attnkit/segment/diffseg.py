@@ -19,7 +19,7 @@ from scipy.cluster.vq import kmeans2
 from ..errors import AttnkitError
 from .defaults import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS
 
-__all__ = ["anchor_grid", "kl", "merge", "segment_maps"]
+__all__ = ["anchor_grid", "kl", "label_proposals", "merge", "segment_maps"]
 
 _TINY = 1e-12  # attention probabilities are positive; this only guards the logarithm against underflow
 
@@ -92,8 +92,13 @@ def segment_maps(maps: torch.Tensor, size: tuple[int, int], thresholds: Sequence
                  anchors: int = DEFAULT_ANCHORS, refine: bool = True) -> np.ndarray:
     """Segment ids (height, width), 0..K-1 in order of first appearance, from per-query maps: the proposals
     upsampled (bilinear) to `size` and each pixel given the largest."""
-    proposals = merge(maps, thresholds, anchors, refine)
-    upsampled = F.interpolate(proposals[None], size=size, mode="bilinear", align_corners=False)[0]
+    return label_proposals(merge(maps, thresholds, anchors, refine), size)
+
+
+def label_proposals(proposals: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Segment ids (height, width), 0..K-1 in order of first appearance, from proposals (K, rows, cols) on the token
+    grid: upsampled (bilinear) to `size`, each pixel given the largest."""
+    upsampled = F.interpolate(proposals[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     winner = upsampled.argmax(0).numpy()
     _, first, ids = np.unique(winner, return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))  # renumber so that ids follow reading order

@@ -41,7 +41,8 @@ from .regional import regional_images
 from .scorer import detect, follows_prompt, label_pixels, region_success
 
 __all__ = ["HALVES", "METRICS", "OUTPUT_MAP_CONCEPTS", "QUADRANTS", "SEGMENT_THRESHOLDS", "VIDEO_METRICS", "evaluate",
-           "four_layouts", "generate", "layouts", "matched_iou", "output_maps", "segmentation", "video_editing"]
+           "four_layouts", "generate", "layouts", "matched_iou", "output_maps", "segmentation", "true_regions",
+           "video_editing"]
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                             "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
@@ -281,6 +282,12 @@ def matched_iou(labels: np.ndarray, truths: list[np.ndarray]) -> float:
     return float(iou[rows, cols].sum() / len(truths))
 
 
+def true_regions(image: np.ndarray) -> list[np.ndarray]:
+    """The masks of the objects the colour scorer finds in `image`, and of the background last."""
+    objects = [blob.mask for blob in detect(image)]
+    return objects + [~np.any(objects, axis=0) if objects else np.ones(image.shape[:2], bool)]
+
+
 def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     """DiffSeg segments of 2 x `seeds` generated two-object images vs their objects and background."""
     from ..segment import trace as segment_trace
@@ -297,9 +304,7 @@ def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
         judged = []
         for item, image in enumerate(images):
             labels = tc.segmentation(item=item).labels
-            objects = [blob.mask for blob in detect(image)]
-            background = ~np.any(objects, axis=0) if objects else np.ones(image.shape[:2], bool)
-            judged.append((matched_iou(labels, objects + [background]), int(labels.max()) + 1))
+            judged.append((matched_iou(labels, true_regions(image)), int(labels.max()) + 1))
         return judged
 
     judged = _flat(shared_map(segment_chunk, _slices(len(prompts))))
