@@ -191,6 +191,7 @@ class _StateHook(ModelHook):
         self.contexts = _ContextName()
         self.steps = StepReader()
         self.forwards_in_step = 0
+        self.guided_batch = (0, 0)  # (run, largest batch that run has guided in one forward)
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
@@ -226,11 +227,19 @@ class _StateHook(ModelHook):
         if self.dit is not None and self.dit.cfg == "sequential":  # cond, then uncond, as forwards of their own
             guided = self._guided()
             return ("uncond" if guided and self.forwards_in_step % 2 else "cond",) * batch
-        if self._guided() and batch % 2 == 0:
+        if self._guided() and batch % 2 == 0 and not self._guidance_stopped(batch):
+            self.guided_batch = (self.steps.runs, batch)
             cond_first = self.dit is not None and self.dit.cfg == "cond-first"
             first, second = ("cond", "uncond") if cond_first else ("uncond", "cond")
             return (first,) * (batch // 2) + (second,) * (batch // 2)
         return ("cond",) * batch
+
+    def _guidance_stopped(self, batch: int) -> bool:
+        """Whether a guided pipeline has stopped guiding part-way through this run (Z-Image's `cfg_truncation`
+        drops the uncond half of the batch once its step is reached while `do_classifier_free_guidance` stays true):
+        the batch is half the one this run guided before."""
+        run, guided = self.guided_batch
+        return run == self.steps.runs and batch * 2 == guided
 
     def _guided(self) -> bool:
         """Whether the pipeline batches [uncond, cond]: its `do_classifier_free_guidance` property, else (PixArt,
@@ -248,5 +257,6 @@ class _StateHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
         self.forwards_in_step = 0
+        self.guided_batch = (0, 0)
         return module
 

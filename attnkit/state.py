@@ -81,6 +81,7 @@ class StepReader:
         self._timesteps: torch.Tensor | None = None
         self._start: int | None = None  # position in `scheduler.timesteps` of the run's first iteration
         self._last = 0
+        self.runs = 0  # runs begun: a new timesteps tensor is a new run
 
     def read(self, scheduler: Any, timestep: Any, loop_length: int | None = None) -> tuple[int | None, int | None]:
         """(step, number of loop iterations) of the current run; (None, None) outside a pipeline run.
@@ -91,6 +92,7 @@ class StepReader:
             return None, None
         if timesteps is not self._timesteps:
             self._timesteps, self._start, self._last = timesteps, None, 0
+            self.runs += 1
         step = self._step(scheduler, timesteps, timestep)
         if step is None:
             return None, None

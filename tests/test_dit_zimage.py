@@ -66,3 +66,25 @@ def test_refiners_as_long_as_each_other_are_told_apart_by_their_kind():
     # 16 image tokens and 20 caption tokens both pad to 32: the noise refiner is "self", the context refiner "text"
     assert FAMILY.parts("self", 32, 32, Grid(1, 4, 4), 20) == ((("image", 16), ("pad", 16)),) * 2
     assert FAMILY.parts("text", 32, 32, Grid(1, 4, 4), 20) == ((("text", 20), ("pad", 12)),) * 2
+
+
+class _Branches(attnkit.Control):
+    name = "branches"
+
+    def __init__(self):
+        self.seen = []
+
+    def before(self, call):
+        self.seen.append((call.state.step, call.state.branches))
+
+
+def test_items_left_after_cfg_truncation_are_labelled_cond(pipe):
+    # two images per prompt: a guided step batches [cond, cond, uncond, uncond]; once `cfg_truncation` is passed the
+    # pipeline runs the two cond items alone, an even batch that is not [cond, uncond]
+    keep = _Branches()
+    site = next(s for s in attnkit.sites(pipe) if s.kind == "single")
+    with attnkit.attach(pipe, keep, [site]), torch.inference_mode():
+        pipe(prompt=PROMPT, num_inference_steps=3, num_images_per_prompt=2, output_type="latent", height=64, width=64,
+             guidance_scale=4.0, cfg_truncation=0.0)  # guided at step 0 only
+    assert keep.seen[0] == (0, ("cond", "cond", "uncond", "uncond"))
+    assert [branches for step, branches in keep.seen[1:]] == [("cond", "cond")] * 2
