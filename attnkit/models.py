@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "check_size", "default_size", "guidance_kwargs", "load_pipeline",
-           "reusing_pipelines", "size_multiple"]
+__all__ = ["builtin_names", "call_kwargs", "call_parameters", "check_size", "default_size", "guidance_kwargs", "load_pipeline",
+           "reusing_pipelines", "size_multiple", "takes_true_cfg"]
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -117,17 +118,25 @@ def size_multiple(pipe: Any) -> int:
     return math.lcm(8, factor) if architecture == "unet" else factor * sites(pipe)[0].stride
 
 
+def call_parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters of `pipe`'s `__call__`: what a feature may pass this family's pipeline, and their defaults."""
+    return inspect.signature(type(pipe).__call__).parameters
+
+
+def takes_true_cfg(pipe: Any) -> bool:
+    """Whether `pipe` guides against a negative prompt with `true_cfg_scale` (Flux.1, Qwen-Image)."""
+    return "true_cfg_scale" in call_parameters(pipe)
+
+
 def default_size(pipe: Any) -> int:
     """The image side in pixels `pipe` generates at when given no size, as its `__call__` computes it: from the
     default sample size, or the height its signature defaults to (Z-Image, AuraFlow)."""
-    import inspect
-
     from .sites import denoiser_of
 
     sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.get("sample_size")
     if sample is not None:
         return int(sample * pipe.vae_scale_factor)
-    height = inspect.signature(type(pipe).__call__).parameters.get("height")
+    height = call_parameters(pipe).get("height")
     if height is None or not isinstance(height.default, int):
         raise AttnkitError(f"cannot tell the default image size of {type(pipe).__name__}: give --height and --width.")
     return height.default

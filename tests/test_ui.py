@@ -19,6 +19,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from attnkit.cli import main  # noqa: E402
+from attnkit.errors import AttnkitError  # noqa: E402
 from attnkit.ui.app import (REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, build_app, enlarged, load,  # noqa: E402
                             region_spec)
 
@@ -145,6 +146,31 @@ def test_bad_sampling_fields_name_the_field(client):
         client.predict(table(ROWS), "", BASE, 0.5, "", 0, 0, None, None, None, api_name="/regional")
     with pytest.raises(AppError, match="--height 36 is not a multiple of 8"):
         client.predict(table(ROWS), "", BASE, 0.5, "", 0, 2, 36, None, None, api_name="/regional")
+
+
+def test_true_cfg_field_is_shown_only_for_pipelines_that_take_true_cfg_scale(served, pipelines, tmp_path):
+    def shown(studio):
+        components = build_app(studio).config["components"]
+        return next(c["props"]["visible"] for c in components if c["props"].get("elem_id") == "true-cfg")
+
+    assert shown(served[0]) is False
+    assert shown(Studio("tiny-flux", pipelines["tiny-flux"], tmp_path)) is True
+
+
+def test_regional_negatives_on_flux_need_the_true_cfg_field_and_are_recorded_with_it(pipelines, tmp_path):
+    studio = Studio("tiny-flux", pipelines["tiny-flux"], tmp_path)
+    fields = (table(SWAPPED)["data"], "", BASE, 0.5, "", 0, 1, None, None, None)  # region 2 has a negative
+    with pytest.raises(AttnkitError, match="the true CFG field in `attnkit ui`"):
+        studio.regional(*fields, "", progress=lambda *args, **kwargs: None)
+    _, png = studio.regional(*fields, "3", progress=lambda *args, **kwargs: None)
+    assert record_of(png)["true_cfg_scale"] == 3.0
+
+
+def test_true_cfg_scale_on_a_pipeline_that_takes_none_is_an_error_naming_the_field(client):
+    with pytest.raises(AppError, match="true CFG scale applies to .*; StableDiffusion3Pipeline does not"):
+        client.predict(table(ROWS), "", BASE, 0.5, "", 0, 2, None, None, None, "3", api_name="/regional")
+    with pytest.raises(AppError, match="true CFG scale is '-1'; enter a number of 0 or more"):
+        client.predict(table(ROWS), "", BASE, 0.5, "", 0, 2, None, None, None, "-1", api_name="/regional")
 
 
 def test_saved_spec_files_load_back_into_the_same_fields(client):

@@ -21,13 +21,13 @@ The timestep is passed in scheduler units (times `config.timestep_scale`, 1.0 in
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..errors import AttnkitError
+from ..models import call_parameters
 from . import DiT, Grid, RegionalText, SitePattern
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -71,7 +71,7 @@ def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> d
     """Each prompt after the pipeline's default complex human instruction, as 300 tokens with its token mask: the
     transformer turns the joined mask into the cross-attention's key bias, so every prompt's padding stays masked in
     the joined text."""
-    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    instruction = call_parameters(pipe)["complex_human_instruction"].default
     embeds, mask, _, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
                                             device=pipe._execution_device, complex_human_instruction=instruction,
                                             max_sequence_length=max_sequence_length or 300)

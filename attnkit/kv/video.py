@@ -12,7 +12,6 @@ long the video is, and frames are taken and given back one at a time.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import AttnkitError
+from ..models import call_parameters
 from ..session import Session
 from ..sites import Site, architecture_of, denoiser_of
 from .control import KVControl
@@ -103,7 +103,7 @@ def edit_video(
     if editor is not pipe:  # a sibling made here: the bar over frames says how far the edit is
         editor.set_progress_bar_config(disable=True)
     chosen = None if attend == "none" else _chosen(editor, sites_, {})
-    sized = "height" in inspect.signature(type(editor).__call__).parameters
+    sized = "height" in call_parameters(editor)
     mode = "replace" if architecture_of(denoiser_of(editor)).name == "unet" else "extend"
     first = KVStore() if first is None else first
     previous = KVStore() if previous is None else previous

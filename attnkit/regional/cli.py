@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cli import MODEL_HELP, add_generation_options, strength
 from ..errors import AttnkitError
+from ..models import call_parameters, takes_true_cfg
 
 if TYPE_CHECKING:
     from .spec import RegionSpec
 
-__all__ = ["register", "METADATA_KEY", "generate_image", "regional_image", "sampling_options", "save_png"]
+__all__ = ["register", "METADATA_KEY", "generate_image", "regional_image", "sampling_options", "save_png",
+           "true_cfg_options"]
 
 #: PNG text chunk holding the JSON of the command, model, seed, sizes and prompt or spec.
 METADATA_KEY = "attnkit"
@@ -133,7 +134,7 @@ def _image_pipeline(args: argparse.Namespace, pipe: Any, images: dict[str, Any])
     if not images:
         return pipe, {}
     pipe = image_pipeline(pipe, inpaint="mask_image" in images)
-    default = inspect.signature(type(pipe).__call__).parameters["strength"].default
+    default = call_parameters(pipe)["strength"].default
     return pipe, {"strength": default if args.strength is None else args.strength}
 
 
@@ -163,13 +164,15 @@ def regional_image(model: str, pipe: Any, spec: RegionSpec, seed: int, options: 
     return image, spec, grid, {"command": "regional", "model": model, "spec": spec.as_dict(), "seed": seed, **options}
 
 
-def _true_cfg(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
-    if args.true_cfg_scale is None:
+def true_cfg_options(pipe: Any, scale: float | None, field: str = "--true-cfg-scale") -> dict[str, Any]:
+    """`true_cfg_scale` for the pipelines that guide against a negative prompt only with it (Flux.1, Qwen-Image);
+    an error naming the option `field` on every other pipeline, which would ignore it."""
+    if scale is None:
         return {}
-    if "true_cfg_scale" not in inspect.signature(type(pipe).__call__).parameters:
-        raise AttnkitError(f"--true-cfg-scale applies to pipelines that take `true_cfg_scale` (Flux.1, Qwen-Image); "
-                           f"{type(pipe).__name__} does not: use --guidance.")
-    return {"true_cfg_scale": args.true_cfg_scale}
+    if not takes_true_cfg(pipe):
+        raise AttnkitError(f"{field} applies to pipelines that take `true_cfg_scale` (Flux.1, Qwen-Image); "
+                           f"{type(pipe).__name__} does not: set the guidance instead.")
+    return {"true_cfg_scale": scale}
 
 
 def _regional(args: argparse.Namespace) -> None:
@@ -181,7 +184,8 @@ def _regional(args: argparse.Namespace) -> None:
     images = _init_images(args)
     pipe, strength = _image_pipeline(args, load_pipeline(args.model), images)
     image, spec, grid, record = regional_image(args.model, pipe, spec, args.seed,
-                                               _options(args, pipe) | strength | _true_cfg(args, pipe), images)
+                                               _options(args, pipe) | strength | true_cfg_options(pipe, args.true_cfg_scale),
+                                               images)
     if images:
         record |= {"init_image": str(args.init_image),
                    "mask_image": None if args.mask_image is None else str(args.mask_image)}

@@ -7,7 +7,6 @@ a silent resize.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..errors import AttnkitError
+from ..models import call_parameters
 
 __all__ = ["image_pipeline", "init_size", "read_image", "takes_size"]
 
@@ -51,7 +51,7 @@ def _pixels(pipe: Any, item: Any) -> tuple[int, int]:
 
 def takes_size(pipe: Any) -> bool:
     """Whether `pipe(...)` takes `height` / `width`: SD1.x / SDXL img2img pipelines take the init image's size."""
-    return "height" in inspect.signature(type(pipe).__call__).parameters
+    return "height" in call_parameters(pipe)
 
 
 def image_pipeline(pipe: Any, inpaint: bool) -> Any:

@@ -15,7 +15,6 @@ The img2img and inpaint pipelines of these families work the same way (`AutoPipe
 
 from __future__ import annotations
 
-import inspect
 
 import math
 from dataclasses import dataclass, fields
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import AttnkitError
-from ..models import default_size
+from ..models import call_parameters, default_size
 from ..session import Session
 from ..sites import SiteList, architecture_of, denoiser_of, sites
 from .control import RegionalControl, Schedule, StepRange
@@ -257,15 +256,15 @@ class Regional:
     def _check_true_cfg(self, kwargs: dict[str, Any]) -> None:
         """An error where the spec's negatives would go unused: pipelines that guide against a negative only when one
         is given (Flux.1, Qwen-Image) do so only with `true_cfg_scale` > 1."""
-        parameter = inspect.signature(type(self.pipe).__call__).parameters.get("true_cfg_scale")
+        parameter = call_parameters(self.pipe).get("true_cfg_scale")
         if self.text.negative != "given" or not self.spec.negatives_given or parameter is None:
             return
         scale = kwargs.get("true_cfg_scale", parameter.default)
         if scale is None or scale <= 1:
             raise AttnkitError(f"the spec gives negative prompts, but {type(self.pipe).__name__} guides against them "
                                f"only with true_cfg_scale > 1 (here {scale}): pass e.g. true_cfg_scale=4.0 "
-                               "(`--true-cfg-scale 4` on the command line), or remove `negative` from the spec and "
-                               "its regions.")
+                               "(`--true-cfg-scale 4` on the command line, the true CFG field in `attnkit ui`), or "
+                               "remove `negative` from the spec and its regions.")
 
     def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
         """The size the pipeline generates: the init image's when there is one, else the asked or default size."""

@@ -225,7 +225,7 @@ def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int 
     """Segments of an existing `image`: encoded with `pipe`'s VAE, noised to the `timestep` option (with `seed`), one
     denoiser forward with `prompt` (empty: no word labels) and no guidance. `call`: further keyword arguments of the
     pipeline (e.g. `max_sequence_length`); `options`: the fields of `Options`."""
-    from ..models import size_multiple
+    from ..models import call_parameters, size_multiple
     from ..regional.images import image_pipeline
 
     chosen = Options.of(options)
@@ -248,15 +248,9 @@ def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int 
         return tensors
 
     guidance = {} if architecture_of(denoiser_of(pipe)).name == "flux" else {"guidance_scale": 1.0}
-    sized = {"height": image.height, "width": image.width} if "height" in _parameters(sibling) else {}
+    sized = {"height": image.height, "width": image.width} if "height" in call_parameters(sibling) else {}
     with segmenter, torch.inference_mode():
         sibling(prompt=prompt, image=image.convert("RGB"), strength=chosen.timestep / 1000,
                 num_inference_steps=IMAGE_STEPS, generator=torch.Generator().manual_seed(seed), output_type="latent",
                 callback_on_step_end=stop_after_first, **{**guidance, **sized, **(call or {})})
     return segmenter.segmentation(image)
-
-
-def _parameters(pipe: Any) -> Any:
-    import inspect
-
-    return inspect.signature(type(pipe).__call__).parameters

@@ -80,8 +80,8 @@ def _size(value: Any, name: str) -> int | None:
     return None if value in (None, "") else _whole(value, name, 1)
 
 
-def _guidance(value: Any) -> float | None:
-    """The guidance field (text, so that blank can mean the model's own scale, which differs between models)."""
+def _scale(value: Any, name: str, blank: str) -> float | None:
+    """A guidance scale field (text, so that blank can mean `blank`: the model's own scale, or none)."""
     if _blank(value):
         return None
     try:
@@ -89,9 +89,13 @@ def _guidance(value: Any) -> float | None:
     except (TypeError, ValueError):
         scale = math.nan
     if not math.isfinite(scale) or scale < 0:
-        raise AttnkitError(f"guidance is {value!r}; enter a number of 0 or more (e.g. 7), or leave it blank for the "
-                           "model's.")
+        raise AttnkitError(f"{name} is {value!r}; enter a number of 0 or more (e.g. 7), or leave it blank for "
+                           f"{blank}.")
     return scale
+
+
+def _guidance(value: Any) -> float | None:
+    return _scale(value, "guidance", "the model's")
 
 
 def _blank(cell: Any) -> bool:
@@ -232,17 +236,18 @@ class Studio:
         return enlarged(image), str(path)
 
     def regional(self, rows: Any, grid: str, base: str, weight: Any, negative: str, seed: Any, steps: Any,
-                 height: Any, width: Any, guidance: Any,
+                 height: Any, width: Any, guidance: Any, true_cfg: Any = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
         """Regional prompting, as `attnkit regional`: the image with region outlines, and the PNG (no outlines) with
-        the record `attnkit regional` embeds."""
-        from ..regional.cli import regional_image, save_png
+        the record `attnkit regional` embeds. `true_cfg` is `--true-cfg-scale`, on the pipelines that take it."""
+        from ..regional.cli import regional_image, save_png, true_cfg_options
         from ..regional.outline import draw_outlines
 
         spec = region_spec(rows, grid, base, weight, negative)
         seed, steps = self._sampling(seed, steps)
+        true_cfg = true_cfg_options(self.pipe, _scale(true_cfg, "true CFG scale", "none"), "true CFG scale")
         with self._running(steps, progress) as extra:
-            options = self._options(steps, height, width, guidance)
+            options = self._options(steps, height, width, guidance) | true_cfg
             image, spec, token_grid, record = regional_image(self.model, self.pipe, spec, seed, options, **extra)
         path = self._request_folder() / "regional.png"
         save_png(image, path, record)
@@ -368,7 +373,7 @@ def _sampling_inputs(tab: str, size: int) -> list[gr.components.Component]:
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The page: a tab per feature, each button an endpoint named after its command."""
-    from ..models import default_size
+    from ..models import default_size, takes_true_cfg
 
     size = default_size(studio.pipe)
     with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False) as app:
@@ -389,6 +394,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                         weight = gr.Number(label="base weight", value=0.5, elem_id="base-weight")
                     negative = gr.Textbox(label="negative prompt", elem_id="negative")
                     sampling = _sampling_inputs("regional", size)
+                    true_cfg = gr.Textbox(label="true CFG scale, against the negatives (blank: none)",
+                                          elem_id="true-cfg", visible=takes_true_cfg(studio.pipe))
                     run = gr.Button("Generate", variant="primary", elem_id="regional-generate")
                     with gr.Row():
                         upload = gr.UploadButton("Load spec (YAML / JSON)", file_types=[".yaml", ".yml", ".json"],
@@ -399,7 +406,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     outlined = gr.Image(label="image with region outlines", format="png", elem_id="regional-image")
                     png = gr.File(label="PNG with the spec embedded", elem_id="regional-png")
             fields = [rows, grid, base, weight, negative]
-            run.click(_shown(studio.regional), fields + sampling, [outlined, png], api_name="regional")
+            run.click(_shown(studio.regional), fields + sampling + [true_cfg], [outlined, png], api_name="regional")
             save.click(_shown(studio.save_spec), fields, spec_files, api_name="save_spec")
             upload.upload(_shown(studio.load_spec), upload, fields, api_name="load_spec")
 
