@@ -13,11 +13,8 @@ it draws.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +26,8 @@ from attnkit.sites import architecture_of, denoiser_of
 from attnkit.shapes import MODEL_NAMES, call_kwargs, guidance_kwargs, load
 from attnkit.shapes.data import COLORS, SHAPES, SIZE, random_scene
 from attnkit.shapes.scorer import detect
+from per_model import per_model_main
 
-RESULTS = Path(__file__).parent / "results"
 REFERENCES = 8
 STEPS = 8
 
@@ -87,14 +84,7 @@ def measure(model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=list(MODEL_NAMES))
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(exist_ok=True)
-    for model in args.models:
-        result = measure(model)
-        (RESULTS / f"kv-reference-{model}.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result))
+    per_model_main(__doc__, measure, "kv-reference", MODEL_NAMES, argv)
 
 
 if __name__ == "__main__":

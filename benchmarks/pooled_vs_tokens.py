@@ -12,11 +12,8 @@ average, right in one region at best.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +22,8 @@ from attnkit.regional.encode import regional_text
 from attnkit.shapes import GUIDANCE, MODEL_NAMES, STEPS, call_kwargs, guidance_kwargs, load
 from attnkit.shapes.data import COLORS, SHAPES, SIZE
 from attnkit.shapes.scorer import detect
+from per_model import per_model_main
 
-RESULTS = Path(__file__).parent / "results"
 IMAGES = 24  # per attribute
 
 
@@ -81,14 +78,7 @@ def measure(model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=[m for m in MODEL_NAMES if m != "shapes-sd15"])
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(exist_ok=True)
-    for model in args.models:
-        result = measure(model)
-        (RESULTS / f"pooled-vs-tokens-{model}.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result))
+    per_model_main(__doc__, measure, "pooled-vs-tokens", [m for m in MODEL_NAMES if m != "shapes-sd15"], argv)
 
 
 if __name__ == "__main__":

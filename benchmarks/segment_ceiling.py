@@ -15,12 +15,9 @@ On the images and noise level of `attnkit eval`'s segmentation, in one run per m
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,8 +29,8 @@ from attnkit.segment import trace
 from attnkit.segment.diffseg import label_proposals
 from attnkit.shapes import MODEL_NAMES, load
 from attnkit.shapes.evaluate import SEGMENT_THRESHOLDS, _phrase, generate, layouts, matched_iou, true_regions
+from per_model import per_model_main
 
-RESULTS = Path(__file__).parent / "results"
 IMAGES = 16  # as `attnkit eval` (2 x 8 seeds)
 
 
@@ -103,14 +100,7 @@ def measure(model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=list(MODEL_NAMES))
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(exist_ok=True)
-    for model in args.models:
-        result = measure(model)
-        (RESULTS / f"segment-ceiling-{model}.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps({k: v for k, v in result.items() if k != "known_count_per_site"}))
+    per_model_main(__doc__, measure, "segment-ceiling", MODEL_NAMES, argv, shown=lambda result: {k: v for k, v in result.items() if k != "known_count_per_site"})
 
 
 if __name__ == "__main__":
