@@ -169,6 +169,17 @@ def test_state_of_two_pipelines_is_independent_and_read_from_the_pipeline(pipeli
     assert {b for _, _, b in log_sd3.seen} == {("cond",)}  # guidance 1: no CFG batch
 
 
+def test_sd3_skip_layer_guidance_forward_is_labelled_cond(pipelines):
+    # two images per prompt: each step runs the CFG batch [uncond x2, cond x2], then skip-layer guidance runs the two
+    # cond items alone, an even batch that is not [uncond, cond]
+    pipe = pipelines["tiny-sd3"]
+    log = StepLog()
+    with attnkit.attach(pipe, log, attnkit.sites(pipe)[-1:]):  # a block that is not skipped
+        generate(pipe, steps=3, num_images_per_prompt=2, skip_guidance_layers=[0], skip_layer_guidance_stop=1.0)
+    guided = ("uncond", "uncond", "cond", "cond")
+    assert [b for _, _, b in log.seen] == [guided, guided, ("cond", "cond"), guided, ("cond", "cond")]  # not at step 0
+
+
 def test_step_counts_from_the_start_of_an_img2img_run(pipelines):
     from diffusers import StableDiffusionImg2ImgPipeline
 
