@@ -189,6 +189,21 @@ def test_first_frame_is_plain_img2img_and_later_frames_follow_the_attend_mode(pi
     assert same == [True, attend == "none", attend == "none"]
 
 
+@pytest.mark.parametrize("attend", ["first", "first+previous"])
+def test_each_frame_pass_sets_its_frame_and_store_or_load_phase_in_the_session_state(pipelines, monkeypatch, attend):
+    seen = []
+    before = kv.KVControl.before
+
+    def spy(self, call):
+        seen.append((call.state.frame, call.state.phase))
+        return before(self, call)
+
+    monkeypatch.setattr(kv.KVControl, "before", spy)
+    list(kv.edit_video(pipelines["tiny-sd15"], video(3), "a blue square", attend=attend, num_inference_steps=2,
+                       progress=False))
+    assert list(dict.fromkeys(seen)) == [(0, "store"), (1, "load"), (2, "load")]
+
+
 def test_two_videos_in_a_row_share_no_state(pipelines):
     pipe = pipelines["tiny-sd15"]
     def run(frames):

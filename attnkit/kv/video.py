@@ -6,7 +6,9 @@ frame 0 records its image K/V at every selected site and step, and each later fr
 (`attend="first+previous"`, Rerender-A-Video). On UNets the frame's self-attention keys and values are replaced by the
 references' (as both methods do); on SD3 and Flux they are extended, so that text tokens keep their own. The previous
 frame's store is overwritten site by site as the current frame is recorded, so memory holds two frames' K/V however
-long the video is, and frames are taken and given back one at a time.
+long the video is, and frames are taken and given back one at a time. Each frame's session state says which frame it
+is (`state.frame`) and whether the pass records the first frame (`state.phase` "store") or attends to the stored
+frames ("load"), as in the STORE/LOAD passes of cross-frame attention.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ def edit_video(
                 kwargs["control_image"] = edges(frame)
             session = Session(editor, [(control, chosen)]) if control is not None else contextlib.nullcontext()
             with session, torch.inference_mode():
+                if control is not None:  # what this pass is, for any control on the session's state
+                    session.state.frame, session.state.phase = index, "store" if index == 0 else "load"
                 edited = editor(**kwargs).images[0]
             bar.update(1)
             yield edited
