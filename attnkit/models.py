@@ -10,8 +10,8 @@ from typing import Any
 
 from .errors import AttnkitError
 
-__all__ = ["builtin_names", "call_kwargs", "call_parameters", "check_size", "default_size", "guidance_kwargs", "load_pipeline",
-           "reusing_pipelines", "size_multiple", "takes_true_cfg"]
+__all__ = ["builtin_names", "call_kwargs", "call_parameters", "check_size", "default_size", "guidance_kwargs",
+           "load_pipeline", "reusing_pipelines", "size_multiple", "takes_true_cfg"]
 
 
 def builtin_names() -> tuple[str, ...]:

@@ -191,7 +191,7 @@ class _StateHook(ModelHook):
         self.contexts = _ContextName()
         self.steps = StepReader()
         self.forwards_in_step = 0
-        self.guided_batch = (0, 0)  # (run, largest batch that run has guided in one forward)
+        self.guided_batch = (0, 0)  # (run, batch of that run's last guided forward)
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments

@@ -100,7 +100,8 @@ def measure(model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    per_model_main(__doc__, measure, "segment-ceiling", MODEL_NAMES, argv, shown=lambda result: {k: v for k, v in result.items() if k != "known_count_per_site"})
+    per_model_main(__doc__, measure, "segment-ceiling", MODEL_NAMES, argv,
+                   shown=lambda result: {k: v for k, v in result.items() if k != "known_count_per_site"})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import attnkit
 from attnkit.errors import AttnkitError
 from attnkit.families import Grid, dit_of, dits
 from attnkit.maps.tokens import prompt_tokens
-from attnkit.processors import Control
 from dit_helpers import Keep, forward_arguments, pipe_fixture
 
 PROMPT = "a red circle next to a blue square"
@@ -86,21 +85,11 @@ def test_a_batch_of_prompts_of_different_lengths_is_refused(pipe):
         forward_arguments(pipe, ["a red circle", "a big blue square next to a tree"])
 
 
-class _Branches(Control):
-    name = "branches"
-
-    def __init__(self):
-        self.seen = []
-
-    def before(self, call):
-        self.seen.append((call.state.step, call.state.branches, call.state.text_tokens))
-
-
 def test_cfg_forwards_are_labelled_cond_then_uncond(pipe):
-    keep = _Branches()
+    keep = Keep(lambda call: (call.state.step, call.state.branches, call.state.text_tokens))
     site = next(s for s in attnkit.sites(pipe) if s.kind == "joint")
     with attnkit.attach(pipe, keep, [site]), torch.inference_mode():
         pipe(prompt=PROMPT, num_inference_steps=2, output_type="latent", cfg_trunc_ratio=0.5)
     # step 0: the prompt (cond), then the empty negative prompt (<bos> only, uncond); step 1: truncated, cond only
-    assert [(step, branches) for step, branches, _ in keep.seen] == [(0, ("cond",)), (0, ("uncond",)), (1, ("cond",))]
-    assert keep.seen[1][2] == 1 and keep.seen[0][2] == keep.seen[2][2] > 1
+    assert [(step, branches) for step, branches, _ in keep.calls] == [(0, ("cond",)), (0, ("uncond",)), (1, ("cond",))]
+    assert keep.calls[1][2] == 1 and keep.calls[0][2] == keep.calls[2][2] > 1

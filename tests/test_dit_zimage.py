@@ -11,7 +11,7 @@ import attnkit
 from attnkit.families import Grid, dits
 from attnkit.maps.tokens import prompt_tokens
 from attnkit.testing import VOCABULARY_WORDS
-from dit_helpers import pipe_fixture
+from dit_helpers import Keep, pipe_fixture
 
 FAMILY = next(f for f in dits() if f.name == "zimage")
 pytestmark = pytest.mark.skipif(FAMILY.model_class is None, reason="this diffusers has no ZImageTransformer2DModel")
@@ -68,23 +68,13 @@ def test_refiners_as_long_as_each_other_are_told_apart_by_their_kind():
     assert FAMILY.parts("text", 32, 32, Grid(1, 4, 4), 20) == ((("text", 20), ("pad", 12)),) * 2
 
 
-class _Branches(attnkit.Control):
-    name = "branches"
-
-    def __init__(self):
-        self.seen = []
-
-    def before(self, call):
-        self.seen.append((call.state.step, call.state.branches))
-
-
 def test_items_left_after_cfg_truncation_are_labelled_cond(pipe):
     # two images per prompt: a guided step batches [cond, cond, uncond, uncond]; once `cfg_truncation` is passed the
     # pipeline runs the two cond items alone, an even batch that is not [cond, uncond]
-    keep = _Branches()
+    keep = Keep(lambda call: (call.state.step, call.state.branches))
     site = next(s for s in attnkit.sites(pipe) if s.kind == "single")
     with attnkit.attach(pipe, keep, [site]), torch.inference_mode():
         pipe(prompt=PROMPT, num_inference_steps=3, num_images_per_prompt=2, output_type="latent", height=64, width=64,
              guidance_scale=4.0, cfg_truncation=0.0)  # guided at step 0 only
-    assert keep.seen[0] == (0, ("cond", "cond", "uncond", "uncond"))
-    assert [branches for step, branches in keep.seen[1:]] == [("cond", "cond")] * 2
+    assert keep.calls[0] == (0, ("cond", "cond", "uncond", "uncond"))
+    assert [branches for step, branches in keep.calls[1:]] == [("cond", "cond")] * 2

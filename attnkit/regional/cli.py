@@ -183,9 +183,8 @@ def _regional(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     images = _init_images(args)
     pipe, strength = _image_pipeline(args, load_pipeline(args.model), images)
-    image, spec, grid, record = regional_image(args.model, pipe, spec, args.seed,
-                                               _options(args, pipe) | strength | true_cfg_options(pipe, args.true_cfg_scale),
-                                               images)
+    options = _options(args, pipe) | strength | true_cfg_options(pipe, args.true_cfg_scale)
+    image, spec, grid, record = regional_image(args.model, pipe, spec, args.seed, options, images)
     if images:
         record |= {"init_image": str(args.init_image),
                    "mask_image": None if args.mask_image is None else str(args.mask_image)}

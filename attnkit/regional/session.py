@@ -15,7 +15,6 @@ The img2img and inpaint pipelines of these families work the same way (`AutoPipe
 
 from __future__ import annotations
 
-
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
