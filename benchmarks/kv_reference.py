@@ -23,8 +23,8 @@ from PIL import Image
 import attnkit
 from attnkit import kv
 from attnkit.sites import architecture_of, denoiser_of
-from attnkit.shapes import MODEL_NAMES, call_kwargs, guidance_kwargs, load
-from attnkit.shapes.data import COLORS, SHAPES, SIZE, random_scene
+from attnkit.shapes import MODEL_NAMES, call_kwargs, guidance_kwargs, image_size, load
+from attnkit.shapes.data import COLORS, SHAPES, random_scene
 from attnkit.shapes.scorer import detect
 from per_model import per_model_main
 
@@ -48,14 +48,15 @@ def measure(model: str) -> dict:
     start = time.perf_counter()
     pipe = load(model)
     pipe.set_progress_bar_config(disable=True)
-    options = {"num_inference_steps": STEPS, "negative_prompt": "", "height": SIZE, "width": SIZE,
+    size = image_size(pipe)
+    options = {"num_inference_steps": STEPS, "negative_prompt": "", "height": size, "width": size,
                **call_kwargs(pipe), **guidance_kwargs(pipe)}
     site_sets = {"default sites": None}
     if architecture_of(denoiser_of(pipe)).name == "unet":
         site_sets["every self-attention site"] = [s for s in attnkit.sites(pipe) if s.kind == "self"]
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in site_sets}
     for k in range(REFERENCES):
-        scene = random_scene(100 + k, count=1)
+        scene = random_scene(100 + k, count=1, size=size)
         reference, shown, where = scene.image, scene.objects[0], scene.masks[0]
         color = COLORS[(COLORS.index(shown.color) + 1) % len(COLORS)]
         shape = SHAPES[(SHAPES.index(shown.shape) + 1) % len(SHAPES)]

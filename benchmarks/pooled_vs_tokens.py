@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from attnkit.regional.encode import regional_text
-from attnkit.shapes import GUIDANCE, MODEL_NAMES, STEPS, call_kwargs, guidance_kwargs, load
-from attnkit.shapes.data import COLORS, SHAPES, SIZE
+from attnkit.shapes import GUIDANCE, MODEL_NAMES, STEPS, call_kwargs, guidance_kwargs, image_size, load
+from attnkit.shapes.data import COLORS, SHAPES
 from attnkit.shapes.scorer import detect
 from per_model import per_model_main
 
@@ -67,7 +67,7 @@ def measure(model: str) -> dict:
             image = pipe(prompt_embeds=own["prompt_embeds"], pooled_prompt_embeds=swapped["pooled_prompt_embeds"],
                          negative_prompt_embeds=negative["prompt_embeds"],
                          negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"],
-                         num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="np",
+                         num_inference_steps=STEPS, height=image_size(pipe), width=image_size(pipe), output_type="np",
                          generator=torch.Generator().manual_seed(k), **call_kwargs(pipe), **guided).images[0]
             blobs = detect(np.round(image * 255).clip(0, 255).astype(np.uint8))
             shown = {b.shape if attribute == "shape" else b.color for b in blobs}

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import attnkit  # noqa: E402
 from attnkit.regional import supports  # noqa: E402
 from attnkit.shapes import load  # noqa: E402
-from attnkit.shapes.evaluate import HALVES, generate, layouts  # noqa: E402
+from attnkit.shapes.evaluate import generate, halves, layouts  # noqa: E402
 from attnkit.shapes.regional import regional_images  # noqa: E402
 from attnkit.shapes.scorer import region_success  # noqa: E402
 
@@ -101,7 +101,8 @@ def half_of_the_blocks(pipe, half: str) -> tuple[str, ...]:
 
 
 def adherence(images: list[np.ndarray], cases: list) -> dict[str, float]:
-    ok = [region_success(image, list(HALVES), [list(o) for o in layout]) for image, layout in zip(images, cases)]
+    ok = [region_success(image, halves(image.shape[0]), [list(o) for o in layout])
+          for image, layout in zip(images, cases)]
     return {"adherence": float(np.mean(ok)), "both": float(np.mean([all(r) for r in ok]))}
 
 

@@ -12,7 +12,7 @@ import torch
 from attnkit import AttnkitError
 from attnkit.models import call_kwargs as model_call_kwargs
 from attnkit.sites import denoiser_of
-from attnkit.shapes import GUIDANCE, MODEL_NAMES, MODELS_DIR, call_kwargs, guidance_kwargs, load
+from attnkit.shapes import GUIDANCE, MODEL_NAMES, MODELS_DIR, call_kwargs, guidance_kwargs, image_size, load
 from attnkit.shapes import train
 from attnkit.shapes.package import model_card, package
 from attnkit.shapes.data import BACKGROUND, PALETTE, ShapeObject, random_scene, random_video, render
@@ -43,6 +43,19 @@ def test_video_masks_follow_the_moving_object() -> None:
     for frame, mask, obj in zip(video.frames, video.masks, video.path):
         assert (mask == obj.mask()).all() and (frame[mask] == color).all()
     assert not (video.masks[0] == video.masks[-1]).all(), "the object should move"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_scenes_at_twice_the_size_have_objects_twice_as_large_and_still_apart(seed: int) -> None:
+    small, large = random_scene(seed), random_scene(seed, size=128)
+    assert large.image.shape == (128, 128, 3) and large.caption == small.caption
+    for obj, twin in zip(small.objects, large.objects):
+        assert 12 <= obj.extent <= 22 and 24 <= twin.extent <= 44
+    assert not (large.masks.sum(0) > 1).any(), "objects overlap"
+    assert sorted((b.color, b.shape) for b in detect(large.image)) == sorted(
+        (o.color, o.shape) for o in large.objects)
+    video = random_video(seed, frames=4, size=128)
+    assert video.frames.shape == (4, 128, 128, 3) and 24 <= video.path[0].extent <= 44
 
 
 def test_scorer_is_right_on_ground_truth() -> None:
@@ -162,6 +175,15 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     assert "- Loss logs: `loss-run1.jsonl`, `loss-run2.jsonl`" in card
     assert second["device"] == "cpu" and card.count("minutes on one CPU thread") == 2
 
+    larger = _train(tmp_path / "d", "--arch", arch, "--init", str(shipped), "--size", "128")
+    assert larger["size"] == 128 and larger["init_training"] == second
+    resized = load(str(tmp_path / "d" / "pipeline"))
+    assert image_size(resized) == 128
+    image = resized("a red circle", num_inference_steps=1, output_type="np", **call_kwargs(resized)).images[0]
+    assert image.shape == (128, 128, 3), "the continued model generates at its new size by default"
+    card = model_card("shapes-x", tmp_path / "d" / "pipeline", None)
+    assert "128x128 images" in card and "- Run 3: `--init` with the weights of the run above: at 128 px" in card
+
 
 def test_pooled_dropout_gives_that_share_of_items_the_empty_captions_pooled_vector() -> None:
     captions = torch.arange(4000) % 7
@@ -182,6 +204,8 @@ def test_pooled_dropout_gives_that_share_of_items_the_empty_captions_pooled_vect
     (["--init", "shapes-sd3", "--heads", "2"], "--init continues"),
     (["--arch", "sd15", "--pooled-dropout", "0.5"], "SD1.x has no pooled vector"),
     (["--arch", "sd3", "--pooled-dropout", "1.5"], "a share from 0 to 1"),
+    (["--init", "shapes-sd3", "--size", "100"], "multiple of 16"),
+    (["--init", "shapes-sd3", "--size", "256"], "position embedding covers 16x16"),
 ])
 def test_trainer_refuses_conflicting_options(tmp_path, argv: list[str], message: str) -> None:
     with pytest.raises(AttnkitError, match=message):

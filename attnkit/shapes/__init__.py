@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import AttnkitError
 
-__all__ = ["CONTROLNETS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs", "load"]
+__all__ = ["CONTROLNETS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs",
+           "image_size", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux")
@@ -37,6 +38,12 @@ def call_kwargs(pipe: Any) -> dict[str, Any]:
     if hasattr(pipe, "text_encoder_3"):
         return {"max_sequence_length": 0}
     return {"max_sequence_length": MAX_LENGTH} if architecture_of(denoiser_of(pipe)).name == "flux" else {}
+
+
+def image_size(pipe: Any) -> int:
+    """Side in pixels of the scenes a shapes pipeline was trained on (its VAE's `sample_size`): 64, or the size
+    `python -m attnkit.shapes.train --size` gave it."""
+    return int(pipe.vae.config.sample_size)
 
 
 def guidance_kwargs(pipe: Any, scale: float = GUIDANCE) -> dict[str, Any]:
@@ -67,5 +74,5 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
             from_pretrained_kwargs.setdefault(key, None)
     pipe = DiffusionPipeline.from_pretrained(folder, **from_pretrained_kwargs)
     if architecture_of(denoiser_of(pipe)).name == "flux":  # FluxPipeline defaults to 128 latents (512 px) per side
-        pipe.default_sample_size = SIZE // pipe.vae_scale_factor
+        pipe.default_sample_size = pipe.vae.config.get("sample_size", SIZE) // pipe.vae_scale_factor
     return pipe

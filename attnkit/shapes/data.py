@@ -28,9 +28,15 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "yellow": (245, 220, 40),
 }
 BACKGROUND: tuple[int, int, int] = (80, 80, 80)
-#: Object side / diameter range in pixels: small enough that two fit side by side in 64 px with room to spare.
+#: Object side / diameter range in pixels at `SIZE`: small enough that two fit side by side with room to spare.
+#: Scenes of another size scale these (and the gap) with it: the same world at another resolution.
 MIN_EXTENT, MAX_EXTENT = 12, 22
 _GAP = 3  # free pixels between objects, so each is its own connected blob
+
+
+def extents(size: int) -> tuple[int, int, int]:
+    """(smallest extent, largest extent, gap) in pixels of a `size` px scene."""
+    return MIN_EXTENT * size // SIZE, MAX_EXTENT * size // SIZE, _GAP * size // SIZE
 
 
 @dataclass(frozen=True)
@@ -104,13 +110,14 @@ def render(objects: tuple[ShapeObject, ...] | list[ShapeObject], size: int = SIZ
 
 def _place(rng: np.random.Generator, count: int, size: int, tries: int = 200) -> list[tuple[int, int, int]]:
     """`count` non-overlapping boxes (top, left, extent) with a gap between them; fewer if space runs out."""
+    smallest, largest, gap = extents(size)
     boxes: list[tuple[int, int, int]] = []
     for _ in range(tries):
         if len(boxes) == count:
             break
-        e = int(rng.integers(MIN_EXTENT, MAX_EXTENT + 1))
+        e = int(rng.integers(smallest, largest + 1))
         top, left = (int(v) for v in rng.integers(1, size - e, size=2))
-        if all(top + e + _GAP <= t or t + s + _GAP <= top or left + e + _GAP <= l or l + s + _GAP <= left
+        if all(top + e + gap <= t or t + s + gap <= top or left + e + gap <= l or l + s + gap <= left
                for t, l, s in boxes):
             boxes.append((top, left, e))
     return boxes
@@ -143,8 +150,9 @@ def random_video(rng: np.random.Generator | int, frames: int = 8, size: int = SI
     rng = np.random.default_rng(rng)
     if frames < 2:
         raise AttnkitError(f"a video needs at least 2 frames, got {frames}")
+    smallest, largest, gap = extents(size)
     while True:
-        e = int(rng.integers(MIN_EXTENT, MAX_EXTENT + 1))
+        e = int(rng.integers(smallest, largest + 1))
         (t0, l0), (t1, l1) = rng.integers(1, size - e, size=(2, 2))
         shape, color = SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))]
         path = tuple(ShapeObject(shape, color, int(round(t0 + (t1 - t0) * k / (frames - 1))),
@@ -156,7 +164,7 @@ def random_video(rng: np.random.Generator | int, frames: int = 8, size: int = SI
         t, l, s = static[0]
         still = ShapeObject(SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))], t, l, s)
         grown = np.zeros_like(swept)
-        grown[max(t - _GAP, 0):t + s + _GAP, max(l - _GAP, 0):l + s + _GAP] = True
+        grown[max(t - gap, 0):t + s + gap, max(l - gap, 0):l + s + gap] = True
         if not (grown & swept).any():
             break
     images, masks = zip(*(render((still, obj), size) for obj in path))

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..maps import trace
 from . import CONTROLNETS, GUIDANCE, STEPS, call_kwargs, guidance_kwargs, load
 from .data import PALETTE, SIZE, random_video
-from .evaluate import HALVES, VIDEO_STRENGTH, generate, recolour_prompt
+from .evaluate import VIDEO_STRENGTH, generate, halves, recolour_prompt
 from .regional import regional_images
 
 __all__ = ["DEMO_LAYOUT", "run_demo", "video_demo"]
@@ -41,7 +41,7 @@ def _outlined(image: np.ndarray) -> Image.Image:
     """The image with each half outlined in the colour its region prompt names."""
     big = _big(image)
     draw = ImageDraw.Draw(big)
-    for region, (color, _) in zip(HALVES, DEMO_LAYOUT):
+    for region, (color, _) in zip(halves(), DEMO_LAYOUT):
         cols = np.nonzero(region.any(0))[0]
         box = (int(cols[0]) * _SCALE + 1, 1, (int(cols[-1]) + 1) * _SCALE - 2, SIZE * _SCALE - 2)
         draw.rectangle(box, outline=PALETTE[color], width=2)

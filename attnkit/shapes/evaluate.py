@@ -35,13 +35,13 @@ from ..batch.shared import shared_map
 from ..maps import trace
 from ..regional import supports as regional_supported
 from ..sites import architecture_of, denoiser_of
-from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
+from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, image_size
 from .data import COLORS, SHAPES, SIZE, random_video
 from .regional import regional_images
 from .scorer import detect, follows_prompt, label_pixels, region_success
 
-__all__ = ["HALVES", "METRICS", "OUTPUT_MAP_CONCEPTS", "QUADRANTS", "SEGMENT_THRESHOLDS", "VIDEO_METRICS", "evaluate",
-           "four_layouts", "generate", "layouts", "matched_iou", "output_maps", "segmentation", "true_regions",
+__all__ = ["METRICS", "OUTPUT_MAP_CONCEPTS", "SEGMENT_THRESHOLDS", "VIDEO_METRICS", "evaluate", "four_layouts",
+           "generate", "halves", "layouts", "matched_iou", "output_maps", "quadrants", "segmentation", "true_regions",
            "video_editing"]
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
@@ -60,37 +60,41 @@ OUTPUT_MAP_CONCEPTS: tuple[str, ...] = (*COLORS, *SHAPES, "background")
 REGIONAL_BASE_WEIGHT = 0.5
 #: Images generated in one batch, and the unit of work the processes of `accelerate launch` share.
 CHUNK = 16
-#: Left and right halves of the image, the two regions of every regional layout.
-HALVES: tuple[np.ndarray, np.ndarray] = (np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool))
-HALVES[0][:, : SIZE // 2] = True
-HALVES[1][:, SIZE // 2:] = True
 #: DiffSeg's KL merging threshold per architecture of the shapes models: their self-attention maps are far flatter
 #: than Stable Diffusion's (the published 1.1 merges everything into one segment), so each was chosen by a sweep on
 #: other layouts and seeds than the benchmark's.
 SEGMENT_THRESHOLDS: dict[str, float] = {"unet": 0.003, "sd3": 0.15, "flux": 0.15}
 
 
-def _quadrant(index: int) -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), bool)
-    row, col = divmod(index, 2)
-    half = SIZE // 2
-    mask[row * half:(row + 1) * half, col * half:(col + 1) * half] = True
+def halves(size: int = SIZE) -> list[np.ndarray]:
+    """Left and right halves of a `size` px image, the two regions of every regional layout."""
+    return [_box(size, slice(None), slice(0, size // 2)), _box(size, slice(None), slice(size // 2, size))]
+
+
+def quadrants(size: int = SIZE) -> list[np.ndarray]:
+    """The four quadrants of a `size` px image in reading order, the regions of every four-object layout."""
+    half = size // 2
+    return [_box(size, slice(row * half, (row + 1) * half), slice(col * half, (col + 1) * half))
+            for row in range(2) for col in range(2)]
+
+
+def _box(size: int, rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[rows, cols] = True
     return mask
-
-
-#: The four quadrants in reading order, the regions of every four-object layout.
-QUADRANTS: tuple[np.ndarray, ...] = tuple(_quadrant(i) for i in range(4))
 
 
 def generate(pipe: Any, prompts: list[str], seeds: list[int], steps: int = STEPS, guidance: float = GUIDANCE,
              batch: int = CHUNK, **call: Any) -> list[np.ndarray]:
-    """uint8 (64, 64, 3) images, one per (prompt, seed), batched; each image depends only on its own seed."""
+    """uint8 (size, size, 3) images at the model's training size, one per (prompt, seed), batched; each image
+    depends only on its own seed."""
+    size = image_size(pipe)
     images: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
         chunk = slice(start, start + batch)
         out = pipe(prompt=prompts[chunk], negative_prompt=[""] * len(prompts[chunk]), num_inference_steps=steps,
                    generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]], output_type="np",
-                   height=SIZE, width=SIZE, **{**call_kwargs(pipe), **guidance_kwargs(pipe, guidance), **call}).images
+                   height=size, width=size, **{**call_kwargs(pipe), **guidance_kwargs(pipe, guidance), **call}).images
         images += [np.round(np.asarray(im) * 255).clip(0, 255).astype(np.uint8) for im in out]
     return images
 
@@ -160,7 +164,7 @@ def _map_iou(trace: Any, images: list[np.ndarray], words: list[list[str]]) -> li
             if truth is None:
                 continue
             heat = trace.heatmap(word, item=item).float()[None, None]
-            heat = torch.nn.functional.interpolate(heat, size=(SIZE, SIZE), mode="bilinear")[0, 0].numpy()
+            heat = torch.nn.functional.interpolate(heat, size=image.shape[:2], mode="bilinear")[0, 0].numpy()
             pred = heat >= heat.min() + MAP_THRESHOLD * (heat.max() - heat.min())
             scores.append(float((pred & truth).sum() / (pred | truth).sum()))
     return scores
@@ -182,7 +186,7 @@ def two_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     plain, ious = _flat(images for images, _ in parts), _flat(scores for _, scores in parts)
     result["map_iou"] = float(np.mean(ious)) if ious else None
     result["map_words"] = len(ious)
-    regions = list(HALVES)
+    regions = halves(plain[0].shape[0])
     plain_ok = [region_success(im, regions, w) for im, w in zip(plain, wanted)]
     result["plain"] = float(np.mean(plain_ok))
     result["plain_both"] = float(np.mean([all(r) for r in plain_ok]))
@@ -224,7 +228,7 @@ def four_objects(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
         return {"regional": None}
     cases = four_layouts(seeds)
     images = _shared_regional(pipe, cases, [4000 + k for k in range(len(cases))], **gen)
-    ok = [region_success(im, list(QUADRANTS), list(layout)) for im, layout in zip(images, cases)]
+    ok = [region_success(im, quadrants(im.shape[0]), list(layout)) for im, layout in zip(images, cases)]
     return {"layouts": len(cases), "regional": float(np.mean(ok)), "regional_all": float(np.mean([all(r) for r in ok]))}
 
 
@@ -246,7 +250,7 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
     modes = ("none", "first", "first+previous")
 
     def one_video(k: int) -> tuple[dict[str, list[float]], list[bool]]:
-        video = random_video(3000 + k, frames=VIDEO_FRAMES)
+        video = random_video(3000 + k, frames=VIDEO_FRAMES, size=image_size(pipe))
         prompt, new = recolour_prompt(video)
         frames = [Image.fromarray(f) for f in video.frames]
         changes: dict[str, list[float]] = {}

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import AttnkitError
 from ..sites import denoiser_of
-from . import GUIDANCE, MODELS_DIR, call_kwargs, guidance_kwargs, load
+from . import GUIDANCE, MODELS_DIR, call_kwargs, guidance_kwargs, image_size, load
 from .data import SIZE
 from .evaluate import REGIONAL_BASE_WEIGHT
 from .tokenizer import MAX_LENGTH
@@ -28,8 +28,9 @@ __all__ = ["main", "model_card", "package"]
 
 
 def _sample(pipe: Any) -> np.ndarray:
-    return pipe(["a red circle", "a yellow triangle"], num_inference_steps=8, output_type="np", height=SIZE,
-                width=SIZE, negative_prompt=["", ""], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+    size = image_size(pipe)
+    return pipe(["a red circle", "a yellow triangle"], num_inference_steps=8, output_type="np", height=size,
+                width=size, negative_prompt=["", ""], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
                 **call_kwargs(pipe), **guidance_kwargs(pipe)).images
 
 
@@ -113,6 +114,7 @@ def _stage(training: dict[str, Any]) -> str:
     stopped = ("" if training["steps"] == training["planned_steps"] else
                f"; stopped early in the cosine schedule planned for {training['planned_steps']} steps")
     pooled = training.get("pooled_dropout", 0.0)
+    start += f"at {training['size']} px (`--size`), " if "size" in training else ""
     stopped += (f"; {pooled:.0%} of the batch items got the empty caption's pooled vector with their caption's tokens "
                 "(`--pooled-dropout`)") if pooled else ""
     return (f"{start}{training['steps']} steps of batch {training['batch']} at peak learning rate "
@@ -132,8 +134,8 @@ def _vae_line(stages: list[dict[str, Any]]) -> str:
     first = stages[0]
     trained = (f"{first['vae_steps']} steps of 16" if "vae_steps" in first else
                f"the VAE of `{first['vae']}` (same weights)")
-    return ("- VAE: `AutoencoderKL` (32, 64, 64) channels, 4 latent channels, 4x down (16x16 latents); L1 + MSE + "
-            f"1e-6 KL on 32 px crops then whole scenes: {trained}.")
+    return ("- VAE: `AutoencoderKL` (32, 64, 64) channels, 4 latent channels, 4x down; L1 + MSE + "
+            f"1e-6 KL on 32 px crops then whole 64 px scenes: {trained}.")
 
 
 def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
@@ -143,16 +145,19 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     config = _denoiser_config(folder)
     loss_logs = sorted((p.name for p in folder.glob("loss-run*.jsonl")), key=lambda log: int(log[8:-6]))
     arch = stages[0]["arch"]
+    size = stages[-1].get("size", SIZE)
+    tokens = f"{size // 8}x{size // 8} image tokens"
     if arch == "flux":
         pipeline, loading = "FluxPipeline", (
-            "(`from_pretrained` on this folder; `attnkit.shapes.load` also sets the default size to 64 px). It was "
-            f"trained on {MAX_LENGTH} T5 tokens and has no guidance embedding: pass `max_sequence_length={MAX_LENGTH}` "
-            f"(`attnkit.shapes.call_kwargs(pipe)`) and guide with true CFG, `true_cfg_scale={GUIDANCE:g}, "
+            f"(`from_pretrained` on this folder; `attnkit.shapes.load` also sets the default size to {size} px). "
+            f"It was trained on {MAX_LENGTH} T5 tokens and has no guidance embedding: pass "
+            f"`max_sequence_length={MAX_LENGTH}` (`attnkit.shapes.call_kwargs(pipe)`) and guide with true CFG, "
+            f"`true_cfg_scale={GUIDANCE:g}, "
             "negative_prompt=\"\"` (`attnkit.shapes.guidance_kwargs(pipe)`); `guidance_scale` does nothing here.")
         text = ("- Text: a tiny CLIP text encoder (hidden 64, 2 layers) for the pooled vector and a tiny T5 encoder "
                 "(d_model 64, 2 layers) for the tokens, both frozen at random init; tokenizers where each vocabulary "
                 "word is one token.")
-        denoiser = (f"- Transformer: `FluxTransformer2DModel`, 2x2 packed latents (8x8 image tokens), "
+        denoiser = (f"- Transformer: `FluxTransformer2DModel`, 2x2 packed latents ({tokens}), "
                     f"{config['num_layers']} double-stream and {config['num_single_layers']} single-stream blocks, "
                     f"{config['num_attention_heads']} heads x {config['attention_head_dim']}, no guidance embedding; "
                     "rectified flow, logit-normal sigmas, AdamW with warm-up and cosine decay, 10% caption dropout, "
@@ -163,7 +168,7 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
             "`max_sequence_length=0` to every call (`attnkit.shapes.call_kwargs(pipe)`).")
         text = ("- Text: two tiny CLIP text encoders (hidden 64, 2 layers), frozen at random init with large token "
                 "and position embeddings; a tokenizer where each vocabulary word is one token.")
-        denoiser = (f"- Transformer: `SD3Transformer2DModel`, patch 2 (8x8 image tokens), {config['num_layers']} "
+        denoiser = (f"- Transformer: `SD3Transformer2DModel`, patch 2 ({tokens}), {config['num_layers']} "
                     f"layers, {config['num_attention_heads']} heads x {config['attention_head_dim']}; rectified flow, "
                     "logit-normal sigmas, AdamW with warm-up and cosine decay, 10% caption dropout, EMA.")
     else:
@@ -171,15 +176,16 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
         text = ("- Text: one tiny CLIP text encoder (hidden 64, 2 layers), frozen at random init with large token "
                 "and position embeddings; a tokenizer where each vocabulary word is one token.")
         denoiser = (f"- UNet: `UNet2DConditionModel`, channels {tuple(config['block_out_channels'])}, blocks "
-                    f"{', '.join(config['down_block_types'])} (cross-attention at 16x16 and 8x8 latents), "
+                    f"{', '.join(config['down_block_types'])} (cross-attention at {size // 4}x{size // 4} and "
+                    f"{size // 8}x{size // 8} latents), "
                     f"{config['attention_head_dim']} heads; epsilon prediction on SD's scaled-linear betas with "
                     "min-SNR-5 weights, AdamW with warm-up and cosine decay, 10% caption dropout, EMA; sampled with "
                     "Euler (trailing timesteps).")
     lines = [
         f"# {name}", "",
         f"A stock `{pipeline}` trained from scratch by `python -m attnkit.shapes.train --arch {stages[0]['arch']}` "
-        "on the attnkit shapes world: 64x64 images of 1-3 flat-coloured circles, squares and triangles (red, green, "
-        "blue, yellow) on a dark grey background, captioned like \"a red circle and a blue square\".", "",
+        f"on the attnkit shapes world: {size}x{size} images of 1-3 flat-coloured circles, squares and triangles "
+        "(red, green, blue, yellow) on a dark grey background, captioned like \"a red circle and a blue square\".", "",
         f"Load: `attnkit.shapes.load(\"{name}\")` or `attnkit.models.load_pipeline(\"{name}\")` {loading}", "",
         "## Recipe", "", text, _vae_line(stages), denoiser,
         *(f"- Run {i}: {_stage(stage)}." for i, stage in enumerate(stages, 1)),

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs
-from .data import SIZE
+from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, image_size
 
 __all__ = ["BOXES", "layout_spec", "regional_images"]
 
@@ -40,10 +39,11 @@ def regional_images(pipe: Any, cases: list[Layout], seeds: list[int], steps: int
     from ..regional import regional
 
     options = call_kwargs(pipe) | (options or {})
+    size = image_size(pipe)
     images = []
     for layout, seed in zip(cases, seeds):
         with regional(pipe, layout_spec(layout, base_weight), **options) as regions:
-            guided = regions(seed=seed, num_inference_steps=steps, output_type="np", height=SIZE, width=SIZE,
+            guided = regions(seed=seed, num_inference_steps=steps, output_type="np", height=size, width=size,
                           **guidance_kwargs(pipe, guidance))
             out = pipe(**guided)
         images.append(np.round(np.asarray(out.images[0]) * 255).clip(0, 255).astype(np.uint8))

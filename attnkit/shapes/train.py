@@ -131,9 +131,9 @@ def build_flux(seed: int, layers: int = 4, heads: int = 4, head_dim: int = 32, s
                         tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
-def scene_batch(seeds: range | list[int]) -> tuple[torch.Tensor, list[str]]:
-    """Images in [-1, 1] (N, 3, 64, 64) and captions of the scenes with these seeds."""
-    scenes = [random_scene(s) for s in seeds]
+def scene_batch(seeds: range | list[int], size: int = SIZE) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1] (N, 3, size, size) and captions of the scenes with these seeds."""
+    scenes = [random_scene(s, size=size) for s in seeds]
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return images, [s.caption for s in scenes]
 
@@ -224,13 +224,14 @@ def _encode_prompts(pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True) -> dict[str, torch.Tensor]:
+def encode_scenes(pipe: Any, count: int, seed: int, set_scaling: bool = True,
+                  size: int = SIZE) -> dict[str, torch.Tensor]:
     """Latent mean/std of `count` scenes and their caption embeddings, computed once. With `set_scaling`, the VAE's
     latent scaling is set from these latents: SD3 and Flux pipelines subtract `shift_factor` then scale, SD1.x only
     scale (so there it is 1 / RMS and no shift)."""
     means, stds, captions = [], [], []
     for start in range(0, count, 256):
-        images, caps = scene_batch(range(seed + start, seed + min(start + 256, count)))
+        images, caps = scene_batch(range(seed + start, seed + min(start + 256, count)), size)
         dist = pipe.vae.encode(images.to(pipe.vae.device)).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
@@ -419,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoder refinement after the denoiser (default 0: 300 steps did not help shapes-sd3)")
     parser.add_argument("--refine-decoder", action="store_true",
                         help="only refine the decoder of the model already in OUT/pipeline (--decoder-steps)")
+    parser.add_argument("--size", type=int, default=SIZE,
+                        help=f"scene side in pixels (default {SIZE}); objects scale with it. With --init, the model "
+                        "continues at this size: a higher resolution of the same world")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (shared machines: keep 1)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (random draws stay on the CPU, so a "
                         "seed gives the same batches on every device)")
@@ -441,9 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         return _refine_saved(args)
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     pipe, meta = _pipeline(args)
-    data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes, set_scaling=not args.init)
+    _set_size(pipe, args.size)
+    data = encode_scenes(pipe, args.scenes, seed=10_000_000 + args.seed * args.scenes, set_scaling=not args.init,
+                         size=args.size)
     meta = {"arch": args.arch, "seed": args.seed, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
             "planned_steps": args.steps, "device": args.device, "threads": args.threads, **meta}
+    if args.size != SIZE:
+        meta["size"] = args.size
     if args.pooled_dropout:
         meta["pooled_dropout"] = args.pooled_dropout
     train_denoiser(pipe, data, args, _Log(args.out / "loss.jsonl", args.steps, "denoiser"), args.out, meta)
@@ -451,6 +459,24 @@ def main(argv: list[str] | None = None) -> int:
         return _refine_saved(args)
     print(f"\nsaved {args.out / 'pipeline'}", file=sys.stderr)
     return 0
+
+
+def _set_size(pipe: Any, size: int) -> None:
+    """Makes `size` px the pipeline's default output size (its denoiser's `sample_size`, in latents), checking that
+    the size fits the VAE and, on SD3, the position embedding's grid."""
+    factor = pipe.vae_scale_factor
+    model = denoiser_of(pipe)
+    patch = model.config.get("patch_size") or 1
+    if size < 32 or size % (factor * patch * 2):
+        raise AttnkitError(f"--size {size}: give a side of at least 32 px that is a multiple of "
+                           f"{factor * patch * 2} (the VAE's and the denoiser's downsampling).")
+    grid = size // factor // patch
+    limit = model.config.get("pos_embed_max_size")
+    if limit is not None and grid > limit:
+        raise AttnkitError(f"--size {size} needs a {grid}x{grid} token grid, but this transformer's position "
+                           f"embedding covers {limit}x{limit}: at most {limit * patch * factor} px.")
+    model.register_to_config(sample_size=size // factor)
+    pipe.vae.register_to_config(sample_size=size)
 
 
 def _refine_saved(args: argparse.Namespace) -> int:
