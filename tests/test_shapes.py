@@ -103,7 +103,8 @@ def shipped(request):
 
 
 PIPELINE_CLASSES = {"shapes-sd3": "StableDiffusion3Pipeline", "shapes-sd15": "StableDiffusionPipeline",
-                    "shapes-flux": "FluxPipeline"}
+                    "shapes-flux": "FluxPipeline", "shapes-sd3-128": "StableDiffusion3Pipeline",
+                    "shapes-flux-128": "FluxPipeline"}
 
 
 def test_shipped_model_is_a_stock_pipeline_loaded_from_the_package(shipped) -> None:
@@ -116,8 +117,9 @@ def test_shipped_model_is_a_stock_pipeline_loaded_from_the_package(shipped) -> N
     assert size < 25 * 2**20
 
 
-def test_two_step_generation_is_deterministic(shipped) -> None:
-    _, pipe = shipped
+def test_two_step_generation_is_deterministic_at_the_size_in_the_models_name(shipped) -> None:
+    name, pipe = shipped
+    side = 128 if name.endswith("-128") else 64
 
     def run() -> np.ndarray:
         out = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
@@ -125,7 +127,7 @@ def test_two_step_generation_is_deterministic(shipped) -> None:
         return out.images[0]
 
     first, second = run(), run()
-    assert first.shape == (64, 64, 3)
+    assert first.shape == (side, side, 3)
     np.testing.assert_array_equal(first, second)
 
 
@@ -182,7 +184,7 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     image = resized("a red circle", num_inference_steps=1, output_type="np", **call_kwargs(resized)).images[0]
     assert image.shape == (128, 128, 3), "the continued model generates at its new size by default"
     card = model_card("shapes-x", tmp_path / "d" / "pipeline", None)
-    assert "128x128 images" in card and "- Run 3: `--init` with the weights of the run above: at 128 px" in card
+    assert "64x64 then 128x128 images" in card and "- Run 3: `--init` with the weights of the run above: at 128 px" in card
 
 
 def test_pooled_dropout_gives_that_share_of_items_the_empty_captions_pooled_vector() -> None:

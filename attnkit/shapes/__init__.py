@@ -19,7 +19,7 @@ __all__ = ["CONTROLNETS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "cal
            "image_size", "load"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
-MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux")
+MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux", "shapes-sd3-128", "shapes-flux-128")
 MODELS_DIR = Path(__file__).parent / "models"
 #: The shipped ControlNet of each shipped model that has one (an edge ControlNet: `attnkit.kv.video.edges`).
 CONTROLNETS: dict[str, str] = {"shapes-sd15": "shapes-sd15-edges"}

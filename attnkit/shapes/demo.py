@@ -1,6 +1,6 @@
 """The demo behind `attnkit demo`: one seed, a plain prompt next to the same objects placed by regional prompting.
 
-Images are 64 px; they are scaled up 4x (nearest) so the flat shapes stay crisp. Region outlines are drawn in the
+Images are shown at 256 px (64 px models scaled up 4x, nearest, so the flat shapes stay crisp). Region outlines are drawn in the
 colour their prompt asks for, so a glance shows whether each object landed in its own region.
 """
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..maps import trace
-from . import CONTROLNETS, GUIDANCE, STEPS, call_kwargs, guidance_kwargs, load
+from . import CONTROLNETS, GUIDANCE, STEPS, call_kwargs, guidance_kwargs, image_size, load
 from .data import PALETTE, SIZE, random_video
 from .evaluate import VIDEO_STRENGTH, generate, halves, recolour_prompt
 from .regional import regional_images
@@ -102,7 +102,7 @@ def video_demo(model: str, out: Path, seed: int = 0, frames: int = 8) -> Path:
     pipe = load(model)
     pipe.set_progress_bar_config(disable=True)
     controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
-    video = random_video(3000 + seed, frames=frames)
+    video = random_video(3000 + seed, frames=frames, size=image_size(pipe))
     prompt, _ = recolour_prompt(video)
     source = [Image.fromarray(f) for f in video.frames]
     columns = {"input": source}

@@ -138,6 +138,12 @@ def _vae_line(stages: list[dict[str, Any]]) -> str:
             f"1e-6 KL on 32 px crops then whole 64 px scenes: {trained}.")
 
 
+def _sizes(stages: list[dict[str, Any]]) -> str:
+    """"64x64", or "64x64 then 128x128" (the same world at a higher resolution) when a run changed the size."""
+    sizes = list(dict.fromkeys(stage.get("size", SIZE) for stage in stages))
+    return " then ".join(f"{size}x{size}" for size in sizes)
+
+
 def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     """README.md of the model saved in `folder`, from its training.json, denoiser config and loss logs, and the
     benchmark's JSON."""
@@ -184,7 +190,7 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
     lines = [
         f"# {name}", "",
         f"A stock `{pipeline}` trained from scratch by `python -m attnkit.shapes.train --arch {stages[0]['arch']}` "
-        f"on the attnkit shapes world: {size}x{size} images of 1-3 flat-coloured circles, squares and triangles "
+        f"on the attnkit shapes world: {_sizes(stages)} images of 1-3 flat-coloured circles, squares and triangles "
         "(red, green, blue, yellow) on a dark grey background, captioned like \"a red circle and a blue square\".", "",
         f"Load: `attnkit.shapes.load(\"{name}\")` or `attnkit.models.load_pipeline(\"{name}\")` {loading}", "",
         "## Recipe", "", text, _vae_line(stages), denoiser,
