@@ -59,6 +59,7 @@ def measure(model: str) -> dict:
     pipe = load(model)
     negative = _encode(pipe, [""])
     guided = {k: v for k, v in guidance_kwargs(pipe, GUIDANCE).items() if k != "negative_prompt"}
+    size = image_size(pipe)
     result: dict = {"model": model, "images_per_attribute": IMAGES}
     for attribute in ("shape", "colour"):
         follows = {"tokens": 0, "pooled": 0, "neither": 0}
@@ -67,7 +68,7 @@ def measure(model: str) -> dict:
             image = pipe(prompt_embeds=own["prompt_embeds"], pooled_prompt_embeds=swapped["pooled_prompt_embeds"],
                          negative_prompt_embeds=negative["prompt_embeds"],
                          negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"],
-                         num_inference_steps=STEPS, height=image_size(pipe), width=image_size(pipe), output_type="np",
+                         num_inference_steps=STEPS, height=size, width=size, output_type="np",
                          generator=torch.Generator().manual_seed(k), **call_kwargs(pipe), **guided).images[0]
             blobs = detect(np.round(image * 255).clip(0, 255).astype(np.uint8))
             shown = {b.shape if attribute == "shape" else b.color for b in blobs}

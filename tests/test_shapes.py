@@ -184,7 +184,8 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     image = resized("a red circle", num_inference_steps=1, output_type="np", **call_kwargs(resized)).images[0]
     assert image.shape == (128, 128, 3), "the continued model generates at its new size by default"
     card = model_card("shapes-x", tmp_path / "d" / "pipeline", None)
-    assert "64x64 then 128x128 images" in card and "- Run 3: `--init` with the weights of the run above: at 128 px" in card
+    assert "64x64 then 128x128 images" in card
+    assert "- Run 3: `--init` with the weights of the run above: at 128 px" in card
 
 
 def test_pooled_dropout_gives_that_share_of_items_the_empty_captions_pooled_vector() -> None:

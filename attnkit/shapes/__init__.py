@@ -62,7 +62,6 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
     from diffusers import DiffusionPipeline
 
     from ..sites import architecture_of, denoiser_of
-    from .data import SIZE
 
     folder = MODELS_DIR / model if model in MODEL_NAMES else Path(model)
     if not (folder / "model_index.json").is_file():
@@ -74,5 +73,5 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
             from_pretrained_kwargs.setdefault(key, None)
     pipe = DiffusionPipeline.from_pretrained(folder, **from_pretrained_kwargs)
     if architecture_of(denoiser_of(pipe)).name == "flux":  # FluxPipeline defaults to 128 latents (512 px) per side
-        pipe.default_sample_size = pipe.vae.config.get("sample_size", SIZE) // pipe.vae_scale_factor
+        pipe.default_sample_size = image_size(pipe) // pipe.vae_scale_factor
     return pipe

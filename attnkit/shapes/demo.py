@@ -1,7 +1,7 @@
 """The demo behind `attnkit demo`: one seed, a plain prompt next to the same objects placed by regional prompting.
 
-Images are shown at 256 px (64 px models scaled up 4x, nearest, so the flat shapes stay crisp). Region outlines are drawn in the
-colour their prompt asks for, so a glance shows whether each object landed in its own region.
+Images are shown at 256 px (64 px models scaled up 4x, nearest, so the flat shapes stay crisp). Region outlines are
+drawn in the colour their prompt asks for, so a glance shows whether each object landed in its own region.
 """
 
 from __future__ import annotations

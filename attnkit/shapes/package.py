@@ -158,8 +158,8 @@ def model_card(name: str, folder: Path, quality: dict[str, Any] | None) -> str:
             f"(`from_pretrained` on this folder; `attnkit.shapes.load` also sets the default size to {size} px). "
             f"It was trained on {MAX_LENGTH} T5 tokens and has no guidance embedding: pass "
             f"`max_sequence_length={MAX_LENGTH}` (`attnkit.shapes.call_kwargs(pipe)`) and guide with true CFG, "
-            f"`true_cfg_scale={GUIDANCE:g}, "
-            "negative_prompt=\"\"` (`attnkit.shapes.guidance_kwargs(pipe)`); `guidance_scale` does nothing here.")
+            f"`true_cfg_scale={GUIDANCE:g}, negative_prompt=\"\"` (`attnkit.shapes.guidance_kwargs(pipe)`); "
+            "`guidance_scale` does nothing here.")
         text = ("- Text: a tiny CLIP text encoder (hidden 64, 2 layers) for the pooled vector and a tiny T5 encoder "
                 "(d_model 64, 2 layers) for the tokens, both frozen at random init; tokenizers where each vocabulary "
                 "word is one token.")
