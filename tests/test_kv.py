@@ -204,6 +204,33 @@ def test_each_frame_pass_sets_its_frame_and_store_or_load_phase_in_the_session_s
     assert list(dict.fromkeys(seen)) == [(0, "store"), (1, "load"), (2, "load")]
 
 
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize(("mode", "added_frames"), [("replace", 1), ("extend", 2)])
+def test_later_frames_replace_or_extend_image_keys_and_keep_their_text_keys(pipelines, monkeypatch, name, mode,
+                                                                           added_frames):
+    seen = []
+    before = kv.KVControl.before
+
+    def spy(self, call):
+        own_keys, own_text = call.k.shape[2], call.layout.span("keys", "text")
+        image = call.layout.span("keys", "image")
+        before(self, call)
+        if call.state.phase == "load":
+            text = call.layout.span("keys", "text")
+            seen.append((call.k.shape[2] - own_keys, added_frames * (image.stop - image.start),
+                         text.stop - text.start == own_text.stop - own_text.start))
+
+    monkeypatch.setattr(kv.KVControl, "before", spy)
+    list(kv.edit_video(pipelines[name], video(3), "a blue square", attend="first+previous", mode=mode,
+                       num_inference_steps=2, progress=False))
+    assert seen and all(added == expected and text_kept for added, expected, text_kept in seen)
+
+
+def test_an_unknown_cross_frame_mode_is_refused(pipelines):
+    with pytest.raises(AttnkitError, match="mode='blend': cross-frame attention either replaces"):
+        next(kv.edit_video(pipelines["tiny-sd15"], video(2), "a blue square", mode="blend", progress=False))
+
+
 def test_two_videos_in_a_row_share_no_state(pipelines):
     pipe = pipelines["tiny-sd15"]
     def run(frames):

@@ -4,7 +4,9 @@ Every frame is edited by the same img2img pass with the same noise; what ties th
 frame 0 records its image K/V at every selected site and step, and each later frame attends to the first frame's
 (`attend="first"`, the cross-frame attention of Text2Video-Zero) or to the first and the previous frame's
 (`attend="first+previous"`, Rerender-A-Video). On UNets the frame's self-attention keys and values are replaced by the
-references' (as both methods do); on SD3 and Flux they are extended, so that text tokens keep their own. The previous
+references' (as both methods do); on SD3 and Flux they are extended, the frame keeping its own beside them (a frame
+whose own keys are gone drifted on shapes-flux-128). `mode` chooses either on any model; text tokens of joint
+attention always keep their own, so the prompt reaches every frame. The previous
 frame's store is overwritten site by site as the current frame is recorded, so memory holds two frames' K/V however
 long the video is, and frames are taken and given back one at a time. Each frame's session state says which frame it
 is (`state.frame`) and whether the pass records the first frame (`state.phase` "store") or attends to the stored
@@ -25,7 +27,7 @@ from ..errors import AttnkitError
 from ..models import call_parameters
 from ..session import Session
 from ..sites import Site, architecture_of, denoiser_of
-from .control import KVControl
+from .control import KVControl, Mode
 from .session import _chosen
 from .store import KVStore
 
@@ -85,6 +87,7 @@ def edit_video(
     first: KVStore | None = None,
     previous: KVStore | None = None,
     sites_: Iterable[Site] | None = None,
+    mode: Mode | None = None,
     progress: bool = True,
     **call_kwargs: Any,
 ) -> Iterator[Image.Image]:
@@ -94,11 +97,15 @@ def edit_video(
     `controlnet` runs ControlNet img2img with each frame's `edges` as the condition. `call_kwargs` go to every
     pipeline call (guidance, negative prompt); frames must already have the size to edit at. `first` and `previous`
     are where the first and the previous frame's K/V are kept (new `KVStore`s unless given: pass your own to keep them
-    as float16, on the CPU, or under a budget). Processors are put back after each frame and the stores emptied
-    after the last, also when a frame raises.
+    as float16, on the CPU, or under a budget). `mode` is how later frames use the stored K/V: "replace" their own
+    image K/V or "extend" them (None: replace on UNets, extend on transformers). Processors are put back after each
+    frame and the stores emptied after the last, also when a frame raises.
     """
     if attend not in ATTEND:
         raise AttnkitError(f"attend={attend!r}: choose one of {', '.join(ATTEND)}.")
+    if mode not in (None, "replace", "extend"):
+        raise AttnkitError(f"mode={mode!r}: cross-frame attention either replaces a frame's K/V with the stored "
+                           "frames' ('replace') or appends them ('extend').")
     if not 0 < strength <= 1:
         raise AttnkitError(f"strength={strength}: img2img needs 0 < strength <= 1.")
     editor = img2img_pipeline(pipe, controlnet)
@@ -106,7 +113,8 @@ def edit_video(
         editor.set_progress_bar_config(disable=True)
     chosen = None if attend == "none" else _chosen(editor, sites_, {})
     sized = "height" in call_parameters(editor)
-    mode = "replace" if architecture_of(denoiser_of(editor)).name == "unet" else "extend"
+    if mode is None:
+        mode = "replace" if architecture_of(denoiser_of(editor)).name == "unet" else "extend"
     first = KVStore() if first is None else first
     previous = KVStore() if previous is None else previous
     bar = _progress(progress)
