@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 
 import numpy as np
@@ -183,6 +184,11 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     assert image_size(resized) == 128
     image = resized("a red circle", num_inference_steps=1, output_type="np", **call_kwargs(resized)).images[0]
     assert image.shape == (128, 128, 3), "the continued model generates at its new size by default"
+    denoiser = denoiser_of(resized)
+    saved = json.loads((tmp_path / "d" / "pipeline" / ("unet" if arch == "sd15" else "transformer") / "config.json").read_text())
+    expected = inspect.signature(type(denoiser).__init__).parameters
+    assert not {key for key in saved if not key.startswith("_")} - set(expected), \
+        "the denoiser's saved config holds only options its class takes (else loading warns)"
     card = model_card("shapes-x", tmp_path / "d" / "pipeline", None)
     assert "64x64 then 128x128 images" in card
     assert "- Run 3: `--init` with the weights of the run above: at 128 px" in card

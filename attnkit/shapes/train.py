@@ -462,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _set_size(pipe: Any, size: int) -> None:
-    """Makes `size` px the pipeline's default output size (its denoiser's `sample_size`, in latents), checking that
-    the size fits the VAE and, on SD3, the position embedding's grid."""
+    """Makes `size` px the pipeline's default output size (its VAE's `sample_size`, and its denoiser's in latents
+    where the denoiser has one: Flux's has none), checking that the size fits the VAE and, on SD3, the position
+    embedding's grid."""
     factor = pipe.vae_scale_factor
     model = denoiser_of(pipe)
     patch = model.config.get("patch_size") or 1
@@ -475,7 +476,8 @@ def _set_size(pipe: Any, size: int) -> None:
     if limit is not None and grid > limit:
         raise AttnkitError(f"--size {size} needs a {grid}x{grid} token grid, but this transformer's position "
                            f"embedding covers {limit}x{limit}: at most {limit * patch * factor} px.")
-    model.register_to_config(sample_size=size // factor)
+    if "sample_size" in model.config:
+        model.register_to_config(sample_size=size // factor)
     pipe.vae.register_to_config(sample_size=size)
 
 
