@@ -88,6 +88,26 @@ def test_trainer_writes_reproducible_loadable_weights_and_ships_them(tmp_path) -
     assert (shipped / "loss.jsonl").read_bytes() == (tmp_path / "a" / "loss.jsonl").read_bytes()
 
 
+def test_trainer_continues_a_controlnet_on_a_base_at_another_size(tmp_path) -> None:
+    base = load("shapes-sd15")
+    base.vae.register_to_config(sample_size=128)  # the shapes world at 128 px: what `train.py --size 128` records
+    base.save_pretrained(tmp_path / "base")
+    assert main(["--out", str(tmp_path / "a"), "--steps", "1", "--batch", "1", "--minutes", "1"]) == 0
+    first = tmp_path / "a" / "controlnet"
+    assert main(["--out", str(tmp_path / "b"), "--steps", "1", "--batch", "1", "--minutes", "1",
+                 "--base", str(tmp_path / "base"), "--init", str(first)]) == 0
+    training = json.loads((tmp_path / "b" / "controlnet" / "training.json").read_text())
+    assert training["size"] == 128 and training["init"] == str(first) and training["base"] == str(tmp_path / "base")
+    started, continued = (load_controlnet(str(run / "controlnet")) for run in (tmp_path / "a", tmp_path / "b"))
+    moved = [(a.weight - b.weight).abs().max() for a, b in zip(started.controlnet_down_blocks,
+                                                               continued.controlnet_down_blocks)]
+    assert 0 < max(moved) < 0.01, "one step from the first run's weights, not from zero convolutions"
+    shipped = ship(tmp_path / "b" / "controlnet", "edges-128", models_dir=tmp_path / "models", seeds=1, steps=1)
+    card = (shipped / "README.md").read_text()
+    assert "black, 128x128)" in card and "128 px to the 32x32 latents" in card
+    assert "- `--init` with the weights of ControlNet `controlnet`, then 1 steps" in card
+
+
 def test_time_box_stops_training_with_a_checkpoint(tmp_path) -> None:
     assert main(["--out", str(tmp_path), "--steps", "50", "--batch", "2", "--minutes", "0.0001"]) == 0
     training = json.loads((tmp_path / "controlnet" / "training.json").read_text())

@@ -1,6 +1,7 @@
 """The shapes world's edge ControlNet: `python -m attnkit.shapes.controlnet --out DIR` trains it for shapes-sd15.
 
-A stock diffusers `ControlNetModel.from_unet` of shapes-sd15's UNet, trained with shapes-sd15's own epsilon loss
+A stock diffusers `ControlNetModel.from_unet` of shapes-sd15's UNet (`--base`: another shapes UNet model, at its own
+image size; `--init`: continue a trained ControlNet), trained with the base's own epsilon loss
 (`train._epsilon_loss`: min-SNR weights, scaled-linear betas) on its frozen UNet, VAE and text encoder. Conditions are
 `attnkit.kv.video.edges` of random scenes and video frames, so training and `edit_video` share one edge map, and they
 pass through the ControlNet pipeline's own image processor, so training sees exactly what inference feeds. Time-boxed
@@ -29,8 +30,8 @@ from PIL import Image
 
 from ..errors import AttnkitError
 from ..kv.video import edges
-from . import GUIDANCE, MODELS_DIR, STEPS, load
-from .data import SIZE, random_scene, random_video
+from . import GUIDANCE, MODELS_DIR, STEPS, image_size, load
+from .data import random_scene, random_video
 from .evaluate import generate
 from .package import _hardware
 from .scorer import detect, follows_prompt
@@ -84,13 +85,13 @@ def controlnet_pipeline(pipe: Any, controlnet: Any) -> Any:
     return controlled
 
 
-def _draw(rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """One training image and caption: a random scene, or a random frame of a random video."""
+def _draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
+    """One training image and caption of side `size`: a random scene, or a random frame of a random video."""
     seed = int(rng.integers(2**31))
     if rng.random() < VIDEO_SHARE:
-        video = random_video(seed)
+        video = random_video(seed, size=size)
         return Image.fromarray(video.frames[int(rng.integers(len(video.frames)))]), video.caption
-    scene = random_scene(seed)
+    scene = random_scene(seed, size=size)
     return Image.fromarray(scene.image), scene.caption
 
 
@@ -120,16 +121,17 @@ def _save(controlnet: Any, out: Path, meta: dict[str, Any]) -> None:
 
 def train_controlnet(args: argparse.Namespace) -> dict[str, Any]:
     """AdamW with 100 warm-up steps and cosine decay to 0.1x on the ControlNet only; returns the final record."""
-    pipe = load(BASE)
+    pipe = load(args.base)
+    size = image_size(pipe)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.eval().requires_grad_(False)
-    controlnet = build(pipe, args.seed).train()
+    controlnet = (build(pipe, args.seed) if args.init is None else load_controlnet(args.init)).train()
     controlled = controlnet_pipeline(pipe, controlnet)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=0.01)
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
     scale = pipe.vae.config.scaling_factor
     log = _Log(args.out / "loss.jsonl", args.steps, "controlnet")
-    meta = {"base": BASE, "seed": args.seed, "batch": args.batch, "lr": args.lr, "planned_steps": args.steps,
+    meta = {"base": args.base, "size": size, "init": args.init, "seed": args.seed, "batch": args.batch, "lr": args.lr, "planned_steps": args.steps,
             "video_share": VIDEO_SHARE, "prompt_dropout": PROMPT_DROPOUT, "device": "cpu", "threads": args.threads,
             "conditioning_embedding_out_channels": list(controlnet.config.conditioning_embedding_out_channels)}
     start = last_save = time.monotonic()
@@ -137,11 +139,11 @@ def train_controlnet(args: argparse.Namespace) -> dict[str, Any]:
     for step in range(1, args.steps + 1):
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps)))
-        images, captions = zip(*(_draw(rng) for _ in range(args.batch)))
+        images, captions = zip(*(_draw(rng, size) for _ in range(args.batch)))
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(args.batch) < PROMPT_DROPOUT)]
-        condition = controlled.control_image_processor.preprocess([edges(im) for im in images], SIZE, SIZE)
+        condition = controlled.control_image_processor.preprocess([edges(im) for im in images], size, size)
         with torch.no_grad():
-            dist = pipe.vae.encode(pipe.image_processor.preprocess(list(images), SIZE, SIZE)).latent_dist
+            dist = pipe.vae.encode(pipe.image_processor.preprocess(list(images), size, size)).latent_dist
             x0 = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)) * scale
             embeds, _ = _encode_prompts(pipe, captions)
         loss = _epsilon_loss(_Controlled(pipe.unet, controlnet, condition), pipe.scheduler.alphas_cumprod, x0, embeds,
@@ -185,7 +187,7 @@ def edge_following(pipe: Any, controlnet: Any, seeds: int = 32, objects: int = 1
     objects and over those the edge map outlines (at least a fifth of the object's border is edge);
     `prompt_following` is the single-object rate of the right colour and shape (`scorer.follows_prompt`).
     """
-    scenes = [random_scene(EVAL_SEED + k, count=objects) for k in range(seeds)]
+    scenes = [random_scene(EVAL_SEED + k, count=objects, size=image_size(pipe)) for k in range(seeds)]
     prompts, noise = [s.caption for s in scenes], list(range(seeds))
     conditions = [edges(Image.fromarray(s.image)) for s in scenes]
     outlined = [_outlined(c, mask) for s, c in zip(scenes, conditions) for mask in s.masks]
@@ -210,7 +212,7 @@ def edge_following(pipe: Any, controlnet: Any, seeds: int = 32, objects: int = 1
 
 def _fp16_error(pipe: Any, reference: Any, shipped: Any) -> float:
     """Largest pixel difference between two ControlNets on the same short controlled generations."""
-    scenes = [random_scene(EVAL_SEED - 1 - k) for k in range(2)]
+    scenes = [random_scene(EVAL_SEED - 1 - k, size=image_size(pipe)) for k in range(2)]
     conditions = [edges(Image.fromarray(s.image)) for s in scenes]
     images = [generate(controlnet_pipeline(pipe, cn), [s.caption for s in scenes], [0, 1], steps=8, image=conditions)
               for cn in (reference, shipped)]
@@ -223,7 +225,7 @@ def ship(run: Path, name: str = NAME, models_dir: Path = MODELS_DIR, seeds: int 
     if not (run / "config.json").is_file() or not (run / "training.json").is_file():
         raise AttnkitError(f"{run} is not a ControlNet checkpoint of `python -m attnkit.shapes.controlnet` "
                            "(config.json and training.json): pass OUT/controlnet")
-    pipe = load(BASE)
+    pipe = load(json.loads((run / "training.json").read_text())["base"])
     pipe.set_progress_bar_config(disable=True)
     reference = load_controlnet(str(run))
     out = models_dir / name
@@ -258,13 +260,17 @@ def model_card(name: str, folder: Path) -> str:
     stopped = ("" if training["steps"] == training["planned_steps"] else
                f"; stopped by the time box in the cosine schedule planned for {training['planned_steps']} steps")
     single, pair = measured["1_object"], measured["2_object"]
-    size = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
+    megabytes = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
+    side = training.get("size", 64)  # the first shipped record predates the field: 64 px
+    latents = side // 2 ** (len(config["conditioning_embedding_out_channels"]) - 1)
+    start = (f"`--init` with the weights of ControlNet `{Path(training['init']).name}`, then "
+             if training.get("init") else "")
     return "\n".join([
         f"# {name}", "",
         f"An edge ControlNet for `{training['base']}`: a stock diffusers `ControlNetModel` made by "
         f"`ControlNetModel.from_unet` of {training['base']}'s UNet and trained by `python -m attnkit.shapes.controlnet`"
         " on the attnkit shapes world. The condition is `attnkit.kv.video.edges(image)` (Sobel edges, white on "
-        "black, 64x64); generated objects take the position and outline of the edge map, colour and kind from the "
+        f"black, {side}x{side}); generated objects take the position and outline of the edge map, colour and kind from the "
         "prompt.", "",
         f"Load: `attnkit.shapes.controlnet.load_controlnet(\"{name}\")` (`ControlNetModel.from_pretrained` on this "
         f"folder); use it with `StableDiffusionControlNetPipeline` or `StableDiffusionControlNetImg2ImgPipeline` "
@@ -273,16 +279,17 @@ def model_card(name: str, folder: Path) -> str:
         "## Recipe", "",
         f"- ControlNet: the encoder and middle block of {training['base']}'s UNet (weights copied), zero "
         f"convolutions out, conditioning embedding channels {tuple(config['conditioning_embedding_out_channels'])} "
-        f"({len(config['conditioning_embedding_out_channels']) - 1} stride-2 steps: 64 px to the 16x16 latents).",
+        f"({len(config['conditioning_embedding_out_channels']) - 1} stride-2 steps: {side} px to the {latents}x{latents} "
+        "latents).",
         f"- Frozen: {training['base']}'s UNet, VAE and text encoder. Loss: its epsilon loss with min-SNR-5 weights on "
         "its scaled-linear betas, the ControlNet's residuals added to the UNet.",
         f"- Data: drawn on the fly, {1 - training['video_share']:.0%} random scenes and {training['video_share']:.0%} "
         f"frames of random videos, captioned; {training['prompt_dropout']:.0%} of captions replaced by \"\".",
-        f"- {training['steps']} steps of batch {training['batch']}, AdamW at peak learning rate {training['lr']:g} "
+        f"- {start}{training['steps']} steps of batch {training['batch']}, AdamW at peak learning rate {training['lr']:g} "
         f"with warm-up and cosine decay, in {training['minutes']} minutes {_hardware(training)} (seed "
         f"{training['seed']}{stopped}); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
         "- Loss log: `loss.jsonl` (JSON lines: stage, step, seconds, loss, learning rate).",
-        f"- Weights stored in fp16 ({size:.1f} MiB) and load as fp32.", "",
+        f"- Weights stored in fp16 ({megabytes:.1f} MiB) and load as fp32.", "",
         "## Measured edge following", "",
         f"From `edge-following.json`: {single['scenes']} single-object and {pair['scenes']} two-object scenes not "
         f"seen in training, each scene's caption as the prompt and its edges as the condition, {single['steps']} "
@@ -306,6 +313,9 @@ def model_card(name: str, folder: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnkit.shapes.controlnet", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="run folder; the checkpoint goes to OUT/controlnet")
+    parser.add_argument("--base", default=BASE, help=f"the shapes UNet model to control (default {BASE}); the "
+                        "ControlNet trains at its image size")
+    parser.add_argument("--init", default=None, help="continue training this ControlNet (a shipped name or folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1500, help="training steps (also sets the cosine LR schedule)")
     parser.add_argument("--minutes", type=float, default=40.0, help="time box")
