@@ -28,7 +28,7 @@ from attnkit import sites
 from attnkit.segment import trace
 from attnkit.segment.diffseg import label_proposals
 from attnkit.shapes import MODEL_NAMES, load
-from attnkit.shapes.evaluate import SEGMENT_THRESHOLDS, _phrase, generate, layouts, matched_iou, true_regions
+from attnkit.shapes.evaluate import _phrase, generate, layouts, matched_iou, segment_threshold, true_regions
 from per_model import per_model_main
 
 IMAGES = 16  # as `attnkit eval` (2 x 8 seeds)
@@ -67,7 +67,7 @@ def measure(model: str) -> dict:
     cases = layouts(IMAGES, seed=1)  # the images `attnkit eval` segments
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
     seeds = [5000 + k for k in range(IMAGES)]
-    threshold = SEGMENT_THRESHOLDS[sites(pipe)[0].architecture]
+    threshold = segment_threshold(pipe)
     chosen = [s for s in sites(pipe) if s.kind in ("self", "self2", "joint", "single")]
     per_site: dict[str, list[torch.Tensor]] = {s.name: [] for s in chosen}
     images, diffseg = [], []

@@ -153,12 +153,29 @@ def test_generated_and_existing_images_segment_on_every_tiny_architecture(pipeli
     assert all(after[k] is before[k] for k in before)
 
 
+def test_segment_threshold_is_the_architectures_at_the_nearest_swept_image_size():
+    from attnkit.shapes import load
+    from attnkit.shapes.evaluate import SEGMENT_THRESHOLDS, segment_threshold
+    from attnkit.testing import build_pipeline
+
+    pipe = load("shapes-sd3")
+    chosen = {}
+    for side in (64, 80, 112, 128, 256):
+        pipe.vae.register_to_config(sample_size=side)
+        chosen[side] = segment_threshold(pipe)
+    assert chosen == {64: SEGMENT_THRESHOLDS["sd3", 64], 80: SEGMENT_THRESHOLDS["sd3", 64],
+                      112: SEGMENT_THRESHOLDS["sd3", 128], 128: SEGMENT_THRESHOLDS["sd3", 128],
+                      256: SEGMENT_THRESHOLDS["sd3", 128]}
+    with pytest.raises(AttnkitError, match="no DiffSeg threshold for the pixart architecture"):
+        segment_threshold(build_pipeline("tiny-pixart"))
+
+
 def test_segments_of_a_shapes_image_are_named_by_its_words():
     from attnkit.shapes import load
-    from attnkit.shapes.evaluate import SEGMENT_THRESHOLDS, generate
+    from attnkit.shapes.evaluate import generate, segment_threshold
 
     pipe = load("shapes-sd15")
-    with seg.trace(pipe, "a red circle", thresholds=(SEGMENT_THRESHOLDS["unet"],) * 3) as tc:
+    with seg.trace(pipe, "a red circle", thresholds=(segment_threshold(pipe),) * 3) as tc:
         image = generate(pipe, ["a red circle"], [0])[0]
     result = tc.segmentation()
     circle = max(detect(image), key=lambda blob: blob.area).mask

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from ..batch.shared import shared_map
+from ..errors import AttnkitError
 from ..maps import trace
 from ..regional import supports as regional_supported
 from ..sites import architecture_of, denoiser_of
@@ -41,8 +42,8 @@ from .regional import regional_images
 from .scorer import detect, follows_prompt, label_pixels, region_success
 
 __all__ = ["METRICS", "OUTPUT_MAP_CONCEPTS", "SEGMENT_THRESHOLDS", "VIDEO_METRICS", "evaluate", "four_layouts",
-           "generate", "halves", "layouts", "matched_iou", "output_maps", "quadrants", "segmentation", "true_regions",
-           "video_editing"]
+           "generate", "halves", "layouts", "matched_iou", "output_maps", "quadrants", "segment_threshold",
+           "segmentation", "true_regions", "video_editing"]
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                             "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
@@ -60,10 +61,22 @@ OUTPUT_MAP_CONCEPTS: tuple[str, ...] = (*COLORS, *SHAPES, "background")
 REGIONAL_BASE_WEIGHT = 0.5
 #: Images generated in one batch, and the unit of work the processes of `accelerate launch` share.
 CHUNK = 16
-#: DiffSeg's KL merging threshold per architecture of the shapes models: their self-attention maps are far flatter
-#: than Stable Diffusion's (the published 1.1 merges everything into one segment), so each was chosen by a sweep on
-#: other layouts and seeds than the benchmark's.
-SEGMENT_THRESHOLDS: dict[str, float] = {"unet": 0.003, "sd3": 0.15, "flux": 0.15}
+#: DiffSeg's KL merging threshold per (architecture, image side) of the shapes models: their self-attention maps are
+#: far flatter than Stable Diffusion's (the published 1.1 merges everything into one segment), so each was chosen by a
+#: sweep on other layouts and seeds than the benchmark's.
+SEGMENT_THRESHOLDS: dict[tuple[str, int], float] = {("unet", 64): 0.003, ("sd3", 64): 0.15, ("flux", 64): 0.15,
+                                                    ("sd3", 128): 0.2, ("flux", 128): 0.3}
+
+
+def segment_threshold(pipe: Any) -> float:
+    """The merging threshold for `pipe` from `SEGMENT_THRESHOLDS`: its architecture's at the swept image side
+    nearest to its own."""
+    arch, side = architecture_of(denoiser_of(pipe)).name, image_size(pipe)
+    swept = [size for name, size in SEGMENT_THRESHOLDS if name == arch]
+    if not swept:
+        raise AttnkitError(f"no DiffSeg threshold for the {arch} architecture: the shapes models are UNet, SD3 and "
+                           "Flux pipelines.")
+    return SEGMENT_THRESHOLDS[arch, min(swept, key=lambda size: abs(size - side))]
 
 
 def halves(size: int = SIZE) -> list[np.ndarray]:
@@ -243,8 +256,9 @@ def recolour_prompt(video: Any) -> tuple[str, str]:
 
 
 def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: float = VIDEO_STRENGTH,
-                  steps: int = STEPS, guidance: float = GUIDANCE) -> dict[str, Any]:
-    """Flicker of each cross-frame mode and edit adherence of first+previous over `videos` shapes-world videos."""
+                  steps: int = STEPS, guidance: float = GUIDANCE, mode: str | None = None) -> dict[str, Any]:
+    """Flicker of each cross-frame mode and edit adherence of first+previous over `videos` shapes-world videos;
+    `mode`: how later frames use the stored K/V (`edit_video`'s, None: its default)."""
     from ..kv import edit_video
 
     modes = ("none", "first", "first+previous")
@@ -258,7 +272,7 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
         for attend in modes:
             out = outputs[attend] = [np.asarray(f, dtype=np.float32) / 255 for f in edit_video(
                 pipe, frames, prompt, attend=attend, strength=strength, num_inference_steps=steps, seed=k,
-                controlnet=controlnet, progress=False, negative_prompt="", **call_kwargs(pipe),
+                controlnet=controlnet, mode=mode, progress=False, negative_prompt="", **call_kwargs(pipe),
                 **guidance_kwargs(pipe, guidance))]
             changes[attend] = [float(np.abs(out[t] - out[t - 1])[~(video.masks[t] | video.masks[t - 1])].mean())
                                for t in range(1, len(out))]
@@ -272,7 +286,7 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
     return {"flicker_per_frame": float(np.mean(flicker["none"])), "flicker_first": float(np.mean(flicker["first"])),
             "flicker_first_previous": float(np.mean(flicker["first+previous"])),
             "edit_adherence": float(np.mean(adherent)), "videos": videos, "frames": VIDEO_FRAMES,
-            "strength": strength, "controlnet": controlnet is not None}
+            "strength": strength, "controlnet": controlnet is not None, "mode": mode}
 
 
 def matched_iou(labels: np.ndarray, truths: list[np.ndarray]) -> float:
@@ -295,9 +309,8 @@ def true_regions(image: np.ndarray) -> list[np.ndarray]:
 def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     """DiffSeg segments of 2 x `seeds` generated two-object images vs their objects and background."""
     from ..segment import trace as segment_trace
-    from ..sites import architecture_of, denoiser_of
 
-    threshold = SEGMENT_THRESHOLDS[architecture_of(denoiser_of(pipe)).name]
+    threshold = segment_threshold(pipe)
     cases = layouts(2 * seeds, seed=1)
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
     gen_seeds = [5000 + k for k in range(len(prompts))]
