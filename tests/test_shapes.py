@@ -221,6 +221,21 @@ def test_trainer_refuses_conflicting_options(tmp_path, argv: list[str], message:
         train.main(["--out", str(tmp_path), *argv])
 
 
+def test_video_metrics_tell_a_frozen_edit_from_one_that_follows_the_input(monkeypatch) -> None:
+    import attnkit.kv
+    from attnkit.shapes.evaluate import video_editing
+
+    def follows(pipe, frames, prompt, attend, **kwargs):  # every frame as it came in: moves, never flickers
+        frames = list(frames)
+        return frames if attend != "first" else [frames[0]] * len(frames)  # "first" frozen on the first frame
+
+    monkeypatch.setattr(attnkit.kv, "edit_video", follows)
+    result = video_editing(load("shapes-sd3"), videos=2)
+    assert result["flicker_per_frame"] == result["flicker_first"] == result["flicker_first_previous"] == 0.0
+    assert result["motion_per_frame"] == result["motion_first_previous"] > 0.1
+    assert result["motion_first"] == 0.0
+
+
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_eval_json_contract(capsys, model: str) -> None:
     from attnkit.cli import main
