@@ -279,7 +279,8 @@ def video_editing(pipe: Any, videos: int, controlnet: Any = None, strength: floa
             change = [np.abs(out[t] - out[t - 1]) for t in range(1, len(out))]
             masks = [(video.masks[t], video.masks[t - 1]) for t in range(1, len(out))]
             changes[f"flicker_{key}"] = [float(c[~(now | before)].mean()) for c, (now, before) in zip(change, masks)]
-            changes[f"motion_{key}"] = [float(c[now ^ before].mean()) for c, (now, before) in zip(change, masks)]
+            changes[f"motion_{key}"] = [float(c[now ^ before].mean()) for c, (now, before) in zip(change, masks)
+                                        if (now ^ before).any()]  # a slow mover may stay put for a frame
         recoloured = [bool(np.mean(label_pixels(o * 255)[m] == 1 + COLORS.index(new)) > 0.5)
                       for o, m in zip(outputs["first+previous"], video.masks)]
         return changes, recoloured
