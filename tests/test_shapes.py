@@ -185,7 +185,8 @@ def test_trainer_is_reproducible_and_continues_a_saved_run(tmp_path, arch: str) 
     image = resized("a red circle", num_inference_steps=1, output_type="np", **call_kwargs(resized)).images[0]
     assert image.shape == (128, 128, 3), "the continued model generates at its new size by default"
     denoiser = denoiser_of(resized)
-    saved = json.loads((tmp_path / "d" / "pipeline" / ("unet" if arch == "sd15" else "transformer") / "config.json").read_text())
+    folder = tmp_path / "d" / "pipeline" / ("unet" if arch == "sd15" else "transformer")
+    saved = json.loads((folder / "config.json").read_text())
     expected = inspect.signature(type(denoiser).__init__).parameters
     assert not {key for key in saved if not key.startswith("_")} - set(expected), \
         "the denoiser's saved config holds only options its class takes (else loading warns)"

@@ -131,8 +131,9 @@ def train_controlnet(args: argparse.Namespace) -> dict[str, Any]:
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
     scale = pipe.vae.config.scaling_factor
     log = _Log(args.out / "loss.jsonl", args.steps, "controlnet")
-    meta = {"base": args.base, "size": size, "init": args.init, "seed": args.seed, "batch": args.batch, "lr": args.lr, "planned_steps": args.steps,
-            "video_share": VIDEO_SHARE, "prompt_dropout": PROMPT_DROPOUT, "device": "cpu", "threads": args.threads,
+    meta = {"base": args.base, "size": size, "init": args.init, "seed": args.seed, "batch": args.batch, "lr": args.lr,
+            "planned_steps": args.steps, "video_share": VIDEO_SHARE, "prompt_dropout": PROMPT_DROPOUT, "device": "cpu",
+            "threads": args.threads,
             "conditioning_embedding_out_channels": list(controlnet.config.conditioning_embedding_out_channels)}
     start = last_save = time.monotonic()
     losses: list[float] = []
@@ -270,8 +271,8 @@ def model_card(name: str, folder: Path) -> str:
         f"An edge ControlNet for `{training['base']}`: a stock diffusers `ControlNetModel` made by "
         f"`ControlNetModel.from_unet` of {training['base']}'s UNet and trained by `python -m attnkit.shapes.controlnet`"
         " on the attnkit shapes world. The condition is `attnkit.kv.video.edges(image)` (Sobel edges, white on "
-        f"black, {side}x{side}); generated objects take the position and outline of the edge map, colour and kind from the "
-        "prompt.", "",
+        f"black, {side}x{side}); generated objects take the position and outline of the edge map, colour and kind from "
+        "the prompt.", "",
         f"Load: `attnkit.shapes.controlnet.load_controlnet(\"{name}\")` (`ControlNetModel.from_pretrained` on this "
         f"folder); use it with `StableDiffusionControlNetPipeline` or `StableDiffusionControlNetImg2ImgPipeline` "
         f"`.from_pipe(attnkit.shapes.load(\"{training['base']}\"), controlnet=...)`, or "
@@ -279,15 +280,15 @@ def model_card(name: str, folder: Path) -> str:
         "## Recipe", "",
         f"- ControlNet: the encoder and middle block of {training['base']}'s UNet (weights copied), zero "
         f"convolutions out, conditioning embedding channels {tuple(config['conditioning_embedding_out_channels'])} "
-        f"({len(config['conditioning_embedding_out_channels']) - 1} stride-2 steps: {side} px to the {latents}x{latents} "
-        "latents).",
+        f"({len(config['conditioning_embedding_out_channels']) - 1} stride-2 steps: {side} px to the "
+        f"{latents}x{latents} latents).",
         f"- Frozen: {training['base']}'s UNet, VAE and text encoder. Loss: its epsilon loss with min-SNR-5 weights on "
         "its scaled-linear betas, the ControlNet's residuals added to the UNet.",
         f"- Data: drawn on the fly, {1 - training['video_share']:.0%} random scenes and {training['video_share']:.0%} "
         f"frames of random videos, captioned; {training['prompt_dropout']:.0%} of captions replaced by \"\".",
-        f"- {start}{training['steps']} steps of batch {training['batch']}, AdamW at peak learning rate {training['lr']:g} "
-        f"with warm-up and cosine decay, in {training['minutes']} minutes {_hardware(training)} (seed "
-        f"{training['seed']}{stopped}); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
+        f"- {start}{training['steps']} steps of batch {training['batch']}, AdamW at peak learning rate "
+        f"{training['lr']:g} with warm-up and cosine decay, in {training['minutes']} minutes {_hardware(training)} "
+        f"(seed {training['seed']}{stopped}); final loss (mean of the last 100 steps) {training['loss']:.4f}.",
         "- Loss log: `loss.jsonl` (JSON lines: stage, step, seconds, loss, learning rate).",
         f"- Weights stored in fp16 ({megabytes:.1f} MiB) and load as fp32.", "",
         "## Measured edge following", "",
