@@ -16,12 +16,16 @@ __all__ = ["make_lazy"]
 class _LazyPackage(types.ModuleType):
     """PEP 562 attribute access, on the module's class so that `__setattr__` can take part too."""
 
-    _exports: Mapping[str, str]  # public name -> the submodule (".name") that defines it
+    _exports: Mapping[str, str]  # public name -> the module (".name" or "..name", relative) that defines it
     _submodules: frozenset[str]  # submodules the eager imports left reachable as attributes
+    _moved: Mapping[str, str]  # public name of an earlier release -> the package it moved to
 
     def __getattr__(self, name: str) -> Any:
         if name in self._submodules:
             return importlib.import_module(f"{self.__name__}.{name}")
+        if name in self._moved:
+            raise AttributeError(f"{self.__name__}.{name} has moved: import it from {self._moved[name]} "
+                                 f"(`from {self._moved[name]} import {name}`).")
         if name not in self._exports:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(self._exports[name], self.__name__), name)
@@ -41,10 +45,13 @@ class _LazyPackage(types.ModuleType):
         return sorted({*super().__dir__(), *self._exports, *self._submodules})
 
 
-def make_lazy(package: str, exports: Mapping[str, Iterable[str]], submodules: Iterable[str] = ()) -> None:
-    """Make `package` lazy: `exports` maps each submodule (".name") to the public names it defines; `submodules`
-    are reachable as attributes without an explicit import."""
+def make_lazy(package: str, exports: Mapping[str, Iterable[str]], submodules: Iterable[str] = (),
+              moved: Mapping[str, str] | None = None) -> None:
+    """Make `package` lazy: `exports` maps each module (".name" within the package, "..name" beside it) to the
+    public names it defines; `submodules` are reachable as attributes without an explicit import; `moved` names
+    public names of earlier releases that now live in another package (an error says where)."""
     module = sys.modules[package]
     module.__dict__["_exports"] = {name: source for source, names in exports.items() for name in names}
     module.__dict__["_submodules"] = frozenset(submodules)
+    module.__dict__["_moved"] = dict(moved or {})
     module.__class__ = _LazyPackage

@@ -1,14 +1,40 @@
-"""Files attnkit writes, byte-identical for identical contents (a batch run's outputs must not depend on the process
-that wrote them)."""
+"""Files attnkit reads and writes; what it writes is byte-identical for identical contents (a batch run's outputs
+must not depend on the process that wrote them)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
 
-__all__ = ["save_safetensors"]
+from .errors import AttnkitError
+
+__all__ = ["METADATA_KEY", "read_image", "save_png", "save_safetensors"]
+
+#: PNG text chunk holding the JSON of what made an image (command, model, seed, sizes, prompt or spec).
+METADATA_KEY = "attnkit"
+
+
+def save_png(image: Image.Image, path: Path, record: dict[str, Any]) -> None:
+    """Write `image` as PNG with `record` as JSON in its `attnkit` text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(METADATA_KEY, json.dumps(record))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG", pnginfo=info)
+
+
+def read_image(path: Path, option: str, mode: str) -> Image.Image:
+    """The image at `path` in PIL `mode` ("RGB" for an init image, "L" for a mask); an error naming `option`."""
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except OSError as error:
+        raise AttnkitError(f"cannot read {option} {path} ({error}); give a PNG or JPEG file.") from error
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:

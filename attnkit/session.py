@@ -10,7 +10,6 @@ nest, and may end in any order.
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,8 +17,9 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 
 from .errors import AttnkitError
-from .processors import Control, SiteProcessor, family_of
-from .sites import Architecture, Site, SiteList, architecture_of, choose, denoiser_of, sites
+from .families import Family, denoiser_of, family_of
+from .processors import Control, SiteProcessor, stand_in
+from .sites import Site, SiteList, choose
 from .state import State, StepReader
 
 __all__ = ["Session", "attach"]
@@ -28,13 +28,13 @@ __all__ = ["Session", "attach"]
 class Session:
     """Controls attached to sites of one pipeline (or denoiser), with the state they read."""
 
-    def __init__(self, target: Any, plan: Mapping[Control, Iterable[Site]] | Iterable[tuple[Control, Iterable[Site]]]):
+    def __init__(self, target: Any,
+                 placements: Mapping[Control, Iterable[Site]] | Iterable[tuple[Control, Iterable[Site]]]):
         self.target = target
         self.model = denoiser_of(target)
-        self.architecture = architecture_of(self.model)
-        self.sites = sites(target)
-        items = plan.items() if isinstance(plan, Mapping) else plan
-        self.plan: list[tuple[Control, SiteList]] = [(control, SiteList(chosen)) for control, chosen in items]
+        self.family = family_of(self.model)
+        items = placements.items() if isinstance(placements, Mapping) else placements
+        self.placements: list[tuple[Control, SiteList]] = [(control, SiteList(chosen)) for control, chosen in items]
         self.state = State()
         self._hook_name = f"attnkit.state.{id(self):x}"
         self._installed: list[tuple[torch.nn.Module, SiteProcessor, Control]] = []
@@ -47,9 +47,9 @@ class Session:
         self.state.reset()
         try:
             HookRegistry.check_if_exists_or_initialize(self.model).register_hook(
-                _StateHook(self.state, self.target, self.model, self.architecture), self._hook_name
+                _StateHook(self.state, self.target, self.model, self.family), self._hook_name
             )
-            for control, chosen in self.plan:
+            for control, chosen in self.placements:
                 for site in chosen:
                     self._add(modules[site.name], site, control)
         except BaseException:
@@ -63,10 +63,10 @@ class Session:
 
     def _check(self) -> dict[str, torch.nn.Module]:
         """Every selected site's module, after checking that each one can be taken over; an error lists the rest."""
-        family = family_of(self.architecture)
+        family = self.family
         named = dict(self.model.named_modules())
         modules, refused = {}, []
-        for control, chosen in self.plan:
+        for control, chosen in self.placements:
             for site in chosen:
                 if site.kind == "linear":
                     raise AttnkitError(
@@ -78,12 +78,12 @@ class Session:
                     raise AttnkitError(f"site {site.name} is not in {type(self.model).__name__}; "
                                        "take sites from `attnkit.sites()` of the same pipeline.")
                 processor = module.get_processor()
-                if not isinstance(processor, SiteProcessor) and not family.can_replace(processor):
+                if not isinstance(processor, SiteProcessor) and not family.replaces(processor):
                     refused.append((site.name, type(processor).__name__))
                 modules[site.name] = module
                 _check_parallel(control, site, processor)
         if refused:
-            allowed = family.replaceable
+            allowed = ", ".join(family.processors)
             listed = "; ".join(f"{name}: {cls}" for name, cls in refused[:5])
             raise AttnkitError(
                 f"attnkit cannot take over {len(refused)} attention site(s), whose processors it cannot replay "
@@ -95,7 +95,7 @@ class Session:
     def _add(self, module: torch.nn.Module, site: Site, control: Control) -> None:
         processor = module.get_processor()
         if not isinstance(processor, SiteProcessor):
-            processor = family_of(self.architecture).stand_in(site, processor)
+            processor = stand_in(site, processor)
             module.set_processor(processor)
         processor.entries.append((control, self.state))
         self._installed.append((module, processor, control))
@@ -178,15 +178,15 @@ class _NoState:
 
 class _StateHook(ModelHook):
     """Fills a session's `State` before every denoiser forward: step from the scheduler, CFG branch per batch item,
-    latent size and text length from the forward's inputs."""
+    latent size and text length from the forward's inputs, as the family describes them."""
 
     _is_stateful = True
 
-    def __init__(self, state: State, target: Any, model: torch.nn.Module, architecture: Architecture):
+    def __init__(self, state: State, target: Any, model: torch.nn.Module, family: Family):
         super().__init__()
         self.state = state
         self.pipeline = None if isinstance(target, torch.nn.Module) else target
-        self.dit = architecture.dit
+        self.family = family
         self.signature = inspect.signature(type(model).forward)
         self.contexts = _ContextName()
         self.steps = StepReader()
@@ -195,42 +195,32 @@ class _StateHook(ModelHook):
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any], dict[str, Any]]:
         bound = self.signature.bind_partial(module, *args, **kwargs).arguments
+        family = self.family
         # in the scheduler's units: Flux pipelines, for one, pass the transformer the timestep / 1000
-        timestep = self.dit.scheduler_timestep(bound) if self.dit is not None else bound.get("timestep")
+        timestep = family.scheduler_timestep(bound)
         state = self.state
         state.forwards += 1
-        if self.dit is not None:
-            grid = self.dit.grid(bound, module)
-            stride = self.dit.stride_of(module)
-            state.latent, state.frames = (grid.frames * grid.rows * stride, grid.cols * stride), grid.frames
-            state.text_tokens = self.dit.text_tokens(bound)
-            items = self.dit.item_text_tokens(bound) if self.dit.item_text_tokens is not None else ()
-            state.item_text_tokens = items if len(set(items)) > 1 else ()
-            batch = _batch(bound)
-        else:
-            sample = bound.get("sample", bound.get("hidden_states"))
-            text = bound.get("encoder_hidden_states")
-            state.text_tokens = None if text is None else int(text.shape[1])
-            state.latent = int(sample.shape[-2]), int(sample.shape[-1])
-            batch = int(sample.shape[0])
+        state.latent, state.frames = family.latent_of(bound, module)
+        state.text_tokens = family.text_tokens(bound)
+        items = family.item_text_tokens(bound) if family.item_text_tokens is not None else ()
+        state.item_text_tokens = items if len(set(items)) > 1 else ()
         state.timestep = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
         step = state.step
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
         self.forwards_in_step = self.forwards_in_step + 1 if state.step == step and step is not None else 0
-        state.branches = self._branches(batch)
+        state.branches = self._branches(_batch(bound), bound)
         return args, kwargs
 
-    def _branches(self, batch: int) -> tuple[str, ...]:
+    def _branches(self, batch: int, bound: Mapping[str, Any]) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):
             return (self.contexts.name,) * batch
-        if self.dit is not None and self.dit.cfg == "sequential":  # cond, then uncond, as forwards of their own
-            guided = self._guided()
+        guided = self.pipeline is not None and self.family.guided(self.pipeline, bound)
+        if self.family.cfg == "sequential":  # cond, then uncond, as forwards of their own
             return ("uncond" if guided and self.forwards_in_step % 2 else "cond",) * batch
-        if self._guided() and batch % 2 == 0 and not self._guidance_stopped(batch):
+        if guided and batch % 2 == 0 and not self._guidance_stopped(batch):
             self.guided_batch = (self.steps.runs, batch)
-            cond_first = self.dit is not None and self.dit.cfg == "cond-first"
-            first, second = ("cond", "uncond") if cond_first else ("uncond", "cond")
+            first, second = ("cond", "uncond") if self.family.cfg == "cond-first" else ("uncond", "cond")
             return (first,) * (batch // 2) + (second,) * (batch // 2)
         return ("cond",) * batch
 
@@ -241,22 +231,8 @@ class _StateHook(ModelHook):
         run, guided = self.guided_batch
         return run == self.steps.runs and batch * 2 == guided
 
-    def _guided(self) -> bool:
-        """Whether the pipeline batches [uncond, cond]: its `do_classifier_free_guidance` property, else (PixArt,
-        AuraFlow and other pipelines that keep it in a local of `__call__`) that local of the running `__call__`."""
-        guided = getattr(self.pipeline, "do_classifier_free_guidance", None)
-        if guided is not None or self.pipeline is None:
-            return bool(guided)
-        frame = sys._getframe(1)
-        while frame is not None:
-            if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is self.pipeline:
-                return bool(frame.f_locals.get("do_classifier_free_guidance", False))
-            frame = frame.f_back
-        return False
-
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()
         self.forwards_in_step = 0
         self.guided_batch = (0, 0)
         return module
-

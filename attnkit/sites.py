@@ -1,52 +1,27 @@
 """Discovery of attention sites: where attention happens in a denoiser, typed by what it attends over.
 
-A site is one attention module, addressed by its full processor name as diffusers' `attn_processors` keys it.
-UNets (SD1.x, SD2, SDXL) are typed here, by their down/mid/up blocks; every transformer (SD3, Flux and the other
-DiTs) by its family's description in `attnkit.families`.
+A site is one attention module, addressed by its full processor name as diffusers' `attn_processors` keys it, and
+typed by its family's description in `attnkit.families` (the UNet's down/mid/up blocks, a DiT's joint and
+single-stream blocks, ...).
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from .errors import AttnkitError
-from .families import DiT, dit_of, dits
+from .families import KINDS, Family, Kind, denoiser_of, families, family_of
 
-__all__ = ["Site", "SiteList", "Architecture", "ARCHITECTURES", "KINDS", "choose", "sites", "denoiser_of",
-           "architecture_of"]
-
-Kind = Literal["self", "cross", "joint", "single", "self2", "text", "linear"]
-#: "text": text over text (a DiT's caption refiner); "linear": attention without a softmax (Sana's ReLU linear
-#: attention), listed for completeness: no controls run there, since no attention probabilities exist.
-KINDS: tuple[str, ...] = ("self", "cross", "joint", "single", "self2", "text", "linear")
-_STAGE_ORDER = {"down": 0, "mid": 1, "up": 2}  # UNet stages; a DiT's come in the order of its `SitePattern`s
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One supported denoiser family: the UNet, whose hand-written site processor (in `processors`) knows its token
-    layout, or a DiT described declaratively (`dit`, see `attnkit.families`)."""
-
-    name: str
-    model_class: type
-    dit: DiT | None = None
-
-    def matches(self, model: torch.nn.Module) -> bool:
-        return isinstance(model, self.model_class)
-
-
-ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture("unet", UNet2DConditionModel),
-)
+__all__ = ["Site", "SiteList", "KINDS", "choose", "sites", "denoiser_of",
+           # earlier names: an architecture is a family
+           "Architecture", "ARCHITECTURES", "architecture_of"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +40,13 @@ class Site:
     head_dim: int
     index: int
     stride: int
-    architecture: str
+    family: Family = field(compare=False, repr=False)
     resolution: tuple[int, int] | None = None
+
+    @property
+    def architecture(self) -> str:
+        """The name of the site's family."""
+        return self.family.name
 
     @property
     def module_name(self) -> str:
@@ -78,9 +58,7 @@ class Site:
 
     def grid(self, latent: tuple[int, int]) -> tuple[int, int]:
         """Token grid of this site for a denoiser input of `latent` (rows, cols) latent pixels."""
-        if self.architecture == "unet":  # each down-sampling conv rounds odd sizes up
-            return math.ceil(latent[0] / self.stride), math.ceil(latent[1] / self.stride)
-        return latent[0] // self.stride, latent[1] // self.stride
+        return self.family.token_grid(latent, self.stride)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "block": self.block, "heads": self.heads,
@@ -177,44 +155,6 @@ def _summary(values: Iterable[str]) -> str:
     return "[" + ", ".join(dict.fromkeys(values)) + "]"
 
 
-def denoiser_of(obj: Any) -> torch.nn.Module:
-    """The attention-bearing denoiser of a pipeline (its `transformer` or `unet`), or the model itself."""
-    if isinstance(obj, torch.nn.Module):
-        model = obj
-    else:
-        components = getattr(obj, "components", None)
-        if not isinstance(components, dict):
-            raise AttnkitError(
-                f"expected a diffusers pipeline or model, got {type(obj).__name__}. "
-                "Pass e.g. a StableDiffusion3Pipeline or its `transformer`."
-            )
-        model = next((components[k] for k in ("transformer", "unet") if components.get(k) is not None), None)
-        if model is None:
-            raise AttnkitError(
-                f"{type(obj).__name__} has no `transformer` or `unet` component, so attnkit finds no denoiser. "
-                f"Components: {sorted(k for k, v in components.items() if v is not None)}."
-            )
-    architecture_of(model)
-    return model
-
-
-def architecture_of(model: torch.nn.Module) -> Architecture:
-    for arch in ARCHITECTURES:
-        if arch.matches(model):
-            return arch
-    dit = dit_of(model)
-    if dit is not None:
-        return Architecture(dit.name, dit.model_class, dit)
-    modules = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "get_processor")})
-    reason = (f"it has attention modules ({', '.join(modules)}), but attnkit does not know their token layout"
-              if modules else "it has no attention processors at all")
-    known = [a.model_class.__name__ for a in ARCHITECTURES] + [d.model for d in dits()]
-    raise AttnkitError(
-        f"unsupported model {type(model).__name__}: {reason}. attnkit supports {', '.join(known)}; a new DiT "
-        "family is described in one module of `attnkit.families`."
-    )
-
-
 def sites(
     obj: Any,
     *,
@@ -228,7 +168,7 @@ def sites(
     `resolution` is filled in.
     """
     model = denoiser_of(obj)
-    arch = architecture_of(model)
+    family = family_of(model)
     if (height is None) != (width is None):
         raise AttnkitError("give both `height` and `width`, or neither.")
     if height is not None:
@@ -236,21 +176,18 @@ def sites(
         if factor is None:
             raise AttnkitError("`height`/`width` are pixel sizes and need a pipeline; for a bare model pass `latent=(h, w)`.")
         latent = (height // factor, width // factor)
-    strides = _unet_strides(model) if arch.dit is None else {}
+    strides = family.block_stride(model) if family.block_stride is not None else None
+    stride = family.stride_of(model)
     found: list[tuple[tuple, Site]] = []
     for module_name, module in model.named_modules():
         if not hasattr(module, "get_processor"):
             continue
-        if arch.dit is not None:
-            stage, block_index, kind, order = _dit_site(arch.dit, module_name, module)
-            stride = arch.dit.stride_of(model)
-        else:
-            stage, block_index = _block_of(module_name)
-            kind: Kind = "cross" if getattr(module, "is_cross_attention", False) else "self"
-            order, stride = _STAGE_ORDER[stage], strides[f"{stage}.{block_index}"]
+        stage, block_index, kind, order = _site_of(family, module_name, module)
+        block = f"{stage}.{block_index}"
         heads = int(module.heads)
         head_dim = int(getattr(module, "head_dim", None) or module.inner_dim // heads)
-        site = Site(f"{module_name}.processor", kind, f"{stage}.{block_index}", heads, head_dim, 0, stride, arch.name)
+        site = Site(f"{module_name}.processor", kind, block, heads, head_dim, 0,
+                    stride if strides is None else strides[block], family)
         found.append(((order, block_index, _natural(module_name)), site))
     if not found:
         raise AttnkitError(f"{type(model).__name__} has no attention processors; nothing for attnkit to attach to.")
@@ -265,61 +202,45 @@ def sites(
 
 
 def choose(obj: Any, sites_: Iterable[Site] | None, selection: dict[str, Any],
-           default: Callable[[Any], SiteList] | None = None) -> SiteList:
-    """The sites a feature runs at: `sites_` as given, else `SiteList.select(**selection)`, else `default(obj)`
-    (when None: every site where a control can run, i.e. all but linear attention); giving both sites and
-    selection keywords is an error."""
+           default: Callable[[Any], SiteList] | None = None, kinds: Iterable[str] | None = None) -> SiteList:
+    """The sites a feature runs at: `sites_` as given; else `SiteList.select(**selection)` among the sites of `kinds`
+    (all sites where the selection names kinds itself, or where none is of `kinds`); else `default(obj)`; else the
+    sites of `kinds` (None: every site where a control can run, i.e. all but linear attention). Giving both sites
+    and selection keywords is an error."""
     if sites_ is not None and selection:
         raise AttnkitError("give either explicit sites or selection keywords, not both.")
     if sites_ is not None:
         return SiteList(sites_)
-    if selection:
-        return sites(obj).select(**selection)
-    return default(obj) if default is not None else SiteList(s for s in sites(obj) if s.kind != "linear")
+    if not selection and default is not None:
+        return default(obj)
+    found = sites(obj)
+    wanted = None if kinds is None else set(kinds)
+    fitting = SiteList(site for site in found if (site.kind != "linear" if wanted is None else site.kind in wanted))
+    if not selection:
+        return fitting or found
+    return (found if "kind" in selection or wanted is None else fitting or found).select(**selection)
 
 
 def _natural(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.]", name))
 
 
-def _block_of(module_name: str) -> tuple[str, int]:
-    parts = module_name.split(".")
-    head = parts[0]
-    if head in ("down_blocks", "up_blocks"):
-        return head.removesuffix("_blocks"), int(parts[1])
-    if head == "mid_block":
-        return "mid", 0
-    raise AttnkitError(f"attention module {module_name!r} lies outside the blocks attnkit knows for this model.")
-
-
-def _dit_site(dit: DiT, module_name: str, module: torch.nn.Module) -> tuple[str, int, Kind, int]:
-    """(stage, block index, kind, position of its stage) of a DiT attention module; an error if none matches."""
-    stages = list(dict.fromkeys(p.stage for p in dit.sites))
-    for pattern in dit.sites:
+def _site_of(family: Family, module_name: str, module: torch.nn.Module) -> tuple[str, int, Kind, int]:
+    """(stage, block index, kind, position of its stage) of an attention module; an error if no pattern matches."""
+    stages = list(dict.fromkeys(p.stage for p in family.sites))
+    for pattern in family.sites:
         match = re.fullmatch(pattern.pattern, module_name)
         if match:
             block = int(match.group(1)) if match.groups() else 0
-            return pattern.stage, block, pattern.kind, stages.index(pattern.stage)
+            return pattern.stage, block, pattern.kind_of(module), stages.index(pattern.stage)
     raise AttnkitError(
         f"attention module {module_name!r} ({type(module).__name__}) lies outside the sites attnkit knows for "
-        f"{dit.name} ({', '.join(p.pattern for p in dit.sites)}), so attnkit cannot tell its token layout. "
-        f"Describe it in attnkit.families.{dit.name}."
+        f"{family.name} ({', '.join(p.pattern for p in family.sites)}), so attnkit cannot tell its token layout. "
+        f"Describe it in attnkit.families.{family.name}."
     )
 
 
-
-
-def _unet_strides(model: torch.nn.Module) -> dict[str, int]:
-    """Token stride per UNet block, found by walking the down- and up-samplers in execution order."""
-    strides: dict[str, int] = {}
-    stride = 1
-    for i, block in enumerate(model.down_blocks):
-        strides[f"down.{i}"] = stride
-        if getattr(block, "downsamplers", None):
-            stride *= 2
-    strides["mid.0"] = stride
-    for i, block in enumerate(model.up_blocks):
-        strides[f"up.{i}"] = stride
-        if getattr(block, "upsamplers", None):
-            stride //= 2
-    return strides
+#: Earlier names: an architecture is a family.
+Architecture = Family
+ARCHITECTURES: tuple[Family, ...] = families()
+architecture_of = family_of

@@ -1,4 +1,4 @@
-"""Explicit per-session state: which denoising step, batch branch, frame and phase a processor runs in.
+"""Explicit per-session state: which denoising step, batch branch and phase a processor runs in.
 
 Processors never count their own calls to guess the step (one skipped layer or a separate uncond pass would shift
 every later step); the step is read from the pipeline's scheduler before each denoiser forward.
@@ -13,9 +13,26 @@ import torch
 
 from .errors import AttnkitError
 
-__all__ = ["State", "Branch", "StepReader"]
+__all__ = ["Branch", "State", "StepRange", "StepReader", "in_steps", "step_range"]
 
 Branch = str  # "cond" or "uncond"; CFG batches are [uncond..., cond...]
+StepRange = tuple[int, int | None]  # [start, end) in steps; end None = to the last step
+
+
+def step_range(steps: Any, name: str = "steps") -> StepRange:
+    """`steps` checked as a `StepRange` (start, end): 0 <= start <= end, end None for "to the last step"."""
+    if not isinstance(steps, (tuple, list)) or len(steps) != 2:
+        raise AttnkitError(f"{name} must be (start, end) with end None for 'to the last step', got {steps!r}.")
+    start, end = steps
+    if not isinstance(start, int) or start < 0 or (end is not None and (not isinstance(end, int) or end < start)):
+        raise AttnkitError(f"{name}={list(steps)}: need 0 <= start <= end (end None = to the last step).")
+    return start, end
+
+
+def in_steps(steps: StepRange, step: int) -> bool:
+    """Whether `step` lies in [start, end)."""
+    start, end = steps
+    return start <= step and (end is None or step < end)
 
 
 @dataclass
@@ -30,9 +47,9 @@ class State:
     grid is (frames x rows, cols): maps of a video are one tall picture of its frames.
     `text_tokens` is the text length of the first batch item, `item_text_tokens` that of every item where items
     differ (empty where one length holds for all).
-    `frame` and `phase` are set by features that loop over frames or store-then-load passes. `exclusive` is set
-    while a session runs a pass of its own through the denoiser's blocks (output-space concept maps): that pass's
-    attention calls are seen only by the controls of that session, never by other sessions' features.
+    `phase` and `exclusive` are set while a session runs a pass of its own through the denoiser's blocks
+    (output-space concept maps: `phase` names the pass): that pass's attention calls are seen only by the controls of
+    that session, never by other sessions' features.
     """
 
     step: int | None = None
@@ -44,7 +61,6 @@ class State:
     text_tokens: int | None = None
     item_text_tokens: tuple[int, ...] = ()
     forwards: int = 0
-    frame: int | None = None
     phase: str | None = None
     exclusive: bool = False
 

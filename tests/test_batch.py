@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from attnkit.cli import main
 from attnkit.files import save_safetensors
-from attnkit.models import load_pipeline, reusing_pipelines
+from attnkit.run import Pipelines, load_pipeline
 
 LEFT_RIGHT = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
                           {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
@@ -144,12 +144,12 @@ def test_safetensors_files_do_not_depend_on_the_order_of_their_metadata(tmp_path
     assert torch.equal(loaded["b"], tensors["b"]) and torch.equal(loaded["a"], tensors["a"])
 
 
-def test_reusing_pipelines_loads_each_model_once_inside_the_block_only():
-    with reusing_pipelines():
-        first = load_pipeline("tiny-sd15")
-        assert load_pipeline("tiny-sd15") is first
-        assert first._progress_bar_config.get("disable") is True
-    assert load_pipeline("tiny-sd15") is not first
+def test_a_batch_processes_pipelines_load_each_model_once_and_plain_loading_loads_anew():
+    pipelines = Pipelines()
+    first = pipelines("tiny-sd15")
+    assert pipelines("tiny-sd15") is first
+    assert first._progress_bar_config.get("disable") is True
+    assert load_pipeline("tiny-sd15") is not first and Pipelines()("tiny-sd15") is not first
 
 
 @pytest.mark.slow

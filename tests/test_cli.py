@@ -64,7 +64,7 @@ print("imported:", sorted(name for name in {HEAVY!r} if name in sys.modules))
 def test_lazy_package_names_stay_the_objects_eager_imports_gave_whatever_was_imported_first():
     """Importing a submodule binds it on its package: `attnkit.regional` must stay the function, not the package."""
     code = """
-import attnkit.regional.cli, attnkit.sites, attnkit.maps.trace
+import attnkit.regional.spec, attnkit.sites, attnkit.maps.trace
 import attnkit
 from attnkit.maps import trace
 print(attnkit.regional.__module__, attnkit.sites.__module__, trace.__module__, attnkit.maps.trace is trace,

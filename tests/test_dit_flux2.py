@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("diffusers.pipelines.flux2")
 
 from attnkit.families import dit_of  # noqa: E402
-from attnkit.maps.tokens import prompt_tokens  # noqa: E402
+from attnkit.tokens import prompt_tokens  # noqa: E402
 from attnkit.testing import VOCABULARY_WORDS  # noqa: E402
 from attnkit.testing.dits._flux2_tokenizer import tiny_mistral_tokenizer  # noqa: E402
 from dit_helpers import forward_arguments, pipe_fixture  # noqa: E402

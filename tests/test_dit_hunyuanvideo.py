@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attnkit.families.hunyuanvideo import FAMILY
-from attnkit.maps.tokens import prompt_tokens
+from attnkit.tokens import prompt_tokens
 from attnkit.testing.tokenizers import VOCABULARY_WORDS
 from dit_helpers import pipe_fixture
 

@@ -13,7 +13,7 @@ pytest.importorskip("diffusers.pipelines.lumina2")
 import attnkit
 from attnkit.errors import AttnkitError
 from attnkit.families import Grid, dit_of, dits
-from attnkit.maps.tokens import prompt_tokens
+from attnkit.tokens import prompt_tokens
 from dit_helpers import Keep, forward_arguments, pipe_fixture
 
 PROMPT = "a red circle next to a blue square"

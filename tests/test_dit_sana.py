@@ -13,7 +13,7 @@ pytest.importorskip("diffusers.pipelines.sana")
 import attnkit
 from attnkit.errors import AttnkitError
 from attnkit.families import dit_of
-from attnkit.maps.tokens import prompt_tokens
+from attnkit.tokens import prompt_tokens
 from attnkit.processors import Control
 from attnkit.testing import VOCABULARY_WORDS
 from attnkit.testing.dits._gemma_tokenizer import tiny_gemma_tokenizer

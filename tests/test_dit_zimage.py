@@ -9,7 +9,7 @@ import torch
 
 import attnkit
 from attnkit.families import Grid, dits
-from attnkit.maps.tokens import prompt_tokens
+from attnkit.tokens import prompt_tokens
 from attnkit.testing import VOCABULARY_WORDS
 from dit_helpers import Keep, pipe_fixture
 

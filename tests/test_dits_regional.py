@@ -10,10 +10,11 @@ import attnkit
 from attnkit.errors import AttnkitError
 from attnkit.families import dits
 from attnkit.processors import Control
+from attnkit.regional import supports
 from attnkit.testing import build_pipeline
 
-REGIONAL = {family.name: family for family in dits() if family.regional is not None}
-WITHOUT = {family.name: family for family in dits() if family.regional is None}
+REGIONAL = {family.name: family for family in dits() if supports(family)}
+WITHOUT = {family.name: family for family in dits() if not supports(family)}
 LEFT_RIGHT = {"regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
                           {"prompt": "a blue square", "box": [0.5, 0, 1, 1]}]}
 
@@ -79,7 +80,7 @@ def test_image_tokens_of_one_region_give_the_other_regions_text_probability_zero
 
 
 @pytest.mark.parametrize("name", sorted(name for name, family in REGIONAL.items()
-                                        if family.regional.negative != "never"))
+                                        if family.text.negative != "never"))
 def test_with_negatives_per_region_uncond_image_tokens_give_the_other_regions_negative_probability_zero(name):
     """Each region's negative has a length of its own (Z-Image's captions are as long as their text), so the
     uncond batch items lay out their tokens differently from the cond ones."""
@@ -88,7 +89,7 @@ def test_with_negatives_per_region_uncond_image_tokens_give_the_other_regions_ne
                         dict(LEFT_RIGHT["regions"][1], negative="a dark and very ugly picture of low quality")]}
     site = next(s for s in attnkit.sites(pipe) if s.kind in ("joint", "single", "cross"))
     kept = _Probabilities()
-    true_cfg = {"true_cfg_scale": 2.0} if REGIONAL[name].regional.negative == "given" else {}
+    true_cfg = {"true_cfg_scale": 2.0} if REGIONAL[name].text.negative == "given" else {}
     with attnkit.regional(pipe, spec) as call:
         with attnkit.attach(pipe, kept, [site]):
             _latents(pipe, **call(seed=0, num_inference_steps=2, **true_cfg))
@@ -102,7 +103,7 @@ def test_with_negatives_per_region_uncond_image_tokens_give_the_other_regions_ne
     assert seen == {"cond", "uncond"}
 
 
-@pytest.mark.parametrize("name", sorted(name for name, family in REGIONAL.items() if family.regional.negative == "given"))
+@pytest.mark.parametrize("name", sorted(name for name, family in REGIONAL.items() if family.text.negative == "given"))
 def test_negatives_that_true_cfg_would_leave_unused_are_an_error(name):
     pipe = _pipe(REGIONAL[name])
     spec = {"regions": [dict(LEFT_RIGHT["regions"][0], negative="blurry"), LEFT_RIGHT["regions"][1]]}

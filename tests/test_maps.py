@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 import attnkit
 import attnkit.maps
+import attnkit.recorders
 from attnkit import AttnkitError, Control
 from attnkit.cli import main
 from attnkit.maps import prompt_tokens
@@ -91,7 +92,7 @@ def test_maps_equal_an_fp64_softmax_reference(pipelines, name, exact):
 def test_other_relations_equal_the_reference_also_in_query_chunks(pipelines, name, relation, monkeypatch):
     """Joint attention's text->image and text->text blocks, and image->image summed over queries (self, joint, single,
     MMDiT-X attn2 sites), with a chunk budget so small that every call is computed a few query rows at a time."""
-    monkeypatch.setattr(attnkit.maps.recorder, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(attnkit.recorders, "CHUNK_BYTES", 4096)
     capture = Capture()
     tc, _ = traced(pipelines[name], capture, trace_kwargs={"relation": relation})
     want, count = reference(capture.calls, relation=relation)

@@ -15,7 +15,7 @@ from PIL import Image
 import attnkit
 from attnkit import AttnkitError, Control
 from attnkit.cli import main
-from attnkit.regional.images import init_size, takes_size
+from attnkit.pipeline import init_size, takes_size
 from regional_helpers import LEFT_RIGHT, latents
 
 ARCHITECTURES = ("tiny-sd3", "tiny-sd35", "tiny-flux", "tiny-sd15", "tiny-sdxl")

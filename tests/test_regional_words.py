@@ -1,5 +1,5 @@
-"""Regions found from a word of the base prompt (the regional-prompter "prompt" mode): the first pass, the mask it
-derives, the spec that records it, and the errors."""
+"""Regions found from a word of the base prompt (the regional-prompter "prompt" mode): the first pass
+(`attnkit.run.word_regions`), the mask it derives, the spec that records it, and the errors."""
 
 import json
 import re
@@ -13,7 +13,7 @@ import attnkit.maps
 from attnkit import AttnkitError
 from attnkit.cli import main
 from attnkit.regional import RegionSpec, load_spec
-from attnkit.regional.words import word_mask
+from attnkit.run import word_mask, word_regions
 
 BASE = "a red circle and a blue square"
 SPEC = {"base": {"prompt": BASE, "weight": 0.5},
@@ -25,9 +25,11 @@ OPTIONS = {"tiny-sd3": {"max_sequence_length": 8}, "tiny-flux": {"max_sequence_l
 def test_the_derived_mask_is_the_words_map_of_a_first_pass_cut_at_the_threshold(pipelines, name):
     pipe = pipelines[name]
     options = OPTIONS.get(name, {})
-    with attnkit.regional(pipe, SPEC, **options) as call:
-        kwargs = call(seed=3, num_inference_steps=2)
-        mask = call.spec.regions[0].mask
+    generator = torch.Generator().manual_seed(3)
+    spec = word_regions(pipe, SPEC, generator=generator, num_inference_steps=2, **options)
+    mask = spec.regions[0].mask
+    with attnkit.regional(pipe, spec, **options) as call:
+        kwargs = call(generator=generator, num_inference_steps=2)
         regional = pipe(**kwargs, output_type="latent").images
     negative = {} if name == "tiny-flux" else {"negative_prompt": ""}
     with attnkit.maps.trace(pipe, BASE) as tc, torch.inference_mode():
@@ -55,17 +57,13 @@ def test_word_mask_keeps_the_smoothed_peaks_blob_whole_and_drops_stray_cells():
 
 def test_the_written_spec_keeps_the_derived_mask_and_reloads_to_the_same_regions(pipelines, tmp_path):
     pipe = pipelines["tiny-sd15"]
-    with attnkit.regional(pipe, SPEC) as call:
-        call(seed=0, num_inference_steps=1)
-        derived = call.spec
+    derived = word_regions(pipe, SPEC, generator=torch.Generator().manual_seed(0), num_inference_steps=1)
     written = derived.as_dict()
     assert written["regions"][0]["from_word"] == "circle" and written["regions"][0]["threshold"] == 0.5
     (tmp_path / "spec.json").write_text(json.dumps(written))
     again = load_spec(tmp_path / "spec.json")
     assert not again.pending and torch.equal(again.owners((16, 16)), derived.owners((16, 16)))
-    with attnkit.regional(pipe, again) as call:  # a derived mask is used as it is: no second first pass
-        call(seed=0, num_inference_steps=1)
-        assert call.spec is again
+    assert word_regions(pipe, again, num_inference_steps=1) is again  # a derived mask is kept: no second first pass
 
 
 def test_cli_regional_with_a_word_region_records_the_mask_in_the_png(tmp_path, capsys):
@@ -99,13 +97,16 @@ def test_each_bad_word_region_raises_its_error(case):
         RegionSpec.from_dict(data)
 
 
-def test_a_word_not_in_the_base_prompt_and_coverage_before_the_first_pass_are_errors(pipelines):
+def test_a_word_not_in_the_base_prompt_and_a_region_before_its_first_pass_are_errors(pipelines):
     pipe = pipelines["tiny-sd15"]
     before = dict(pipe.unet.attn_processors)
     spec = RegionSpec.from_dict({"base": BASE, "regions": [{"prompt": "a", "from_word": "triangle"}]})
-    with pytest.raises(AttnkitError, match="takes its mask from the word 'triangle' in a first pass"):
+    first_pass = re.escape("takes its mask from the word 'triangle' in a first pass, which has not run: "
+                           "`spec = attnkit.run.word_regions(pipe, spec")
+    with pytest.raises(AttnkitError, match=first_pass):
         spec.owners((4, 4))
+    with pytest.raises(AttnkitError, match=first_pass):
+        attnkit.regional(pipe, spec).__enter__()
     with pytest.raises(AttnkitError, match="'triangle' is not a word of the prompt"):
-        with attnkit.regional(pipe, spec) as call:
-            call(seed=0, num_inference_steps=1)
+        word_regions(pipe, spec, generator=torch.Generator().manual_seed(0), num_inference_steps=1)
     assert dict(pipe.unet.attn_processors) == before

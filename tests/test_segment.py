@@ -11,7 +11,8 @@ import attnkit
 import attnkit.segment as seg
 from attnkit.cli import main
 from attnkit.errors import AttnkitError
-from attnkit.maps import MapRecorder, PerQuery
+from attnkit.recorders import MapRecorder
+from attnkit.segment import PerQuery
 from attnkit.segment.diffseg import anchor_grid, kl, merge, segment_maps
 from attnkit.shapes.scorer import detect
 from attnkit.sites import architecture_of, denoiser_of

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attnkit import AttnkitError
-from attnkit.models import call_kwargs as model_call_kwargs
+from attnkit.run import call_kwargs as model_call_kwargs
 from attnkit.sites import denoiser_of
 from attnkit.shapes import GUIDANCE, MODEL_NAMES, MODELS_DIR, call_kwargs, guidance_kwargs, image_size, load
 from attnkit.shapes import train

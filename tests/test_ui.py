@@ -169,7 +169,7 @@ def test_regional_negatives_on_flux_need_the_true_cfg_field_and_are_recorded_wit
 def test_true_cfg_scale_on_a_pipeline_that_takes_none_is_an_error_naming_the_field(client):
     with pytest.raises(AppError, match="true CFG scale applies to .*; StableDiffusion3Pipeline does not"):
         client.predict(table(ROWS), "", BASE, 0.5, "", 0, 2, None, None, None, "3", api_name="/regional")
-    with pytest.raises(AppError, match="true CFG scale is '-1'; enter a number of 0 or more"):
+    with pytest.raises(AppError, match="true CFG scale is '-1'; enter a finite number of 0 or more"):
         client.predict(table(ROWS), "", BASE, 0.5, "", 0, 2, None, None, None, "-1", api_name="/regional")
 
 
@@ -233,8 +233,8 @@ def test_requests_reuse_the_loaded_pipeline(client, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a request loaded a pipeline")
 
-    monkeypatch.setattr("attnkit.models.load_pipeline", refuse)
-    monkeypatch.setattr("attnkit.models._load", refuse)
+    monkeypatch.setattr("attnkit.run.models.load_pipeline", refuse)
+    monkeypatch.setattr("attnkit.shapes.load", refuse)
     assert record_of(client.predict("a red circle", 0, 2, None, None, None, api_name="/generate")[1])["seed"] == 0
     assert record_of(regional(client, ROWS)[1])["command"] == "regional"
 
@@ -313,7 +313,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def test_video_edit_endpoint_writes_the_video_attnkit_video_edit_writes(client, tmp_path):
-    from attnkit.kv.videoio import read_frames
+    from attnkit.videoio import read_frames
     from attnkit.shapes.data import random_video
 
     clip = tmp_path / "clip.gif"

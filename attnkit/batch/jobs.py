@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import AttnkitError
 
-__all__ = ["COMMANDS", "Job", "read_jobs"]
+__all__ = ["COMMANDS", "Check", "Job", "read_jobs"]
+
+#: How a job's command line is checked without running it (the command line's `check_command`): an AttnkitError
+#: names what is wrong.
+Check = Callable[[list[str]], None]
 
 #: The commands a job may run, and the file each writes its output to inside the job's folder ("" : the folder).
 COMMANDS: dict[str, str] = {"generate": "image.png", "regional": "image.png", "maps": "", "segment": "",
@@ -69,9 +75,10 @@ def _absolute_masks(spec: dict[str, Any], root: Path) -> dict[str, Any]:
     return {**spec, "regions": regions} if "regions" in spec else spec
 
 
-def read_jobs(path: Path, model: str | None = None) -> list[Job]:
-    """Every job of the jobs file at `path` (`model`: for lines without one), each checked as its command would
-    check it (options, sizes, region spec); an error lists every bad line by number."""
+def read_jobs(path: Path, check: Check, model: str | None = None) -> list[Job]:
+    """Every job of the jobs file at `path` (`model`: for lines without one), each command line checked by `check`
+    as its command would check it (options, sizes, region spec) before anything runs; an error lists every bad line
+    by number."""
     try:
         lines = path.read_text().splitlines()
     except OSError as error:
@@ -82,7 +89,8 @@ def read_jobs(path: Path, model: str | None = None) -> list[Job]:
             continue
         try:
             job = _job(number, text, model)
-            _check(job, path.parent)
+            with tempfile.TemporaryDirectory() as folder:
+                check(job.argv(Path(folder), path.parent))
         except AttnkitError as error:
             errors.append(f"line {number}: {error}")
             continue
@@ -123,20 +131,3 @@ def _job(number: int, text: str, model: str | None) -> Job:
         raise AttnkitError(f"`spec` is an option of regional jobs, not of {command}.")
     options = {key: value for key, value in data.items() if key not in _RESERVED}
     return Job(number, name, command, chosen, options, spec)
-
-
-def _check(job: Job, root: Path) -> None:
-    """The job's command line parsed by its command's own parser, and its region spec read, without running it."""
-    import tempfile
-
-    from ..cli import parse_command
-
-    with tempfile.TemporaryDirectory() as folder:
-        parse_command(job.argv(Path(folder), root))
-        if job.command == "regional" and job.spec is not None:
-            from ..regional.spec import RegionSpec, load_spec
-
-            if isinstance(job.spec, dict):  # the spec checks its regions (boxes, masks, words) when built
-                RegionSpec.from_dict(_absolute_masks(job.spec, root))
-            else:
-                load_spec(root / job.spec)

@@ -3,9 +3,11 @@ process, each job's outputs committed atomically, finished jobs skipped on the n
 
 A job runs in OUT/.partial/<name>.<process>/ and becomes OUT/<name>/ by one rename when it has finished, with
 job.json (the job, and the attnkit, diffusers and torch versions) beside its outputs; OUT/manifest.jsonl gets one
-line per finished or failed job (name, status, outputs, seconds, process, error). A job whose folder exists has
-finished: rerunning the same command runs only the others. Outputs do not depend on how jobs are split: every job
-seeds its own generators and every process runs `threads` CPU threads.
+line per finished or failed job (name, status, outputs, seconds, process, what the job printed, and for a failed
+job its error and traceback). A job whose folder exists has finished: rerunning the same command runs only the
+others. Outputs do not depend on how jobs are split: every job seeds its own generators and every process runs
+`threads` CPU threads. What a job does is the caller's `Execute` (the command line runs the job's command line):
+batch only schedules.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import os
 import shutil
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,10 @@ from typing import Any
 from ..errors import AttnkitError
 from .jobs import Job
 
-__all__ = ["MANIFEST", "Summary", "run_jobs"]
+__all__ = ["Execute", "MANIFEST", "Summary", "run_jobs"]
+
+#: How one job runs: its command line, and the process's pipelines by model name (each loaded once).
+Execute = Callable[[list[str], Callable[[str], Any]], None]
 
 MANIFEST = "manifest.jsonl"
 _PARTIAL = ".partial"
@@ -39,27 +46,28 @@ class Summary:
     processes: int
 
 
-def run_jobs(jobs: list[Job], out: Path, root: Path, threads: int = 1, progress: bool = True) -> Summary | None:
-    """Run the `jobs` not finished in `out` on this process's share; the main process returns the summary of all
-    processes (others return None). `root`: the jobs file's folder (relative paths in jobs resolve there)."""
+def run_jobs(jobs: list[Job], out: Path, root: Path, execute: Execute, threads: int = 1,
+             progress: bool = True) -> Summary | None:
+    """Run the `jobs` not finished in `out` on this process's share, each by `execute`; the main process returns the
+    summary of all processes (others return None). `root`: the jobs file's folder (relative paths in jobs resolve
+    there)."""
     import torch
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from ..cli import parse_command
-    from ..models import reusing_pipelines
+    from ..processes import processes
+    from ..run.models import Pipelines
 
-    # CPU-only machines: processes started by `accelerate launch --multi_gpu` share the work over gloo
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = processes()
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     pending = [job for job in jobs if not (out / job.name).is_dir()]
     state.wait_for_everyone()  # every process sees the same finished set before any starts
-    with state.split_between_processes(pending) as mine, reusing_pipelines(state.device):
+    pipelines = Pipelines(state.device)
+    with state.split_between_processes(pending) as mine:
         bar = tqdm(mine, desc=f"process {state.process_index}", position=state.process_index, disable=not progress,
                    unit="job")
         for job in bar:
-            _append(out / MANIFEST, _run(job, out, root, state.process_index, parse_command))
+            _append(out / MANIFEST, _run(job, out, root, state.process_index, execute, pipelines))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -69,8 +77,10 @@ def run_jobs(jobs: list[Job], out: Path, root: Path, threads: int = 1, progress:
     return Summary(len(pending) - len(errors), len(jobs) - len(pending), errors, state.num_processes)
 
 
-def _run(job: Job, out: Path, root: Path, process: int, parse_command: Any) -> dict[str, Any]:
-    """Run one job into its partial folder and rename it into place; the manifest record of how it went."""
+def _run(job: Job, out: Path, root: Path, process: int, execute: Execute, load: Callable[[str], Any]
+         ) -> dict[str, Any]:
+    """Run one job into its partial folder and rename it into place; the manifest record of how it went, with what
+    the job printed (and, where it failed, its error and traceback)."""
     import diffusers
     import torch
 
@@ -81,10 +91,10 @@ def _run(job: Job, out: Path, root: Path, process: int, parse_command: Any) -> d
     work.mkdir(parents=True)
     start = time.perf_counter()
     record: dict[str, Any] = {"name": job.name, "line": job.line, "process": process}
+    printed = io.StringIO()
     try:
-        args = parse_command(job.argv(work, root))
-        with contextlib.redirect_stdout(io.StringIO()):
-            args.run(args)
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            execute(job.argv(work, root), load)
         versions = {"attnkit": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
         (work / "job.json").write_text(json.dumps({"job": job.as_dict(), "versions": versions}, indent=2) + "\n")
         outputs = sorted(str(path.relative_to(work)) for path in work.rglob("*") if path.is_file())
@@ -93,8 +103,8 @@ def _run(job: Job, out: Path, root: Path, process: int, parse_command: Any) -> d
     except Exception as error:  # a failed job is recorded and the batch goes on
         shutil.rmtree(work, ignore_errors=True)
         message = str(error) if isinstance(error, AttnkitError) else f"{type(error).__name__}: {error}"
-        record |= {"status": "failed", "error": message}
-    record["seconds"] = round(time.perf_counter() - start, 3)
+        record |= {"status": "failed", "error": message, "traceback": traceback.format_exc()}
+    record |= {"output": printed.getvalue(), "seconds": round(time.perf_counter() - start, 3)}
     return record
 
 

@@ -1,5 +1,5 @@
 """AuraFlow (`AuraFlowTransformer2DModel`): MMDiT blocks (`joint_transformer_blocks.N.attn`, separate text and
-image projections, one attention over both) followed by single-stream DiT blocks
+image projections, one attention over both) followed by single-stream Family blocks
 (`single_transformer_blocks.N.attn`, over the already concatenated sequence). Both run `AuraFlowAttnProcessor2_0`,
 which calls `F.scaled_dot_product_attention` once, with no mask.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, Kind, Parts, RegionalText, SitePattern
+from . import Family, Grid, Kind, Parts, SitePattern, TextInput
 
 #: `AuraFlowTransformer2DModel.register_tokens` has 8 tokens in every release (hard-coded in the class).
 REGISTER_TOKENS = 8
@@ -30,7 +30,7 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(1, height // patch, width // patch)
 
 
-def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid,
+def _layout(family: Family, kind: Kind, queries: int, keys: int, grid: Grid,
             text_tokens: int | None) -> tuple[Parts, Parts]:
     registers = REGISTER_TOKENS if text_tokens is None else queries - grid.tokens - text_tokens
     sequence = (("pad", registers), ("text", queries - grid.tokens - registers), ("image", grid.tokens))
@@ -54,10 +54,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("UMT5", pipe.tokenizer, max_sequence_length or 256)]
 
 
-REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
-                        max_sequence_length=256, negative="always")  # guidance 3.5 by default: CFG
-
-FAMILY = DiT(
+FAMILY = Family(
     name="auraflow",
     model="AuraFlowTransformer2DModel",
     processors=("AuraFlowAttnProcessor2_0",),
@@ -70,6 +67,8 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     layout=_layout,
+    guided=lambda pipe, bound: pipe.guidance_scale > 1,  # as its `__call__` decides, in a local
     timestep_scale=1000.0,  # the pipeline passes t / 1000
-    regional=REGIONAL,
+    text=TextInput(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                   max_sequence_length=256, negative="always"),  # guidance 3.5 by default: CFG
 )

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import DiT, RegionalText, SitePattern
-from .flux import img_ids_grid
+from . import Family, SitePattern, TextInput
+from .flux import img_ids_grid, pack_latents
 
 
 def _streams(pipe: Any, text_tokens: int | None) -> list[tuple[Any, int, int | None]]:
@@ -31,7 +31,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("T5", pipe.tokenizer, max_sequence_length or 512)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="chroma",
     model="ChromaTransformer2DModel",
     processors=("FluxAttnProcessor",),
@@ -42,7 +42,8 @@ FAMILY = DiT(
     grid=img_ids_grid,
     streams=_streams,
     timestep_scale=1000.0,
-    regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
-                          max_sequence_length=512, negative="always"),
+    text=TextInput(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                   max_sequence_length=512, negative="always"),
     cfg="sequential",  # ChromaPipeline runs the negative prompt as a forward of its own after the prompt's
+    pack_latents=pack_latents,
 )

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, SitePattern
+from . import Family, Grid, SitePattern, duplicated_latents
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -30,7 +30,7 @@ def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(pipe.tokenizer, 0, text_tokens)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="cogvideox",
     model="CogVideoXTransformer3DModel",
     processors=("CogVideoXAttnProcessor2_0",),
@@ -39,6 +39,7 @@ FAMILY = DiT(
     stride=2,
     grid=_grid,
     streams=_streams,
+    guided=duplicated_latents,  # CogVideoX keeps `do_classifier_free_guidance` in a local
     timestep_scale=1.0,  # the pipeline passes the scheduler's integer timesteps (0-999) unchanged
     video=True,
 )

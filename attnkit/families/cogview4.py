@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput
 
 _MAX_SEQUENCE_LENGTH = 1024  # the pipeline's default `max_sequence_length`
 
@@ -66,7 +66,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("GLM", pipe.tokenizer, max_sequence_length or _MAX_SEQUENCE_LENGTH)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="cogview4",
     model="CogView4Transformer2DModel",
     processors=("CogView4AttnProcessor",),
@@ -77,6 +77,6 @@ FAMILY = DiT(
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-1000) unchanged
     # CFG runs the prompt and the negative prompt ("" by default) as two forwards; their text lengths may differ.
-    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=_MAX_SEQUENCE_LENGTH,
-                          negative="always"),
+    text=TextInput(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=_MAX_SEQUENCE_LENGTH,
+                   negative="always"),
 )

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput
 
 
 def img_ids_grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -21,6 +21,11 @@ def img_ids_grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
                            "from them.")
     ids = ids.reshape(-1, ids.shape[-1])
     return Grid(1, int(ids[:, 1].max() - ids[:, 1].min()) + 1, int(ids[:, 2].max() - ids[:, 2].min()) + 1)
+
+
+def pack_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, rows, cols) latents as Flux-layout pipelines take them: 2x2 latent pixels per token."""
+    return type(pipe)._pack_latents(latents, *latents.shape)
 
 
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
@@ -38,7 +43,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
             ("T5", pipe.tokenizer_2, max_sequence_length)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="flux",
     model="FluxTransformer2DModel",
     processors=("FluxAttnProcessor", "FluxAttnProcessor2_0"),
@@ -49,6 +54,9 @@ FAMILY = DiT(
     grid=img_ids_grid,
     streams=_streams,
     timestep_scale=1000.0,
-    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
-                          max_sequence_length=512, negative="given"),
+    guidance="embedded",  # guidance-distilled: classifier-free guidance is `true_cfg_scale` against a negative
+    text=TextInput(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
+                   max_sequence_length=512, negative="given"),
+    pack_latents=pack_latents,
+    stream_blocks=(("transformer_blocks", "joint"), ("single_transformer_blocks", "single")),
 )

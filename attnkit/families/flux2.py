@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, Kind, Parts, RegionalText, SitePattern
+from . import Family, Grid, Kind, Parts, SitePattern, TextInput
 
 
 def _generated_ids(bound: Mapping[str, Any]) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(1, rows, cols)
 
 
-def _layout(dit: DiT, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
+def _layout(dit: Family, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
             ) -> tuple[Parts, Parts]:
     """[text | image | reference images]; the reference tokens (image-to-image) are "pad"."""
     text = queries - grid.tokens if text_tokens is None else text_tokens
@@ -94,7 +94,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("Mistral", tokenizer, keeps)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="flux2",
     model="Flux2Transformer2DModel",
     processors=("Flux2AttnProcessor", "Flux2ParallelSelfAttnProcessor"),
@@ -107,5 +107,6 @@ FAMILY = DiT(
     layout=_layout,
     timestep_scale=1000.0,
     # Flux2Pipeline has no negative prompt (guidance-distilled: `guidance_scale` is embedded, no CFG batch).
-    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=512, negative="never"),
+    guidance="embedded",
+    text=TextInput(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=512, negative="never"),
 )

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput
 
 _DEFAULT_MAX_SEQUENCE_LENGTH = 128
 
@@ -47,7 +47,7 @@ def _text_tokens(bound: Mapping[str, Any]) -> int | None:
     return int(t5.shape[1]) + 2 * int(llama_tokens)
 
 
-def _layout(family: DiT, kind: str, queries: int, keys: int, grid: Grid, text_tokens: int | None):
+def _layout(family: Family, kind: str, queries: int, keys: int, grid: Grid, text_tokens: int | None):
     text = text_tokens if text_tokens is not None else queries - grid.tokens
     pad = queries - grid.tokens - text
     if pad < 0:
@@ -81,7 +81,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
             ("Llama", pipe.tokenizer_4, min(length, pipe.tokenizer_4.model_max_length))]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="hidream",
     model="HiDreamImageTransformer2DModel",
     processors=("HiDreamAttnProcessor",),
@@ -97,8 +97,8 @@ FAMILY = DiT(
     timestep=lambda bound: bound.get("timesteps"),  # the forward's argument is `timesteps` (scheduler units)
     # several prompts' text: `prompt_embeds_t5` joined on its token axis 1, `prompt_embeds_llama3` (layers, batch,
     # tokens, width) on axis 2; every block's text is [T5 | Llama | Llama] of the joined arguments
-    regional=RegionalText(_encode, {"prompt_embeds_t5": 1, "prompt_embeds_llama3": 2}, _limits,
-                          pooled=("pooled_prompt_embeds",), max_sequence_length=_DEFAULT_MAX_SEQUENCE_LENGTH,
-                          negative="always",
-                          text_order=("prompt_embeds_t5", "prompt_embeds_llama3", "prompt_embeds_llama3")),
+    text=TextInput(_encode, {"prompt_embeds_t5": 1, "prompt_embeds_llama3": 2}, _limits,
+                   pooled=("pooled_prompt_embeds",), max_sequence_length=_DEFAULT_MAX_SEQUENCE_LENGTH,
+                   negative="always",
+                   text_order=("prompt_embeds_t5", "prompt_embeds_llama3", "prompt_embeds_llama3")),
 )

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, SitePattern
+from . import Family, Grid, SitePattern
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -37,7 +37,7 @@ def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     return [(pipe.tokenizer, -1, text_tokens + 1)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="hunyuanvideo",
     model="HunyuanVideoTransformer3DModel",
     processors=("HunyuanVideoAttnProcessor2_0", "AttnProcessor2_0"),
@@ -50,6 +50,7 @@ FAMILY = DiT(
     streams=_streams,
     timestep_scale=1.0,
     video=True,
-    regional=None,  # see the report: the transformer keeps the first sum(mask) text tokens, so prompts cannot simply
-                    # be concatenated with their padding; and attnkit's regional session is image-only
+    guidance="embedded",  # the guidance scale x 1000 goes in as an embedding; no CFG batch
+    # `text` not described: the transformer keeps the first sum(mask) text tokens of each prompt, so the text of
+    # several prompts cannot be joined with their padding inside
 )

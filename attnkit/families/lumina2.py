@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput
 
 _SEPARATOR = " <Prompt Start> "  # how Lumina2Pipeline.encode_prompt joins the system prompt and the prompt
 
@@ -53,7 +53,7 @@ def _text_tokens(bound: Mapping[str, Any]) -> int | None:
     return lengths[0]
 
 
-def _layout(dit: DiT, kind: str, queries: int, keys: int, grid: Grid, text_tokens: int | None):
+def _layout(dit: Family, kind: str, queries: int, keys: int, grid: Grid, text_tokens: int | None):
     image = grid.tokens
     if kind == "self":  # noise refiner: image tokens only
         return (("image", image),), (("image", image),)
@@ -121,7 +121,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("Gemma", pipe.tokenizer, (max_sequence_length or 256) - len(pipe.tokenizer(prefix).input_ids))]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="lumina2",
     model="Lumina2Transformer2DModel",
     processors=("Lumina2AttnProcessor2_0",),
@@ -136,6 +136,6 @@ FAMILY = DiT(
     layout=_layout,
     cfg="sequential",
     timestep=lambda bound: 1000 * (1 - bound["timestep"]),  # the forward's timestep is 1 - t / 1000
-    regional=RegionalText(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=256, pack=_pack,
-                          encode_negative=_encode_negative),
+    text=TextInput(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=256, pack=_pack,
+                   encode_negative=_encode_negative),
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput, duplicated_latents
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -59,11 +59,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("T5", pipe.tokenizer, max_sequence_length or 300)]
 
 
-REGIONAL = RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
-                        max_sequence_length=300, negative="always",
-                        arguments={"negative_prompt": None})  # its default "" would clash with the embeddings  # guidance 4.5 by default: CFG
-
-FAMILY = DiT(
+FAMILY = Family(
     name="pixart",
     model="PixArtTransformer2DModel",
     processors=("AttnProcessor2_0",),
@@ -75,6 +71,9 @@ FAMILY = DiT(
     stride=2,  # patch size of every PixArt release
     grid=_grid,
     streams=_streams,
+    guided=duplicated_latents,  # PixArt-Sigma keeps `do_classifier_free_guidance` in a local
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-999) unchanged
-    regional=REGIONAL,
+    # guidance 4.5 by default: CFG; `negative_prompt` defaults to "", which would clash with negative embeddings
+    text=TextInput(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                   max_sequence_length=300, negative="always", arguments={"negative_prompt": None}),
 )

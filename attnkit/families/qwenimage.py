@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, Kind, Parts, RegionalText, SitePattern
+from . import Family, Grid, Kind, Parts, SitePattern, TextInput
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -31,7 +31,7 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(int(frames), int(rows), int(cols))
 
 
-def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
+def _layout(family: Family, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
             ) -> tuple[Parts, Parts]:
     """[text | image | reference images]: the Edit pipelines append their reference images' tokens."""
     text = queries - grid.tokens if text_tokens is None else text_tokens
@@ -67,7 +67,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("Qwen2.5-VL", pipe.tokenizer, keeps - max(_prefix_tokens(pipe), 0))]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="qwenimage",
     model="QwenImageTransformer2DModel",
     processors=("QwenDoubleStreamAttnProcessor2_0",),
@@ -78,6 +78,7 @@ FAMILY = DiT(
     streams=_streams,
     layout=_layout,
     timestep_scale=1000.0,
-    regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_embeds_mask": 1}, _limits,
-                          max_sequence_length=512, negative="given"),
+    guidance="embedded",  # `guidance_scale` feeds guidance-distilled releases; CFG is `true_cfg_scale`
+    text=TextInput(_encode, {"prompt_embeds": 1, "prompt_embeds_mask": 1}, _limits,
+                   max_sequence_length=512, negative="given"),
 )

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from ..models import call_parameters
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput, call_parameters
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     hidden = bound.get("hidden_states")
@@ -90,7 +89,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("Gemma", pipe.tokenizer, (max_sequence_length or 300) - 1)]  # `<bos>` is one of them
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="sana",
     model="SanaTransformer2DModel",
     processors=("SanaAttnProcessor2_0",),
@@ -101,7 +100,7 @@ FAMILY = DiT(
     grid=_grid,
     streams=_streams,
     timestep_scale=1.0,
-    regional=RegionalText(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
-                          max_sequence_length=300, arguments={"negative_prompt": None},
-                          encode_negative=_encode_negative),
+    text=TextInput(_encode, {"prompt_embeds": 1, "prompt_attention_mask": 1}, _limits,
+                   max_sequence_length=300, arguments={"negative_prompt": None},
+                   encode_negative=_encode_negative),
 )

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -22,7 +22,9 @@ def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     clip = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
     clip_length = min(clip.model_max_length, text_tokens)
     streams = [(clip, 0, clip_length)]
-    if getattr(pipe, "tokenizer_3", None) is not None and text_tokens > clip_length:
+    # without T5 the pipeline pads the text with zero rows, which belong to no word
+    t5 = getattr(pipe, "tokenizer_3", None) is not None and getattr(pipe, "text_encoder_3", None) is not None
+    if t5 and text_tokens > clip_length:
         streams.append((pipe.tokenizer_3, clip_length, text_tokens - clip_length))
     return streams
 
@@ -42,7 +44,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return limits
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="sd3",
     model="SD3Transformer2DModel",
     processors=("JointAttnProcessor2_0",),
@@ -52,6 +54,7 @@ FAMILY = DiT(
     stride=lambda model: int(model.config.patch_size),
     grid=_grid,
     streams=_streams,
-    regional=RegionalText(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
-                          max_sequence_length=256),
+    text=TextInput(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
+                   max_sequence_length=256, fixed_tokens=lambda pipe: pipe.tokenizer_max_length),  # CLIP's, then T5's
+    stream_blocks=(("transformer_blocks", "joint"),),
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import DiT, Grid, RegionalText, SitePattern
+from . import Family, Grid, SitePattern, TextInput
 
 
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
@@ -45,14 +45,7 @@ def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, 
     return [("UMT5", pipe.tokenizer, max_sequence_length or 512)]
 
 
-#: How regional prompting would feed this pipeline. Not wired into `FAMILY` (`regional=None`): attnkit's regional
-#: session is image-only today (`models.default_size` reads `config.sample_size`, which video denoisers lack; the
-#: region grid has one frame; the output is `.frames`, not `.images`), and the family's text meets the video in
-#: cross-attention only.
-REGIONAL = RegionalText(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=512,
-                          negative="always")  # guidance 5.0 by default, negative prompt "" when none is given
-
-FAMILY = DiT(
+FAMILY = Family(
     name="wan",
     model="WanTransformer3DModel",
     processors=("WanAttnProcessor",),
@@ -66,4 +59,6 @@ FAMILY = DiT(
     streams=_streams,
     timestep_scale=1.0,  # the pipeline passes the scheduler's timesteps (0-1000) unchanged
     video=True,
+    text=TextInput(_encode, {"prompt_embeds": 1}, _limits, max_sequence_length=512,
+                   negative="always"),  # guidance 5.0 by default, negative prompt "" when none is given
 )

@@ -1,4 +1,4 @@
-"""Z-Image (Turbo and its fine-tunes): a single-stream DiT. Before the main layers, a noise refiner runs
+"""Z-Image (Turbo and its fine-tunes): a single-stream Family. Before the main layers, a noise refiner runs
 self-attention over the image tokens alone and a context refiner over the caption tokens alone; each is padded to a
 multiple of 32 tokens with a learned pad token (`SEQ_MULTI_OF`), which is attended to like any token, not masked.
 The main layers run one sequence per batch item, [image | image padding | caption | caption padding], and a batch
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import AttnkitError
-from . import DiT, Grid, Kind, Parts, RegionalText, SitePattern
+from . import Family, Grid, Kind, Parts, SitePattern, TextInput
 
 _MULTIPLE = 32  # diffusers' SEQ_MULTI_OF
 _SENTINEL = "\x00prompt\x00"
@@ -50,7 +50,7 @@ def _text_tokens(bound: Mapping[str, Any]) -> int | None:
     return items[0] if items else None
 
 
-def _layout(family: DiT, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
+def _layout(family: Family, kind: Kind, queries: int, keys: int, grid: Grid, text_tokens: int | None
             ) -> tuple[Parts, Parts]:
     image, image_pad = grid.tokens, _padded(grid.tokens) - grid.tokens
     if kind == "single":  # [image | pad | caption | pad (caption and batch)]
@@ -96,7 +96,7 @@ def _streams(pipe: Any, text_tokens: int | None) -> list[tuple[Any, int, int | N
     return [(pipe.tokenizer, start, None if text_tokens is None else text_tokens - start)]
 
 
-FAMILY = DiT(
+FAMILY = Family(
     name="zimage",
     model="ZImageTransformer2DModel",
     processors=("ZSingleStreamAttnProcessor",),
@@ -112,5 +112,5 @@ FAMILY = DiT(
     layout=_layout,
     timestep=lambda bound: 1000 * (1 - bound["t"]),  # the forward's `t` is (1000 - timestep) / 1000
     cfg="cond-first",
-    regional=RegionalText(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=512),
+    text=TextInput(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=512),
 )

@@ -3,18 +3,19 @@
 `KVStore` keeps image keys and values per (site, step, CFG branch); `KVControl` loads them into another generation
 (replace, extend or blend) and records its own; `record` / `inject` attach it in one `with` block; `edit_video` edits
 a video frame by frame with cross-frame attention to the first and previous frame. Names load on first use, so the
-`attnkit video-edit` command line can be built without torch.
+command line starts without torch.
 """
 
 from .. import _lazy
 
-__all__ = ["DEFAULT_SELECTION", "KVControl", "KVStore", "MODES", "ATTEND", "default_sites", "edit_video", "inject",
+__all__ = ["IMAGE_KINDS", "KVControl", "KVStore", "MODES", "ATTEND", "default_sites", "edit_video", "inject",
            "record", "record_image", "reference"]
 
 _lazy.make_lazy(__name__, {
     ".control": ("KVControl", "MODES"),
-    ".session": ("DEFAULT_SELECTION", "default_sites", "inject", "record"),
+    ".session": ("IMAGE_KINDS", "default_sites", "inject", "record"),
     ".reference": ("record_image", "reference"),
     ".store": ("KVStore",),
-    ".video": ("ATTEND", "edit_video"),
-}, submodules=("control", "session", "store", "video"))
+    ".defaults": ("ATTEND",),
+    ".video": ("edit_video",),
+}, submodules=("control", "defaults", "session", "store", "video"))

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import AttnkitError
 from ..processors import AttentionCall, Control
+from ..state import StepRange, in_steps, step_range
 from .store import KVStore
 
 __all__ = ["KVControl", "Mode", "MODES"]
@@ -40,7 +41,7 @@ class KVControl(Control):
     name = "kv"
 
     def __init__(self, load: Sequence[KVStore] = (), record: Sequence[KVStore] = (), mode: Mode = "extend",
-                 steps: tuple[int, int | None] = (0, None), weights: Sequence[float] | None = None):
+                 steps: StepRange = (0, None), weights: Sequence[float] | None = None):
         if mode not in MODES:
             raise AttnkitError(f"mode={mode!r}: choose one of {', '.join(MODES)}.")
         if not load and not record:
@@ -50,11 +51,8 @@ class KVControl(Control):
                                f"stores (got {len(load)} stores, weights {weights}).")
         if mode != "blend" and weights is not None:
             raise AttnkitError(f"`weights` are for mode='blend'; mode={mode!r} takes none.")
-        start, end = steps
-        if start < 0 or (end is not None and end < start):
-            raise AttnkitError(f"steps={list(steps)}: need 0 <= start <= end (end None = to the last step).")
         self.load, self.record, self.mode = list(load), list(record), mode
-        self.steps, self.weights = (start, end), None if weights is None else list(weights)
+        self.steps, self.weights = step_range(steps), None if weights is None else list(weights)
 
     def before(self, call: AttentionCall) -> None:
         step = call.state.step
@@ -63,9 +61,7 @@ class KVControl(Control):
                                "denoiser call has none. Run the pipeline (not the bare denoiser) inside the session.")
         image = call.layout.span("keys", "image")
         own_k, own_v = call.k[:, :, image], call.v[:, :, image]
-        start, end = self.steps
-        references = ([_batched(store, call, step) for store in self.load]
-                      if start <= step and (end is None or step < end) else [])
+        references = [_batched(store, call, step) for store in self.load] if in_steps(self.steps, step) else []
         for store in self.record:
             for branch in dict.fromkeys(call.state.branches):
                 items = _rows(call.state.batch_index(branch))

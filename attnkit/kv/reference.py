@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..errors import AttnkitError
 from ..session import Session
-from ..sites import Site, architecture_of, denoiser_of
+from ..families import family_of
+from ..sites import Site
 from .control import Mode
 from .session import inject, record
 from .store import KVStore
@@ -32,11 +33,11 @@ def record_image(pipe: Any, image: Image.Image, store: KVStore | None = None, *,
     height, width, ...: those of the generation that will attend to them)."""
     store = KVStore() if store is None else store
     height, width = call_kwargs.setdefault("height", image.height), call_kwargs.setdefault("width", image.width)
-    flux = architecture_of(denoiser_of(pipe)).name == "flux"
+    pack = family_of(pipe).pack_latents
     with torch.inference_mode():
         clean = _encode(pipe, image, height, width)
         noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(clean)
-        packed = (lambda x: type(pipe)._pack_latents(x, *x.shape)) if flux else (lambda x: x)
+        packed = (lambda x: pack(pipe, x)) if pack is not None else (lambda x: x)
 
         def back_to_reference(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             timesteps = pipeline.scheduler.timesteps

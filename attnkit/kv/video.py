@@ -3,14 +3,14 @@
 Every frame is edited by the same img2img pass with the same noise; what ties the frames together is self-attention:
 frame 0 records its image K/V at every selected site and step, and each later frame attends to the first frame's
 (`attend="first"`, the cross-frame attention of Text2Video-Zero) or to the first and the previous frame's
-(`attend="first+previous"`, Rerender-A-Video). On UNets the frame's self-attention keys and values are replaced by the
-references' (as both methods do); on SD3 and Flux they are extended, the frame keeping its own beside them (a frame
-whose own keys are gone drifted on shapes-flux-128). `mode` chooses either on any model; text tokens of joint
-attention always keep their own, so the prompt reaches every frame. The previous
-frame's store is overwritten site by site as the current frame is recorded, so memory holds two frames' K/V however
-long the video is, and frames are taken and given back one at a time. Each frame's session state says which frame it
-is (`state.frame`) and whether the pass records the first frame (`state.phase` "store") or attends to the stored
-frames ("load"), as in the STORE/LOAD passes of cross-frame attention.
+(`attend="first+previous"`, Rerender-A-Video): the first frame's pass stores, the later ones load, as in the
+STORE/LOAD passes of cross-frame attention. Where the frame's image attends to its image alone (self-attention, as on
+UNets) its keys and values are replaced by the references' (as both methods do); where image and text share one joint
+sequence (SD3, Flux) they are extended, the frame keeping its own beside them (a frame whose own keys are gone
+drifted on shapes-flux-128). `mode` chooses either on any model; text tokens of joint attention always keep their
+own, so the prompt reaches every frame. The previous frame's store is overwritten site by site as the current frame
+is recorded, so memory holds two frames' K/V however long the video is, and frames are taken and given back one at a
+time.
 """
 
 from __future__ import annotations
@@ -24,32 +24,20 @@ import torch
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..models import call_parameters
-from ..session import Session
-from ..sites import Site, architecture_of, denoiser_of
-from .control import KVControl, Mode
-from .session import _chosen
+from ..pipeline import image_pipeline, takes_size
+from ..sites import Site, SiteList
+from .control import Mode
+from .defaults import ATTEND
+from .session import chosen_sites, inject, record
 from .store import KVStore
 
 __all__ = ["ATTEND", "edit_video", "img2img_pipeline", "edges"]
-
-ATTEND: tuple[str, ...] = ("none", "first", "first+previous")
 
 
 def img2img_pipeline(pipe: Any, controlnet: Any = None) -> Any:
     """The img2img pipeline of `pipe`'s family on the same components (ControlNet img2img when `controlnet` is
     given); `pipe` itself when it already is one."""
-    from diffusers import AutoPipelineForImage2Image
-
-    if controlnet is None and "Img2Img" in type(pipe).__name__:
-        return pipe
-    try:
-        return AutoPipelineForImage2Image.from_pipe(pipe, **({} if controlnet is None else {"controlnet": controlnet}))
-    except (ValueError, KeyError) as error:
-        what = f"a ControlNet img2img pipeline for {type(pipe).__name__}" if controlnet is not None else (
-            f"an img2img pipeline for {type(pipe).__name__}")
-        raise AttnkitError(f"diffusers has no {what} ({error}); "
-                           + ("edit without a ControlNet." if controlnet is not None else "use another model.")) from error
+    return image_pipeline(pipe, controlnet=controlnet)
 
 
 def edges(image: Image.Image) -> Image.Image:
@@ -98,7 +86,8 @@ def edit_video(
     pipeline call (guidance, negative prompt); frames must already have the size to edit at. `first` and `previous`
     are where the first and the previous frame's K/V are kept (new `KVStore`s unless given: pass your own to keep them
     as float16, on the CPU, or under a budget). `mode` is how later frames use the stored K/V: "replace" their own
-    image K/V or "extend" them (None: replace on UNets, extend on transformers). Processors are put back after each
+    image K/V or "extend" them (None: replace at self-attention sites, extend at joint ones). Processors are put back
+    after each
     frame and the stores emptied after the last, also when a frame raises.
     """
     if attend not in ATTEND:
@@ -108,26 +97,27 @@ def edit_video(
                            "frames' ('replace') or appends them ('extend').")
     if not 0 < strength <= 1:
         raise AttnkitError(f"strength={strength}: img2img needs 0 < strength <= 1.")
-    editor = img2img_pipeline(pipe, controlnet)
+    editor = image_pipeline(pipe, controlnet=controlnet)
     if editor is not pipe:  # a sibling made here: the bar over frames says how far the edit is
         editor.set_progress_bar_config(disable=True)
-    chosen = None if attend == "none" else _chosen(editor, sites_, {})
-    sized = "height" in call_parameters(editor)
-    if mode is None:
-        mode = "replace" if architecture_of(denoiser_of(editor)).name == "unet" else "extend"
+    chosen = None if attend == "none" else chosen_sites(editor, sites_, {})
+    sized = takes_size(editor)
+    if mode is None and chosen is not None:
+        mode = _mode(chosen)
     first = KVStore() if first is None else first
     previous = KVStore() if previous is None else previous
     bar = _progress(progress)
     try:
         for index, frame in enumerate(frames):
             if attend == "none":
-                control = None
+                session = contextlib.nullcontext()
             elif index == 0:
-                control = KVControl(record=[first])
+                session = record(editor, first, chosen)
             elif attend == "first":
-                control = KVControl(load=[first], mode=mode)
+                session = inject(editor, first, mode, sites_=chosen)
             else:  # frame 1 has no previous frame but the first; then `previous` is overwritten as it is read
-                control = KVControl(load=[first, first if index == 1 else previous], record=[previous], mode=mode)
+                session = inject(editor, [first, first if index == 1 else previous], mode, record=[previous],
+                                 sites_=chosen)
             kwargs = {"prompt": prompt, "image": frame, "strength": strength,
                       "num_inference_steps": num_inference_steps,
                       "generator": torch.Generator().manual_seed(seed), **call_kwargs}
@@ -135,10 +125,7 @@ def edit_video(
                 kwargs |= {"height": frame.height, "width": frame.width}
             if controlnet is not None:
                 kwargs["control_image"] = edges(frame)
-            session = Session(editor, [(control, chosen)]) if control is not None else contextlib.nullcontext()
             with session, torch.inference_mode():
-                if control is not None:  # what this pass is, for any control on the session's state
-                    session.state.frame, session.state.phase = index, "store" if index == 0 else "load"
                 edited = editor(**kwargs).images[0]
             bar.update(1)
             yield edited
@@ -146,6 +133,13 @@ def edit_video(
         bar.close()
         first.clear()
         previous.clear()
+
+
+def _mode(chosen: SiteList) -> Mode:
+    """Cross-frame attention's default: replace the image K/V where the image attends to itself alone, extend them
+    where it shares a joint sequence with the text (the better choice on each, as measured by
+    `benchmarks/cross_frame_modes.py`)."""
+    return "replace" if all(site.kind == "self" for site in chosen) else "extend"
 
 
 def _progress(enabled: bool) -> Any:

@@ -4,20 +4,20 @@
         image = pipe(prompt).images[0]
     tc.heatmap("circle"); tc.word_maps(); tc.save("maps.safetensors")
 
-Built only on the foundation: a `MapRecorder` control reads exact probabilities through the kernel's log-sum-exp
-and sums them into one fixed-size buffer; `concepts` records concept maps in the attention output space
-(`space="output"`); `plot` draws overlays (matplotlib, imported lazily). Names load on first use, so the
-`attnkit maps` command line can be built without torch.
+Built on the core: its `MapRecorder` (`attnkit.recorders`) reads exact probabilities through the kernel's
+log-sum-exp and sums them into one fixed-size buffer, and its prompt-token labelling (`attnkit.tokens`) says which word
+is which text position; `concepts` records concept maps in the attention output space (`space="output"`); `plot`
+draws overlays (matplotlib, imported lazily). Names load on first use, so the command line starts without torch.
 """
 
 from .. import _lazy
 
-__all__ = ["ConceptRecorder", "ConceptTrace", "MapRecorder", "PerQuery", "PromptTokens", "RELATIONS", "Reduction",
-           "SPACES", "Summed", "Trace", "WORD_RELATIONS", "Word", "prompt_tokens", "trace"]
+__all__ = ["ConceptRecorder", "ConceptTrace", "MapRecorder", "PromptTokens", "RELATIONS", "Reduction", "SPACES",
+           "Summed", "Trace", "WORD_RELATIONS", "Word", "prompt_tokens", "trace"]
 
 _lazy.make_lazy(__name__, {
-    ".recorder": ("RELATIONS", "MapRecorder", "PerQuery", "Reduction", "Summed"),
-    ".tokens": ("PromptTokens", "Word", "prompt_tokens"),
+    "..recorders": ("RELATIONS", "MapRecorder", "Reduction", "Summed"),
+    "..tokens": ("PromptTokens", "Word", "prompt_tokens"),
     ".trace": ("SPACES", "WORD_RELATIONS", "Trace", "trace"),
     ".concepts": ("ConceptRecorder", "ConceptTrace"),
-}, submodules=("concepts", "recorder", "tokens"))
+}, submodules=("concepts",), moved={"PerQuery": "attnkit.segment"})

@@ -7,11 +7,12 @@
 Concept words, absent from the prompt or not, are encoded one by one with the pipeline's own `encode_prompt` (at the
 text length the pipeline gives its prompt) and the transformer's `context_embedder`, and form an extra token stream
 that goes through the same blocks as the text stream, with the blocks' own weights, adaLN and MLPs: after each
-block's normal forward, a named hook (`attnkit.concepts.<id>`) calls the block's own code once more with the block's
-image input and the concept stream in place of the text. attnkit's site processors see that second call marked in the
-session state (`phase="concepts"`, `exclusive`: no other session's feature sees it), and `ConceptRecorder` computes
-only the concept queries' attention there, over the image keys and the concept keys; image and prompt tokens never
-attend to concepts, so the generated image is bit-identical to a run without the trace.
+block's normal forward, a named hook (`attnkit.concepts.<id>`, from `attnkit.blocks`) calls the block's own code once
+more with the block's image input and the concept stream in place of the text. attnkit's site processors see that
+second call marked in the session state (`phase="concepts"`, `exclusive`: no other session's feature sees it), and
+`ConceptRecorder` computes only the concept queries' attention there, over the image keys and the concept keys;
+image and prompt tokens never attend to concepts, so the generated image is bit-identical to a run without the
+trace.
 
 The map of one site and step is o_x . o_c: the image tokens' attention outputs of the normal call (heads
 concatenated, before the output projection) against each concept's attention output of the second call. A concept of
@@ -30,7 +31,6 @@ stream's adaLN conditioning (the timestep and pooled prompt embedding of the blo
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,15 +38,16 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks.hooks import HookRegistry, ModelHook
 
+from ..blocks import AfterBlocks, stream_blocks
 from ..errors import AttnkitError
+from ..families import denoiser_of, families, family_of
 from ..files import save_safetensors
 from ..processors import AttentionCall, Control
 from ..session import Session
-from ..sites import Site, SiteList, architecture_of, denoiser_of, sites
+from ..sites import Site, SiteList, choose, sites
 from ..state import State
-from .tokens import prompt_tokens
+from ..tokens import prompt_tokens
 
 __all__ = ["ConceptRecorder", "ConceptTrace", "COMBINES", "PHASE", "concept_trace", "default_sites"]
 
@@ -77,7 +78,7 @@ class ConceptRecorder(Control):
                                "(mean of per-site, per-step softmaxes).")
         self.pipe = pipe
         self.model = denoiser_of(pipe)
-        self.architecture = architecture_of(self.model).name
+        self.family = family_of(self.model)
         self.sites = record
         self.concepts = list(concepts)
         self.steps = None if steps is None else frozenset(steps)
@@ -223,25 +224,18 @@ def _concept_queries_only(call: AttentionCall) -> tuple[torch.Tensor, None]:
 
 def encode_concepts(pipe: Any, concepts: Sequence[str], text_tokens: int,
                     template: str = "{}") -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of every concept's own tokens, each concept encoded alone by `pipe.encode_prompt` (within
+    """Embeddings of every concept's own tokens, each concept encoded alone as the pipeline encodes a prompt (within
     `template`) at the prompt's text length, and the (concepts, tokens) matrix that averages each concept's tokens."""
-    sd3 = hasattr(pipe, "text_encoder_3")
-    clip_length = pipe.tokenizer_max_length if sd3 else 0
+    text = family_of(pipe).text
+    max_sequence_length = max(text_tokens - text.fixed_tokens(pipe), 0)
     offset = template.index("{}")
     rows, owners = [], []
     with torch.no_grad():
         for index, concept in enumerate(concepts):
-            text = template.format(concept)
-            if sd3:
-                embeds = pipe.encode_prompt(prompt=text, prompt_2=None, prompt_3=None,
-                                            do_classifier_free_guidance=False,
-                                            max_sequence_length=max(text_tokens - clip_length, 0))[0]
-            else:
-                embeds = pipe.encode_prompt(prompt=text, prompt_2=None, max_sequence_length=text_tokens)[0]
-            words = prompt_tokens(pipe, text, embeds.shape[1]).words
+            phrase = template.format(concept)
+            embeds = text.encode(pipe, [phrase], max_sequence_length)["prompt_embeds"]
+            words = prompt_tokens(pipe, phrase, embeds.shape[1]).words
             positions = [p for word in words if offset <= word.start < offset + len(concept) for p in word.positions]
-            if sd3 and pipe.text_encoder_3 is None:  # SD3 without T5 pads with zero "T5" rows: not the concept's
-                positions = [p for p in positions if p < clip_length]
             if not positions:
                 raise AttnkitError(f"concept {concept!r} has no token the pipeline's text encoders see; name it "
                                    "with letters or digits.")
@@ -252,38 +246,15 @@ def encode_concepts(pipe: Any, concepts: Sequence[str], text_tokens: int,
     return torch.cat(rows), average / average.sum(1, keepdim=True)
 
 
-class _ConceptHook(ModelHook):
-    """Runs the concept pass after the block's normal forward; the block's output is returned untouched."""
-
-    def __init__(self, recorder: ConceptRecorder, state: State, first: bool, last: bool) -> None:
-        super().__init__()
-        self.recorder, self.state, self.first, self.last = recorder, state, first, last
-        self.signature: inspect.Signature | None = None
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        if self.signature is None:
-            self.signature = inspect.signature(type(module).forward)
-        arguments = self.signature.bind(module, *args, **kwargs).arguments
-        arguments.pop("self")
-        self.recorder.concept_pass(module, self.first, self.last, self.state, arguments)
-        return output
-
-
 def default_sites(pipe: Any) -> SiteList:
-    """ConceptAttention's layers: every joint block on SD3/SD3.5, the last four double-stream blocks on Flux."""
-    found = sites(pipe).select(kind="joint")
-    if architecture_of(denoiser_of(pipe)).name != "flux":
-        return found
-    blocks = list(dict.fromkeys(s.block for s in found))[-FLUX_DEFAULT_BLOCKS:]
-    return SiteList(s for s in found if s.block in blocks)
-
-
-def _blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(block name as `Site.block` has it, module) of every transformer block, in execution order."""
-    double = [(f"joint.{i}", block) for i, block in enumerate(model.transformer_blocks)]
-    single = [(f"single.{i}", block) for i, block in enumerate(getattr(model, "single_transformer_blocks", ()))]
-    return double + single
+    """ConceptAttention's layers: every joint block (its SD3 pipeline averages all layers), and where single-stream
+    blocks follow them (Flux) the last four joint blocks only (its Flux pipeline takes layers 15-18 of FLUX.1's 19)."""
+    found = sites(pipe)
+    joint = found.select(kind="joint")
+    if not any(site.kind == "single" for site in found):
+        return joint
+    blocks = list(dict.fromkeys(s.block for s in joint))[-FLUX_DEFAULT_BLOCKS:]
+    return SiteList(s for s in joint if s.block in blocks)
 
 
 class ConceptTrace:
@@ -294,42 +265,37 @@ class ConceptTrace:
         self.recorder = recorder
         self.prompt = prompt
         self.concepts = recorder.concepts
-        blocks = _blocks(recorder.model)
+        blocks = stream_blocks(recorder.model, recorder.family)
         names = [name for name, _ in blocks]
         last = max(names.index(site.block) for site in recorder.sites)
-        self._blocks = blocks[: last + 1]
         hooked = set(names[: last + 1])
         # every site of the blocks the stream passes, so that the pass is exclusive there too (SD3.5's attn2)
         passed = SiteList(s for s in sites(pipe) if s.block in hooked)
         self.session = Session(pipe, [(recorder, passed)])
-        self._hook_name = f"attnkit.concepts.{id(self):x}"
-        self._hooked: list[torch.nn.Module] = []
+        self.hooks = AfterBlocks([block for _, block in blocks[: last + 1]], self._concept_pass,
+                                 f"attnkit.concepts.{id(self):x}")
         self._failed = False
+
+    def _concept_pass(self, index: int, block: torch.nn.Module, arguments: dict[str, Any]) -> None:
+        self.recorder.concept_pass(block, index == 0, index == len(self.hooks.blocks) - 1, self.session.state,
+                                   arguments)
 
     def __enter__(self) -> ConceptTrace:
         self.session.__enter__()
         try:
-            for index, (_, block) in enumerate(self._blocks):
-                hook = _ConceptHook(self.recorder, self.session.state, index == 0, index == len(self._blocks) - 1)
-                HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, self._hook_name)
-                self._hooked.append(block)
+            self.hooks.__enter__()
         except BaseException:
-            self._remove()
+            self.session.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        self._remove()
-        self._failed = exc_type is not None
-
-    def _remove(self) -> None:
         try:
-            for block in reversed(self._hooked):
-                HookRegistry.check_if_exists_or_initialize(block).remove_hook(self._hook_name, recurse=False)
-            self._hooked.clear()
+            self.hooks.__exit__(None, None, None)
             self.recorder.end_forward()
         finally:
             self.session.__exit__(None, None, None)
+        self._failed = exc_type is not None
 
     def _checked(self) -> ConceptRecorder:
         if self._failed:
@@ -383,7 +349,7 @@ class ConceptTrace:
             "space": "output",
             "concepts": json.dumps(self.concepts),
             "combine": self.recorder.combine,
-            "architecture": self.recorder.architecture,
+            "architecture": self.recorder.family.name,
             "sites": json.dumps(self.recorder.sites.names),
             "steps": json.dumps(sorted(s for s in self.recorder.steps_recorded if s is not None)),
             "branch": self.recorder.branch,
@@ -399,30 +365,19 @@ def concept_trace(pipe: Any, prompt: Any, concepts: Sequence[str] | None, *, ste
                   sites_: Iterable[Site] | None = None, **selection: Any) -> ConceptTrace:
     """`attnkit.maps.trace(..., space="output")`: checks the model, the concepts and the sites."""
     model = denoiser_of(pipe)
-    architecture = architecture_of(model).name
-    if architecture == "unet":
+    family = family_of(model)
+    if not family.stream_blocks:
+        streaming = ", ".join(f.name for f in families() if f.stream_blocks)
         raise AttnkitError(
-            f"space='output' needs a transformer with a joint text stream (SD3, SD3.5: MMDiT; Flux.1: double- and "
-            f"single-stream blocks); {type(model).__name__} (SD1.x/SDXL) takes text only as cross-attention keys "
-            "and values, so concepts have no stream of their own. Use space='probability' for word maps there.")
-    if architecture not in ("sd3", "flux"):
-        raise AttnkitError(
-            f"space='output' runs concept tokens through the blocks of SD3, SD3.5 and Flux.1, whose streams attnkit "
-            f"knows how to extend; {type(model).__name__} ({architecture}) is not one of them. Use "
-            "space='probability' for word maps there.")
+            f"space='output' needs a transformer with a joint text stream ({streaming}): concept tokens run as a text "
+            f"stream of their own through its blocks. {type(model).__name__} ({family.name}) has no such blocks that "
+            "attnkit knows"
+            + (" (it takes text only as cross-attention keys and values)" if family.multiscale else "")
+            + ". Use space='probability' for word maps there.")
     names = _concept_names(concepts)
     if not isinstance(template, str) or template.count("{}") != 1:
         raise AttnkitError(f"template={template!r} must hold one '{{}}' where each concept goes, e.g. 'a {{}}'.")
-    if sites_ is not None and selection:
-        raise AttnkitError("give either explicit sites or selection keywords, not both.")
-    if sites_ is not None:
-        chosen = SiteList(sites_)
-    elif selection:
-        found = sites(pipe)
-        base = found if "kind" in selection else SiteList(s for s in found if s.kind in _TEXT_KINDS)
-        chosen = base.select(**selection)
-    else:
-        chosen = default_sites(pipe)
+    chosen = choose(pipe, sites_, selection, default_sites, _TEXT_KINDS)
     unfit = [f"{s.name} ({s.kind})" for s in chosen if s.kind not in _TEXT_KINDS]
     if unfit:
         raise AttnkitError(f"concept maps need sites with a text stream (kind joint or single); {len(unfit)} selected "

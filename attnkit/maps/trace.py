@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import AttnkitError
 from ..files import save_safetensors
-from ..regional import BASE, Regional
 from ..session import Session
-from ..sites import SiteList, architecture_of, denoiser_of, sites
-from .recorder import RELATIONS, MapRecorder, Relation
-from .tokens import PromptTokens, prompt_tokens
+from ..families import family_of
+from ..sites import choose
+from ..recorders import RELATIONS, MapRecorder, Relation
+from ..tokens import PromptSegment, PromptTokens, prompt_tokens, segment_tokens
 
 __all__ = ["SPACES", "Trace", "trace", "WORD_RELATIONS"]
 
@@ -34,21 +34,28 @@ WORD_RELATIONS = ("image->text", "text->image")
 SPACES = ("probability", "output")
 
 
+class Segmented(Protocol):
+    """A prompt made of several prompts' text segments, one after another (`attnkit.regional`'s session)."""
+
+    @property
+    def prompt_segments(self) -> tuple[PromptSegment, ...]: ...
+
+
 class Trace:
     """A map recorder attached to one pipeline for the span of a `with` block; results are read after it."""
 
-    def __init__(self, pipe: Any, recorder: MapRecorder, prompt: str | Sequence[str] | Regional | None) -> None:
+    def __init__(self, pipe: Any, recorder: MapRecorder, prompt: str | Sequence[str] | Segmented | None) -> None:
         self.pipe = pipe
         self.recorder = recorder
-        self.regional = prompt if isinstance(prompt, Regional) else None
+        self.segmented = prompt if hasattr(type(prompt), "prompt_segments") else None
         self.prompts: list[str] | None = None
         if isinstance(prompt, str):
             self.prompts = [prompt]
-        elif prompt is not None and self.regional is None:
+        elif prompt is not None and self.segmented is None:
             self.prompts = list(prompt)
         self.session = Session(pipe, [(recorder, recorder.sites)])
         self._failed = False
-        self._tokens: dict[str, PromptTokens] = {}
+        self._tokens: dict[Any, PromptTokens] = {}
 
     def __enter__(self) -> Trace:
         self.session.__enter__()
@@ -86,7 +93,7 @@ class Trace:
         """The words of batch item `item`'s prompt with their positions in the text sequence; for a regional
         prompt, those of region `region` (0-based, or "base")."""
         total = self.total
-        if self.regional is not None or region is not None:
+        if self.segmented is not None or region is not None:
             return self._region_tokens(region)
         if self.prompts is None:
             raise AttnkitError("word maps need the prompt: `attnkit.maps.trace(pipe, prompt=...)` with the prompt "
@@ -104,25 +111,18 @@ class Trace:
 
     def _region_tokens(self, region: int | str | None) -> PromptTokens:
         """Words of one regional prompt, at the positions of its segment in the concatenated text."""
-        if self.regional is None:
+        if self.segmented is None:
             raise AttnkitError("`region=` labels maps of a regional prompt: pass the object of "
                                "`with attnkit.regional(pipe, spec) as regions` as the trace's prompt.")
-        spec = self.regional.spec
-        owners = {"base": BASE} | {i: i for i in range(len(spec.regions))}
-        if region not in owners or (region == "base" and spec.base is None):
-            raise AttnkitError(f"region={region!r} is not in this regional prompt: give 0..{len(spec.regions) - 1}"
-                               + (' or "base"' if spec.base else "") + ".")
-        owner = owners[region]
-        offset = 0
-        for segment_owner, length in self.regional.encoded.cond:
-            if segment_owner == owner:
-                prompt = spec.base.prompt if owner == BASE else spec.regions[owner].prompt
-                key = f"{owner}:{prompt}"
-                if key not in self._tokens:
-                    self._tokens[key] = prompt_tokens(self.pipe, prompt, length, offset)
-                return self._tokens[key]
-            offset += length
-        raise AttnkitError(f"region={region!r} has no text segment in this regional prompt.")
+        segments = self.segmented.prompt_segments
+        regions = sorted({s.name for s in segments if isinstance(s.name, int)})
+        based = any(s.name == "base" for s in segments)
+        if region not in regions and not (region == "base" and based):
+            raise AttnkitError(f"region={region!r} is not in this regional prompt: give 0..{len(regions) - 1}"
+                               + (' or "base"' if based else "") + ".")
+        if ("region", region) not in self._tokens:
+            self._tokens["region", region] = segment_tokens(self.pipe, segments, region)
+        return self._tokens["region", region]
 
     def heatmap(self, word: str, item: int = 0, occurrence: int | None = None,
                 region: int | str | None = None) -> torch.Tensor:
@@ -154,7 +154,7 @@ class Trace:
         tensors = {"maps": self.maps.contiguous()}
         metadata = {
             "relation": self.recorder.relation,
-            "architecture": architecture_of(denoiser_of(self.pipe)).name,
+            "architecture": family_of(self.pipe).name,
             "sites": json.dumps(self.recorder.sites.names),
             "steps": json.dumps(sorted(s for s in self.recorder.steps_recorded if s is not None)),
             "branch": self.recorder.branch,
@@ -170,7 +170,7 @@ class Trace:
 
 def trace(
     pipe: Any,
-    prompt: str | Sequence[str] | Regional | None = None,
+    prompt: str | Sequence[str] | Segmented | None = None,
     *,
     space: str = "probability",
     concepts: Sequence[str] | None = None,
@@ -185,8 +185,9 @@ def trace(
 ) -> Trace:
     """Record attention maps of the generation run inside the `with` block.
 
-    `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps), or the
-    object of `with attnkit.regional(pipe, spec) as regions` for maps per region prompt (`heatmap(word, region=i)`).
+    `prompt`: the prompt(s) given to the pipeline, to label tokens with words (optional for raw maps), or a prompt of
+    several segments (the object of `with attnkit.regional(pipe, spec) as regions`) for maps per region prompt
+    (`heatmap(word, region=i)`).
     `relation`: "image->text" (default), "text->image", "text->text" or "image->image" (see `recorder`).
     Sites: `sites_`, or `SiteList.select(**selection)` (kind, block, resolution, index, names, where) among the
     sites of the kinds that have the relation (image->text: UNet cross, SD3 joint, Flux joint and single).
@@ -210,15 +211,7 @@ def trace(
     if concepts is not None or combine != "logits" or template != "{}":
         raise AttnkitError("`concepts`, `combine` and `template` belong to output-space maps: pass space='output' "
                            "as well (probability maps read the prompt's own words).")
-    if sites_ is not None and selection:
-        raise AttnkitError("give either explicit sites or selection keywords, not both.")
-    found = sites(pipe)
-    if sites_ is not None:
-        chosen = SiteList(sites_)
-    else:
-        fit = RELATIONS[relation][2] if relation in RELATIONS else frozenset()
-        # without a kind, only the kinds that have this relation; none at all: the recorder says which kinds do
-        base = found if "kind" in selection else SiteList(s for s in found if s.kind in fit) or found
-        chosen = base.select(**selection) if selection else base
+    # without a kind, only the kinds that have this relation; none at all: the recorder says which kinds do
+    chosen = choose(pipe, sites_, selection, kinds=RELATIONS[relation][2] if relation in RELATIONS else ())
     recorder = MapRecorder(chosen, relation=relation, steps=steps, branch=branch, exact=exact)
     return Trace(pipe, recorder, prompt)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffusers.models import attention_dispatch
 
 from ..errors import AttnkitError, AttnkitWarning
-from ..families import DiT, Grid
+from ..families import Grid
 from ..sites import Site
 from .base import AttentionCall, SiteProcessor, TokenLayout
 
@@ -58,9 +58,9 @@ class DispatchSiteProcessor(SiteProcessor):
     stock processor, which gets the site back; sites that a control takes off the stock kernel say so once.
     """
 
-    def __init__(self, site: Site, original: object, family: DiT):
+    def __init__(self, site: Site, original: object):
         super().__init__(site, original)
-        self.family = family
+        self.family = site.family
         stock = type(original).__call__
         names = dict(stock.__globals__)
         if "dispatch_attention_fn" in names:

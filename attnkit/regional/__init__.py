@@ -1,10 +1,12 @@
-"""Regional prompting on stock diffusers pipelines: SD3, SD3.5 and Flux.1 through joint-attention masks, SD1.x,
-SD2 and SDXL through cross-attention masks or attention couple.
+"""Regional prompting on stock diffusers pipelines: every image family whose text input is described (SD1.x, SD2 and
+SDXL through cross-attention masks or attention couple; SD3, SD3.5, Flux.1 and the other image DiTs of
+`attnkit.families` through joint-attention masks).
 
-`attnkit.regional(pipe, spec)` (see `session.py`); region specs in `spec.py`; the mask and its exact split into
-fused kernel calls in `mask.py`; the `Control` that applies it in `control.py`, the couple blend in `couple.py`;
-regions found from a word of the base prompt in `words.py`; init images for img2img and inpainting in `images.py`.
-Names load on first use, so the `attnkit regional` command line can be built without torch.
+`attnkit.regional(pipe, spec)` (see `session.py`); region specs in `spec.py`; prompts encoded one segment per region
+in `encode.py`; the mask and its exact split into fused kernel calls in `mask.py`; the `Control` that applies it in
+`control.py`, the couple blend in `couple.py`; region outlines drawn on an image in `outline.py`. Regions found from a
+word of the base prompt compose this with `attnkit.maps` one layer up (`attnkit.run.word_regions`). Names load on first
+use, so the command line starts without torch.
 """
 
 from .. import _lazy

@@ -18,13 +18,12 @@ import torch
 from .. import ops
 from ..errors import AttnkitError
 from ..processors import AttentionCall, Control, TokenLayout
+from ..state import StepRange, in_steps
 from .encode import Encoded
 from .mask import SHARED, Plan, Rules
 from .spec import RegionSpec, owners_of
 
 __all__ = ["RegionalControl", "Schedule", "StepRange"]
-
-StepRange = tuple[int, int | None]  # [start, end) in steps; end None = to the last step
 
 
 @dataclass(frozen=True)
@@ -51,13 +50,12 @@ class Schedule:
 
 
 def _inside(steps: StepRange, step: int | None) -> bool:
-    start, end = steps
     if step is None:
-        if (start, end) == (0, None):
+        if steps == (0, None):
             return True
         raise AttnkitError(f"the mask is scheduled for steps {list(steps)}, but this denoiser call has no step: run "
                            "the pipeline inside the `with attnkit.regional(...)` block.")
-    return start <= step and (end is None or step < end)
+    return in_steps(steps, step)
 
 
 class RegionalControl(Control):
@@ -152,9 +150,10 @@ def _key_parts(call: AttentionCall, layout: TokenLayout) -> tuple[tuple[str, int
 
 
 def _level(call: AttentionCall) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """What fixes the image owners of a call: the token grid, and on a UNet the latent size it was derived from
-    (latents of 15 and 16 rows both give 8 rows at stride 2, but cover them differently)."""
-    return call.grid, call.state.latent if call.site.architecture == "unet" else None
+    """What fixes the image owners of a call: the token grid, and on a UNet (whose regions are laid on the latent
+    grid and averaged down level by level) the latent size it was derived from (latents of 15 and 16 rows both give
+    8 rows at stride 2, but cover them differently)."""
+    return call.grid, call.state.latent if call.site.family.multiscale else None
 
 
 def _combine(mask: torch.Tensor, regional: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -5,8 +5,8 @@ denoiser sees [region 1 | region 2 | ... | base] text (a UNet's cross-attention 
 attention). The CFG batch needs the negative text to be as long: with
 per-region negatives each segment gets its region's negative (the same mask applies); with the global negative it is
 encoded once and repeated, the copies after the first marked `PAD` so that, while the mask is on, nothing sees them
-and the uncond branch is exactly plain attention on the global negative. How a pipeline takes the joined text is
-its family's `RegionalText`: here for UNets, in `attnkit.families` for every transformer.
+and the uncond branch is exactly plain attention on the global negative. How a pipeline takes embeddings is its
+family's `TextInput` (`attnkit.families`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import AttnkitError
-from ..families import RegionalText
-from ..sites import architecture_of, denoiser_of
+from ..families import TextInput, family_of
 from .mask import PAD
 from .spec import BASE, RegionSpec
 
@@ -86,28 +85,28 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
     return Encoded(_packed(text, arguments), cond, tuple(s for s in uncond if s[1]), regional)
 
 
-def _packed(text: RegionalText, arguments: dict[str, Any]) -> dict[str, Any]:
+def _packed(text: TextInput, arguments: dict[str, Any]) -> dict[str, Any]:
     return text.pack(arguments) if text.pack is not None else arguments
 
 
-def _encode(text: RegionalText, pipe: Any, prompts: list[str], max_sequence_length: int | None,
+def _encode(text: TextInput, pipe: Any, prompts: list[str], max_sequence_length: int | None,
             negative: bool = False) -> dict[str, Any]:
-    encoder = text.encode_negative if negative and text.encode_negative is not None else text.encode
+    encoder = text.negative_encoder() if negative else text.encode
     with torch.no_grad():
         return encoder(pipe, prompts, max_sequence_length)
 
 
-def _text_order(text: RegionalText) -> tuple[str, ...]:
+def _text_order(text: TextInput) -> tuple[str, ...]:
     return text.text_order or (next(iter(text.sequence)),)
 
 
-def _segments(text: RegionalText, per_prompt: dict[str, Any], owners: list[int]) -> Segments:
+def _segments(text: TextInput, per_prompt: dict[str, Any], owners: list[int]) -> Segments:
     """(owner, tokens) of the denoiser's text: each prompt's segment in each joined argument of `text_order`."""
     return tuple(segment for name in _text_order(text)
                  for segment in zip(owners, _lengths(text, per_prompt, name, len(owners))))
 
 
-def _lengths(text: RegionalText, per_prompt: dict[str, Any], name: str, count: int) -> list[int]:
+def _lengths(text: TextInput, per_prompt: dict[str, Any], name: str, count: int) -> list[int]:
     """Text tokens of each prompt in the joined argument `name`."""
     value = per_prompt[name]
     if isinstance(value, list):
@@ -115,7 +114,7 @@ def _lengths(text: RegionalText, per_prompt: dict[str, Any], name: str, count: i
     return [int(value.shape[text.sequence[name]])] * count
 
 
-def _join(text: RegionalText, per_prompt: dict[str, Any], pooled: Literal["mean", "base"], regions: int
+def _join(text: TextInput, per_prompt: dict[str, Any], pooled: Literal["mean", "base"], regions: int
           ) -> dict[str, Any]:
     """The pipeline arguments of the prompts' text in one sequence, and their pooled embedding."""
     joined: dict[str, Any] = {}
@@ -132,7 +131,7 @@ def _join(text: RegionalText, per_prompt: dict[str, Any], pooled: Literal["mean"
     return joined
 
 
-def _repeat(text: RegionalText, per_prompt: dict[str, Any], count: int) -> dict[str, Any]:
+def _repeat(text: TextInput, per_prompt: dict[str, Any], count: int) -> dict[str, Any]:
     """One prompt's arguments as if `count` prompts had been encoded."""
     repeated: dict[str, Any] = {}
     for name, value in per_prompt.items():
@@ -145,27 +144,11 @@ def _repeat(text: RegionalText, per_prompt: dict[str, Any], count: int) -> dict[
     return repeated
 
 
-def regional_text(pipe: Any) -> RegionalText | None:
-    """How `pipe` takes several prompts' text as one sequence; None where regional prompting is not available."""
-    architecture = architecture_of(denoiser_of(pipe))
-    if architecture.dit is not None:
-        return architecture.dit.regional
-    return _UNET if architecture.name == "unet" else None
-
-
-def _unet_encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
-    encoded = pipe.encode_prompt(prompt=prompts, device=pipe._execution_device, num_images_per_prompt=1,
-                                 do_classifier_free_guidance=False)
-    pooled = encoded[2] if len(encoded) == 4 else None  # SDXL also returns pooled embeddings
-    return {"prompt_embeds": encoded[0], "pooled_prompt_embeds": pooled}
-
-
-def _unet_limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
-    return [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77)),
-            ("CLIP-G", getattr(pipe, "tokenizer_2", None), 77)]
-
-
-_UNET = RegionalText(_unet_encode, {"prompt_embeds": 1}, _unet_limits, pooled=("pooled_prompt_embeds",))
+def regional_text(pipe: Any) -> TextInput | None:
+    """How `pipe` takes prompt embeddings, where regional prompting can join several prompts' (image families whose
+    text input is described); None elsewhere."""
+    family = family_of(pipe)
+    return None if family.video else family.text
 
 
 def truncation_problems(pipe: Any, spec: RegionSpec, max_sequence_length: int | None) -> list[str]:

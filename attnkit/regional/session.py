@@ -23,16 +23,17 @@ from typing import Any, Literal
 import torch
 
 from ..errors import AttnkitError
-from ..models import call_parameters, default_size
+from ..families import dits, family_of
+from ..pipeline import call_parameters, output_size, takes_size
 from ..session import Session
-from ..sites import SiteList, architecture_of, denoiser_of, sites
-from .control import RegionalControl, Schedule, StepRange
+from ..sites import SiteList, sites
+from ..state import StepRange, step_range
+from ..tokens import PromptSegment
+from .control import RegionalControl, Schedule
 from .couple import CoupleControl
 from .encode import Encoded, encode, regional_text, truncation_problems
-from .images import init_size, takes_size
 from .mask import Rules, base_bias
-from .spec import METHODS, RegionSpec, load_spec
-from .words import derive_word_masks
+from .spec import BASE, METHODS, RegionSpec, load_spec
 
 __all__ = ["Regional", "RegionalOptions", "regional", "supports"]
 
@@ -83,8 +84,7 @@ class RegionalOptions:
 
     def __post_init__(self) -> None:
         for name in ("steps", "image_isolation_steps"):
-            start, end = _step_range(getattr(self, name), name)
-            object.__setattr__(self, name, (start, end))
+            object.__setattr__(self, name, step_range(getattr(self, name), name))
         for name, choices in (("pooled", ("mean", "base")), ("negatives", ("auto", "regional", "global")),
                               ("kernel", ("split", "dense")), ("method", (None, *METHODS))):
             if getattr(self, name) not in choices:
@@ -104,24 +104,13 @@ class RegionalOptions:
             raise AttnkitError(f"max_sequence_length must be a number of T5 tokens >= 0, got {msl!r}.")
 
 
-def _step_range(steps: Any, name: str) -> StepRange:
-    if not isinstance(steps, (tuple, list)) or len(steps) != 2:
-        raise AttnkitError(f"{name} must be (start, end) with end None for 'to the last step', got {steps!r}.")
-    start, end = steps
-    if not isinstance(start, int) or start < 0 or (end is not None and (not isinstance(end, int) or end < start)):
-        raise AttnkitError(f"{name}={list(steps)}: need 0 <= start <= end (end None = to the last step).")
-    return start, end
-
-
 def _regional_families() -> list[str]:
-    from ..families import dits
-
-    return [dit.name for dit in dits() if dit.regional is not None]
+    return [family.name for family in dits() if supports(family)]
 
 
 def supports(pipe: Any) -> bool:
-    """Whether regional prompting works on this pipeline: UNets with cross-attention (SD1.x, SD2, SDXL), and
-    transformers whose image tokens attend to text (SD3, SD3.5, and the DiT families that describe how, e.g. Flux)."""
+    """Whether regional prompting works on this pipeline (or pipeline family): the image families whose text input
+    is described, the UNet's (SD1.x, SD2, SDXL) and the transformers' (SD3, SD3.5, Flux, ...)."""
     return regional_text(pipe) is not None
 
 
@@ -132,14 +121,13 @@ class Regional:
         self.pipe = pipe
         self.spec = load_spec(spec)
         self.options = options
-        self.architecture = architecture_of(denoiser_of(pipe)).name
+        self.family = family_of(pipe)
         self.text = regional_text(pipe)
         if self.text is None:
             raise AttnkitError(
                 f"regional prompting runs on SD1.x, SD2, SDXL and the transformer families "
-                f"{', '.join(_regional_families())}; {type(pipe).__name__} is a {self.architecture} model, where "
+                f"{', '.join(_regional_families())}; {type(pipe).__name__} is a {self.family.name} model, where "
                 "attnkit does not offer it (the README's family table says why).")
-        unet = self.architecture == "unet"
         if self.text.max_sequence_length is None and options.max_sequence_length is not None:
             fixed = ", ".join(f"{name} keeps {keeps} tokens" for name, tokenizer, keeps in self.text.limits(pipe, None)
                               if tokenizer is not None)
@@ -151,9 +139,10 @@ class Regional:
             raise AttnkitError(f"the spec says method {self.spec.method!r} and the options say {options.method!r}; "
                                "give the method in one place.")
         self.method = options.method or self.spec.method or "mask"
-        if self.method == "couple" and not unet:
-            raise AttnkitError(f"method 'couple' blends UNet cross-attention; {type(pipe).__name__} mixes image and "
-                               "text in joint attention, where regions are applied by method 'mask'.")
+        if self.method == "couple" and not self.family.multiscale:
+            raise AttnkitError(f"method 'couple' blends UNet cross-attention over the latent grid's levels; "
+                               f"{type(pipe).__name__} attends over one token grid, where regions are applied by "
+                               "method 'mask'.")
         self.encoded: Encoded | None = None
         self.control: RegionalControl | CoupleControl | None = None
         self.size: tuple[int, int] | None = None  # (height, width) of the latest `regions(...)`
@@ -162,6 +151,8 @@ class Regional:
     def __enter__(self) -> Regional:
         if self._session is not None:
             raise AttnkitError("this regional session is already active; make a new one with `attnkit.regional`.")
+        if self.spec.pending:
+            raise AttnkitError(self.spec.pending_error())
         problems = truncation_problems(self.pipe, self.spec, self.max_sequence_length)
         if problems:
             raise AttnkitError("; ".join(problems) + ". Shorten these prompts"
@@ -179,7 +170,7 @@ class Regional:
         return self
 
     def _attach(self) -> None:
-        """Install the controls of the current spec (again after a first pass has found masks from words)."""
+        """Install the controls of the spec."""
         o = self.options
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
         rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
@@ -205,6 +196,17 @@ class Regional:
             self._session.__exit__(*exc_info)
             self._session = None
 
+    @property
+    def prompt_segments(self) -> tuple[PromptSegment, ...]:
+        """The denoiser's text as the prompts' segments, in order: regions by index, the base prompt as "base" (what
+        `attnkit.maps.trace(pipe, regions)` labels words by)."""
+        if self.encoded is None:
+            raise AttnkitError("the regional prompt is encoded when `with attnkit.regional(pipe, spec) as regions:` "
+                               "begins; read its segments inside the block.")
+        base = {BASE: ("base", self.spec.base.prompt)} if self.spec.base is not None else {}
+        named = {i: (i, region.prompt) for i, region in enumerate(self.spec.regions)} | base
+        return tuple(PromptSegment(*named[owner], tokens) for owner, tokens in self.encoded.cond)
+
     def sites(self) -> SiteList:
         """Where the mask goes: joint attention (and Flux single blocks) or UNet cross-attention, and the caption
         refiners of Z-Image and Lumina 2 (text isolation); image-only self-attention (MMDiT-X `attn2`, UNet `attn1`)
@@ -217,7 +219,7 @@ class Regional:
     def grid(self, height: int, width: int, *, what: str = "image size") -> tuple[int, int]:
         """The image token grid (rows, cols) at `height` x `width` pixels; an error if tokens would not tile it."""
         # a UNet's regions are laid on the latent grid and averaged down level by level; a transformer's on its tokens
-        pixels = self.pipe.vae_scale_factor * (1 if self.architecture == "unet" else sites(self.pipe)[0].stride)
+        pixels = self.family.pixels_per_cell(self.pipe)
         if height % pixels or width % pixels or height <= 0 or width <= 0:
             raise AttnkitError(
                 f"{what} {height}x{width} is not divisible by the token grid: each image token spans {pixels}x"
@@ -241,14 +243,13 @@ class Regional:
             raise AttnkitError("padding_mask_crop generates only a crop around the mask, so the regions (fractions of "
                                "the whole image) would land elsewhere; leave it out.")
         self._check_true_cfg(kwargs)
-        height, width = self._size(kwargs.pop("height", None), kwargs.pop("width", None), kwargs.get("image"))
+        height, width = output_size(self.pipe, kwargs.pop("height", None), kwargs.pop("width", None),
+                                    kwargs.get("image"))
         grid = self.grid(height, width, what="init image" if kwargs.get("image") is not None else "image size")
         self.size = (height, width)
         if seed is not None:
             kwargs["generator"] = torch.Generator().manual_seed(seed)
         size = {"height": height, "width": width} if takes_size(self.pipe) else {}
-        if self.spec.pending:
-            self._find_word_regions({**size, **kwargs})
         self.spec.check_grid(grid)
         return {**self.encoded.arguments, **self.text.arguments, **size, **kwargs}
 
@@ -264,27 +265,6 @@ class Regional:
                                f"only with true_cfg_scale > 1 (here {scale}): pass e.g. true_cfg_scale=4.0 "
                                "(`--true-cfg-scale 4` on the command line, the true CFG field in `attnkit ui`), or "
                                "remove `negative` from the spec and its regions.")
-
-    def _size(self, height: int | None, width: int | None, image: Any) -> tuple[int, int]:
-        """The size the pipeline generates: the init image's when there is one, else the asked or default size."""
-        if image is not None:
-            return init_size(self.pipe, image, height, width)
-        default = default_size(self.pipe)
-        return height or default, width or default
-
-    def _find_word_regions(self, kwargs: dict[str, Any]) -> None:
-        """The first pass of `from_word` regions, with the regional controls off; the spec then holds their masks
-        (and so does `self.spec` for whatever writes it next to the image)."""
-        self._session.__exit__(None, None, None)
-        self._session = None
-        if self.max_sequence_length is not None:  # the base prompt's text tokens as in the regional pass
-            kwargs = {**kwargs, "max_sequence_length": self.max_sequence_length}
-        try:
-            self.spec = derive_word_masks(self.pipe, self.spec, kwargs, negative=self.text.negative == "always"
-                                          or self.spec.negative is not None)
-        finally:
-            self._attach()
-
 
 def regional(pipe: Any, spec: RegionSpec | dict | str | Path, **options: Any) -> Regional:
     """Regional prompting on a stock SD1.x / SD2 / SDXL / SD3 / SD3.5 / Flux pipeline or another image DiT; `options`

@@ -37,6 +37,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import AttnkitError
+from ..tokens import WORD_THRESHOLD
 
 __all__ = ["Base", "Region", "RegionSpec", "load_spec", "owners_of", "parse_grid", "BASE", "DEFAULT_WORD_THRESHOLD"]
 
@@ -49,7 +50,7 @@ BASE = -1
 MaskSource = str | Path | Image.Image | torch.Tensor | list  # list: rows of numbers in [0, 1]
 
 #: Share of a word map's range (min to max) above which a pixel belongs to a `from_word` region.
-DEFAULT_WORD_THRESHOLD = 0.4
+DEFAULT_WORD_THRESHOLD = WORD_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,15 @@ class RegionSpec:
         prompt)."""
         return self.negative is not None or any(r.negative is not None for r in self.regions)
 
+    def pending_error(self) -> str:
+        """What to do about the first region whose mask is still to be found from a word."""
+        i = self.pending[0]
+        return (f"region {i + 1} takes its mask from the word {self.regions[i].from_word!r} in a first pass, which "
+                "has not run: `spec = attnkit.run.word_regions(pipe, spec, generator=..., num_inference_steps=...)`, "
+                "given the arguments of the regional generation to come, generates the base prompt and returns the "
+                "spec with that mask, for `attnkit.regional(pipe, spec)` (`attnkit regional` and `attnkit ui` run it "
+                "for you).")
+
     @property
     def pending(self) -> list[int]:
         """Indices of the regions whose mask is still to be found from a word of the base prompt."""
@@ -157,10 +167,7 @@ class RegionSpec:
     def coverage(self, grid: tuple[int, int]) -> torch.Tensor:
         """Share (0..1) of every token's area that each region covers: (regions, rows, cols)."""
         if self.pending:
-            i = self.pending[0]
-            raise AttnkitError(f"region {i + 1} takes its mask from the word {self.regions[i].from_word!r} in a "
-                               "first pass, which has not run: inside `with attnkit.regional(...) as regions:`, "
-                               "`regions(...)` runs it.")
+            raise AttnkitError(self.pending_error())
         return torch.stack([area(grid) for area in self._areas])
 
     def coverage_at(self, latent: tuple[int, int], stride: int) -> torch.Tensor:

@@ -5,19 +5,20 @@
     tc.segmentation(image).save("out/")
     attnkit.segment.segment_image(pipe, photo, prompt="a cat on a sofa").save("out/")
 
-Built only on the foundation: `attnkit.maps.MapRecorder` with the `PerQuery` reduction keeps every query's
-self-attention map in one bounded buffer; `diffseg` merges them into segments. Names load on first use, so the
-`attnkit segment` command line can be built without torch.
+Built on the core: its `MapRecorder` (`attnkit.recorders`) with this package's `PerQuery` reduction keeps every
+query's self-attention map in one bounded buffer; `diffseg` merges them into segments; the core's word maps and
+prompt-token labelling name them. Names load on first use, so the command line starts without torch.
 """
 
 from .. import _lazy
 
-__all__ = ["BACKGROUND", "DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP", "Options", "Segment", "SegmentTrace", "Segmentation", "merge", "segment_image",
-           "segment_maps", "trace"]
+__all__ = ["BACKGROUND", "DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP", "Options", "PerQuery", "Segment",
+           "SegmentTrace", "Segmentation", "merge", "segment_image", "segment_maps", "trace"]
 
 _lazy.make_lazy(__name__, {
     ".diffseg": ("merge", "segment_maps"),
     ".result": ("BACKGROUND", "Segment", "Segmentation"),
     ".defaults": ("DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP"),
+    ".perquery": ("PerQuery",),
     ".trace": ("Options", "SegmentTrace", "segment_image", "trace"),
 }, submodules=("diffseg", "result"))

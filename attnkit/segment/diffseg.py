@@ -1,5 +1,5 @@
 """DiffSeg's unsupervised merging of self-attention maps into segments (Tian et al., "Diffuse, Attend, and Segment",
-CVPR 2024), on maps recorded by `attnkit.maps.PerQuery`.
+CVPR 2024), on maps recorded by `attnkit.segment.PerQuery`.
 
 Every image query has an attention map over the image, a probability distribution; queries of one object attend
 alike. From the maps of an anchor grid of queries, each anchor gathers every map within a symmetric KL distance

@@ -10,9 +10,9 @@ named by the words of the prompt.
 Self-attention maps are recorded at one noise level, `timestep` (0 clean to 1000 pure noise; DiffSeg reads Stable
 Diffusion at 300): the denoising step recorded is the one an img2img run at strength `timestep / 1000` starts at. An
 existing image is encoded by the pipeline's own img2img variant, noised to that step, and given one denoiser forward:
-no sampling loop. Word labels come from the image->text maps recorded alongside (`attnkit.maps`): a segment is named
-by the word whose map area (the map cut at `word_threshold` of its range) covers most of it, when that is at least
-half of it, else "background".
+no sampling loop. Word labels come from the image->text maps recorded alongside (the core's `MapRecorder` and
+prompt-token labelling): a segment is named by the word whose map area (the map cut at `word_threshold` of its range)
+covers most of it, when that is at least half of it, else "background".
 """
 
 from __future__ import annotations
@@ -27,21 +27,22 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..maps.recorder import RELATIONS, MapRecorder, PerQuery
-from ..maps.trace import Trace
-from ..maps.trace import trace as maps_trace
+from ..recorders import RELATIONS, MapRecorder
 from ..session import Session
-from ..sites import Site, SiteList, architecture_of, denoiser_of, sites
+from ..families import family_of
+from ..pipeline import image_pipeline, size_multiple, takes_size
+from ..sites import Site, SiteList, sites
 from ..state import State
+from ..tokens import WORD_THRESHOLD, prompt_tokens, word_area
 from .defaults import DEFAULT_ANCHORS, DEFAULT_THRESHOLDS, DEFAULT_TIMESTEP
 from .diffseg import segment_maps
+from .perquery import PerQuery
 from .result import BACKGROUND, Segmentation, describe
 
 __all__ = ["Options", "SegmentTrace", "segment_image", "trace"]
 
 #: Denoising steps of the schedule an existing image is noised on (only one of them runs).
 IMAGE_STEPS = 50
-DEFAULT_WORD_THRESHOLD = 0.4
 _LABEL_COVER = 0.5
 _FUNCTION_WORDS = frozenset("a an the and or of with on in at to from by for is are its this that".split())
 
@@ -56,8 +57,14 @@ class SegmentTrace:
                                     reduction=PerQuery(options.max_side))
         self.latent: tuple[int, int] | None = None
         self.timestep: float | None = None
-        self.session = Session(pipe, [(self.recorder, chosen)])
-        self.words: Trace | None = maps_trace(pipe, prompt, steps=word_steps) if prompt else None
+        self.prompt = prompt
+        placements = [(self.recorder, chosen)]
+        self.words: MapRecorder | None = None
+        if prompt:
+            word_sites = _word_sites(pipe)
+            self.words = MapRecorder(word_sites, relation="image->text", steps=word_steps)
+            placements.append((self.words, word_sites))
+        self.session = Session(pipe, placements)
         self.options = options
         self._failed = False
 
@@ -74,29 +81,23 @@ class SegmentTrace:
 
     def __enter__(self) -> SegmentTrace:
         self.session.__enter__()
-        if self.words is not None:
-            try:
-                self.words.__enter__()
-            except BaseException:
-                self.session.__exit__(None, None, None)
-                raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        try:
-            if self.words is not None:
-                self.words.__exit__(exc_type, *exc_info)
-        finally:
-            self.session.__exit__(exc_type, *exc_info)
+        self.session.__exit__(exc_type, *exc_info)
         self._failed = exc_type is not None
 
     @property
     def maps(self) -> torch.Tensor:
         """(batch items, anchor queries, rows, cols): each query's mean self-attention map, summing to 1."""
+        recorder = self._checked(self.recorder)
+        return recorder.total / recorder.count
+
+    def _checked(self, recorder: MapRecorder) -> MapRecorder:
         if self._failed:
             raise AttnkitError("the traced generation raised an exception, so its attention maps are incomplete.")
-        self.recorder.check()
-        return self.recorder.total / self.recorder.count
+        recorder.check()
+        return recorder
 
     def segmentation(self, image: Image.Image | None = None, item: int = 0) -> Segmentation:
         """Segments of batch item `item` at the generated image's size; `image` (optional) is kept for overlays."""
@@ -116,14 +117,16 @@ class SegmentTrace:
         count = int(labels.max()) + 1
         if self.words is None:
             return [None] * count
+        words = self._checked(self.words)  # total: (items, text tokens, rows, cols)
+        tokens = prompt_tokens(self.pipe, self.prompt, words.total.shape[1])
         chosen = self.options.words
         if chosen is None:
-            chosen = [w for w in self.words.tokens(item).unique_words if w not in _FUNCTION_WORDS]
+            chosen = [w for w in tokens.unique_words if w not in _FUNCTION_WORDS]
         areas = {}
         for word in chosen:
-            heat = self.words.heatmap(word, item).float().cpu()[None, None]
+            heat = (words.total[item, tokens.positions(word)].sum(0) / words.count).float().cpu()[None, None]
             heat = F.interpolate(heat, size=labels.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-            areas[word] = heat >= heat.min() + self.options.word_threshold * (heat.max() - heat.min())
+            areas[word] = word_area(heat, self.options.word_threshold)
         names: list[str | None] = []
         for segment in range(count):
             inside = labels == segment
@@ -158,7 +161,7 @@ class Options:
     refine: bool = True
     max_side: int = 64
     words: tuple[str, ...] | None = None
-    word_threshold: float = DEFAULT_WORD_THRESHOLD
+    word_threshold: float = WORD_THRESHOLD
 
     @classmethod
     def of(cls, given: dict[str, Any]) -> Options:
@@ -195,6 +198,12 @@ def trace(pipe: Any, prompt: str | None = None, *, height: int | None = None, wi
                         lambda state: state.step == _recorded_step(state.num_steps, chosen.timestep), chosen)
 
 
+def _word_sites(pipe: Any) -> SiteList:
+    """The sites whose image->text maps name the segments: every one that has the relation."""
+    kinds = RELATIONS["image->text"][2]
+    return SiteList(s for s in sites(pipe) if s.kind in kinds)
+
+
 def _self_sites(pipe: Any, resolutions: Iterable[int] | None, height: int | None, width: int | None,
                 given: Iterable[Site] | None) -> SiteList:
     """The image->image sites to record: given, or all of them, or those of the chosen resolutions."""
@@ -225,9 +234,6 @@ def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int 
     """Segments of an existing `image`: encoded with `pipe`'s VAE, noised to the `timestep` option (with `seed`), one
     denoiser forward with `prompt` (empty: no word labels) and no guidance. `call`: further keyword arguments of the
     pipeline (e.g. `max_sequence_length`); `options`: the fields of `Options`."""
-    from ..models import call_parameters, size_multiple
-    from ..regional.images import image_pipeline
-
     chosen = Options.of(options)
     if not isinstance(image, Image.Image):
         raise AttnkitError(f"image must be a PIL image, got {type(image).__name__}; open files with "
@@ -247,10 +253,10 @@ def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int 
         pipeline._interrupt = True  # the loop skips every later step; only the first forward runs
         return tensors
 
-    guidance = {} if architecture_of(denoiser_of(pipe)).name == "flux" else {"guidance_scale": 1.0}
-    sized = {"height": image.height, "width": image.width} if "height" in call_parameters(sibling) else {}
+    unguided = {"guidance_scale": 1.0} if family_of(pipe).guidance == "cfg" else {}  # else an embedding: left as is
+    sized = {"height": image.height, "width": image.width} if takes_size(sibling) else {}
     with segmenter, torch.inference_mode():
         sibling(prompt=prompt, image=image.convert("RGB"), strength=chosen.timestep / 1000,
                 num_inference_steps=IMAGE_STEPS, generator=torch.Generator().manual_seed(seed), output_type="latent",
-                callback_on_step_end=stop_after_first, **{**guidance, **sized, **(call or {})})
+                callback_on_step_end=stop_after_first, **{**unguided, **sized, **(call or {})})
     return segmenter.segmentation(image)

@@ -32,12 +32,12 @@ def call_kwargs(pipe: Any) -> dict[str, Any]:
     shapes-sd3 has no T5: without `max_sequence_length=0` the pipeline pads the text with 256 zero "T5" tokens the
     model never saw in training (much worse images, 3x slower). A shapes Flux pipeline was trained on its T5's
     16 tokens, not Flux's default 512. SD1.x pipelines need nothing."""
-    from ..sites import architecture_of, denoiser_of
+    from ..families import family_of
     from .tokenizer import MAX_LENGTH
 
     if hasattr(pipe, "text_encoder_3"):
         return {"max_sequence_length": 0}
-    return {"max_sequence_length": MAX_LENGTH} if architecture_of(denoiser_of(pipe)).name == "flux" else {}
+    return {"max_sequence_length": MAX_LENGTH} if family_of(pipe).name == "flux" else {}
 
 
 def image_size(pipe: Any) -> int:
@@ -61,7 +61,7 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
 
     from diffusers import DiffusionPipeline
 
-    from ..sites import architecture_of, denoiser_of
+    from ..families import family_of
 
     folder = MODELS_DIR / model if model in MODEL_NAMES else Path(model)
     if not (folder / "model_index.json").is_file():
@@ -72,6 +72,6 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
         if value == [None, None]:
             from_pretrained_kwargs.setdefault(key, None)
     pipe = DiffusionPipeline.from_pretrained(folder, **from_pretrained_kwargs)
-    if architecture_of(denoiser_of(pipe)).name == "flux":  # FluxPipeline defaults to 128 latents (512 px) per side
+    if family_of(pipe).name == "flux":  # FluxPipeline defaults to 128 latents (512 px) per side
         pipe.default_sample_size = image_size(pipe) // pipe.vae_scale_factor
     return pipe

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..batch.shared import shared_map
+from ..processes import shared_map
 from ..errors import AttnkitError
 from ..maps import trace
 from ..regional import supports as regional_supported
-from ..sites import architecture_of, denoiser_of
+from ..families import family_of
 from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, image_size
 from .data import COLORS, SHAPES, SIZE, random_video
 from .regional import regional_images
@@ -71,7 +71,7 @@ SEGMENT_THRESHOLDS: dict[tuple[str, int], float] = {("unet", 64): 0.003, ("sd3",
 def segment_threshold(pipe: Any) -> float:
     """The merging threshold for `pipe` from `SEGMENT_THRESHOLDS`: its architecture's at the swept image side
     nearest to its own."""
-    arch, side = architecture_of(denoiser_of(pipe)).name, image_size(pipe)
+    arch, side = family_of(pipe).name, image_size(pipe)
     swept = [size for name, size in SEGMENT_THRESHOLDS if name == arch]
     if not swept:
         raise AttnkitError(f"no DiffSeg threshold for the {arch} architecture: the shapes models are UNet, SD3 and "
@@ -220,7 +220,7 @@ def output_maps(pipe: Any, seeds: int, concepts: tuple[str, ...] = OUTPUT_MAP_CO
                 trace_options: dict[str, Any] | None = None, **gen: Any) -> dict[str, Any]:
     """`map_iou_output`: `_map_iou` of output-space concept maps on the two-object layouts and seeds of
     `two_objects` (regenerated, bit-identical images); None where the model has no joint text stream."""
-    if architecture_of(denoiser_of(pipe)).name == "unet":
+    if family_of(pipe).name == "unet":
         return {"map_iou_output": None}
     cases = layouts(4 * seeds)
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
@@ -350,3 +350,17 @@ def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, **gen: Any) -> d
                         "output_maps": output, "segmentation": segments,
                         "steps": gen.get("steps", STEPS),
                         "guidance": gen.get("guidance", GUIDANCE), "seeds": seeds}}
+
+
+def model_metrics(model: str, seeds: int = 8) -> dict[str, Any]:
+    """`attnkit eval`'s numbers for a shipped shapes model (videos edited with its shipped ControlNet, where it has
+    one) or a folder written by `attnkit.shapes.train`: {"model": model, metric: value, ...} in `METRICS` order."""
+    from . import CONTROLNETS, load
+    from .controlnet import load_controlnet
+
+    pipe = load(model)
+    pipe.set_progress_bar_config(disable=True)
+    controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
+    with torch.inference_mode():
+        result = evaluate(pipe, seeds=seeds, controlnet=controlnet)
+    return {"model": model, **{key: result[key] for key in METRICS}}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import AttnkitError
-from ..sites import denoiser_of
+from ..families import denoiser_of
 from . import GUIDANCE, MODELS_DIR, call_kwargs, guidance_kwargs, image_size, load
 from .data import SIZE
 from .evaluate import REGIONAL_BASE_WEIGHT

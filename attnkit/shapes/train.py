@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AttnkitError
-from ..sites import architecture_of, denoiser_of
+from ..families import denoiser_of, family_of
 from . import call_kwargs
 from .data import SIZE, random_scene
 from .tokenizer import MAX_LENGTH, shapes_t5_tokenizer, shapes_tokenizer
@@ -206,7 +206,7 @@ def _denoiser_name(pipe: Any) -> str:
 
 def _arch(pipe: Any) -> str:
     """The trainer's name for a pipeline's architecture: sd3, flux or sd15 (any UNet)."""
-    name = architecture_of(denoiser_of(pipe)).name
+    name = family_of(pipe).name
     return "sd15" if name == "unet" else name
 
 
@@ -279,7 +279,7 @@ def _flow_loss(model: Any, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     s = sigma.view(-1, 1, 1, 1)
     noisy, target = (1 - s) * x0 + s * noise, noise - x0
-    if architecture_of(model).name != "flux":
+    if family_of(model).name != "flux":
         pred = model(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
                      timestep=sigma * 1000).sample
         return F.mse_loss(pred, target)

@@ -1,7 +1,8 @@
 """The Gradio app of `attnkit ui`: one loaded pipeline behind the Regional, Maps, Segment, Video and Generate tabs.
 
-Each tab runs the code of its command (`attnkit regional`, `maps`, `segment`, `video-edit`, `generate`), so a PNG downloaded here
-carries the record `attnkit regional` writes. attnkit sessions swap the pipeline's processors for the span of a
+Gradio only: each tab reads its fields with the run layer's checks and runs the run layer's function of its command
+(`attnkit regional`, `maps`, `segment`, `video-edit`, `generate`), so a PNG downloaded here carries the record
+`attnkit regional` writes. attnkit sessions swap the pipeline's processors for the span of a
 generation, so one lock per pipeline lets a single generation run at a time; Gradio's queue holds the others.
 The endpoints are named (`/generate`, `/regional`, `/maps`, `/segment`, `/video_edit`) for `gradio_client` scripts.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import socket
 import tempfile
@@ -25,6 +27,8 @@ import yaml
 from PIL import Image
 
 from ..errors import AttnkitError
+from ..kv.defaults import ATTEND
+from ..run import checks
 
 if TYPE_CHECKING:
     from ..regional.spec import RegionSpec
@@ -43,6 +47,7 @@ _EXAMPLE_BASE = "a red circle and a blue square"
 #: Smallest side the page shows an image at: small models (the shapes models draw 64 px) would be specks.
 SHOWN_SIDE = 384
 
+_LOG = logging.getLogger(__name__)
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
 
@@ -54,7 +59,8 @@ def lock_of(pipe: Any) -> threading.Lock:
 
 
 def _shown(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """`handler` with an AttnkitError shown as its message in the page (gr.Error), never as a failed request."""
+    """`handler` with an AttnkitError shown as its message in the page (gr.Error), never as a failed request; any
+    other exception is logged with its traceback and fails the request."""
 
     @functools.wraps(handler)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -62,40 +68,32 @@ def _shown(handler: Callable[..., Any]) -> Callable[..., Any]:
             return handler(*args, **kwargs)
         except AttnkitError as error:
             raise gr.Error(str(error), duration=None, print_exception=False) from None  # stays until closed
+        except Exception:
+            _LOG.exception("attnkit ui: %s failed", handler.__name__)
+            raise
 
     return wrapped
 
 
-def _whole(value: Any, name: str, low: int, high: int | None = None) -> int:
-    """A whole-number field's value, or an AttnkitError naming the field and what to enter."""
-    wanted = f"a whole number of at least {low}" if high is None else f"a whole number from {low} to {high}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or value < low or (high is not None and value > high):
-        raise AttnkitError(f"{name} is {value!r}; enter {wanted}.")
-    return int(value)
+def _field(check: checks.Check[Any], value: Any, name: str, blank: str | None = None) -> Any:
+    """A field's value read by the run layer's `check`, or an AttnkitError naming the field and what to enter;
+    with `blank` (what an empty field means), an empty field is None."""
+    if blank is not None and _blank(value):
+        return None
+    read = check(value)
+    if read is None:
+        raise AttnkitError(f"{name} is {value!r}; enter {check.wanted}"
+                           + (f", or leave it blank for {blank}." if blank is not None else "."))
+    return read
 
 
 def _size(value: Any, name: str) -> int | None:
     """An image side in pixels; blank means the model's default."""
-    return None if value in (None, "") else _whole(value, name, 1)
-
-
-def _scale(value: Any, name: str, blank: str) -> float | None:
-    """A guidance scale field (text, so that blank can mean `blank`: the model's own scale, or none)."""
-    if _blank(value):
-        return None
-    try:
-        scale = float(value)
-    except (TypeError, ValueError):
-        scale = math.nan
-    if not math.isfinite(scale) or scale < 0:
-        raise AttnkitError(f"{name} is {value!r}; enter a number of 0 or more (e.g. 7), or leave it blank for "
-                           f"{blank}.")
-    return scale
+    return _field(checks.POSITIVE, value, name, "the model's")
 
 
 def _guidance(value: Any) -> float | None:
-    return _scale(value, "guidance", "the model's")
+    return _field(checks.GUIDANCE, value, "guidance", "the model's")
 
 
 def _blank(cell: Any) -> bool:
@@ -213,10 +211,10 @@ class Studio:
             yield {"callback_on_step_end": _progress(progress, steps)}
 
     def _sampling(self, seed: Any, steps: Any) -> tuple[int, int]:
-        return _whole(seed, "seed", 0, 2**64 - 1), _whole(steps, "steps", 1)
+        return _field(checks.SEED, seed, "seed"), _field(checks.POSITIVE, steps, "steps")
 
     def _options(self, steps: int, height: Any, width: Any, guidance: Any) -> dict[str, Any]:
-        from ..regional.cli import sampling_options
+        from ..run import sampling_options
 
         return sampling_options(self.model, self.pipe, steps, _size(height, "height"), _size(width, "width"),
                                 _guidance(guidance))
@@ -224,34 +222,33 @@ class Studio:
     def generate(self, prompt: str, seed: Any, steps: Any, height: Any, width: Any, guidance: Any,
                  progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
         """Plain text-to-image, as `attnkit generate`: the image and its PNG with the record embedded."""
-        from ..regional.cli import generate_image, save_png
+        from ..run import generate
 
         prompt = _prompt(prompt)
         seed, steps = self._sampling(seed, steps)
+        path = self._request_folder() / "generate.png"
         with self._running(steps, progress) as extra:
             options = self._options(steps, height, width, guidance)
-            image, record = generate_image(self.model, self.pipe, prompt, seed, options, **extra)
-        path = self._request_folder() / "generate.png"
-        save_png(image, path, record)
-        return enlarged(image), str(path)
+            result = generate(self.model, self.pipe, prompt, seed, options, out=path, **extra)
+        return enlarged(result.image), str(path)
 
     def regional(self, rows: Any, grid: str, base: str, weight: Any, negative: str, seed: Any, steps: Any,
                  height: Any, width: Any, guidance: Any, true_cfg: Any = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
         """Regional prompting, as `attnkit regional`: the image with region outlines, and the PNG (no outlines) with
         the record `attnkit regional` embeds. `true_cfg` is `--true-cfg-scale`, on the pipelines that take it."""
-        from ..regional.cli import regional_image, save_png, true_cfg_options
         from ..regional.outline import draw_outlines
+        from ..run import regional, true_cfg_options
 
         spec = region_spec(rows, grid, base, weight, negative)
         seed, steps = self._sampling(seed, steps)
-        true_cfg = true_cfg_options(self.pipe, _scale(true_cfg, "true CFG scale", "none"), "true CFG scale")
+        scale = _field(checks.GUIDANCE, true_cfg, "true CFG scale", "none")
+        true_cfg = true_cfg_options(self.pipe, scale, "true CFG scale")
+        path = self._request_folder() / "regional.png"
         with self._running(steps, progress) as extra:
             options = self._options(steps, height, width, guidance) | true_cfg
-            image, spec, token_grid, record = regional_image(self.model, self.pipe, spec, seed, options, **extra)
-        path = self._request_folder() / "regional.png"
-        save_png(image, path, record)
-        return draw_outlines(enlarged(image), spec, token_grid), str(path)
+            result = regional(self.model, self.pipe, spec, seed, options, out=path, **extra)
+        return draw_outlines(enlarged(result.image), result.spec, result.grid), str(path)
 
     def save_spec(self, rows: Any, grid: str, base: str, weight: Any, negative: str) -> list[str]:
         """The Regional tab's spec as spec.yaml and spec.json, checked as `attnkit regional --spec` would."""
@@ -274,18 +271,16 @@ class Studio:
         """The image, one choice per prompt word, the first word's overlay, maps.safetensors, and every word's
         overlay file (the page's state)."""
         from ..maps import plot
-        from ..maps.trace import trace
-        from ..regional.cli import generate_image
+        from ..run import maps as word_maps
 
         prompt = _prompt(prompt)
         seed, steps = self._sampling(seed, steps)
         folder = self._request_folder()
         with self._running(steps, progress) as extra:
             options = self._options(steps, height, width, guidance)
-            with trace(self.pipe, prompt=prompt) as tc:
-                image, _ = generate_image(self.model, self.pipe, prompt, seed, options, **extra)
-            maps = {word: heat[0] for word, heat in tc.word_maps().items()}
-            tc.save(folder / "maps.safetensors")
+            result = word_maps(self.model, self.pipe, prompt, seed, options, **extra)
+            result.trace.save(folder / "maps.safetensors")
+        image, maps = result.image, result.maps
         if not maps:
             raise AttnkitError(f"the prompt {prompt!r} has no words to map; enter a prompt with words.")
         overlays = {}
@@ -300,9 +295,7 @@ class Studio:
                 guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, Image.Image, list[list]]:
         """Segments of the uploaded image, or of one generated from the prompt, as `attnkit segment`: the image, its
         overlay, and a row (id, label, area, box) per segment."""
-        from .. import segment
-        from ..models import call_kwargs
-        from ..regional.cli import generate_image
+        from ..run import segment
 
         prompt = _text(prompt)
         seed, steps = self._sampling(seed, steps)
@@ -310,42 +303,32 @@ class Studio:
             raise AttnkitError("enter a prompt to segment a generated image, or upload an image (a prompt describing "
                                "it then names the segments).")
         with self._running(steps, progress) as extra:
-            if image is not None:
-                result = segment.segment_image(self.pipe, image, prompt, seed=seed,
-                                               call=call_kwargs(self.model, self.pipe))
-            else:
-                options = self._options(steps, height, width, guidance)
-                with segment.trace(self.pipe, prompt, height=options["height"], width=options["width"]) as tc:
-                    image, _ = generate_image(self.model, self.pipe, prompt, seed, options, **extra)
-                result = tc.segmentation(image)
-        rows = [[s.id, s.label or "", s.area, " ".join(str(v) for v in s.bbox)] for s in result.segments]
-        return enlarged(image), enlarged(result.overlay()), rows
+            options = {} if image is not None else self._options(steps, height, width, guidance)
+            result = segment(self.model, self.pipe, prompt, image, seed, options, **extra)
+        segments = result.segmentation.segments
+        rows = [[s.id, s.label or "", s.area, " ".join(str(v) for v in s.bbox)] for s in segments]
+        return enlarged(result.image), enlarged(result.segmentation.overlay()), rows
 
 
     def video_edit(self, video: str | None, prompt: str, attend: str, strength: Any, frames: Any, seed: Any,
                    steps: Any, guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, list[Image.Image]]:
         """A video (mp4, GIF) edited frame by frame, as `attnkit video-edit`: the mp4 and its frames."""
-        from ..kv.cli import edit_file
-        from ..kv.videoio import read_frames
+        from ..run import video_edit
+        from ..videoio import read_frames
 
         if not video:
             raise AttnkitError("no video arrived; upload an .mp4 or .gif clip to edit.")
         prompt = _prompt(prompt)
         seed, steps = self._sampling(seed, steps)
-        count = None if _blank(frames) else _whole(frames, "frames", 1)
-        try:
-            amount = float(strength)
-        except (TypeError, ValueError):
-            amount = math.nan
-        if not 0 < amount <= 1:
-            raise AttnkitError(f"strength is {strength!r}; enter a number above 0 and at most 1, e.g. 0.6.")
+        count = _field(checks.POSITIVE, frames, "frames", "all")
+        amount = _field(checks.STRENGTH, strength, "strength")
         total = sum(1 for _ in read_frames(video, count))
         out = self._request_folder() / "video.mp4"
         progress(0, desc="waiting for the model")
         with self.lock:
-            edit_file(self.model, self.pipe, Path(video), out, prompt, attend=attend, strength=amount, steps=steps,
-                      seed=seed, guidance=_guidance(guidance), frames=count,
-                      on_frame=lambda done: progress((done, total), desc="editing frames", unit="frames"))
+            video_edit(self.model, self.pipe, Path(video), out, prompt, attend=attend, strength=amount, steps=steps,
+                       seed=seed, guidance=_guidance(guidance), frames=count,
+                       on_frame=lambda done: progress((done, total), desc="editing frames", unit="frames"))
         return str(out), [enlarged(frame) for frame in read_frames(out)]
 
 
@@ -373,7 +356,7 @@ def _sampling_inputs(tab: str, size: int) -> list[gr.components.Component]:
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The page: a tab per feature, each button an endpoint named after its command."""
-    from ..models import default_size, takes_true_cfg
+    from ..pipeline import default_size, takes_true_cfg
 
     size = default_size(studio.pipe)
     with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False) as app:
@@ -449,7 +432,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     clip = gr.File(label="video to edit (.mp4 or .gif)", file_types=[".mp4", ".gif"],
                                    elem_id="video-input")
                     prompt = gr.Textbox(label="prompt: what the edited frames show", elem_id="video-prompt")
-                    attend = gr.Radio(label="cross-frame attention", choices=["none", "first", "first+previous"],
+                    attend = gr.Radio(label="cross-frame attention", choices=list(ATTEND),
                                       value="first+previous", elem_id="video-attend")
                     with gr.Row():
                         strength = gr.Number(label="strength", value=0.6, elem_id="video-strength")
@@ -478,15 +461,16 @@ def build_app(studio: Studio) -> gr.Blocks:
     return app
 
 
-def load(model: str) -> Any:
-    """`model`'s pipeline, any failure to load it an AttnkitError that names the model."""
-    from ..models import load_pipeline
+def load(model: str, loader: Callable[[str], Any] | None = None) -> Any:
+    """`model`'s pipeline from `loader` (default `attnkit.run.load_pipeline`); a file that cannot be read as a model
+    is an AttnkitError that names the model, anything else (a bug) keeps its traceback."""
+    from ..run import load_pipeline
 
     try:
-        return load_pipeline(model)
+        return (loader or load_pipeline)(model)
     except AttnkitError:
         raise
-    except (OSError, ValueError, RuntimeError, TypeError, ImportError) as error:
+    except (OSError, ValueError, ImportError) as error:
         raise AttnkitError(f"cannot load the model {model!r} ({type(error).__name__}: {error}). Give a built-in name, "
                            "a folder written by `save_pretrained`, or a hub id that is downloaded.") from error
 
@@ -502,11 +486,12 @@ def check_port(host: str, port: int) -> None:
                            "listening there; stop it, or pick a free port with --port.") from None
 
 
-def launch(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs: Any) -> gr.Blocks:
-    """Load `model` once and serve the app on `host`:`port`; `launch_kwargs` go to `gr.Blocks.launch` (e.g.
-    `prevent_thread_lock=True` to return at once, serving on)."""
+def launch(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860,
+           loader: Callable[[str], Any] | None = None, **launch_kwargs: Any) -> gr.Blocks:
+    """Load `model` once (with `loader`, default `attnkit.run.load_pipeline`) and serve the app on `host`:`port`;
+    `launch_kwargs` go to `gr.Blocks.launch` (e.g. `prevent_thread_lock=True` to return at once, serving on)."""
     check_port(host, port)
-    app = build_app(Studio(model, load(model)))
+    app = build_app(Studio(model, load(model, loader)))
     try:
         app.launch(server_name=host, server_port=port, **launch_kwargs)
     except OSError as error:

@@ -14,8 +14,8 @@ Relations and the map each adds per call (summed over heads):
 - "image->image": attention each image key receives, summed over image queries: (1, rows, cols); 1 is uniform.
 
 What is added per call is the recorder's `reduction`, chosen by the feature: `Summed` (the default) gives the maps
-above; `PerQuery` keeps, for every image query, its whole map over the image keys (self-attention maps, as DiffSeg
-segments them), on a bounded anchor grid.
+above; a feature may give its own (`attnkit.segment.PerQuery` keeps every image query's whole map over the image keys,
+as DiffSeg segments them).
 
 Two exact paths give the same numbers: `exact="lse"` rebuilds p = exp(q . k * scale - lse) for the wanted keys from
 the log-sum-exp that the fused kernel returns with the model's own output (the full matrix is never formed);
@@ -25,7 +25,6 @@ the log-sum-exp that the fused kernel returns with the model's own output (the f
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Literal
@@ -33,13 +32,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .. import ops
-from ..errors import AttnkitError
-from ..processors import AttentionCall, Control
-from ..sites import Site, SiteList
-from ..state import State
+from . import ops
+from .errors import AttnkitError
+from .processors import AttentionCall, Control
+from .sites import Site, SiteList
+from .state import State
 
-__all__ = ["MapRecorder", "PerQuery", "RELATIONS", "Reduction", "Relation", "Exact", "Summed"]
+__all__ = ["CHUNK_BYTES", "Exact", "MapRecorder", "RELATIONS", "Reduction", "Relation", "Summed", "resampling",
+           "token_grid"]
 
 Relation = Literal["image->text", "text->image", "text->text", "image->image"]
 Exact = Literal["lse", "explicit"]
@@ -52,7 +52,8 @@ RELATIONS: dict[str, tuple[str, str, frozenset[str]]] = {
 }
 _BRANCHES = ("cond", "uncond")
 _GAPS_SHOWN = 5
-_CHUNK_BYTES = 64 * 2**20  # transient probability block per query chunk
+#: Bytes of the transient probability block a reduction computes per query chunk.
+CHUNK_BYTES = 64 * 2**20
 
 
 class Reduction:
@@ -75,7 +76,7 @@ class Summed(Reduction):
         relation = recorder.relation
         cols = view.layout.span("keys", recorder.keys)
         items, heads = view.q.shape[:2]
-        step = max(1, _CHUNK_BYTES // (4 * items * heads * (cols.stop - cols.start)))
+        step = max(1, CHUNK_BYTES // (4 * items * heads * (cols.stop - cols.start)))
         parts = []
         for start in range(rows.start, rows.stop, step):
             probs = view.probabilities(lse, slice(start, min(start + step, rows.stop)), cols).sum(1)
@@ -87,66 +88,20 @@ class Summed(Reduction):
             heat = heat.transpose(1, 2) if relation == "image->text" else heat
         if relation == "text->text":
             return heat, heads
-        heat = heat.reshape(*heat.shape[:2], *_grid(view))
+        heat = heat.reshape(*heat.shape[:2], *token_grid(view))
         resolution = max((s.grid(latent) for s in recorder.sites), key=lambda grid: grid[0] * grid[1])
         if tuple(heat.shape[-2:]) != resolution:
             heat = F.interpolate(heat, size=resolution, mode="bilinear", align_corners=False)
         return heat, heads
 
 
-class PerQuery(Reduction):
-    """image->image maps kept per query: `total` is (items, anchor rows * anchor cols, rows, cols), the attention
-    map over the image of every query of an anchor grid, as DiffSeg (Tian et al., CVPR 2024) aggregates them.
-
-    Each site's maps are averaged over heads, upsampled (bilinear) to the common grid and renormalised to sum 1;
-    queries are tiled up to the anchor grid from coarser sites and area-averaged down from finer ones. The common
-    grid is the finest site grid, reduced by a whole factor until its longer side is at most `max_side`, so that
-    memory is bounded however large the image: (rows * cols)^2 floats per item. A site's weight is its grid's
-    longer side (DiffSeg weights resolutions in proportion to their size)."""
-
-    relations = ("image->image",)
-
-    def __init__(self, max_side: int = 64) -> None:
-        if max_side < 1:
-            raise AttnkitError(f"max_side={max_side}: give the longest side of the anchor grid, at least 1 token.")
-        self.max_side = max_side
-
-    def resolution(self, recorder: MapRecorder, latent: tuple[int, int]) -> tuple[int, int]:
-        finest = max((s.grid(latent) for s in recorder.sites), key=lambda grid: grid[0] * grid[1])
-        factor = math.ceil(max(finest) / self.max_side)
-        return math.ceil(finest[0] / factor), math.ceil(finest[1] / factor)
-
-    def reduce(self, recorder: MapRecorder, view: AttentionCall, lse: torch.Tensor, rows: slice,
-               latent: tuple[int, int]) -> tuple[torch.Tensor, float]:
-        grid = _grid(view)
-        out = self.resolution(recorder, latent)
-        cols = view.layout.span("keys", "image")
-        items, heads = view.q.shape[:2]
-        to_rows, to_cols = _resampling(grid[0], out[0]).to(view.q.device), _resampling(grid[1], out[1]).to(view.q.device)
-        row_bytes = 4 * items * grid[1] * (heads * (cols.stop - cols.start) + out[0] * out[1])
-        chunk = max(1, _CHUNK_BYTES // row_bytes)
-        total = torch.zeros(items, out[0], out[1], out[0] * out[1], device=view.q.device, dtype=torch.float32)
-        for first in range(0, grid[0], chunk):
-            last = min(first + chunk, grid[0])
-            queries = slice(rows.start + first * grid[1], rows.start + last * grid[1])
-            probs = view.probabilities(lse, queries, cols).float().mean(1)  # (items, queries, keys)
-            probs = probs.reshape(-1, 1, *grid)
-            if tuple(grid) != out:
-                probs = F.interpolate(probs, size=out, mode="bilinear", align_corners=False)
-            probs = probs / probs.sum((-2, -1), keepdim=True)
-            probs = probs.reshape(items, last - first, grid[1], out[0] * out[1])
-            total += torch.einsum("nrcm,rR,cC->nRCm", probs, to_rows[first:last], to_cols)
-        weight = float(max(grid))
-        return weight * total.reshape(items, out[0] * out[1], *out), weight
-
-
-def _resampling(size: int, out: int) -> torch.Tensor:
+def resampling(size: int, out: int) -> torch.Tensor:
     """(size, out) weights taking a 1-D axis of `size` cells to `out` cells: nearest (tiling) up, area average down."""
     mode = "nearest" if out >= size else "area"
     return F.interpolate(torch.eye(size)[None], size=out, mode=mode)[0]
 
 
-def _grid(view: AttentionCall) -> tuple[int, int]:
+def token_grid(view: AttentionCall) -> tuple[int, int]:
     if view.grid is None:
         raise AttnkitError(f"{view.site.name} has no image grid: the latent size is unknown. Run the "
                            "pipeline or the denoiser inside the trace.")
@@ -201,7 +156,7 @@ class MapRecorder(Control):
         self.exact = exact
         self.needs_lse = exact == "lse"
         self.total: torch.Tensor | None = None
-        self.count = 0.0 if isinstance(self.reduction, PerQuery) else 0
+        self.count = 0
         self.steps_recorded: set[int | None] = set()
         self.frames = 1  # token frames of the recorded forwards (a video model's), stacked top to bottom in the maps
         self._expected = frozenset(self.sites.names)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from ..errors import AttnkitError
+from .errors import AttnkitError
 
 __all__ = ["FRAME_SUFFIXES", "probe", "read_frames", "write_frames"]
 

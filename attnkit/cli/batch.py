@@ -1,4 +1,6 @@
-"""`attnkit batch JOBS.jsonl --out DIR [--model MODEL]`: many jobs, one process or many (`accelerate launch`)."""
+"""`attnkit batch JOBS.jsonl --out DIR [--model MODEL]`: many jobs, one process or many (`accelerate launch`). Each
+job is a command line of this CLI, checked by its parser before any job runs and run by it; `attnkit.batch`
+schedules them."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP, positive_int
 from ..errors import AttnkitError
+from .options import MODEL_HELP, positive_int
 
 __all__ = ["register"]
 
@@ -25,12 +27,13 @@ def register(commands: Any) -> None:
     p.set_defaults(run=_batch)
 
 
-def _batch(args: argparse.Namespace) -> None:
-    from .jobs import read_jobs
-    from .runner import MANIFEST, run_jobs
+def _batch(args: argparse.Namespace, load: Any) -> None:
+    from ..batch import MANIFEST, read_jobs, run_jobs
+    from . import check_command, run_command
 
-    jobs = read_jobs(args.jobs, args.model)
-    summary = run_jobs(jobs, args.out, args.jobs.resolve().parent, args.threads, progress=not args.no_progress)
+    jobs = read_jobs(args.jobs, check_command, args.model)
+    summary = run_jobs(jobs, args.out, args.jobs.resolve().parent, run_command, args.threads,
+                       progress=not args.no_progress)
     if summary is None:
         return
     print(f"{summary.finished} job(s) finished, {summary.skipped} already finished before, {len(summary.failed)} "

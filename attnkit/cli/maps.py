@@ -7,16 +7,13 @@ Writes DIR/image.png, DIR/<word>.png (overlay per word), DIR/grid.png (all words
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import MODEL_HELP, add_generation_options, positive_int
 from ..errors import AttnkitError
+from .options import MODEL_HELP, add_generation_options, positive_int
 
 __all__ = ["register"]
-
-_RESERVED = ("image", "grid")  # file names the command writes besides the words
 
 
 def register(commands: Any) -> None:
@@ -35,62 +32,29 @@ def register(commands: Any) -> None:
     add_generation_options(p)
     p.add_argument("--size", type=positive_int, default=None, metavar="S",
                    help="shorthand for --height S --width S (not combined with them)")
-    p.set_defaults(run=_maps)
+    p.set_defaults(run=_maps, check=_check)
 
 
-def _maps(args: argparse.Namespace) -> None:
+def _check(args: argparse.Namespace) -> tuple[int | None, int | None, list[str] | None, list[str] | None]:
+    """(height, width, words, concepts) of the options, checked: --size is both sides."""
+    height, width = args.height, args.width
     if args.size is not None:
-        if args.height is not None or args.width is not None:
+        if height is not None or width is not None:
             raise AttnkitError(f"--size {args.size} sets both --height and --width; give either --size or "
                                "--height/--width.")
-        args.height = args.width = args.size
-
-    import torch
-
-    from ..models import call_kwargs, check_size, guidance_kwargs, load_pipeline
-    from . import plot
-    from .trace import trace
-
-    concepts = _concepts(args)
-    words = _words(args.words)
-    pipe = load_pipeline(args.model)
-    check_size(pipe, args.height, args.width)
-    space = {"space": "output", "concepts": concepts} if concepts else {}
-    with trace(pipe, prompt=args.prompt, **space) as tc, torch.inference_mode():
-        size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
-        out = pipe(prompt=args.prompt, num_inference_steps=args.steps, **size,
-                   generator=torch.Generator().manual_seed(args.seed), **call_kwargs(args.model, pipe),
-                   **guidance_kwargs(args.model, pipe, args.guidance))
-    image = out.images[0] if hasattr(out, "images") else _filmstrip(out.frames[0], tc.recorder.frames)
-    if concepts:
-        words = concepts
-    elif words is None:
-        every = tc.tokens().unique_words
-        words = [w for w in every if w not in _RESERVED]
-        skipped = sorted(set(every) - set(words))
-        if skipped:
-            print(f"attnkit: no map for {', '.join(skipped)}: image.png and grid.png are other outputs", file=sys.stderr)
-    maps = {w: heat[0] for w, heat in tc.word_maps(words).items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    image.save(args.out / "image.png")
-    for word, heat in maps.items():
-        plot.overlay(image, heat).save(args.out / f"{word}.png")
-    plot.grid(image, maps).save(args.out / "grid.png")
-    tc.save(args.out / "maps.safetensors", words)
-    print(f"wrote {args.out / 'image.png'}, {len(maps)} {'concept' if concepts else 'word'} map(s) "
-          f"({', '.join(maps)}), "
-          f"{args.out / 'grid.png'}, {args.out / 'maps.safetensors'}")
+        height = width = args.size
+    return height, width, _words(args.words), _concepts(args)
 
 
-def _filmstrip(frames: Any, count: int) -> Any:
-    """A video's frames at the `count` latent frames of its maps, stacked top to bottom as the maps stack them."""
-    import numpy as np
-    from PIL import Image
+def _maps(args: argparse.Namespace, load: Any) -> None:
+    from ..run import maps, sampling_options
 
-    frames = [np.asarray(f) for f in frames]
-    chosen = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, count).round()]
-    stacked = np.concatenate(chosen, axis=0)
-    return Image.fromarray(stacked if stacked.dtype == np.uint8 else (stacked.clip(0, 1) * 255).round().astype(np.uint8))
+    height, width, words, concepts = _check(args)
+    pipe = load(args.model)
+    options = sampling_options(args.model, pipe, args.steps, height, width, args.guidance)
+    result = maps(args.model, pipe, args.prompt, args.seed, options, words=words, concepts=concepts, out=args.out)
+    print(f"wrote {args.out / 'image.png'}, {len(result.maps)} {'concept' if concepts else 'word'} map(s) "
+          f"({', '.join(result.maps)}), {args.out / 'grid.png'}, {args.out / 'maps.safetensors'}")
 
 
 def _concepts(args: argparse.Namespace) -> list[str] | None:
@@ -115,10 +79,12 @@ def _words(text: str | None) -> list[str] | None:
 
 
 def _names(option: str, text: str, example: str) -> list[str]:
+    from ..run.attention_maps import MAPS_FILES
+
     names = [w.strip().lower() for w in text.split(",") if w.strip()]
     if not names:
         raise AttnkitError(f"{option} {text!r} names no word; give e.g. {option} {example}.")
-    taken = [w for w in names if w in _RESERVED]
+    taken = [w for w in names if w in MAPS_FILES]
     if taken:
         raise AttnkitError(f"{option} {', '.join(taken)}: {taken[0]}.png is the name of another output file; "
                            "leave that word out.")

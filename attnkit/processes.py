@@ -1,18 +1,20 @@
-"""Work shared between the processes of `accelerate launch` for commands that compute one result (`attnkit eval`):
-each process computes its share of the items, and every process gets all results, in order."""
+"""The processes of `accelerate launch` (one process without it): `processes()` is this process's view of them, as
+`attnkit batch` splits jobs between them; `shared_map` shares the work of a command that computes one result
+(`attnkit eval`): each process computes its share of the items, and every process gets all results, in order."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["is_main_process", "shared_map"]
+__all__ = ["is_main_process", "processes", "shared_map"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def _state() -> Any:
+def processes() -> Any:
+    """accelerate's `PartialState` of this process."""
     import torch
     from accelerate import PartialState
 
@@ -23,7 +25,7 @@ def _state() -> Any:
 def shared_map(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
     """`[function(item) for item in items]`, the items split between the processes (one process: all of them here).
     Results must be picklable; each must depend only on its item, so that the split does not change them."""
-    state = _state()
+    state = processes()
     if state.num_processes == 1:
         return [function(item) for item in items]
     from accelerate.utils import gather_object
@@ -35,4 +37,4 @@ def shared_map(function: Callable[[Item], Result], items: Sequence[Item]) -> lis
 
 def is_main_process() -> bool:
     """Whether this is the process that reports (the only one without `accelerate launch`)."""
-    return _state().is_main_process
+    return processes().is_main_process

@@ -1,4 +1,5 @@
-"""`attnkit demo` (the first command to run: real pictures, no download) and `attnkit eval MODEL` (quality numbers)."""
+"""`attnkit demo` (the first command to run: real pictures, no download) and `attnkit eval MODEL` (quality numbers
+on the shapes models)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli import add_generation_options, positive_int
+from .options import add_generation_options, positive_int
 
 __all__ = ["register"]
 
@@ -17,8 +18,7 @@ def register(commands: Any) -> None:
     p = commands.add_parser("demo", help="offline demo on a shipped shapes model: plain vs regional prompt, "
                             "attention maps; writes PNGs")
     p.add_argument("--out", type=Path, default=Path("attnkit-demo"), help="folder for the PNGs (default attnkit-demo)")
-    p.add_argument("--model", default="shapes-sd3", help="shapes-sd3 (default), shapes-flux or shapes-sd15 "
-                   "(no regional panel: attnkit.regional does not support UNets yet)")
+    p.add_argument("--model", default="shapes-sd3", help="shapes-sd3 (default), shapes-flux or shapes-sd15")
     add_generation_options(p, ("--seed",))  # size, steps and guidance are the shapes models' own
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1: the model is tiny, more "
                    "threads only add overhead)")
@@ -39,22 +39,15 @@ def register(commands: Any) -> None:
     p.set_defaults(run=_eval)
 
 
-def _eval(args: argparse.Namespace) -> None:
+def _eval(args: argparse.Namespace, load: Any) -> None:
     import torch
 
-    from ..batch.shared import is_main_process
-    from . import CONTROLNETS, load
-    from .controlnet import load_controlnet
-    from .evaluate import METRICS, evaluate
+    from ..processes import is_main_process
+    from ..shapes.evaluate import METRICS, model_metrics
 
     torch.set_num_threads(args.threads)
     for model in args.models:
-        pipe = load(model)
-        pipe.set_progress_bar_config(disable=True)
-        controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
-        with torch.inference_mode():
-            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet)
-        metrics = {"model": model, **{k: result[k] for k in METRICS}}
+        metrics = model_metrics(model, args.seeds)
         if not is_main_process():  # under `accelerate launch` every process has the result; one reports it
             continue
         if args.json:
@@ -62,16 +55,16 @@ def _eval(args: argparse.Namespace) -> None:
         else:
             print(model)
             for key in METRICS:
-                value = result[key]
+                value = metrics[key]
                 print(f"  {key:<20} {'n/a (feature not installed)' if value is None else f'{value:.3f}'}")
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace, load: Any) -> None:
     import time
 
     import torch
 
-    from .demo import run_demo, video_demo
+    from ..shapes.demo import run_demo, video_demo
 
     torch.set_num_threads(args.threads)
     start = time.monotonic()

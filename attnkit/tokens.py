@@ -1,22 +1,28 @@
-"""Which positions of the denoiser's text sequence belong to which word of the prompt.
+"""Which positions of the denoiser's text sequence belong to which word of the prompt, and where a word's map
+counts as the word's area.
 
 The text sequence is built by the pipeline from one or more tokenizers: UNets (SD1.x, SDXL) see CLIP tokens, with
 the begin-of-text token first; SD3 and SD3.5 see 77 CLIP tokens followed by T5 tokens; every DiT family says its own streams
 (`attnkit.families`: Flux sees T5 tokens only, and labelling them with CLIP tokens gives maps of the wrong words). A word may be split into several tokens and may
 occur several times. Positions come from each tokenizer's character offsets over the very prompt the pipeline
-tokenizes, so sub-word splits, special tokens and case are handled by the tokenizer itself.
+tokenizes, so sub-word splits, special tokens and case are handled by the tokenizer itself. A text sequence may hold
+several prompts one after another (`PromptSegment`s: regional prompting's region prompts and base prompt).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import AttnkitError
-from ..sites import architecture_of, denoiser_of
+from .errors import AttnkitError
+from .families import family_of
 
-__all__ = ["Word", "PromptTokens", "prompt_tokens"]
+__all__ = ["PromptSegment", "PromptTokens", "WORD_THRESHOLD", "Word", "prompt_tokens", "segment_tokens", "word_area"]
+
+#: Share of a word map's range (min to max) above which a pixel counts as the word's area.
+WORD_THRESHOLD = 0.4
 
 _WORD = re.compile(r"\w+")
 
@@ -80,18 +86,35 @@ def prompt_tokens(pipe: Any, prompt: str, text_tokens: int, offset: int = 0) -> 
     return PromptTokens(prompt, words)
 
 
+@dataclass(frozen=True)
+class PromptSegment:
+    """One prompt's run of `tokens` text tokens in a text sequence that holds several prompts one after another;
+    `name` says which (regional prompting: the 0-based region index, or "base")."""
+
+    name: int | str
+    prompt: str
+    tokens: int
+
+
+def segment_tokens(pipe: Any, segments: Sequence[PromptSegment], name: int | str) -> PromptTokens:
+    """The words of the segment called `name`, at their positions in the whole sequence; an error naming the
+    segments there are."""
+    offset = 0
+    for segment in segments:
+        if segment.name == name:
+            return prompt_tokens(pipe, segment.prompt, segment.tokens, offset)
+        offset += segment.tokens
+    raise AttnkitError(f"no text segment {name!r}: this text holds {', '.join(repr(s.name) for s in segments)}.")
+
+
+Heat = TypeVar("Heat")
+
+
+def word_area(heat: Heat, threshold: float = WORD_THRESHOLD) -> Heat:
+    """Where a word's map `heat` (a tensor or an array) is at least `threshold` of its range above its minimum."""
+    return heat >= heat.min() + threshold * (heat.max() - heat.min())
+
+
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     """(tokenizer, first position, length) of each token stream in the denoiser's text sequence."""
-    architecture = architecture_of(denoiser_of(pipe))
-    if architecture.dit is not None:
-        return architecture.dit.streams(pipe, text_tokens)
-    return [(_tokenizer(pipe, "tokenizer", "tokenizer_2"), 0, text_tokens)]
-
-
-def _tokenizer(pipe: Any, *names: str) -> Any:
-    for name in names:
-        tokenizer = getattr(pipe, name, None)
-        if tokenizer is not None:
-            return tokenizer
-    raise AttnkitError(f"{type(pipe).__name__} has no {' or '.join(names)}, so attnkit cannot tell which token "
-                       "is which word. Use the raw maps (`trace.total`) instead of words.")
+    return family_of(pipe).streams(pipe, text_tokens)

@@ -1,0 +1,88 @@
+"""The diffusers UNet (`UNet2DConditionModel`) of SD1.x, SD2 and SDXL: transformer blocks inside its down, mid and up
+blocks, each with a self-attention over the image tokens (`attn1`) and a cross-attention from the image tokens to the
+text (`attn2`).
+
+Each block sees the latent at its own resolution: every down-sampling convolution halves it (rounding odd sides up),
+every up-sampling one doubles it back, so sites of different blocks have different token grids (`multiscale`). The
+text is CLIP's 77 tokens (SDXL: CLIP-L and CLIP-G side by side in the channels). attnkit replays the stock
+`AttnProcessor2_0` and `AttnProcessor` step for step (`attnkit.processors.unet`) instead of running their code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import AttnkitError
+from . import Family, Grid, SitePattern, TextInput
+
+
+def _kind(module: torch.nn.Module) -> str:
+    return "cross" if getattr(module, "is_cross_attention", False) else "self"
+
+
+def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
+    """The latent itself: the UNet's own grid is one latent pixel per cell (`stride` 1); its sites' are coarser."""
+    sample = bound.get("sample", bound.get("hidden_states"))
+    return Grid(1, int(sample.shape[-2]), int(sample.shape[-1]))
+
+
+def _block_strides(model: torch.nn.Module) -> dict[str, int]:
+    """Token stride per block, found by walking the down- and up-samplers in execution order."""
+    strides: dict[str, int] = {}
+    stride = 1
+    for i, block in enumerate(model.down_blocks):
+        strides[f"down.{i}"] = stride
+        if getattr(block, "downsamplers", None):
+            stride *= 2
+    strides["mid.0"] = stride
+    for i, block in enumerate(model.up_blocks):
+        strides[f"up.{i}"] = stride
+        if getattr(block, "upsamplers", None):
+            stride //= 2
+    return strides
+
+
+def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
+    """CLIP's tokens, begin-of-text first (SDXL's two tokenizers split a prompt alike: either labels it)."""
+    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+    if tokenizer is None:
+        raise AttnkitError(f"{type(pipe).__name__} has no tokenizer or tokenizer_2, so attnkit cannot tell which "
+                           "token is which word. Use the raw maps (`trace.total`) instead of words.")
+    return [(tokenizer, 0, text_tokens)]
+
+
+def _encode(pipe: Any, prompts: list[str], max_sequence_length: int | None) -> dict[str, Any]:
+    encoded = pipe.encode_prompt(prompt=prompts, device=pipe._execution_device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+    pooled = encoded[2] if len(encoded) == 4 else None  # SDXL also returns pooled embeddings
+    return {"prompt_embeds": encoded[0], "pooled_prompt_embeds": pooled}
+
+
+def _limits(pipe: Any, max_sequence_length: int | None) -> list[tuple[str, Any, int]]:
+    return [("CLIP", getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_max_length", 77)),
+            ("CLIP-G", getattr(pipe, "tokenizer_2", None), 77)]
+
+
+FAMILY = Family(
+    name="unet",
+    model="UNet2DConditionModel",
+    processors=("AttnProcessor2_0", "AttnProcessor"),
+    sites=(SitePattern(r"down_blocks\.(\d+)\..+", "down", _kind),
+           SitePattern(r"mid_block\..+", "mid", _kind),
+           SitePattern(r"up_blocks\.(\d+)\..+", "up", _kind)),
+    stride=1,
+    grid=_grid,
+    streams=_streams,
+    block_stride=_block_strides,
+    multiscale=True,
+    decoder="up",
+    text=TextInput(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",)),
+    replay=True,
+    restore="call `{denoiser}.set_attn_processor(AttnProcessor2_0())` or "
+            "`{denoiser}.set_default_attn_processor()`",
+    size_multiple=lambda pipe: math.lcm(8, int(getattr(pipe, "vae_scale_factor", 8))),
+)

@@ -1,0 +1,121 @@
+"""Facts about a loaded pipeline that features ask for, answered from its family's description and its own
+`__call__`: which arguments it takes, what size it generates at and must be a multiple of, and its img2img /
+inpaint sibling on the same modules.
+
+Region boxes and masks are fractions of the generated image, and an img2img or inpaint pipeline resizes its init
+image to `height` x `width`; so with an init image the size comes from the image, and a different requested size is
+an error instead of a silent resize.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import AttnkitError
+from .families import call_parameters, denoiser_of, family_of
+
+__all__ = ["call_parameters", "check_size", "default_of", "default_size", "image_pipeline", "init_size",
+           "output_size", "size_multiple", "takes_size", "takes_true_cfg"]
+
+
+def takes_true_cfg(pipe: Any) -> bool:
+    """Whether `pipe` guides against a negative prompt with `true_cfg_scale` (Flux.1, Qwen-Image)."""
+    return "true_cfg_scale" in call_parameters(pipe)
+
+
+def default_of(pipe: Any, name: str) -> Any:
+    """The default of `pipe`'s call parameter `name` (e.g. an img2img pipeline's `strength`)."""
+    return call_parameters(pipe)[name].default
+
+
+def takes_size(pipe: Any) -> bool:
+    """Whether `pipe(...)` takes `height` / `width`: SD1.x / SDXL img2img pipelines take the init image's size."""
+    return "height" in call_parameters(pipe)
+
+
+def size_multiple(pipe: Any) -> int:
+    """What image sides must be multiples of for `pipe`: 8 on SD1.x/SDXL, the VAE factor times the patch size on
+    SD3, twice the VAE factor on Flux (its pipeline would silently round other sizes down)."""
+    return family_of(pipe).multiple_of(pipe)
+
+
+def default_size(pipe: Any) -> int:
+    """The image side in pixels `pipe` generates at when given no size, as its `__call__` computes it: from the
+    default sample size, or the height its signature defaults to (Z-Image, AuraFlow)."""
+    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.get("sample_size")
+    if sample is not None:
+        return int(sample * pipe.vae_scale_factor)
+    height = call_parameters(pipe).get("height")
+    if height is None or not isinstance(height.default, int):
+        raise AttnkitError(f"cannot tell the default image size of {type(pipe).__name__}: give --height and --width.")
+    return height.default
+
+
+def check_size(pipe: Any, height: int | None, width: int | None) -> None:
+    """An AttnkitError naming the multiple when `pipe` cannot generate at `height` x `width` pixels."""
+    multiple = size_multiple(pipe)
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and value % multiple:
+            raise AttnkitError(f"--{name} {value} is not a multiple of {multiple}, which this {type(pipe).__name__} "
+                               f"needs; use e.g. --{name} {max(multiple, value // multiple * multiple)}.")
+
+
+def init_size(pipe: Any, image: Any, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(height, width) in pixels of the init `image` (a PIL image, an array (H, W, C), a tensor (C, H, W), batched or
+    in a list, or latents as diffusers takes them); an error if a requested `height` / `width` differs."""
+    sizes = sorted({_pixels(pipe, item) for item in (image if isinstance(image, (list, tuple)) else [image])})
+    if len(sizes) != 1:
+        raise AttnkitError(f"the init images differ in size ({', '.join(f'{h}x{w}' for h, w in sizes)}, height x "
+                           "width); give images of one size.")
+    size = sizes[0]
+    for name, asked, got in (("height", height, size[0]), ("width", width, size[1])):
+        if asked is not None and asked != got:
+            raise AttnkitError(f"{name}={asked}, but the init image is {size[0]}x{size[1]} (height x width): the "
+                               "size comes from the init image. Leave out height and width, or resize the image.")
+    return size
+
+
+def output_size(pipe: Any, height: int | None, width: int | None, image: Any = None) -> tuple[int, int]:
+    """(height, width) `pipe` generates at: the init image's when there is one, else the asked or default size."""
+    if image is not None:
+        return init_size(pipe, image, height, width)
+    default = default_size(pipe)
+    return height or default, width or default
+
+
+def _pixels(pipe: Any, item: Any) -> tuple[int, int]:
+    if isinstance(item, Image.Image):
+        return item.height, item.width
+    if isinstance(item, torch.Tensor) and item.ndim in (3, 4):
+        # a tensor with the VAE's latent channels is taken as latents, as the pipelines' image processors take it
+        scale = pipe.vae_scale_factor if item.shape[-3] == pipe.vae.config.latent_channels else 1
+        return int(item.shape[-2]) * scale, int(item.shape[-1]) * scale
+    if isinstance(item, np.ndarray) and item.ndim in (3, 4):
+        return int(item.shape[-3]), int(item.shape[-2])
+    raise AttnkitError(f"cannot tell the size of an init image of type {type(item).__name__} with shape "
+                       f"{tuple(getattr(item, 'shape', ()))}: give a PIL image, an array (H, W, C), a tensor (C, H, W) "
+                       "or a batch or list of them.")
+
+
+def image_pipeline(pipe: Any, inpaint: bool = False, controlnet: Any = None) -> Any:
+    """The img2img pipeline of `pipe`'s family on the same modules (inpaint with `inpaint`, ControlNet img2img with
+    `controlnet`), so that attention sessions reach it; `pipe` itself when it already is the one asked for. The
+    sibling keeps `pipe`'s progress-bar settings."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    if controlnet is None and ("Inpaint" if inpaint else "Img2Img") in type(pipe).__name__:
+        return pipe
+    auto = AutoPipelineForInpainting if inpaint else AutoPipelineForImage2Image
+    extra = {} if controlnet is None else {"controlnet": controlnet}
+    try:
+        sibling = auto.from_pipe(pipe, **extra)
+    except (ValueError, KeyError) as error:
+        what = "inpaint" if inpaint else "ControlNet img2img" if controlnet is not None else "img2img"
+        fix = "edit without a ControlNet." if controlnet is not None else "use another model."
+        raise AttnkitError(f"diffusers has no {what} pipeline for {type(pipe).__name__} ({error}); {fix}") from error
+    sibling.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))  # from_pipe drops it
+    return sibling
