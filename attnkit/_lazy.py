@@ -23,9 +23,9 @@ class _LazyPackage(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         if name in self._submodules:
             return importlib.import_module(f"{self.__name__}.{name}")
-        if name in self._moved:
-            raise AttributeError(f"{self.__name__}.{name} has moved: import it from {self._moved[name]} "
-                                 f"(`from {self._moved[name]} import {name}`).")
+        if name in self._moved:  # an ImportError, not an AttributeError: `from package import name` shows it as is
+            raise ImportError(f"{self.__name__}.{name} has moved: import it from {self._moved[name]} "
+                              f"(`from {self._moved[name]} import {name}`).", name=self.__name__)
         if name not in self._exports:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(self._exports[name], self.__name__), name)

@@ -253,3 +253,11 @@ def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, setup, argv, mess
     assert main(["segment", "tiny-sd3", *args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("attnkit: error") == 1
+
+
+def test_the_per_query_reduction_maps_once_exported_says_where_it_moved():
+    with pytest.raises(ImportError, match=r"attnkit\.maps\.PerQuery has moved: import it from attnkit\.segment"):
+        from attnkit.maps import PerQuery  # noqa: F401
+    from attnkit.segment import PerQuery as moved
+
+    assert moved.relations == ("image->image",)

@@ -8,7 +8,8 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
   both objects;
 - `regional_adherence_4`: four objects of four colours, one per quadrant, with regional prompting (a prompt per
   quadrant and no base prompt: naming all four overflows shapes-flux's 16 CLIP tokens), same rule;
-- `map_iou`: attention map of each colour word, thresholded at 0.4 of its range, vs that object's pixels;
+- `map_iou`: attention map of each colour word, thresholded at 0.4 of its range (`attnkit.tokens.word_area`), vs
+  that object's pixels;
 - `map_iou_output`: the same for output-space concept maps (`attnkit.maps.trace(..., space="output")`, concepts
   `OUTPUT_MAP_CONCEPTS`) of the same layouts and seeds; None on UNets, which have no joint text stream;
 - `flicker_per_frame`, `flicker_first`, `flicker_first_previous`: video editing (`attnkit.kv.edit_video`) of
@@ -32,6 +33,7 @@ import torch
 from PIL import Image
 
 from ..processes import shared_map
+from ..tokens import word_area
 from ..errors import AttnkitError
 from ..maps import trace
 from ..regional import supports as regional_supported
@@ -52,7 +54,6 @@ VIDEO_METRICS: tuple[str, ...] = METRICS[4:8]
 #: img2img strength of the video edits: enough for these small models to repaint the mover's colour.
 VIDEO_STRENGTH = 0.8
 VIDEO_FRAMES = 8
-MAP_THRESHOLD = 0.4
 #: Concepts of the output-space maps: every colour (the layout's two and the others), the shapes and "background",
 #: so that each image token has a concept that fits it (the extra concepts raised shapes-sd3's IoU slightly).
 OUTPUT_MAP_CONCEPTS: tuple[str, ...] = (*COLORS, *SHAPES, "background")
@@ -178,7 +179,7 @@ def _map_iou(trace: Any, images: list[np.ndarray], words: list[list[str]]) -> li
                 continue
             heat = trace.heatmap(word, item=item).float()[None, None]
             heat = torch.nn.functional.interpolate(heat, size=image.shape[:2], mode="bilinear")[0, 0].numpy()
-            pred = heat >= heat.min() + MAP_THRESHOLD * (heat.max() - heat.min())
+            pred = word_area(heat)
             scores.append(float((pred & truth).sum() / (pred | truth).sum()))
     return scores
 
