@@ -188,7 +188,8 @@ def test_cli_writes_image_concept_maps_grid_and_safetensors(tmp_path, capsys):
 def test_bad_inputs_are_one_clear_error_each(pipelines):
     sd3 = pipelines["tiny-sd3"]
     for name in ("tiny-sd15", "tiny-sdxl"):
-        with pytest.raises(AttnkitError, match=r"space=.output. needs a transformer with a joint text stream \(flux, sd3\)"):
+        stream = r"space=.output. needs a transformer with a joint text stream \(flux, sd3\)"
+        with pytest.raises(AttnkitError, match=stream):
             attnkit.maps.trace(pipelines[name], PROMPT, space="output", concepts=["red"])
     with pytest.raises(AttnkitError, match="space='output' maps concepts, and got none"):
         attnkit.maps.trace(sd3, PROMPT, space="output", concepts=[])

@@ -29,7 +29,8 @@ Load = Callable[[str], Any]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnkit", description="Control and observe attention in diffusers pipelines.")
+    parser = argparse.ArgumentParser(prog="attnkit",
+                                     description="Control and observe attention in diffusers pipelines.")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in (inspect, maps, shapes, images, video, segment, batch, ui):
         module.register(commands)

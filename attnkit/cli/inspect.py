@@ -56,7 +56,8 @@ def _inspect(args: argparse.Namespace, load: Any) -> None:
         print(f"{kind} attention")
         print(f"{'Index':>5}  {'Query Shape':<18} {'Key Shape':<18} {'Value Shape':<18} Attention Probability Shape")
         for r in (r for r in records if r.kind == kind):
-            print(f"{r.index:>5}  {_shape(r.query):<18} {_shape(r.key):<18} {_shape(r.value):<18} {_shape(r.attention)}")
+            shapes = "".join(f"{_shape(shape):<18} " for shape in (r.query, r.key, r.value))
+            print(f"{r.index:>5}  {shapes}{_shape(r.attention)}")
         print()
 
 

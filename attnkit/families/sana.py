@@ -29,6 +29,7 @@ import torch
 from ..errors import AttnkitError
 from . import Family, Grid, SitePattern, TextInput, call_parameters
 
+
 def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     hidden = bound.get("hidden_states")
     if hidden is None or hidden.ndim != 4:

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..session import Session
 from ..families import family_of
+from ..session import Session
 from ..sites import Site
 from .control import Mode
 from .session import inject, record

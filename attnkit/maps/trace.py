@@ -18,11 +18,11 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import AttnkitError
-from ..files import save_safetensors
-from ..session import Session
 from ..families import family_of
-from ..sites import choose
+from ..files import save_safetensors
 from ..recorders import RELATIONS, MapRecorder, Relation
+from ..session import Session
+from ..sites import choose
 from ..tokens import PromptSegment, PromptTokens, prompt_tokens, segment_tokens
 
 __all__ = ["SPACES", "Trace", "trace", "WORD_RELATIONS"]

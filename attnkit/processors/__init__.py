@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..families import Family, family_of
 from ..sites import Site
 from .base import AttentionCall, Control, SiteProcessor, TokenLayout
-from .dispatch import DispatchSiteProcessor, site_processor_class
+from .dispatch import site_processor_class
 from .unet import UNetSiteProcessor
 
 __all__ = ["AttentionCall", "Control", "SiteProcessor", "TokenLayout", "stand_in",

@@ -51,7 +51,8 @@ def maps(model: str, pipe: Any, prompt: str, seed: int, options: dict[str, Any],
         skipped = sorted(set(words) & set(MAPS_FILES)) if out is not None else []
         if skipped:
             words = [w for w in words if w not in MAPS_FILES]
-            print(f"attnkit: no map for {', '.join(skipped)}: image.png and grid.png are other outputs", file=sys.stderr)
+            print(f"attnkit: no map for {', '.join(skipped)}: image.png and grid.png are other outputs",
+                  file=sys.stderr)
     result = Maps(image, {w: heat[0] for w, heat in tc.word_maps(words).items()}, tc)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..recorders import RELATIONS, MapRecorder
-from ..session import Session
 from ..families import family_of
 from ..pipeline import image_pipeline, size_multiple, takes_size
+from ..recorders import RELATIONS, MapRecorder
+from ..session import Session
 from ..sites import Site, SiteList, sites
 from ..state import State
 from ..tokens import WORD_THRESHOLD, prompt_tokens, word_area

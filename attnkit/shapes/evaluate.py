@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..processes import shared_map
-from ..tokens import word_area
 from ..errors import AttnkitError
-from ..maps import trace
-from ..regional import supports as regional_supported
 from ..families import family_of
+from ..maps import trace
+from ..processes import shared_map
+from ..regional import supports as regional_supported
+from ..tokens import word_area
 from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, image_size
 from .data import COLORS, SHAPES, SIZE, random_video
 from .regional import regional_images
