@@ -117,6 +117,10 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path, capsys):
     assert "1 job(s) failed (bad-word: 'blue' is not a word" in capsys.readouterr().err
     records = {record["name"]: record for record in manifest(out)}
     assert records["bad-word"]["status"] == "failed" and "'blue'" in records["bad-word"]["error"]
+    traceback = records["bad-word"]["traceback"]
+    assert traceback.startswith("Traceback") and "AttnkitError: 'blue' is not a word" in traceback
+    assert "traceback" not in records["generate"]
+    assert records["generate"]["output"].strip().endswith("image.png")  # what the job printed: the file it wrote
     assert records["generate"]["status"] == records["maps"]["status"] == "finished"
     assert (out / "generate" / "image.png").is_file() and (out / "maps" / "maps.safetensors").is_file()
     assert not (out / "bad-word").exists()

@@ -2,6 +2,7 @@
 requests queued on one lock, errors shown as messages, and the page itself in headless Chromium."""
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -20,8 +21,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from attnkit.cli import main  # noqa: E402
 from attnkit.errors import AttnkitError  # noqa: E402
-from attnkit.ui.app import (REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, build_app, enlarged, load,  # noqa: E402
-                            region_spec)
+from attnkit.ui.app import (REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, _shown, build_app,  # noqa: E402
+                            enlarged, load, region_spec)
 
 MODEL = "shapes-sd3"
 STEPS = 4  # segmentation reads noise level 300, which a run of 4 steps reaches
@@ -290,6 +291,36 @@ def test_ui_on_a_model_that_cannot_load_fails_with_a_message(tmp_path, capsys, f
     assert main(["ui", str(tmp_path), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_model_that_cannot_be_read_is_named_and_a_bug_while_loading_keeps_its_own_error():
+    def unreadable(model):
+        raise OSError("no such file")
+
+    def buggy(model):
+        raise TypeError("a bug")
+
+    with pytest.raises(AttnkitError, match=r"cannot load the model 'x' \(OSError: no such file\)"):
+        load("x", unreadable)
+    with pytest.raises(TypeError, match="a bug"):
+        load("x", buggy)
+
+
+def test_a_handler_shows_attnkits_message_in_the_page_and_logs_any_other_error_with_its_traceback(caplog):
+    import gradio as gr
+
+    def refused():
+        raise AttnkitError("enter a prompt")
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(gr.Error, match="enter a prompt"):
+        _shown(refused)()
+    assert not caplog.records
+    with caplog.at_level(logging.ERROR, logger="attnkit.ui.app"), pytest.raises(RuntimeError, match="a bug"):
+        _shown(broken)()
+    assert "broken failed" in caplog.text and "RuntimeError: a bug" in caplog.text
 
 
 def test_ui_without_gradio_says_how_to_install_it(monkeypatch, capsys):
