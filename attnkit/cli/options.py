@@ -14,10 +14,9 @@ __all__ = ["GENERATION_OPTIONS", "MODEL_HELP", "add_generation_options", "argume
 
 T = TypeVar("T")
 
-MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, random-sd15, or a tiny offline pipeline: "
-              "tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, tiny-flux, tiny-flux2, tiny-qwenimage, tiny-chroma, "
-              "tiny-hidream, tiny-zimage, tiny-sana, tiny-pixart, tiny-lumina2, tiny-cogview4, tiny-auraflow, "
-              "tiny-wan, tiny-cogvideox, tiny-hunyuanvideo, tiny-ltx), local folder or hub id")
+MODEL_HELP = ("built-in name (shapes-sd3, shapes-sd15, shapes-flux, shapes-sd3-128, shapes-flux-128, random-sd15, or "
+              "tiny-<family>, a tiny offline pipeline of each family, e.g. tiny-sd15, tiny-sdxl, tiny-sd3, tiny-sd35, "
+              "tiny-flux, tiny-wan: an unknown name lists them all), local folder or hub id")
 
 
 def argument(check: checks.Check[T]) -> Callable[[str], T]:
