@@ -17,7 +17,7 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 
 from .errors import AttnkitError
-from .families import Family, denoiser_of, family_of
+from .families import Family, component_of, denoiser_of, family_of
 from .processors import Control, SiteProcessor, stand_in
 from .sites import Site, SiteList, choose
 from .state import State, StepReader
@@ -26,15 +26,18 @@ __all__ = ["Session", "attach"]
 
 
 class Session:
-    """Controls attached to sites of one pipeline (or denoiser), with the state they read."""
+    """Controls attached to sites of one pipeline (or denoiser), with the state they read. Sites may lie in the
+    denoiser or in other models of the pipeline (a ControlNet: `attnkit.sites(pipe, component="controlnet")`); each
+    model the session touches fills the one state before its own forward."""
 
     def __init__(self, target: Any,
                  placements: Mapping[Control, Iterable[Site]] | Iterable[tuple[Control, Iterable[Site]]]):
         self.target = target
         self.model = denoiser_of(target)
-        self.family = family_of(self.model)
         items = placements.items() if isinstance(placements, Mapping) else placements
         self.placements: list[tuple[Control, SiteList]] = [(control, SiteList(chosen)) for control, chosen in items]
+        self.models = {"": self.model} | {site.component: component_of(target, site.component)
+                                          for _, chosen in self.placements for site in chosen if site.component}
         self.state = State()
         self._hook_name = f"attnkit.state.{id(self):x}"
         self._installed: list[tuple[torch.nn.Module, SiteProcessor, Control]] = []
@@ -46,9 +49,10 @@ class Session:
         modules = self._check()
         self.state.reset()
         try:
-            HookRegistry.check_if_exists_or_initialize(self.model).register_hook(
-                _StateHook(self.state, self.target, self.model, self.family), self._hook_name
-            )
+            for model in self.models.values():
+                HookRegistry.check_if_exists_or_initialize(model).register_hook(
+                    _StateHook(self.state, self.target, model, family_of(model)), self._hook_name
+                )
             for control, chosen in self.placements:
                 for site in chosen:
                     self._add(modules[site.name], site, control)
@@ -63,8 +67,7 @@ class Session:
 
     def _check(self) -> dict[str, torch.nn.Module]:
         """Every selected site's module, after checking that each one can be taken over; an error lists the rest."""
-        family = self.family
-        named = dict(self.model.named_modules())
+        named = {component: dict(model.named_modules()) for component, model in self.models.items()}
         modules, refused = {}, []
         for control, chosen in self.placements:
             for site in chosen:
@@ -73,22 +76,24 @@ class Session:
                         f"{site.name} is linear attention (no softmax): no attention probabilities, masks or keys to "
                         "swap exist there, so no attnkit control can run at it. Select other sites, e.g. kind='cross'."
                     )
-                module = named.get(site.module_name)
+                module = named[site.component].get(site.model_path)
                 if module is None:
-                    raise AttnkitError(f"site {site.name} is not in {type(self.model).__name__}; "
+                    model = self.models[site.component]
+                    raise AttnkitError(f"site {site.name} is not in {type(model).__name__}; "
                                        "take sites from `attnkit.sites()` of the same pipeline.")
                 processor = module.get_processor()
-                if not isinstance(processor, SiteProcessor) and not family.replaces(processor):
-                    refused.append((site.name, type(processor).__name__))
+                if not isinstance(processor, SiteProcessor) and not site.family.replaces(processor):
+                    refused.append((site, type(processor).__name__))
                 modules[site.name] = module
                 _check_parallel(control, site, processor)
         if refused:
-            allowed = ", ".join(family.processors)
-            listed = "; ".join(f"{name}: {cls}" for name, cls in refused[:5])
+            site = refused[0][0]
+            listed = "; ".join(f"{refusal.name}: {cls}" for refusal, cls in refused[:5])
             raise AttnkitError(
                 f"attnkit cannot take over {len(refused)} attention site(s), whose processors it cannot replay "
                 f"exactly: {listed}{' ...' if len(refused) > 5 else ''}. It composes with the stock processors "
-                f"({allowed}): {family.advice({cls for _, cls in refused}, _denoiser_attr(self.target))}."
+                f"({', '.join(site.family.processors)}): "
+                f"{site.family.advice({cls for _, cls in refused}, _model_attr(self.target, site.component))}."
             )
         return modules
 
@@ -106,9 +111,10 @@ class Session:
             if not processor.entries and module.get_processor() is processor:
                 module.set_processor(processor.original)
         self._installed.clear()
-        registry = HookRegistry.check_if_exists_or_initialize(self.model)
-        if registry.get_hook(self._hook_name) is not None:
-            registry.remove_hook(self._hook_name, recurse=False)
+        for model in self.models.values():
+            registry = HookRegistry.check_if_exists_or_initialize(model)
+            if registry.get_hook(self._hook_name) is not None:
+                registry.remove_hook(self._hook_name, recurse=False)
         self._active = False
 
 
@@ -137,9 +143,12 @@ def _check_parallel(control: Control, site: Site, processor: object) -> None:
     )
 
 
-def _denoiser_attr(target: Any) -> str:
+def _model_attr(target: Any, component: str) -> str:
+    """How a user names the model of `component` ("": the denoiser) in their own code."""
     if isinstance(target, torch.nn.Module):
         return "model"
+    if component:
+        return f"pipe.{component}"
     return "pipe.transformer" if getattr(target, "transformer", None) is not None else "pipe.unet"
 
 

@@ -27,8 +27,8 @@ import torch
 
 from ..errors import AttnkitError
 
-__all__ = ["Family", "Grid", "Kind", "KINDS", "Parts", "SitePattern", "TextInput", "call_parameters", "denoiser_of",
-           "dits", "duplicated_latents", "families", "family_of",
+__all__ = ["Family", "Grid", "Kind", "KINDS", "Parts", "SitePattern", "TextInput", "call_parameters", "component_of",
+           "denoiser_of", "dits", "duplicated_latents", "families", "family_of",
            # earlier names of the same things
            "DiT", "RegionalText", "dit_of"]
 
@@ -90,7 +90,8 @@ class TextInput:
     than one tensor per argument (cond and `negative_` ones together), what it takes instead, e.g. Lumina 2's
     per-prompt token lists as one padded tensor with its attention mask. `encode_negative`: how negative prompts are
     encoded, where the pipeline encodes them otherwise than prompts (Lumina 2 leaves its system prompt out of the
-    negative); default `encode`.
+    negative); default `encode`. `zeros_without_negative(pipe)`: whether the pipeline, given no negative prompt,
+    guides against zero embeddings instead of the empty prompt's (SDXL's `force_zeros_for_empty_prompt`).
     """
 
     encode: Callable[[Any, list[str], int | None], dict[str, Any]]
@@ -104,6 +105,7 @@ class TextInput:
     pack: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     encode_negative: Callable[[Any, list[str], int | None], dict[str, Any]] | None = None
     fixed_tokens: Callable[[Any], int] = lambda pipe: 0
+    zeros_without_negative: Callable[[Any], bool] = lambda pipe: False
 
     def negative_encoder(self) -> Callable[[Any, list[str], int | None], dict[str, Any]]:
         return self.encode_negative if self.encode_negative is not None else self.encode
@@ -289,8 +291,26 @@ def families() -> tuple[Family, ...]:
 
 
 def dits() -> tuple[Family, ...]:
-    """The transformer families (one token grid per forward): every family but the UNet's."""
+    """The transformer families (one token grid per forward): every family but the UNet's and its ControlNet's."""
     return tuple(family for family in families() if not family.multiscale)
+
+
+def component_of(pipe: Any, component: str) -> torch.nn.Module:
+    """The model at `component` of a pipeline: a component's name ("controlnet"), or a dotted path inside one
+    ("controlnet.nets.0", a ControlNet of a `MultiControlNetModel`)."""
+    components = getattr(pipe, "components", None)
+    if isinstance(pipe, torch.nn.Module) or not isinstance(components, dict):
+        raise AttnkitError(f"component={component!r} names a part of a pipeline; got {type(pipe).__name__}. Pass "
+                           "the pipeline that holds it.")
+    head, _, rest = component.partition(".")
+    model = components.get(head)
+    if not isinstance(model, torch.nn.Module):
+        held = sorted(name for name, value in components.items() if isinstance(value, torch.nn.Module))
+        raise AttnkitError(f"{type(pipe).__name__} has no model component {head!r}; it has {', '.join(held)}.")
+    try:
+        return model.get_submodule(rest) if rest else model
+    except AttributeError as error:
+        raise AttnkitError(f"{component!r} is not a module of {type(pipe).__name__}: {error}.") from None
 
 
 def denoiser_of(obj: Any) -> torch.nn.Module:

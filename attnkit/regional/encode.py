@@ -68,15 +68,13 @@ def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pool
     arguments = _join(text, per_prompt, pooled, len(spec.regions))
     if not with_negatives:
         return Encoded(_packed(text, arguments), cond, cond, regional)
-    global_negative = spec.negative or ""
     if regional:
-        negative_prompts = [r.negative if r.negative is not None else global_negative for r in spec.regions]
-        negative_prompts += [global_negative] if spec.base else []
-        negative = _encode(text, pipe, negative_prompts, max_sequence_length, negative=True)
+        negative_prompts = [r.negative if r.negative is not None else spec.negative for r in spec.regions]
+        negative_prompts += [spec.negative] if spec.base else []
+        negative = _encode_negatives(text, pipe, negative_prompts, max_sequence_length)
         uncond = _segments(text, negative, owners)
     else:
-        negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length, negative=True),
-                           len(owners))
+        negative = _repeat(text, _encode_negatives(text, pipe, [spec.negative], max_sequence_length), len(owners))
         uncond = tuple(segment for name in _text_order(text) for segment in (
             (0, _lengths(text, negative, name, len(owners))[0]),
             (PAD, sum(_lengths(text, negative, name, len(owners))[1:]))))
@@ -94,6 +92,19 @@ def _encode(text: TextInput, pipe: Any, prompts: list[str], max_sequence_length:
     encoder = text.negative_encoder() if negative else text.encode
     with torch.no_grad():
         return encoder(pipe, prompts, max_sequence_length)
+
+
+def _encode_negatives(text: TextInput, pipe: Any, prompts: list[str | None], max_sequence_length: int | None
+                      ) -> dict[str, Any]:
+    """Negative prompts as the pipeline encodes them; None (no negative given) as the pipeline takes no negative
+    prompt: the empty prompt, or zero embeddings where it zeroes them (SDXL's `force_zeros_for_empty_prompt`)."""
+    encoded = _encode(text, pipe, [prompt or "" for prompt in prompts], max_sequence_length, negative=True)
+    if not text.zeros_without_negative(pipe):
+        return encoded
+    for name, value in encoded.items():
+        for row in (i for i, prompt in enumerate(prompts) if prompt is None and value is not None):
+            value[row] = torch.zeros_like(value[row])
+    return encoded
 
 
 def _text_order(text: TextInput) -> tuple[str, ...]:

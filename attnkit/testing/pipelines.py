@@ -26,6 +26,7 @@ from typing import TypeVar
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -280,6 +281,18 @@ def tiny_sd15_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
             requires_safety_checker=False,
         )
     return _finish(pipe)
+
+
+def tiny_controlnet(unet: UNet2DConditionModel, *, seed: int = DEFAULT_SEED) -> ControlNetModel:
+    """A ControlNet of a tiny UNet: its encoder copied (`ControlNetModel.from_unet`), a conditioning embedding that
+    downsamples the condition image as much as the tiny VAE downsamples images, and the zero convolutions drawn at
+    random instead of zeros, so that the ControlNet changes the image (as a trained one does)."""
+    with _seeded(seed):
+        net = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=(8,) * (len(_TINY_VAE_CHANNELS) - 1) + (16,))
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+    return net.eval()
 
 
 def tiny_sdxl_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionXLPipeline:
