@@ -2,7 +2,9 @@
 
 The step is the session state's step, the pipeline loop's index, so a store recorded under one scheduler is read back
 at the same loop iterations whatever the scheduler repeats or skips. Entries are the image tokens' K and V after the
-projections, q/k norms and rotary embeddings: what attention itself used, so DiT positions stay right on reuse.
+projections, q/k norms and rotary embeddings: what attention itself used, so DiT positions stay right on reuse; and
+the statistics of their queries (mean and standard deviation over the tokens), for methods that normalise another
+image's queries to them (StyleAligned's AdaIN).
 """
 
 from __future__ import annotations
@@ -33,25 +35,41 @@ class KVStore:
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
         self.budget_bytes = budget_bytes
-        self._entries: dict[Entry, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._entries: dict[Entry, tuple[torch.Tensor, ...]] = {}
         self.nbytes = 0
 
-    def put(self, site: str, step: int, branch: str, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep (a copy of) k and v under (site, step, branch), converted to the store's dtype and device."""
-        k, v = (t.detach().to(device=self.device or t.device, dtype=self.dtype or t.dtype, copy=True) for t in (k, v))
+    def put(self, site: str, step: int, branch: str, k: torch.Tensor, v: torch.Tensor,
+            queries: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Keep (a copy of) k and v under (site, step, branch), converted to the store's dtype and device, with the
+        (mean, std) statistics of their queries if given."""
+        tensors = (k, v, *(queries or ()))
+        kept = tuple(t.detach().to(device=self.device or t.device, dtype=self.dtype or t.dtype, copy=True)
+                     for t in tensors)
         key = (site, step, branch)
         old = self._entries.get(key)
-        size = self.nbytes + _bytes(k, v) - (0 if old is None else _bytes(*old))
+        size = self.nbytes + _bytes(*kept) - (0 if old is None else _bytes(*old))
         if self.budget_bytes is not None and size > self.budget_bytes:
             raise AttnkitError(
                 f"the K/V store would hold {size / 2**20:.1f} MiB, over its budget of {self.budget_bytes / 2**20:.1f} "
                 f"MiB ({len(self)} entries so far, at {site}, step {step}). Record fewer sites or steps, keep "
                 "entries as float16 (dtype=torch.float16), or raise budget_bytes."
             )
-        self._entries[key] = (k, v)
+        self._entries[key] = kept
         self.nbytes = size
 
     def get(self, site: str, step: int, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) under (site, step, branch)."""
+        return self._entry(site, step, branch)[:2]
+
+    def query_statistics(self, site: str, step: int, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) over the tokens of the queries whose K and V are under (site, step, branch)."""
+        entry = self._entry(site, step, branch)
+        if len(entry) < 4:
+            raise AttnkitError(f"the K/V store's entry for {site} at step {step} has no query statistics: record it "
+                               "with `attnkit.kv.record`, which keeps them.")
+        return entry[2:4]
+
+    def _entry(self, site: str, step: int, branch: str) -> tuple[torch.Tensor, ...]:
         key = (site, step, branch)
         if key not in self._entries:
             known = sorted({s for _, s, _ in self._entries})
@@ -81,5 +99,5 @@ class KVStore:
         return f"KVStore({len(self)} entries: {sites} sites x {steps} steps, {self.nbytes / 2**20:.2f} MiB)"
 
 
-def _bytes(k: torch.Tensor, v: torch.Tensor) -> int:
-    return k.numel() * k.element_size() + v.numel() * v.element_size()
+def _bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -32,6 +32,7 @@ from .configs import (
     meta_denoiser,
 )
 from .pipelines import (
+    METHODS_DDIM_CONFIG,
     PIPELINE_NAMES,
     TINY_IMAGE_SIZE,
     TINY_VAE_SCALE_FACTOR,
@@ -39,6 +40,7 @@ from .pipelines import (
     build_pipeline,
     random_full_size_pipeline,
     random_sd15_pipeline,
+    sd15_layout_pipeline,
     tiny_controlnet,
     tiny_flux_pipeline,
     tiny_sd3_pipeline,
@@ -50,6 +52,7 @@ from .tokenizers import VOCABULARY_WORDS, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = [
     "DENOISER_NAMES",
+    "METHODS_DDIM_CONFIG",
     "FULL_SIZE_NAMES",
     "FLUX_DEV_TRANSFORMER_CONFIG",
     "PIPELINE_NAMES",
@@ -68,6 +71,7 @@ __all__ = [
     "meta_denoiser",
     "random_full_size_pipeline",
     "random_sd15_pipeline",
+    "sd15_layout_pipeline",
     "tiny_clip_tokenizer",
     "tiny_controlnet",
     "tiny_flux_pipeline",

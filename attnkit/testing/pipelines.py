@@ -27,6 +27,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
+    DDIMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -63,6 +64,7 @@ from .configs import (
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = [
+    "METHODS_DDIM_CONFIG",
     "PIPELINE_NAMES",
     "TINY_IMAGE_SIZE",
     "TINY_VAE_SCALE_FACTOR",
@@ -70,6 +72,8 @@ __all__ = [
     "FULL_SIZE_NAMES",
     "random_full_size_pipeline",
     "random_sd15_pipeline",
+    "sd15_layout_pipeline",
+    "tiny_controlnet",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sd15_pipeline",
@@ -293,6 +297,36 @@ def tiny_controlnet(unet: UNet2DConditionModel, *, seed: int = DEFAULT_SEED) -> 
         for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             torch.nn.init.normal_(conv.weight, std=0.05)
     return net.eval()
+
+
+#: The DDIM scheduler of MasaCtrl's and StyleAligned's demos: SD's betas, no clipping, the first alpha kept.
+METHODS_DDIM_CONFIG: Mapping[str, object] = MappingProxyType({
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
+    "set_alpha_to_one": False})
+
+
+def sd15_layout_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's UNet layout with small channels: the same blocks (three cross-attention down blocks,
+    a plain one, a mid block, a plain up block, three cross-attention up blocks), two layers per down block and three
+    per up block, so the same 16 transformer layers in the same order, at four resolutions (16x16 to 2x2 latent
+    tokens for a 64 px image); with MasaCtrl's and StyleAligned's DDIM scheduler. What published methods that pick
+    layers by their index in SD1.5 are checked on."""
+    with _seeded(seed):
+        tokenizer = tiny_clip_tokenizer()
+        unet = _tiny_unet(block_out_channels=(16, 32, 32, 32), layers_per_block=2,
+                          down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        pipe = StableDiffusionPipeline(
+            vae=_tiny_vae(scaling_factor=_SD_VAE_SCALING),
+            text_encoder=CLIPTextModel(_tiny_clip_text_config(tokenizer)),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=DDIMScheduler(**METHODS_DDIM_CONFIG),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    return _finish(pipe)
 
 
 def tiny_sdxl_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionXLPipeline:
