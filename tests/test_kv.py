@@ -364,6 +364,21 @@ def test_video_edit_command_gives_one_clear_error_for_each_bad_input(tmp_path, c
     assert not (tmp_path / "out.gif").exists()
 
 
+def test_video_edit_command_runs_text2video_zero_with_the_shipped_edge_controlnet(tmp_path, capsys):
+    from attnkit.cli import main
+    from attnkit.videoio import read_frames, write_frames
+
+    write_frames(tmp_path / "in.gif", video(3), fps=5)
+    argv = ["video-edit", "shapes-sd15", "--video", str(tmp_path / "in.gif"), "--prompt", "a blue square", "--steps",
+            "3", "--frames", "2", "--method", "text2video-zero", "--controlnet", "shapes-sd15-edges"]
+    assert main([*argv, "--out", str(tmp_path / "out.gif")]) == 0
+    assert len(list(read_frames(tmp_path / "out.gif"))) == 2
+    assert main([*argv, "--out", str(tmp_path / "again.gif"), "--attend", "first"]) == 2
+    assert "--method text2video-zero sets which frames later frames attend to; leave out --attend" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "again.gif").exists()
+
+
 def test_reference_image_is_recorded_at_every_step_and_puts_the_generated_object_where_the_reference_has_its():
     """Existing one-object images given as the reference of a prompt for another object: with their K/V in place of
     the generation's own, shapes-flux draws its object over the reference's object, which the same seed without the

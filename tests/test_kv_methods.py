@@ -275,3 +275,149 @@ def test_on_transformers_the_methods_act_on_image_tokens_and_keep_the_text_keys(
         grown = {keys - (text.stop - text.start) - (image.stop - image.start) for keys, text, image in shapes}
         assert all(text.stop > text.start for _, text, _ in shapes)
         assert max(grown) == added * max(image.stop - image.start for _, _, image in shapes)
+
+
+# --- video: cross-frame attention -------------------------------------------------------------------------------
+
+FRAMES = 3
+STRENGTH = 0.75
+
+
+def frames(size=64):
+    from PIL import Image
+
+    made = []
+    for i in range(FRAMES):
+        image = Image.new("RGB", (size, size), (128, 128, 128))
+        image.paste((220, 30, 30), (8 + 6 * i, 20, 28 + 6 * i, 40))
+        made.append(image)
+    return made
+
+
+@pytest.fixture(scope="module")
+def controlnet_pipe(pipes):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from attnkit.testing import tiny_controlnet
+
+    base = pipes["sd15-layout"]
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=tiny_controlnet(base.unet))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.float64)
+
+
+def edited(pipe, method, **options):
+    return torch.stack(list(kv.edit_video(pipe, frames(), "a blue square", method=method, strength=STRENGTH,
+                                        num_inference_steps=STEPS, seed=0, progress=False, output_type="latent",
+                                        **options)))
+
+
+def test_text2video_zero_equals_diffusers_cross_frame_processor_on_the_unet_and_the_controlnet(controlnet_pipe):
+    """Text2Video-Zero's ControlNet recipe (diffusers docs, text_to_video_zero.md at 149fc3f5): diffusers' own
+    `CrossFrameAttnProcessor2_0(batch_size=2)` on the UNet and the ControlNet, all frames in one batch; attnkit edits
+    them one after another, each later frame attending to the stored first frame."""
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor2_0,
+    )
+
+    from attnkit.kv.video import edges
+
+    pipe = controlnet_pipe
+    models = (pipe.unet, pipe.controlnet)
+    before = [dict(model.attn_processors) for model in models]
+    for model in models:
+        model.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+    try:
+        with torch.inference_mode():
+            want = pipe(["a blue square"] * FRAMES, image=frames(), control_image=[edges(f) for f in frames()],
+                        strength=STRENGTH, num_inference_steps=STEPS, output_type="latent",
+                        generator=[torch.Generator().manual_seed(0) for _ in range(FRAMES)]).images
+    finally:
+        for model, processors in zip(models, before):
+            model.set_attn_processor(processors)
+    got = edited(pipe, "text2video-zero", controlnet=pipe.controlnet)
+    difference = float((got - want).abs().max())
+    PARITY["text2video-zero/sd15-layout+controlnet"] = difference
+    assert difference < 1e-10
+    unet_only = edited(pipe, None, attend="first", mode="replace", sites_=attnkit.sites(pipe).select(kind="self"),
+                       controlnet=pipe.controlnet)
+    assert (got - unet_only).abs().max() > 1e-6  # the ControlNet's own self-attention takes part
+    plain = edited(pipe, None, attend="none", controlnet=pipe.controlnet)
+    assert torch.equal(got[0], plain[0]) and (got[1:] - plain[1:]).abs().max() > 1e-3
+
+
+class RerenderOracle(_Oracle):
+    """Rerender-A-Video's cross-frame attention (williamyang1991/Rerender_A_Video dfaf9d88, src/controller.py
+    l.58-77, l.125-143): frames run one after another; the first frame's pass stores its decoder self-attention keys
+    and values per (step, layer, CFG branch); each later frame replaces its own with [first frame's ; previous
+    frame's] when `total * start <= step <= total * end`, then stores its own as the previous frame's. The decoder
+    layers are the up blocks' self-attention, without the widest with `loose`."""
+
+    def __init__(self, unet, decoder_layers, widest, period=(0.0, 1.0), loose=False):
+        super().__init__(unet)
+        self.decoder, self.widest, self.period, self.loose = decoder_layers, widest, period, loose
+        self.first, self.previous, self.frame, self.total = {}, {}, 0, None
+
+    def start_frame(self, frame, total):
+        self.frame, self.total, self.step, self.layer_calls = frame, total, 0, 0
+
+    def self_attention(self, attn, q, k, v, layer):
+        width = attn.heads * k.shape[-1]
+        if layer not in self.decoder or (self.loose and width >= self.widest):
+            return attention(q, k, v, attn.scale)
+        key = (self.step, layer)
+        if self.frame == 0:
+            self.first[key] = self.previous[key] = (k, v)
+            return attention(q, k, v, attn.scale)
+        start, end = self.period
+        out = attention(q, k, v, attn.scale)
+        if self.total * start <= self.step <= self.total * end:
+            (k1, v1), (kp, vp) = self.first[key], self.previous[key]
+            out = attention(q, torch.cat([k1, kp], 2), torch.cat([v1, vp], 2), attn.scale)
+        self.previous[key] = (k, v)
+        return out
+
+
+@pytest.mark.parametrize("options", [{}, {"cross_period": (0.0, 0.5), "loose_cfattn": True}])
+def test_rerender_equals_its_reference_codes_cross_frame_rule(pipes, options):
+    from diffusers import AutoPipelineForImage2Image
+
+    pipe = AutoPipelineForImage2Image.from_pipe(pipes["sd15-layout"])
+    pipe.set_progress_bar_config(disable=True)
+    selves = attnkit.sites(pipe).select(kind="self")
+    decoder = [i for i, site in enumerate(selves) if site.stage == "up"]
+    oracle = RerenderOracle(pipe.unet, decoder, max(s.heads * s.head_dim for s in selves if s.stage == "up"),
+                            options.get("cross_period", (0.0, 1.0)), options.get("loose_cfattn", False))
+    before = dict(pipe.unet.attn_processors)
+    pipe.unet.set_attn_processor(oracle)
+    want = []
+    try:
+        for index, frame in enumerate(frames()):
+            pipe.scheduler.set_timesteps(STEPS)
+            oracle.start_frame(index, len(pipe.get_timesteps(STEPS, STRENGTH, "cpu")[0]))
+            with torch.inference_mode():
+                want.append(pipe("a blue square", image=frame, strength=STRENGTH, num_inference_steps=STEPS,
+                                 output_type="latent", generator=torch.Generator().manual_seed(0)).images)
+    finally:
+        pipe.unet.set_attn_processor(before)
+    got = edited(pipe, "rerender", **options)
+    difference = float((got - torch.cat(want)).abs().max())
+    PARITY["rerender/sd15-layout" + ("/" + ",".join(sorted(options)) if options else "")] = difference
+    assert difference < 1e-10
+
+
+def test_the_video_methods_the_command_line_offers_are_the_video_methods():
+    from attnkit.kv.defaults import VIDEO_METHODS
+
+    assert VIDEO_METHODS == tuple(name for name, method in kv.METHODS.items() if method.video)
+
+
+def test_rerender_picks_sd15s_nine_decoder_layers_or_six_loosely_and_text2video_zero_every_layer():
+    from attnkit.kv.methods import setup
+
+    pipe = _Pipe(meta_denoiser("sd15"))
+    assert {s.block for s in setup(pipe, "rerender", {}, video=True).sites} == {"up.1", "up.2", "up.3"}
+    loose = setup(pipe, "rerender", {"loose_cfattn": True}, video=True).sites
+    assert len(loose) == 6 and {s.block for s in loose} == {"up.2", "up.3"}
+    assert len(setup(pipe, "text2video-zero", {}, video=True).sites) == 16
+    assert len(setup(pipe, "rerender", {}, video=True).sites) == 9

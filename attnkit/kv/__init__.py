@@ -14,10 +14,10 @@ __all__ = ["ATTEND", "IMAGE_KINDS", "KVControl", "KVStore", "METHODS", "MODES", 
 
 _lazy.make_lazy(__name__, {
     ".control": ("KVControl", "MODES"),
-    ".methods": ("METHODS", "VIDEO_METHODS"),
+    ".methods": ("METHODS",),
     ".session": ("IMAGE_KINDS", "default_sites", "inject", "record"),
     ".reference": ("record_image", "reference"),
     ".store": ("KVStore",),
-    ".defaults": ("ATTEND",),
+    ".defaults": ("ATTEND", "VIDEO_METHODS"),
     ".video": ("edit_video",),
 }, submodules=("control", "defaults", "methods", "session", "store", "video"))

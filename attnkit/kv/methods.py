@@ -44,6 +44,7 @@ from ..families import family_of
 from ..sites import SiteList, sites
 from ..state import StepRange
 from .control import Mode
+from .defaults import VIDEO_METHODS
 from .places import IMAGE_KINDS, default_sites
 
 __all__ = ["METHODS", "METHOD_OPTIONS", "Method", "Setup", "VIDEO_METHODS", "setup"]
@@ -159,8 +160,6 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("text2video-zero", {}, _text2video_zero, video=True),
     Method("rerender", {"cross_period": (0.0, 1.0), "loose_cfattn": False}, _rerender, video=True),
 )}
-#: The methods `attnkit.kv.edit_video` takes.
-VIDEO_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.video)
 #: Every method's option names: what `edit_video` takes out of the keyword arguments it gives the pipeline.
 METHOD_OPTIONS: frozenset[str] = frozenset(name for method in METHODS.values() for name in method.parameters)
 
