@@ -9,6 +9,8 @@ an error instead of a silent resize.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache, wraps
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from .errors import AttnkitError
 from .families import call_parameters, denoiser_of, family_of
 
 __all__ = ["call_parameters", "check_size", "default_of", "default_size", "image_pipeline", "init_size",
-           "output_size", "size_multiple", "takes_size", "takes_true_cfg"]
+           "inverse_scheduler", "output_size", "size_multiple", "takes_size", "takes_true_cfg"]
 
 
 def takes_true_cfg(pipe: Any) -> bool:
@@ -119,3 +121,49 @@ def image_pipeline(pipe: Any, inpaint: bool = False, controlnet: Any = None) -> 
         raise AttnkitError(f"diffusers has no {what} pipeline for {type(pipe).__name__} ({error}); {fix}") from error
     sibling.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))  # from_pipe drops it
     return sibling
+
+
+def inverse_scheduler(pipe: Any) -> Any:
+    """`pipe`'s scheduler run backwards, with its config: DDIM's inverse for a DDIM scheduler, flow matching's Euler
+    steps from sigma 0 up for a flow-matching Euler scheduler; an error naming the fix for any other."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    scheduler = pipe.scheduler
+    if type(scheduler) is DDIMScheduler:
+        if scheduler.config.timestep_spacing not in ("leading", "trailing"):
+            raise AttnkitError(
+                f"DDIM runs backwards only with 'leading' or 'trailing' timesteps, and this scheduler spaces them "
+                f"{scheduler.config.timestep_spacing!r}: set `pipe.scheduler = DDIMScheduler.from_config("
+                "pipe.scheduler.config, timestep_spacing='trailing')`.")
+        return DDIMInverseScheduler.from_config(_settings(scheduler, DDIMInverseScheduler))
+    if type(scheduler) is FlowMatchEulerDiscreteScheduler and not scheduler.config.get("stochastic_sampling"):
+        inverse = _flow_match_euler_inverse()
+        return inverse.from_config(_settings(scheduler, inverse))
+    raise AttnkitError(
+        f"inversion runs DDIM's steps or flow matching's Euler steps backwards, and {type(pipe).__name__} samples "
+        f"with {type(scheduler).__name__}: set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` "
+        "for the inversion and for the runs that start from it.")
+
+
+def _settings(scheduler: Any, inverse: type) -> dict[str, Any]:
+    """`scheduler`'s settings that `inverse` takes, all as the run has them: `from_config` would drop those the
+    config marks as defaults even where a pipeline has since changed them (SD's `steps_offset`)."""
+    taken = inspect.signature(inverse.__init__).parameters
+    return {name: value for name, value in scheduler.config.items() if name in taken}
+
+
+@cache
+def _flow_match_euler_inverse() -> type:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    class FlowMatchEulerInverseScheduler(FlowMatchEulerDiscreteScheduler):
+        """The run's sigmas backwards, from 0 up to its first sigma: each Euler step adds the velocity at its start
+        times the (now positive) difference of sigmas."""
+
+        @wraps(FlowMatchEulerDiscreteScheduler.set_timesteps)  # pipelines read its parameters (`sigmas`, `mu`)
+        def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+            super().set_timesteps(*args, **kwargs)
+            self.sigmas = self.sigmas.flip(0)
+            self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).to(self.timesteps.dtype)
+
+    return FlowMatchEulerInverseScheduler

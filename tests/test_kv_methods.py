@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import attnkit
 import attnkit.kv as kv
@@ -64,13 +65,32 @@ def two_passes(pipe, method, reference, edited, latents, **options):
 
 
 def batched(pipe, oracle, reference, edited, latents):
-    """The reference code's way: [reference, edit] in one batch, the oracle processor on every attention module."""
+    """The reference code's way: [reference, edit] in one batch, the oracle processor on every attention module
+    (and, where the oracle shares them, its GroupNorms on every GroupNorm)."""
     before = dict(pipe.unet.attn_processors)
     pipe.unet.set_attn_processor(oracle)
+    norms = [m for m in pipe.unet.modules() if isinstance(m, torch.nn.GroupNorm)] if oracle.share_group_norm else []
+    for module in norms:
+        module.forward = shared_group_norm(module)
     try:
         return run(pipe, [reference, edited], latents.expand(2, -1, -1, -1))
     finally:
         pipe.unet.set_attn_processor(before)
+        for module in norms:
+            del module.forward
+
+
+def shared_group_norm(module):
+    """StyleAligned's shared GroupNorm (sa_handler.py l.232-261): each item is normalised over its own features and
+    the first item's of its CFG half, stacked along the height, and keeps its own half of the result."""
+    def forward(x):
+        half = x.shape[0] // 2
+        reference = [0] * half + [half] * half
+        height = x.shape[-2]
+        joint = torch.cat([x, x[reference]], dim=-2)
+        return F.group_norm(joint, module.num_groups, module.weight, module.bias, module.eps)[..., :height, :]
+
+    return forward
 
 
 def heads(attn, x):
@@ -89,6 +109,8 @@ class _Oracle:
     """A diffusers attention processor that runs the reference's rule at self-attention layers, with the reference
     code's own bookkeeping: a layer counter that ticks on every attention module call and a step counter that ticks
     when all have run (MasaCtrl's `AttentionBase.__call__`, masactrl_utils.py l.23-31)."""
+
+    share_group_norm = False
 
     def __init__(self, unet):
         self.modules = len(unet.attn_processors)
@@ -116,9 +138,10 @@ class MasaCtrlOracle(_Oracle):
     item's keys and values only; `union` (`MutualSelfAttentionControlUnion`, l.75-111, as its code intends): to the
     first item's and its own, the first item's first, in one softmax."""
 
-    def __init__(self, unet, start_step=4, start_layer=10, total_steps=50, union=False):
+    def __init__(self, unet, start_step=4, start_layer=10, total_steps=50, union=False, mask_s=None, mask_t=None):
         super().__init__(unet)
         self.start_step, self.start_layer, self.total_steps, self.union = start_step, start_layer, total_steps, union
+        self.mask_s, self.mask_t = mask_s, mask_t
 
     def self_attention(self, attn, q, k, v, layer):
         if not (self.start_step <= self.step < self.total_steps and layer >= self.start_layer):
@@ -130,8 +153,21 @@ class MasaCtrlOracle(_Oracle):
             keys, values = k[source:source + 1], v[source:source + 1]
             if self.union:
                 keys, values = torch.cat([keys, k[item:item + 1]], 2), torch.cat([values, v[item:item + 1]], 2)
-            outs.append(attention(q[item:item + 1], keys, values, attn.scale))
+            if self.mask_s is not None and item != source:
+                outs.append(self.masked(attn, q[item:item + 1], keys, values))
+            else:
+                outs.append(attention(q[item:item + 1], keys, values, attn.scale))
         return torch.cat(outs)
+
+    def masked(self, attn, q, k, v):
+        """MutualSelfAttentionControlMask (l.114-193): attention over the source's foreground keys and over its
+        background keys, the masks resized (nearest) to the layer's square grid, blended by the target's mask."""
+        side = int(q.shape[2] ** 0.5)
+        source, target = (F.interpolate(m[None, None], (side, side)).flatten() for m in (self.mask_s, self.mask_t))
+        blocked = torch.tensor(float("-inf"), dtype=q.dtype)
+        foreground = attention(q, k, v, attn.scale, torch.where(source == 0, blocked, 0.0))
+        background = attention(q, k, v, attn.scale, torch.where(source == 1, blocked, 0.0))
+        return foreground * target[:, None] + background * (1 - target[:, None])
 
 
 class StyleAlignedOracle(_Oracle):
@@ -140,10 +176,12 @@ class StyleAlignedOracle(_Oracle):
     the first item of its CFG half over the tokens (mean, unbiased variance plus 1e-5 inside the square root), and it
     attends to [its own keys ; the first item's keys x shared_score_scale] with [its own values ; the first item's]."""
 
-    def __init__(self, unet, adain_queries=True, adain_keys=True, adain_values=False, shared_score_scale=1.0):
+    def __init__(self, unet, adain_queries=True, adain_keys=True, adain_values=False, shared_score_scale=1.0,
+                 share_group_norm=False):
         super().__init__(unet)
         self.adain = {"q": adain_queries, "k": adain_keys, "v": adain_values}
         self.scale = shared_score_scale
+        self.share_group_norm = share_group_norm
 
     def self_attention(self, attn, q, k, v, layer):
         half = q.shape[0] // 2
@@ -195,6 +233,71 @@ def test_options_by_the_reference_codes_names_equal_its_rule_on_tiny_sdxl(pipes,
     difference = float((got - want).abs().max())
     PARITY[f"{method}/tiny-sdxl"] = difference
     assert difference < 1e-10
+
+
+def foreground(left, right, size=64):
+    mask = torch.zeros(size, size, dtype=torch.float64)
+    mask[16:48, left:right] = 1
+    return mask
+
+
+@pytest.mark.parametrize(("method", "options", "oracle"), [
+    ("style-aligned", {"shared_group_norm": True}, {"share_group_norm": True}),
+    ("masactrl", {"mask_s": foreground(8, 40), "mask_t": foreground(24, 56)},
+     {"mask_s": foreground(8, 40), "mask_t": foreground(24, 56)}),
+], ids=["style-aligned+shared-group-norm", "masactrl+masks"])
+def test_shared_group_norm_and_mask_guidance_equal_the_reference_codes_rule_on_sd15s_layout(
+        pipes, method, options, oracle):
+    pipe = pipes["sd15-layout"]
+    make, _ = CASES[method]
+    latents = noise(pipe)
+    want = batched(pipe, make(pipe.unet, **oracle), "a red circle", "a blue square", latents)
+    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
+    difference = float((got - want).abs().max())
+    PARITY[f"{method}/sd15-layout/{'shared_group_norm' if method == 'style-aligned' else 'mask_s,mask_t'}"] = \
+        difference
+    assert difference < 1e-10
+    without = two_passes(pipe, method, "a red circle", "a blue square", latents)
+    assert (got[1] - without[1]).abs().max() > 1e-3  # the option changed the edit
+
+
+def test_shared_group_norms_hooks_are_removed_and_stores_say_what_they_lack(pipes):
+    from diffusers.hooks.hooks import HookRegistry
+
+    pipe = pipes["sd15-layout"]
+    latents = noise(pipe)
+    store = kv.KVStore()
+    with kv.record(pipe, store, method="style-aligned"):
+        run(pipe, "a red circle", latents)
+    with pytest.raises(AttnkitError, match="no GroupNorm statistics for down_blocks.0.resnets.0.norm1 at step 0, "
+                                           "branch 'uncond': record the reference with shared_group_norm=True"):
+        with kv.inject(pipe, store, method="style-aligned", shared_group_norm=True):
+            run(pipe, "a blue square", latents)
+    norms = [m for m in pipe.unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert all(getattr(m, "_diffusers_hook", None) is None or
+               not HookRegistry.check_if_exists_or_initialize(m).hooks for m in norms)
+    assert torch.equal(run(pipe, "a blue square", latents), run(pipe, "a blue square", latents))
+
+
+def test_mask_and_group_norm_options_refuse_what_they_cannot_do(pipes, pipelines):
+    pipe = pipes["sd15-layout"]
+    store = kv.KVStore()
+    with pytest.raises(AttnkitError, match="needs both foreground masks: mask_s .* and mask_t"):
+        kv.inject(pipe, store, method="masactrl", mask_s=foreground(8, 40))
+    with pytest.raises(AttnkitError, match="the target mask must be binary .* threshold it first"):
+        kv.inject(pipe, store, method="masactrl", mask_s=foreground(8, 40), mask_t=foreground(8, 40) * 0.5)
+    with pytest.raises(AttnkitError, match="the source mask must be height x width, got shape \\(1, 64, 64\\)"):
+        kv.inject(pipe, store, method="masactrl", mask_s=foreground(8, 40)[None], mask_t=foreground(8, 40))
+    with pytest.raises(AttnkitError, match="shared_group_norm=True: SD3Transformer2DModel has no GroupNorm layers"):
+        kv.inject(pipelines["tiny-sd3"], store, method="style-aligned", shared_group_norm=True)
+    latents = noise(pipe)
+    with kv.record(pipe, store, method="masactrl"):
+        run(pipe, "a red circle", latents)
+    tiny = torch.zeros(64, 64, dtype=torch.float64)
+    tiny[30:32, 30:32] = 1
+    with pytest.raises(AttnkitError, match="the source mask is all background at this layer's 8x8 tokens"):
+        with kv.inject(pipe, store, method="masactrl", mask_s=tiny, mask_t=foreground(8, 40)):
+            run(pipe, "a blue square", latents)
 
 
 def _layers(found, chosen):

@@ -5,13 +5,18 @@ the reference code's own parameter names and defaults.
 - `masactrl` — MasaCtrl, mutual self-attention (Cao et al., ICCV 2023; github TencentARC/MasaCtrl, commit d0ba16bb,
   masactrl/masactrl.py `MutualSelfAttentionControl`): from step `start_step` (4) to `total_steps` (50), in the
   self-attention layers whose index in execution order is at least `start_layer` (10: SD1.5's up_blocks.2 and .3;
-  SDXL counts its 70 transformer layers), the image's keys and values are replaced by the reference's.
+  SDXL counts its 70 transformer layers), the image's keys and values are replaced by the reference's. Given
+  foreground masks `mask_s` (the reference's) and `mask_t` (the image's), it is the mask-guided variant
+  (`MutualSelfAttentionControlMask`): the image's foreground queries see the reference's foreground only, its
+  background queries the reference's background.
 - `masactrl-union` — its union variant (`MutualSelfAttentionControlUnion`): the image attends to its own keys and
   values and the reference's together. (The class raises as published; this is what its code and comments intend.)
 - `style-aligned` — StyleAligned, shared attention (Hertz et al., CVPR 2024; github google/style-aligned, commit
   2faf0af7, sa_handler.py): in every self-attention layer at every step the image's queries and keys are normalised
   to the reference's statistics over its tokens (AdaIN: `adain_queries`, `adain_keys`, `adain_values`), and the
-  reference's keys (times `keys_scale`, its `shared_score_scale`) and values join the image's own.
+  reference's keys (times `keys_scale`, its `shared_score_scale`) and values join the image's own; with
+  `shared_group_norm` (its `share_group_norm`, on in its SD1 demo, off in its SDXL demo), every GroupNorm of the
+  denoiser normalises the image over its own and the reference's features together.
 - `kv-extend` — attnkit's own setting, not a published method: the reference's keys and values join the image's own
   at `attnkit.kv.default_sites` at every step.
 
@@ -40,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AttnkitError
-from ..families import family_of
+from ..families import denoiser_of, family_of
+from ..session import group_norms
 from ..sites import SiteList, sites
 from ..state import StepRange
 from .control import Mode
@@ -60,6 +66,8 @@ class Setup:
     when: Callable[[int, int | None], bool] | None = None
     adain: tuple[str, ...] = ()
     keys_scale: float = 1.0
+    group_norms: bool = False
+    foreground: tuple[Any, Any] | None = None
     attend: str | None = None  # video: the stored frames each later frame attends to
 
 
@@ -104,7 +112,12 @@ def _masactrl(mode: Mode) -> Callable[[Any, dict[str, Any]], Setup]:
         if start_layer >= len(layers):
             raise AttnkitError(f"start_layer={start_layer} leaves no layer: {type(pipe).__name__} has {len(layers)} "
                                f"self-attention layers (0 to {len(layers) - 1} in execution order).")
-        return Setup(SiteList(layers[start_layer:]), mode, steps=(start_step, total_steps))
+        masks = parameters.get("mask_s"), parameters.get("mask_t")
+        if (masks[0] is None) != (masks[1] is None):
+            raise AttnkitError("mask-guided MasaCtrl needs both foreground masks: mask_s (the reference's) and mask_t "
+                               "(this image's); give both, or neither for plain MasaCtrl.")
+        return Setup(SiteList(layers[start_layer:]), mode, steps=(start_step, total_steps),
+                     foreground=None if masks[0] is None else masks)
 
     return configure
 
@@ -115,7 +128,11 @@ def _style_aligned(pipe: Any, parameters: dict[str, Any]) -> Setup:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise AttnkitError(f"keys_scale={scale!r}: give a finite number above 0 (1: the reference's keys as they "
                            "are).")
-    return Setup(image_sites(pipe), "extend", adain=adain, keys_scale=float(scale))
+    shared = _flag(parameters, "shared_group_norm")
+    if shared and not group_norms(denoiser_of(pipe)):
+        raise AttnkitError(f"shared_group_norm=True: {type(denoiser_of(pipe)).__name__} has no GroupNorm layers to "
+                           "share (transformers normalise per token); leave it False there.")
+    return Setup(image_sites(pipe), "extend", adain=adain, keys_scale=float(scale), group_norms=shared)
 
 
 def _kv_extend(pipe: Any, parameters: dict[str, Any]) -> Setup:
@@ -152,10 +169,11 @@ def _rerender(pipe: Any, parameters: dict[str, Any]) -> Setup:
 
 
 METHODS: dict[str, Method] = {method.name: method for method in (
-    Method("masactrl", {"start_step": 4, "start_layer": 10, "total_steps": 50}, _masactrl("replace")),
+    Method("masactrl", {"start_step": 4, "start_layer": 10, "total_steps": 50, "mask_s": None, "mask_t": None},
+           _masactrl("replace")),
     Method("masactrl-union", {"start_step": 4, "start_layer": 10, "total_steps": 50}, _masactrl("extend")),
-    Method("style-aligned", {"adain_queries": True, "adain_keys": True, "adain_values": False, "keys_scale": 1.0},
-           _style_aligned),
+    Method("style-aligned", {"adain_queries": True, "adain_keys": True, "adain_values": False,
+                             "shared_group_norm": False, "keys_scale": 1.0}, _style_aligned),
     Method("kv-extend", {}, _kv_extend),
     Method("text2video-zero", {}, _text2video_zero, video=True),
     Method("rerender", {"cross_period": (0.0, 1.0), "loose_cfattn": False}, _rerender, video=True),

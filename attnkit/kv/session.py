@@ -31,13 +31,13 @@ __all__ = ["IMAGE_KINDS", "chosen_sites", "default_sites", "inject", "record"]
 def record(pipe: Any, store: KVStore, sites_: Iterable[Site] | None = None, *, method: str | None = None,
            **selection: Any) -> Session:
     """A session that puts the image K/V (and query statistics) of every selected site, step and CFG branch into
-    `store`; with `method` (and its options), at the sites that method reads (`attnkit.kv.methods`)."""
+    `store`; with `method` (and its options), at the sites that method reads (`attnkit.kv.methods`), and the
+    GroupNorm statistics it shares (StyleAligned's `shared_group_norm`)."""
     if method is not None:
         _no_sites(method, sites_, selection, {})
-        chosen = setup(pipe, method, selection, video=False).sites
-    else:
-        chosen = chosen_sites(pipe, sites_, selection)
-    return Session(pipe, [(KVControl(record=[store]), chosen)])
+        chosen = setup(pipe, method, selection, video=False)
+        return Session(pipe, [(KVControl(record=[store], shared_group_norm=chosen.group_norms), chosen.sites)])
+    return Session(pipe, [(KVControl(record=[store]), chosen_sites(pipe, sites_, selection))])
 
 
 def inject(
@@ -64,7 +64,8 @@ def inject(
     _no_sites(method, sites_, selection, {"mode": mode, "steps": steps, "weights": weights})
     chosen = setup(pipe, method, selection, video=False)
     control = KVControl(load, record, chosen.mode, chosen.steps, when=chosen.when, adain=chosen.adain,
-                        keys_scale=chosen.keys_scale)
+                        keys_scale=chosen.keys_scale, shared_group_norm=chosen.group_norms,
+                        foreground=chosen.foreground)
     return Session(pipe, [(control, chosen.sites)])
 
 
