@@ -1,3 +1,4 @@
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +17,20 @@ def pipelines():
     from attnkit.testing import build_pipeline
 
     return {name: build_pipeline(name) for name in TINY}
+
+
+@pytest.fixture(scope="session")
+def figures():
+    """What the parity and inversion tests measured, by name; with ATTNKIT_METHODS_JSON set, merged into that JSON
+    file at the end of the run (benchmarks/methods.py turns it into the README's methods table)."""
+    found: dict[str, float] = {}
+    yield found
+    target = os.environ.get("ATTNKIT_METHODS_JSON")
+    if target and found:
+        known = json.loads(open(target).read()) if os.path.exists(target) else {}
+        with open(target, "w") as out:
+            json.dump(known | found, out, indent=2, sort_keys=True)
+            out.write("\n")
 
 
 def generate(pipe, seed: int = 0, steps: int = 2, **kwargs):

@@ -4,12 +4,9 @@ reference recorded, then attended to) against an independent re-implementation o
 layers each method picks on the full-size SD1.5 and SDXL layouts.
 
 The oracles below are written from the equations of the reference code named in each docstring (see also
-`attnkit.kv.methods`); none is a copy of it. `PARITY` collects the largest difference each parity test measured; with
-ATTNKIT_METHODS_JSON set, the session writes it there (benchmarks/methods.py turns it into the README's table).
+`attnkit.kv.methods`); none is a copy of it. Each parity test puts the largest difference it measured into the
+`figures` fixture (written out where ATTNKIT_METHODS_JSON is set: benchmarks/methods.py makes the README's table).
 """
-
-import json
-import os
 
 import pytest
 import torch
@@ -21,20 +18,6 @@ from attnkit import AttnkitError
 from attnkit.testing import build_pipeline, meta_denoiser, sd15_layout_pipeline
 
 STEPS = 8  # MasaCtrl's steps 4 to 7 are controlled
-PARITY: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _write_parity():
-    yield
-    target = os.environ.get("ATTNKIT_METHODS_JSON")
-    if target and PARITY:
-        found = json.loads(open(target).read()) if os.path.exists(target) else {}
-        with open(target, "w") as out:
-            json.dump(found | PARITY, out, indent=2, sort_keys=True)
-            out.write("\n")
-
-
 @pytest.fixture(scope="module")
 def pipes():
     torch.set_num_threads(1)
@@ -206,14 +189,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("method", CASES)
-def test_each_image_method_equals_its_reference_codes_rule_on_sd15s_layout(pipes, method):
+def test_each_image_method_equals_its_reference_codes_rule_on_sd15s_layout(pipes, method, figures):
     pipe = pipes["sd15-layout"]
     make, options = CASES[method]
     latents = noise(pipe)
     want = batched(pipe, make(pipe.unet, **options), "a red circle", "a blue square", latents)
     got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
     difference = float((got - want).abs().max())
-    PARITY[f"{method}/sd15-layout"] = difference
+    figures[f"{method}/sd15-layout"] = difference
     assert difference < 1e-10
     plain = run(pipe, "a blue square", latents)
     assert (got[1] - plain[0]).abs().max() > 1e-3  # the method changed the edit
@@ -224,14 +207,14 @@ def test_each_image_method_equals_its_reference_codes_rule_on_sd15s_layout(pipes
     ("style-aligned", {"adain_values": True, "keys_scale": 0.5},
      {"adain_values": True, "shared_score_scale": 0.5}),
 ])
-def test_options_by_the_reference_codes_names_equal_its_rule_on_tiny_sdxl(pipes, method, options, oracle):
+def test_options_by_the_reference_codes_names_equal_its_rule_on_tiny_sdxl(pipes, method, options, oracle, figures):
     pipe = pipes["tiny-sdxl"]
     make, _ = CASES[method]
     latents = noise(pipe)
     want = batched(pipe, make(pipe.unet, **oracle), "a red circle", "a blue square", latents)
     got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
     difference = float((got - want).abs().max())
-    PARITY[f"{method}/tiny-sdxl"] = difference
+    figures[f"{method}/tiny-sdxl"] = difference
     assert difference < 1e-10
 
 
@@ -247,14 +230,14 @@ def foreground(left, right, size=64):
      {"mask_s": foreground(8, 40), "mask_t": foreground(24, 56)}),
 ], ids=["style-aligned+shared-group-norm", "masactrl+masks"])
 def test_shared_group_norm_and_mask_guidance_equal_the_reference_codes_rule_on_sd15s_layout(
-        pipes, method, options, oracle):
+        pipes, method, options, oracle, figures):
     pipe = pipes["sd15-layout"]
     make, _ = CASES[method]
     latents = noise(pipe)
     want = batched(pipe, make(pipe.unet, **oracle), "a red circle", "a blue square", latents)
     got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
     difference = float((got - want).abs().max())
-    PARITY[f"{method}/sd15-layout/{'shared_group_norm' if method == 'style-aligned' else 'mask_s,mask_t'}"] = \
+    figures[f"{method}/sd15-layout/{'shared_group_norm' if method == 'style-aligned' else 'mask_s,mask_t'}"] = \
         difference
     assert difference < 1e-10
     without = two_passes(pipe, method, "a red circle", "a blue square", latents)
@@ -415,7 +398,7 @@ def edited(pipe, method, **options):
                                         **options)))
 
 
-def test_text2video_zero_equals_diffusers_cross_frame_processor_on_the_unet_and_the_controlnet(controlnet_pipe):
+def test_text2video_zero_equals_diffusers_cross_frame_processor_on_the_unet_and_the_controlnet(controlnet_pipe, figures):
     """Text2Video-Zero's ControlNet recipe (diffusers docs, text_to_video_zero.md at 149fc3f5): diffusers' own
     `CrossFrameAttnProcessor2_0(batch_size=2)` on the UNet and the ControlNet, all frames in one batch; attnkit edits
     them one after another, each later frame attending to the stored first frame."""
@@ -440,7 +423,7 @@ def test_text2video_zero_equals_diffusers_cross_frame_processor_on_the_unet_and_
             model.set_attn_processor(processors)
     got = edited(pipe, "text2video-zero", controlnet=pipe.controlnet)
     difference = float((got - want).abs().max())
-    PARITY["text2video-zero/sd15-layout+controlnet"] = difference
+    figures["text2video-zero/sd15-layout+controlnet"] = difference
     assert difference < 1e-10
     unet_only = edited(pipe, None, attend="first", mode="replace", sites_=attnkit.sites(pipe).select(kind="self"),
                        controlnet=pipe.controlnet)
@@ -482,7 +465,7 @@ class RerenderOracle(_Oracle):
 
 
 @pytest.mark.parametrize("options", [{}, {"cross_period": (0.0, 0.5), "loose_cfattn": True}])
-def test_rerender_equals_its_reference_codes_cross_frame_rule(pipes, options):
+def test_rerender_equals_its_reference_codes_cross_frame_rule(pipes, options, figures):
     from diffusers import AutoPipelineForImage2Image
 
     pipe = AutoPipelineForImage2Image.from_pipe(pipes["sd15-layout"])
@@ -505,7 +488,7 @@ def test_rerender_equals_its_reference_codes_cross_frame_rule(pipes, options):
         pipe.unet.set_attn_processor(before)
     got = edited(pipe, "rerender", **options)
     difference = float((got - torch.cat(want)).abs().max())
-    PARITY["rerender/sd15-layout" + ("/" + ",".join(sorted(options)) if options else "")] = difference
+    figures["rerender/sd15-layout" + ("/" + ",".join(sorted(options)) if options else "")] = difference
     assert difference < 1e-10
 
 
