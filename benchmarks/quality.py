@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_table import between  # noqa: E402
+
 from attnkit.shapes import CONTROLNETS, MODEL_NAMES, load
 from attnkit.shapes.controlnet import load_controlnet
 from attnkit.shapes.evaluate import evaluate
@@ -52,10 +55,7 @@ def quality_table(results: list[dict]) -> str:
 
 def readme_with_table(readme: str, results: list[dict]) -> str:
     """`readme` with the text between the quality-table markers replaced by the table of `results`."""
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {START!r} ... {END!r}: put them where the table goes")
-    head, rest = readme.split(START, 1)
-    return f"{head}{START}\n{quality_table(results)}\n{END}{rest.split(END, 1)[1]}"
+    return between(readme, START, END, quality_table(results))
 
 
 def saved_results() -> list[dict]:

@@ -507,3 +507,18 @@ def test_rerender_picks_sd15s_nine_decoder_layers_or_six_loosely_and_text2video_
     assert len(loose) == 6 and {s.block for s in loose} == {"up.2", "up.3"}
     assert len(setup(pipe, "text2video-zero", {}, video=True).sites) == 16
     assert len(setup(pipe, "rerender", {}, video=True).sites) == 9
+
+
+def test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "methods.py"
+    spec = importlib.util.spec_from_file_location("methods_benchmark", path)
+    methods = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(methods)
+    figures = json.loads(methods.RESULTS.read_text())
+    assert all(value < 1e-6 for name, value in figures.items() if not name.startswith("inversion/"))
+    readme = methods.README.read_text()
+    assert methods.readme_with_table(readme, figures) == readme, "run `python benchmarks/methods.py --readme`"
