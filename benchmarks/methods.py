@@ -102,12 +102,14 @@ def methods_table(figures: dict[str, float]) -> str:
         measured = "; ".join(_figure(name, figures) for name in row.figures)
         lines.append(f"| {row.method} | {row.paper} | {row.code} | {row.call} | {measured} | {row.not_reproduced} |")
     inverted = figures["inversion/shapes-sd15/mean-latent-error-over-range"]
+    single = max(value for name, value in figures.items() if name.endswith("/float32"))
     lines += ["", f"From `benchmarks/results/methods.json`, measured by {' and '.join(f'`{t}`' for t in TESTS)}: "
               "each method run "
               "by attnkit (the reference recorded, then attended to) against the method's rule as its code runs it "
               "(one batched pass), on a UNet with SD1.5's layout and small channels, on tiny SDXL and on tiny SD3, "
-              f"random weights, float64. A shapes-sd15 scene inverted with 50 DDIM steps and regenerated is off by "
-              f"{inverted:.1%} of its latent range on average."]
+              f"random weights, float64 (in float32, as the methods are used: {single:.1e} at most). A shapes-sd15 "
+              f"scene inverted with 50 DDIM steps and regenerated is off by {inverted:.1%} of its latent range on "
+              "average."]
     return "\n".join(lines)
 
 

@@ -202,6 +202,20 @@ def test_each_image_method_equals_its_reference_codes_rule_on_sd15s_layout(pipes
     assert (got[1] - plain[0]).abs().max() > 1e-3  # the method changed the edit
 
 
+@pytest.mark.parametrize("method", CASES)
+def test_each_image_method_equals_its_reference_codes_rule_in_float32_within_1e_4(method, figures):
+    """The same two runs in float32, as the methods are used: rounding (and SDPA against the oracle's explicit
+    softmax) stays far below the methods' effect."""
+    pipe = sd15_layout_pipeline()
+    make, options = CASES[method]
+    latents = noise(pipe).float()
+    want = batched(pipe, make(pipe.unet, **options), "a red circle", "a blue square", latents)
+    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
+    difference = float((got - want).abs().max())
+    figures[f"{method}/sd15-layout/float32"] = difference
+    assert difference < 1e-4
+
+
 @pytest.mark.parametrize(("method", "options", "oracle"), [
     ("masactrl", {"start_layer": 2, "start_step": 2}, {"start_layer": 2, "start_step": 2}),
     ("style-aligned", {"adain_values": True, "keys_scale": 0.5},
@@ -512,13 +526,15 @@ def test_rerender_picks_sd15s_nine_decoder_layers_or_six_loosely_and_text2video_
 def test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make():
     import importlib.util
     import json
+    import sys
     from pathlib import Path
 
     path = Path(__file__).parent.parent / "benchmarks" / "methods.py"
     spec = importlib.util.spec_from_file_location("methods_benchmark", path)
-    methods = importlib.util.module_from_spec(spec)
+    methods = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
     spec.loader.exec_module(methods)
     figures = json.loads(methods.RESULTS.read_text())
-    assert all(value < 1e-6 for name, value in figures.items() if not name.startswith("inversion/"))
+    assert all(value < (1e-4 if name.endswith("float32") else 1e-6) for name, value in figures.items()
+               if not name.startswith("inversion/"))
     readme = methods.README.read_text()
     assert methods.readme_with_table(readme, figures) == readme, "run `python benchmarks/methods.py --readme`"
