@@ -361,6 +361,25 @@ def test_video_edit_endpoint_writes_the_video_attnkit_video_edit_writes(client, 
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
 
 
+def test_video_edit_endpoint_runs_a_published_method_as_attnkit_video_edit_method_does(client, tmp_path):
+    from attnkit.videoio import read_frames
+    from attnkit.shapes.data import random_video
+
+    clip = tmp_path / "clip.gif"
+    frames = [Image.fromarray(frame) for frame in random_video(6, frames=2).frames]
+    frames[0].save(clip, save_all=True, append_images=frames[1:], duration=125, loop=0)
+    mp4, _ = client.predict(handle_file(str(clip)), "a green circle", "text2video-zero", 0.6, None, 0, STEPS, None,
+                            api_name="/video_edit")
+    argv = ["video-edit", MODEL, "--video", str(clip), "--prompt", "a green circle", "--steps", str(STEPS),
+            "--seed", "0", "--strength", "0.6"]
+    assert main([*argv, "--out", str(tmp_path / "method.mp4"), "--method", "text2video-zero"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "attend.mp4"), "--attend", "first+previous"]) == 0
+    ours, method, attend = ([np.asarray(f) for f in read_frames(path)]
+                            for path in (mp4, tmp_path / "method.mp4", tmp_path / "attend.mp4"))
+    assert all(np.array_equal(a, b) for a, b in zip(ours, method, strict=True))
+    assert not np.array_equal(ours[1], attend[1])
+
+
 def test_video_edit_endpoint_reports_a_bad_strength_in_the_page(client, tmp_path):
     clip = tmp_path / "clip.gif"
     Image.new("RGB", (64, 64)).save(clip)

@@ -27,7 +27,7 @@ import yaml
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..kv.defaults import ATTEND
+from ..kv.defaults import ATTEND, VIDEO_METHODS
 from ..run import checks
 
 if TYPE_CHECKING:
@@ -312,7 +312,8 @@ class Studio:
 
     def video_edit(self, video: str | None, prompt: str, attend: str, strength: Any, frames: Any, seed: Any,
                    steps: Any, guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, list[Image.Image]]:
-        """A video (mp4, GIF) edited frame by frame, as `attnkit video-edit`: the mp4 and its frames."""
+        """A video (mp4, GIF) edited frame by frame, as `attnkit video-edit`: the mp4 and its frames. `attend` is a
+        published method's name (`--method`) or the frames later frames attend to (`--attend`)."""
         from ..run import video_edit
         from ..videoio import read_frames
 
@@ -326,7 +327,9 @@ class Studio:
         out = self._request_folder() / "video.mp4"
         progress(0, desc="waiting for the model")
         with self.lock:
-            video_edit(self.model, self.pipe, Path(video), out, prompt, attend=attend, strength=amount, steps=steps,
+            method = attend if attend in VIDEO_METHODS else None
+            video_edit(self.model, self.pipe, Path(video), out, prompt, method=method,
+                       attend=None if method else attend, strength=amount, steps=steps,
                        seed=seed, guidance=_guidance(guidance), frames=count,
                        on_frame=lambda done: progress((done, total), desc="editing frames", unit="frames"))
         return str(out), [enlarged(frame) for frame in read_frames(out)]
@@ -432,7 +435,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     clip = gr.File(label="video to edit (.mp4 or .gif)", file_types=[".mp4", ".gif"],
                                    elem_id="video-input")
                     prompt = gr.Textbox(label="prompt: what the edited frames show", elem_id="video-prompt")
-                    attend = gr.Radio(label="cross-frame attention", choices=list(ATTEND),
+                    attend = gr.Radio(label="cross-frame attention: a published method, or the frames later frames "
+                                            "attend to", choices=[*VIDEO_METHODS, *ATTEND],
                                       value="first+previous", elem_id="video-attend")
                     with gr.Row():
                         strength = gr.Number(label="strength", value=0.6, elem_id="video-strength")
