@@ -182,20 +182,27 @@ class StyleAlignedOracle(_Oracle):
 
 
 CASES = {
-    "masactrl": (MasaCtrlOracle, {}),
-    "masactrl-union": (lambda unet, **o: MasaCtrlOracle(unet, union=True, **o), {}),
-    "style-aligned": (StyleAlignedOracle, {}),
+    "masactrl": MasaCtrlOracle,
+    "masactrl-union": lambda unet, **o: MasaCtrlOracle(unet, union=True, **o),
+    "style-aligned": StyleAlignedOracle,
 }
+
+
+def against_oracle(pipe, method, latents, options=None, oracle=None):
+    """attnkit's two passes and the oracle's batched pass of `method` from the same latents, `options` by attnkit's
+    names and `oracle` by the reference code's (default: the same): (attnkit's latents, the largest difference)."""
+    options = options or {}
+    want = batched(pipe, CASES[method](pipe.unet, **(options if oracle is None else oracle)), "a red circle",
+                   "a blue square", latents)
+    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
+    return got, float((got - want).abs().max())
 
 
 @pytest.mark.parametrize("method", CASES)
 def test_each_image_method_equals_its_reference_codes_rule_on_sd15s_layout(pipes, method, figures):
     pipe = pipes["sd15-layout"]
-    make, options = CASES[method]
     latents = noise(pipe)
-    want = batched(pipe, make(pipe.unet, **options), "a red circle", "a blue square", latents)
-    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
-    difference = float((got - want).abs().max())
+    got, difference = against_oracle(pipe, method, latents)
     figures[f"{method}/sd15-layout"] = difference
     assert difference < 1e-10
     plain = run(pipe, "a blue square", latents)
@@ -207,11 +214,7 @@ def test_each_image_method_equals_its_reference_codes_rule_in_float32_within_1e_
     """The same two runs in float32, as the methods are used: rounding (and SDPA against the oracle's explicit
     softmax) stays far below the methods' effect."""
     pipe = sd15_layout_pipeline()
-    make, options = CASES[method]
-    latents = noise(pipe).float()
-    want = batched(pipe, make(pipe.unet, **options), "a red circle", "a blue square", latents)
-    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
-    difference = float((got - want).abs().max())
+    _, difference = against_oracle(pipe, method, noise(pipe).float())
     figures[f"{method}/sd15-layout/float32"] = difference
     assert difference < 1e-4
 
@@ -223,11 +226,7 @@ def test_each_image_method_equals_its_reference_codes_rule_in_float32_within_1e_
 ])
 def test_options_by_the_reference_codes_names_equal_its_rule_on_tiny_sdxl(pipes, method, options, oracle, figures):
     pipe = pipes["tiny-sdxl"]
-    make, _ = CASES[method]
-    latents = noise(pipe)
-    want = batched(pipe, make(pipe.unet, **oracle), "a red circle", "a blue square", latents)
-    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
-    difference = float((got - want).abs().max())
+    _, difference = against_oracle(pipe, method, noise(pipe), options, oracle)
     figures[f"{method}/tiny-sdxl"] = difference
     assert difference < 1e-10
 
@@ -246,11 +245,8 @@ def foreground(left, right, size=64):
 def test_shared_group_norm_and_mask_guidance_equal_the_reference_codes_rule_on_sd15s_layout(
         pipes, method, options, oracle, figures):
     pipe = pipes["sd15-layout"]
-    make, _ = CASES[method]
     latents = noise(pipe)
-    want = batched(pipe, make(pipe.unet, **oracle), "a red circle", "a blue square", latents)
-    got = two_passes(pipe, method, "a red circle", "a blue square", latents, **options)
-    difference = float((got - want).abs().max())
+    got, difference = against_oracle(pipe, method, latents, options, oracle)
     figures[f"{method}/sd15-layout/{'shared_group_norm' if method == 'style-aligned' else 'mask_s,mask_t'}"] = \
         difference
     assert difference < 1e-10
