@@ -373,6 +373,116 @@ def test_on_transformers_the_methods_act_on_image_tokens_and_keep_the_text_keys(
         assert max(grown) == added * max(image.stop - image.start for _, _, image in shapes)
 
 
+class DiTOracle:
+    """The declared adaptation on a transformer, written out: the stock joint and single-stream attention of SD3
+    (`JointAttnProcessor2_0`: image tokens first) and Flux (`FluxAttnProcessor`: text first, rotary embeddings), with
+    the method's rule applied to the image tokens only, counting layers and steps as MasaCtrl's code does and taking
+    the first item of each CFG half as the reference, as the UNet oracles do; the reference items attend as they
+    would alone (on a UNet the rules leave them so; here joining their own image keys again would not)."""
+
+    def __init__(self, model, rule, text_first, guided, start_step=0, start_layer=0):
+        self.modules, self.calls, self.step, self.text = len(model.attn_processors), 0, 0, 0
+        self.rule, self.text_first, self.guided = rule, text_first, guided
+        self.start_step, self.start_layer = start_step, start_layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 **kwargs):
+        split = lambda x: heads(attn, x)  # noqa: E731
+        q, k, v = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
+        q, k = normed(attn.norm_q, q), normed(attn.norm_k, k)
+        joint = encoder_hidden_states is not None
+        if joint:
+            self.text = encoder_hidden_states.shape[1]
+            context = (split(attn.add_q_proj(encoder_hidden_states)), split(attn.add_k_proj(encoder_hidden_states)),
+                       split(attn.add_v_proj(encoder_hidden_states)))
+            context = (normed(attn.norm_added_q, context[0]), normed(attn.norm_added_k, context[1]), context[2])
+            q, k, v = (torch.cat([c, x] if self.text_first else [x, c], 2) for c, x in zip(context, (q, k, v)))
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
+        tokens = q.shape[2]
+        image = slice(self.text, tokens) if self.text_first else slice(0, tokens - self.text if joint else tokens)
+        half = q.shape[0] // 2 if self.guided else q.shape[0]
+        reference = [(item // half) * half for item in range(q.shape[0])]
+        scale = q.shape[-1] ** -0.5
+        out = attention(q, k, v, scale)
+        if self.step >= self.start_step and self.calls >= self.start_layer:
+            edited = [item for item in range(q.shape[0]) if reference[item] != item]  # references stay as they are
+            out[edited] = attention(*self.rule(q, k, v, image, reference), scale)[edited]
+        out = out.transpose(1, 2).flatten(2)
+        self.calls += 1
+        if self.calls == self.modules:
+            self.calls, self.step = 0, self.step + 1
+        if not joint:
+            return out if self.text_first else attn.to_out[1](attn.to_out[0](out))
+        text = slice(0, self.text) if self.text_first else slice(tokens - self.text, tokens)
+        hidden, context = attn.to_out[1](attn.to_out[0](out[:, image])), out[:, text]
+        return hidden, context if getattr(attn, "context_pre_only", False) else attn.to_add_out(context)
+
+
+def normed(norm, x):
+    return x if norm is None else norm(x)
+
+
+def masactrl_on_image_tokens(q, k, v, image, reference):
+    """Each item's image keys and values become its reference's; text keys and values stay."""
+    k, v = k.clone(), v.clone()
+    k[:, :, image], v[:, :, image] = k[reference][:, :, image], v[reference][:, :, image]
+    return q, k, v
+
+
+def style_aligned_on_image_tokens(q, k, v, image, reference):
+    """Each item's image queries and keys normalised to its reference's (AdaIN), and the reference's image keys and
+    values joined to every item's own."""
+    def normalised(x):
+        part = x[:, :, image]
+        mean, std = part.mean(-2, keepdim=True), (part.var(-2, keepdim=True) + 1e-5).sqrt()
+        x = x.clone()
+        x[:, :, image] = (part - mean) / std * std[reference] + mean[reference]
+        return x
+
+    q, k = normalised(q), normalised(k)
+    return q, torch.cat([k, k[reference][:, :, image]], 2), torch.cat([v, v[reference][:, :, image]], 2)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+@pytest.mark.parametrize(("method", "rule", "options"), [
+    ("masactrl", masactrl_on_image_tokens, {"start_step": 2, "start_layer": 1}),
+    ("style-aligned", style_aligned_on_image_tokens, {}),
+], ids=["masactrl", "style-aligned"])
+def test_the_declared_transformer_adaptation_equals_its_rule_written_out_in_float64(name, method, rule, options,
+                                                                                    figures):
+    pipe = build_pipeline(name).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    call = {"max_sequence_length": 8, "num_inference_steps": 6, "output_type": "latent"}
+    shape = []
+    with torch.inference_mode():
+        pipe("a red circle", callback_on_step_end=lambda p, i, t, kw: shape.append(kw["latents"].shape) or kw,
+             **{**call, "num_inference_steps": 1})
+    latents = torch.randn(shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    store = kv.KVStore()
+    with torch.inference_mode():
+        with kv.record(pipe, store, method=method, **options):
+            source = pipe("a red circle", latents=latents, **call).images
+        with kv.inject(pipe, store, method=method, **options):
+            target = pipe("a blue square", latents=latents, **call).images
+        model = pipe.transformer
+        before = dict(model.attn_processors)
+        model.set_attn_processor(DiTOracle(model, rule, text_first=name == "tiny-flux", guided=name == "tiny-sd3",
+                                           **options))
+        try:
+            want = pipe(["a red circle", "a blue square"], latents=latents.expand(2, *latents.shape[1:]),
+                        **call).images
+        finally:
+            model.set_attn_processor(before)
+        plain = pipe("a blue square", latents=latents, **call).images
+    difference = float((torch.cat([source, target]) - want).abs().max())
+    figures[f"{method}/{name}"] = difference
+    assert difference < 1e-10
+    assert (target - plain).abs().max() > 1e-3
+
+
 # --- video: cross-frame attention -------------------------------------------------------------------------------
 
 FRAMES = 3
