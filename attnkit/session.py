@@ -2,8 +2,8 @@
 
 A session is a context manager. On entry it checks every selected site first (nothing is changed when one cannot be
 handled), registers a named diffusers hook on the denoiser that fills the session's `State` from the pipeline before
-each forward, and adds its controls to the site processors (and, for controls that ask, a named hook on every
-GroupNorm of the models their sites lie in). On exit, also after an exception, it removes its controls and hooks; a
+each forward, and adds its controls to the site processors (and, for controls that name module types, a named hook
+on every such module of the models their sites lie in). On exit, also after an exception, it removes its controls and hooks; a
 site whose processor has no controls left gets back the very processor object it had before. Sessions nest, and may
 end in any order.
 """
@@ -19,11 +19,11 @@ from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 
 from .errors import AttnkitError
 from .families import Family, component_of, denoiser_of, family_of
-from .processors import Control, NormCall, SiteProcessor, stand_in
+from .processors import Control, ModuleCall, SiteProcessor, stand_in
 from .sites import Site, SiteList, choose
 from .state import State, StepReader
 
-__all__ = ["Session", "attach", "group_norms"]
+__all__ = ["Session", "attach"]
 
 
 class Session:
@@ -42,7 +42,7 @@ class Session:
         self.state = State()
         self._hook_name = f"attnkit.state.{id(self):x}"
         self._installed: list[tuple[torch.nn.Module, SiteProcessor, Control]] = []
-        self._norms: list[torch.nn.Module] = []
+        self._hooked: list[torch.nn.Module] = []
         self._active = False
 
     def __enter__(self) -> Session:
@@ -58,7 +58,7 @@ class Session:
             for control, chosen in self.placements:
                 for site in chosen:
                     self._add(modules[site.name], site, control)
-            self._hook_norms()
+            self._hook_modules()
         except BaseException:
             self._remove()
             raise
@@ -108,25 +108,28 @@ class Session:
         processor.entries.append((control, self.state))
         self._installed.append((module, processor, control))
 
-    def _hook_norms(self) -> None:
-        """One hook on every GroupNorm of each model that holds sites of a control with `norms`, running those
-        controls in placement order."""
-        wanting: dict[str, list[Control]] = {}
+    def _hook_modules(self) -> None:
+        """One hook on every module of a type some control names in `modules`, in the models that hold that control's
+        sites (every model of the session for a control without sites), running those controls in placement order."""
+        wanting: dict[tuple[str, str], tuple[torch.nn.Module, list[Control]]] = {}
         for control, chosen in self.placements:
-            if control.norms:
-                for component in dict.fromkeys(site.component for site in chosen):
-                    wanting.setdefault(component, []).append(control)
-        for component, controls in wanting.items():
-            for name, module in group_norms(self.models[component]):
-                named = f"{component}.{name}" if component else name
-                HookRegistry.check_if_exists_or_initialize(module).register_hook(
-                    _NormHook(named, controls, self.state), self._hook_name)
-                self._norms.append(module)
+            if not control.modules:
+                continue
+            components = dict.fromkeys(site.component for site in chosen) if chosen else self.models
+            for component in components:
+                for name, module in self.models[component].named_modules():
+                    if isinstance(module, control.modules):
+                        wanting.setdefault((component, name), (module, []))[1].append(control)
+        for (component, name), (module, controls) in wanting.items():
+            named = f"{component}.{name}" if component else name
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(
+                _ModuleHook(named, controls, self.state), self._hook_name)
+            self._hooked.append(module)
 
     def _remove(self) -> None:
-        for module in reversed(self._norms):
+        for module in reversed(self._hooked):
             HookRegistry.check_if_exists_or_initialize(module).remove_hook(self._hook_name, recurse=False)
-        self._norms.clear()
+        self._hooked.clear()
         for module, processor, control in reversed(self._installed):
             processor.entries = [(c, s) for c, s in processor.entries if not (c is control and s is self.state)]
             if not processor.entries and module.get_processor() is processor:
@@ -150,26 +153,21 @@ def attach(
     return Session(target, [(control, choose(target, sites_, selection))])
 
 
-def group_norms(model: torch.nn.Module) -> list[tuple[str, torch.nn.GroupNorm]]:
-    """(name in `model`, module) of every GroupNorm of `model`, in module order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.GroupNorm)]
-
-
-class _NormHook(ModelHook):
-    """Hands one GroupNorm's forward to the session's controls with `norms`; the first output one returns replaces
-    the stock output, and a second control that returns one too is an error (two normalisations cannot compose)."""
+class _ModuleHook(ModelHook):
+    """Hands one module's forward to the session's controls that name its type; the output one returns replaces the
+    module's own, and a second control that returns one too is an error (two replacements cannot compose)."""
 
     def __init__(self, name: str, controls: list[Control], state: State) -> None:
         super().__init__()
         self.name, self.controls, self.state = name, controls, state
 
-    def new_forward(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        call = NormCall(self.name, module, x, self.state)
-        outputs = [(control, out) for control in self.controls if (out := control.group_norm(call)) is not None]
+    def new_forward(self, module: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        call = ModuleCall(self.name, module, x, args, kwargs, self.state)
+        outputs = [(control, out) for control in self.controls if (out := control.module_forward(call)) is not None]
         if len(outputs) > 1:
             raise AttnkitError(f"{self.name}: {', '.join(repr(c.name) for c, _ in outputs)} each replace this "
-                               "GroupNorm's output; run them in sessions on different steps or models.")
-        return outputs[0][1] if outputs else self.fn_ref.original_forward(x)
+                               f"{type(module).__name__}'s output; run them in sessions on different steps or models.")
+        return outputs[0][1] if outputs else self.fn_ref.original_forward(x, *args, **kwargs)
 
 
 def _check_parallel(control: Control, site: Site, processor: object) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..processors import AttentionCall, Control, NormCall
+from ..processors import AttentionCall, Control, ModuleCall
 from ..state import State, StepRange, in_steps, step_range
 from .store import KVStore
 
@@ -100,7 +100,7 @@ class KVControl(Control):
         self.load, self.record, self.mode = list(load), list(record), mode
         self.steps, self.weights = step_range(steps), None if weights is None else list(weights)
         self.when, self.adain, self.keys_scale = when, tuple(adain), float(keys_scale)
-        self.norms = bool(shared_group_norm)
+        self.modules = (torch.nn.GroupNorm,) if shared_group_norm else ()
         self.foreground = None if foreground is None else tuple(_binary(m, n) for m, n in zip(foreground, FOREGROUND))
         self.masks = self.foreground is not None
         self._allowed: dict[tuple, torch.Tensor] = {}
@@ -172,7 +172,7 @@ class KVControl(Control):
             self._allowed[shape] = allowed
         return self._allowed[shape]
 
-    def group_norm(self, call: NormCall) -> torch.Tensor | None:
+    def module_forward(self, call: ModuleCall) -> torch.Tensor | None:
         """The GroupNorm's output with each item's group statistics taken over its features and the reference's
         together (equal counts: the mean of the two means, the mean of the two variances plus the variance of the
         means), where references are loaded; records the statistics into the `record` stores."""

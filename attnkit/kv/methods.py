@@ -44,9 +44,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..errors import AttnkitError
 from ..families import denoiser_of, family_of
-from ..session import group_norms
 from ..sites import SiteList, sites
 from ..state import StepRange
 from .control import Mode
@@ -129,7 +130,7 @@ def _style_aligned(pipe: Any, parameters: dict[str, Any]) -> Setup:
         raise AttnkitError(f"keys_scale={scale!r}: give a finite number above 0 (1: the reference's keys as they "
                            "are).")
     shared = _flag(parameters, "shared_group_norm")
-    if shared and not group_norms(denoiser_of(pipe)):
+    if shared and not any(isinstance(module, torch.nn.GroupNorm) for module in denoiser_of(pipe).modules()):
         raise AttnkitError(f"shared_group_norm=True: {type(denoiser_of(pipe)).__name__} has no GroupNorm layers to "
                            "share (transformers normalise per token); leave it False there.")
     return Setup(image_sites(pipe), "extend", adain=adain, keys_scale=float(scale), group_norms=shared)
