@@ -27,7 +27,7 @@ import torch
 
 from ..errors import AttnkitError
 
-__all__ = ["Family", "Grid", "Kind", "KINDS", "Parts", "SitePattern", "TextInput", "call_parameters", "component_of",
+__all__ = ["Family", "Grid", "Kind", "KINDS", "Parts", "SitePattern", "TextInput", "Tokens", "call_parameters", "component_of",
            "denoiser_of", "dits", "duplicated_latents", "families", "family_of",
            # earlier names of the same things
            "DiT", "RegionalText", "dit_of"]
@@ -67,6 +67,16 @@ class SitePattern:
 
 
 Parts = tuple[tuple[str, int], ...]  # (part name, tokens) in sequence order; parts are "image", "text" or "pad"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What one tensor of a denoiser forward holds along its token axis: its `parts` in order (none: one vector per
+    batch item), and for image tokens their `grid` (rows, cols) and `stride` (latent pixels per token side)."""
+
+    parts: Parts
+    grid: tuple[int, int] | None
+    stride: int | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,6 +249,35 @@ class Family:
         if self.multiscale:  # each down-sampling convolution rounds odd sizes up
             return math.ceil(latent[0] / stride), math.ceil(latent[1] / stride)
         return latent[0] // stride, latent[1] // stride
+
+    def tokens_in(self, shape: tuple[int, ...], latent: tuple[int, int], text_tokens: int | None,
+                  model: torch.nn.Module) -> list[Tokens]:
+        """Every reading of what a tensor of `shape` inside one denoiser forward holds along its token axis: a map
+        of image cells (batch, channels, rows, cols) or a sequence (batch, tokens, channels) of image tokens at some
+        stride of `latent`, of the forward's `text_tokens`, or of both in `order`; none for a vector per batch item
+        (batch, channels), and none where the shape fits nothing. Modules outside attention (a LoRA's layers) learn
+        their tokens this way."""
+        if len(shape) == 2:
+            return [Tokens((), None, None)]
+        own = self.stride_of(model)
+        strides = sorted({1, own, *(2 ** i for i in range(8) if self.multiscale)})
+        grids = {stride: self.token_grid(latent, stride) for stride in strides}
+        if len(shape) == 4:
+            return [Tokens((("image", rows * cols),), (rows, cols), stride) for stride, (rows, cols) in grids.items()
+                    if (rows, cols) == tuple(shape[2:])][:1]
+        if len(shape) != 3:
+            return []
+        tokens, found = shape[1], []
+        if text_tokens is not None and tokens == text_tokens:
+            found.append(Tokens((("text", tokens),), None, None))
+        for stride, (rows, cols) in grids.items():
+            image = ("image", rows * cols)
+            if tokens == rows * cols:
+                found.append(Tokens((image,), (rows, cols), stride))
+            elif text_tokens and tokens == rows * cols + text_tokens:
+                text = ("text", text_tokens)
+                found.append(Tokens((text, image) if self.order == "text" else (image, text), (rows, cols), stride))
+        return found
 
     def pixels_per_cell(self, pipe: Any) -> int:
         """Image pixels per side of one cell of the grid region masks and sizes are laid on: one latent pixel on a
