@@ -308,3 +308,30 @@ def test_families_whose_text_stream_holds_tokens_the_regions_do_not_refuse_a_lor
             latents(pipe, **regions(seed=3))
     assert all(not getattr(layer, "_diffusers_hook", None) or not layer._diffusers_hook.hooks
                for _, layer in lora_layers(denoiser_of(pipe)))
+
+
+def test_attnkit_regional_lora_loads_a_file_for_the_run_and_the_png_records_which_region_had_it(tmp_path, capsys):
+    import json
+
+    import yaml
+    from PIL import Image
+
+    from attnkit.cli import main
+
+    path = saved_lora(with_adapters("tiny-sd15", layers=(torch.nn.Linear,), dtype=torch.float32), tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"regions": [{"prompt": "a red circle", "box": LEFT, "lora": {"purple": 1.0}},
+                                                {"prompt": "a blue square", "box": RIGHT}]}))
+    argv = ["regional", "tiny-sd15", "--spec", str(spec), "--steps", "2", "--seed", "1"]
+    assert main([*argv, "--lora", f"purple={path}", "--out", str(tmp_path / "with.png")]) == 0
+    record = json.loads(Image.open(tmp_path / "with.png").text["attnkit"])
+    assert record["spec"]["loras"] == {"purple": str(path.resolve())}
+    assert record["spec"]["regions"][0]["lora"] == {"purple": 1.0} and "lora" not in record["spec"]["regions"][1]
+    assert main([*argv, "--out", str(tmp_path / "without.png")]) == 2  # the region names an adapter not loaded
+    assert "names LoRA adapter(s) ['purple']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main([*argv, "--lora", "purple", "--out", str(tmp_path / "x.png")])
+    assert usage.value.code == 2 and "--lora: got 'purple'; give NAME=PATH" in capsys.readouterr().err
+    assert main([*argv, "--lora", f"purple={tmp_path / 'none.safetensors'}", "--out", str(tmp_path / "x.png")]) == 2
+    assert "none.safetensors: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "without.png").exists()
