@@ -21,13 +21,14 @@ from readme_table import between  # noqa: E402
 
 from attnkit.shapes import CONTROLNETS, MODEL_NAMES, load
 from attnkit.shapes.controlnet import load_controlnet
-from attnkit.shapes.evaluate import evaluate
+from attnkit.shapes.evaluate import LORA_METRICS, evaluate, region_lora, shipped_lora
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- quality table: written by benchmarks/quality.py -->", "<!-- end of quality table -->"
 COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "regional_adherence_4", "map_iou",
-           "map_iou_output", "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence")
+           "map_iou_output", "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence",
+           "lora_inside", "lora_leak", "lora_whole")
 
 
 def _settings(result: dict) -> str:
@@ -58,6 +59,18 @@ def readme_with_table(readme: str, results: list[dict]) -> str:
     return between(readme, START, END, quality_table(results))
 
 
+def _add_lora_metrics(model: str, pipe: object, seeds: int) -> None:
+    """The LoRA metrics of `model` measured now, written into its saved quality JSON (the rest stays)."""
+    path = RESULTS / f"quality-{Path(model).name}.json"
+    result = json.loads(path.read_text())
+    with torch.inference_mode():
+        lora = region_lora(pipe, shipped_lora(model), seeds)
+    result.update({key: lora[key] for key in LORA_METRICS})
+    result["details"]["lora"] = lora
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({"model": model, **{key: lora[key] for key in LORA_METRICS}}))
+
+
 def saved_results() -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality-*.json"))]
 
@@ -68,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="images per single-object prompt (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--lora-only", action="store_true",
+                        help="measure only the LoRA metrics and put them into each model's saved JSON")
     args = parser.parse_args(argv)
     if args.readme:
         README.write_text(readme_with_table(README.read_text(), saved_results()))
@@ -78,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         pipe = load(model)
         pipe.set_progress_bar_config(disable=True)
+        if args.lora_only:
+            _add_lora_metrics(model, pipe, args.seeds)
+            continue
         controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
         with torch.inference_mode():
-            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet)
+            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet, lora=shipped_lora(model))
         result = {"model": model, **result, "seconds": round(time.monotonic() - start, 1),
                   "torch": torch.__version__}
         name = Path(model).name

@@ -335,3 +335,31 @@ def test_attnkit_regional_lora_loads_a_file_for_the_run_and_the_png_records_whic
     assert main([*argv, "--lora", f"purple={tmp_path / 'none.safetensors'}", "--out", str(tmp_path / "x.png")]) == 2
     assert "none.safetensors: no such file" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "without.png").exists()
+
+
+def test_the_shapes_lora_trainer_writes_a_file_diffusers_loads_and_a_region_can_name():
+    """A few steps of `python -m attnkit.shapes.lora`'s recipe on shapes-sd3: the file loads as users load LoRAs,
+    under its effect's name, and one whole-image region with it is the pipeline with it active."""
+    import tempfile
+    from pathlib import Path
+
+    from attnkit import shapes
+    from attnkit.shapes.lora import save, train
+
+    pipe = shapes.load("shapes-sd3")
+    pipe.set_progress_bar_config(disable=True)
+    record = train(pipe, "red-to-yellow", steps=2, batch=2, lr=1e-3, rank=4, scenes=8, seed=0, minutes=5)
+    assert record["steps"] == 2 and set(record["targets"]) >= {"to_q", "add_k_proj"}
+    with tempfile.TemporaryDirectory() as folder:
+        path = save(pipe, "red-to-yellow", Path(folder), record)
+        fresh = shapes.load("shapes-sd3")
+        fresh.set_progress_bar_config(disable=True)
+        fresh.load_lora_weights(str(path), adapter_name="red-to-yellow")
+    call = {"num_inference_steps": 2, "output_type": "latent", **shapes.call_kwargs(fresh)}
+    with torch.inference_mode():
+        want = fresh("a red circle", generator=torch.Generator().manual_seed(0), **call).images
+        fresh.disable_lora()
+        spec = {"regions": [{"prompt": "a red circle", "box": [0, 0, 1, 1], "lora": {"red-to-yellow": 1.0}}]}
+        with attnkit.regional(fresh, spec, **shapes.call_kwargs(fresh)) as regions:
+            got = fresh(**regions(seed=0), **{k: v for k, v in call.items() if k != "max_sequence_length"}).images
+    assert float((got - want).abs().max()) < 1e-5
