@@ -56,7 +56,7 @@ def weighted_forward(layer: LoraLayer, x: torch.Tensor, args: tuple, kwargs: dic
     result = layer.base_layer(x, *args, **kwargs)
     dtype = result.dtype
     weights = weights(result.shape) if callable(weights) else weights
-    controlled = set(controlled)
+    controlled = controlled if isinstance(controlled, (set, frozenset)) else set(controlled)
     kept = {} if layer.disable_adapters else {
         adapter: layer.scaling[adapter] / scaling(layer, adapter) for adapter in layer.active_adapters
         if adapter not in controlled and adapter in layer.lora_A}

@@ -21,10 +21,11 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
   against the true objects and the background: segments matched one-to-one to them (Hungarian matching on IoU), the
   mean IoU over the true regions (an unmatched region scores 0);
 - `lora_inside`, `lora_leak`, `lora_whole`: a LoRA per region, with the model's shipped LoRA (`attnkit.shapes.lora`;
-  None for a model without one), on two-object layouts of objects the LoRA changes, regional as for
-  `regional_adherence` with the LoRA given to one region: the share of regions with the LoRA whose object shows its
-  effect, of regions without it that show it anyway, and, for scale, of all regions when the LoRA is loaded for the
-  whole image.
+  None for a model without one), on two-object layouts of objects the LoRA changes, one prompt per half and no base
+  prompt, the LoRA given to one region: the share of regions with the LoRA whose object shows its effect, of regions
+  without it that show it anyway, and, for scale, of all regions when the LoRA is loaded for the whole image. The
+  details hold the same with `regional_adherence`'s base prompt, whose words (naming the region's object, without
+  the LoRA) every image token sees.
 """
 
 from __future__ import annotations
@@ -356,13 +357,14 @@ def region_lora(pipe: Any, lora: Path | None, seeds: int, effect: str = "red-to-
     cases = [((source, SHAPES[rng.integers(3)]), (source, SHAPES[rng.integers(3)])) for _ in range(4 * seeds)]
     gen_seeds = [3000 + k for k in range(len(cases))]
     sides = [k % 2 for k in range(len(cases))]  # the region with the LoRA: left, then right
+    loras = [[{effect: 1.0} if side == k else None for k in range(2)] for side in sides]
     pipe.load_lora_weights(str(lora), adapter_name=effect)
     try:
         pipe.disable_lora()
-        given = _shared_regional(pipe, cases, gen_seeds, **gen, base_weight=REGIONAL_BASE_WEIGHT,
-                                 loras=[[{effect: 1.0} if side == k else None for k in range(2)] for side in sides])
+        given = _shared_regional(pipe, cases, gen_seeds, **gen, loras=loras)
+        with_base = _shared_regional(pipe, cases, gen_seeds, **gen, base_weight=REGIONAL_BASE_WEIGHT, loras=loras)
         pipe.enable_lora()
-        whole = _shared_regional(pipe, cases, gen_seeds, **gen, base_weight=REGIONAL_BASE_WEIGHT)
+        whole = _shared_regional(pipe, cases, gen_seeds, **gen)
     finally:
         pipe.delete_adapters([effect])
     regions = halves(given[0].shape[0])
@@ -371,11 +373,15 @@ def region_lora(pipe: Any, lora: Path | None, seeds: int, effect: str = "red-to-
         return shows_effect([b for b in detect(image) if (b.mask & regions[region]).sum() > b.mask.sum() / 2],
                             effect)
 
-    inside = [shown(im, side) for im, side in zip(given, sides)]
-    leak = [shown(im, 1 - side) for im, side in zip(given, sides)]
-    loaded = [shown(im, k) for im in whole for k in range(2)]
-    return {"lora_inside": float(np.mean(inside)), "lora_leak": float(np.mean(leak)),
-            "lora_whole": float(np.mean(loaded)), "layouts": len(cases), "effect": effect}
+    def rates(images: list[np.ndarray]) -> tuple[float, float]:
+        return (float(np.mean([shown(im, side) for im, side in zip(images, sides)])),
+                float(np.mean([shown(im, 1 - side) for im, side in zip(images, sides)])))
+
+    (inside, leak), (inside_base, leak_base) = rates(given), rates(with_base)
+    return {"lora_inside": inside, "lora_leak": leak, "lora_whole": float(np.mean([shown(im, k) for im in whole
+                                                                                   for k in range(2)])),
+            "lora_inside_with_base": inside_base, "lora_leak_with_base": leak_base,
+            "base_weight": REGIONAL_BASE_WEIGHT, "layouts": len(cases), "effect": effect}
 
 
 def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, lora: Path | None = None, **gen: Any
