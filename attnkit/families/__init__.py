@@ -274,10 +274,16 @@ class Family:
             image = ("image", rows * cols)
             if tokens == rows * cols:
                 found.append(Tokens((image,), (rows, cols), stride))
-            elif text_tokens and tokens == rows * cols + text_tokens:
+            elif text_tokens and tokens == rows * cols + text_tokens and self.joins_text:
                 text = ("text", text_tokens)
                 found.append(Tokens((text, image) if self.order == "text" else (image, text), (rows, cols), stride))
         return found
+
+    @property
+    def joins_text(self) -> bool:
+        """Whether some sequence of this family holds text and image tokens together (joint or single-stream
+        sites)."""
+        return any(pattern.kind in ("joint", "single") for pattern in self.sites if not callable(pattern.kind))
 
     def pixels_per_cell(self, pipe: Any) -> int:
         """Image pixels per side of one cell of the grid region masks and sizes are laid on: one latent pixel on a
