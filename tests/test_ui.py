@@ -4,6 +4,7 @@ requests queued on one lock, errors shown as messages, and the page itself in he
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -163,7 +164,7 @@ def test_regional_negatives_on_flux_need_the_true_cfg_field_and_are_recorded_wit
     fields = (table(SWAPPED)["data"], "", BASE, 0.5, "", 0, 1, None, None, None)  # region 2 has a negative
     with pytest.raises(AttnkitError, match="the true CFG field in `attnkit ui`"):
         studio.regional(*fields, "", progress=lambda *args, **kwargs: None)
-    _, png = studio.regional(*fields, "3", progress=lambda *args, **kwargs: None)
+    _, png, _ = studio.regional(*fields, "3", progress=lambda *args, **kwargs: None)
     assert record_of(png)["true_cfg_scale"] == 3.0
 
 
@@ -178,16 +179,16 @@ def test_saved_spec_files_load_back_into_the_same_fields(client):
     yaml_file, json_file = client.predict(table(SWAPPED), "", BASE, 0.25, "blurry", api_name="/save_spec")
     assert Path(yaml_file).name == "spec.yaml" and Path(json_file).name == "spec.json"
     for path in (yaml_file, json_file):
-        rows, grid, base, weight, negative = client.predict(handle_file(path), api_name="/load_spec")
+        rows, grid, base, weight, negative, *_ = client.predict([handle_file(path)], api_name="/load_spec")
         assert rows["data"] == [[r[0], r[1], *r[2:]] for r in SWAPPED]
         assert (grid, base, weight, negative) == ("", BASE, 0.25, "blurry")
 
 
-def test_a_spec_with_a_mask_region_is_refused_with_the_command_that_runs_it(client, tmp_path):
-    spec = tmp_path / "masked.yaml"
-    spec.write_text("regions:\n  - {prompt: a red circle, mask: [[1, 0], [0, 1]]}\n")
+def test_a_spec_with_a_word_region_is_refused_with_the_command_that_runs_it(client, tmp_path):
+    spec = tmp_path / "worded.yaml"
+    spec.write_text("base: {prompt: a red circle}\nregions:\n  - {prompt: a red circle, from_word: circle}\n")
     with pytest.raises(AppError, match="run this spec with `attnkit regional`"):
-        client.predict(handle_file(str(spec)), api_name="/load_spec")
+        client.predict([handle_file(str(spec))], api_name="/load_spec")
 
 
 def test_maps_endpoint_gives_a_word_per_choice_its_overlay_and_the_maps_file(client):
@@ -519,3 +520,292 @@ def test_page_segment_shows_the_overlay_and_a_row_per_segment(served, browser):
         "css selector", '#segment-labels [data-testid^="cell-"][data-col="1"]') if cell.text}
     assert labels and labels <= {"a", "red", "circle", "background"}
     assert page.find("#segment-overlay img").get_attribute("naturalWidth") == str(SHOWN_SIDE)
+
+
+# ---- the canvas, uploads and files ----
+
+from attnkit.ui import canvas  # noqa: E402
+from attnkit.ui.serving import Keep, Keeper, Limits, check_mask_name, exposed, read_upload  # noqa: E402
+
+CANVAS = (384, 384)
+
+
+def test_the_box_canvas_draws_the_tables_boxes_and_reads_them_back_unchanged():
+    rows = [["a red circle", "", 0.0, 0.0, 0.3, 1.0], ["a blue square", "", 0.5, 0.25, 1.0, 0.75]]
+    boxes = canvas.table_boxes(rows, CANVAS)
+    assert [(b["xmin"], b["ymin"], b["xmax"], b["ymax"]) for b in boxes] == [(0, 0, 115, 384), (192, 96, 384, 288)]
+    assert [b["label"] for b in boxes] == ["1 · a red circle", "2 · a blue square"]
+    assert canvas.rows_from_boxes(rows, boxes, CANVAS) is None  # a typed 0.3 stays 0.3, not 115 / 384
+
+
+def test_a_box_drawn_adds_a_row_a_moved_box_rewrites_only_its_row_a_removed_one_clears_its_box():
+    rows = [["a red circle", "", 0.0, 0.0, 0.3, 1.0], ["a blue square", "", 0.5, 0.25, 1.0, 0.75]]
+    boxes = canvas.table_boxes(rows, CANVAS)
+    boxes[1] |= {"xmin": 96, "xmax": 288}
+    drawn = {"xmin": 10, "ymin": 20, "xmax": 100, "ymax": 200, "label": "", "color": (0, 0, 0)}
+    table = canvas.rows_from_boxes(rows, [drawn, *boxes], CANVAS)  # the canvas lists the newest box first
+    assert table == [rows[0], ["a blue square", "", 0.25, 0.25, 0.75, 0.75],
+                     ["", "", round(10 / 384, 4), round(20 / 384, 4), round(100 / 384, 4), round(200 / 384, 4)]]
+    assert canvas.rows_from_boxes(rows, boxes[1:], CANVAS)[0] == ["a red circle", "", None, None, None, None]
+
+
+def test_a_box_still_being_drawn_changes_no_row():
+    rows = [["a red circle", "", 0.0, 0.0, 0.5, 1.0]]
+    starting = {"xmin": 40, "ymin": 40, "xmax": 40, "ymax": 40, "label": ""}
+    assert canvas.rows_from_boxes(rows, [starting, *canvas.table_boxes(rows, CANVAS)], CANVAS) is None
+
+
+def test_the_canvas_is_the_output_scaled_by_a_whole_factor_to_at_least_the_shown_side():
+    assert canvas.canvas_size(64, 64) == (384, 384)
+    assert canvas.canvas_size(128, 64) == (768, 384)
+    assert canvas.canvas_size(1024, 768) == (1024, 768)
+
+
+def test_a_painted_layer_is_its_opaque_pixels_and_the_spec_takes_output_pixels_half_painted():
+    layer = Image.new("RGBA", (12, 6), (0, 0, 0, 0))
+    layer.paste((255, 0, 0, 255), (0, 0, 6, 6))
+    layer.paste((255, 0, 0, 100), (6, 0, 12, 6))  # faint: not painted
+    assert canvas.mask_from_layer(layer).sum() == 36
+    assert canvas.mask_rows(canvas.mask_from_layer(layer), 4, 2) == [[1, 1, 0, 0], [1, 1, 0, 0]]
+    half = np.zeros((6, 12), bool)
+    half[:, :2] = True  # 2 of the 3 columns under the first output pixel
+    assert canvas.mask_rows(half, 4, 2) == [[1, 0, 0, 0], [1, 0, 0, 0]]
+    assert canvas.mask_from_image(Image.new("L", (3, 3), 255)).all()
+    assert not canvas.mask_from_image(Image.new("RGBA", (3, 3), (255, 255, 255, 0))).any()
+
+
+def test_a_mask_layer_shows_exactly_the_mask_at_the_canvas_size():
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 30:40] = True
+    layer = canvas.mask_layer(mask, CANVAS, 2)
+    assert layer.size == CANVAS
+    assert np.array_equal(canvas.mask_from_layer(layer)[::6, ::6], mask)
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../x.png", "masks/x.png", "..", "C:\\x.png", "a\\..\\x.png"])
+def test_a_mask_name_that_leaves_the_upload_is_refused(name):
+    with pytest.raises(AttnkitError, match="points outside the upload"):
+        check_mask_name(name, "region 1")
+
+
+def test_a_bare_mask_name_is_kept():
+    assert check_mask_name("mask-2.png", "region 2") == "mask-2.png"
+
+
+def huge_png(path, side=20000):
+    """A PNG whose header says side x side pixels, with a few bytes of data: what a decompression bomb looks like
+    before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def bad_uploads(folder):
+    """(file, message) for each kind of bad upload."""
+    text = folder / "notes.png"
+    text.write_text("not an image, whatever its name says\n")
+    whole = folder / "whole.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(whole)
+    cut = folder / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-40])
+    return [(huge_png(folder / "huge.png"), "is 400 megapixels; this server takes images up to 50 megapixels"),
+            (text, "is not an image"), (cut, "is a damaged image")]
+
+
+def test_bad_uploads_are_errors_naming_the_problem(tmp_path):
+    for path, message in bad_uploads(tmp_path):
+        with pytest.raises(AttnkitError, match=re.escape(message)):
+            read_upload(path, "the upload", Limits())
+    large = huge_png(tmp_path / "large.png", 9000)  # within what Pillow opens: its header tells the size
+    with pytest.raises(AttnkitError, match=re.escape("is 9000x9000 pixels (81 megapixels); this server takes images "
+                                                     "up to 50 megapixels")):
+        read_upload(large, "the upload", Limits())
+    with pytest.raises(AttnkitError, match="this server takes files up to 0 MB"):
+        read_upload(bad_uploads(tmp_path)[1][0], "the upload", Limits(max_bytes=10))
+
+
+def test_the_keeper_removes_request_files_past_their_age_and_the_oldest_past_the_size_budget(tmp_path):
+    import time as clock
+
+    now = clock.time()
+    folders = []
+    for age in (5000, 3000, 200, 10):
+        folder = tmp_path / f"request-{age}"
+        folder.mkdir()
+        (folder / "image.png").write_bytes(b"x" * 1000)
+        os.utime(folder, (now - age, now - age))
+        folders.append(folder)
+    Keeper(tmp_path, Keep(max_age=3600, max_bytes=10**6, min_age=60)).sweep(now)
+    assert [f.exists() for f in folders] == [False, True, True, True]
+    Keeper(tmp_path, Keep(max_age=3600, max_bytes=1500, min_age=60)).sweep(now)
+    assert [f.exists() for f in folders] == [False, False, False, True]  # the last is younger than min_age
+    Keeper(tmp_path, Keep(max_age=3600, max_bytes=1500, min_age=60)).sweep(now + 3600)
+    assert not any(f.exists() for f in folders)
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("::1", False), ("localhost", False),
+                                          ("0.0.0.0", True), ("::", True), ("my-host.lan", True)])
+def test_serving_beyond_loopback_counts_as_exposed(host, warned):
+    assert exposed(host) is warned
+
+
+def test_ui_on_0_0_0_0_warns_that_anyone_on_the_network_can_use_the_gpu(pipelines, capsys):
+    from attnkit.ui.app import launch
+
+    app = launch("tiny-sd3", "0.0.0.0", free_port(), loader=lambda model: pipelines["tiny-sd3"],
+                 prevent_thread_lock=True, quiet=True)
+    app.close()
+    err = capsys.readouterr().err
+    assert "serving on 0.0.0.0: anyone who can reach this machine on the network can use this page, and so its GPU" \
+           in err and "add --auth USER:PASS" in err
+
+
+def test_ui_auth_asks_for_the_login_before_the_page(pipelines):
+    import urllib.error
+    import urllib.request
+
+    from attnkit.ui.app import launch
+
+    port = free_port()
+    app = launch("tiny-sd3", "127.0.0.1", port, loader=lambda model: pipelines["tiny-sd3"], auth=("ana", "s3cret"),
+                 prevent_thread_lock=True, quiet=True)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30)
+        assert refused.value.code == 401
+        login = urllib.request.Request(f"http://127.0.0.1:{port}/login", data=b"username=ana&password=s3cret",
+                                       method="POST")
+        assert urllib.request.urlopen(login, timeout=30).status == 200
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("auth", ["ana", "ana:", ":pw"])
+def test_ui_auth_without_user_and_password_is_a_usage_error(auth, capsys):
+    with pytest.raises(SystemExit):
+        main(["ui", "--auth", auth])
+    assert "give USER:PASS, both non-empty" in capsys.readouterr().err
+
+
+def masked_rows():
+    """Region 1 a box, region 2 a mask (no box)."""
+    return [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", None, None, None, None]]
+
+
+def layer_file(tmp_path, mask):
+    """A mask canvas layer (opaque where `mask`, at the canvas size) as the file gradio_client uploads."""
+    path = tmp_path / "layer.png"
+    canvas.mask_layer(mask, CANVAS, 2).save(path)
+    return path
+
+
+def right_half():
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 32:] = True
+    return mask
+
+
+def test_a_painted_mask_goes_into_the_png_spec_as_the_painted_output_pixels(client, tmp_path):
+    editor = {"background": None, "layers": [handle_file(str(layer_file(tmp_path, right_half())))],
+              "composite": None}
+    _, png = client.predict(table(masked_rows()), "", BASE, 0.5, "", 0, STEPS, None, None, None, None, editor, 2,
+                            api_name="/regional")
+    region = record_of(png)["spec"]["regions"][1]
+    assert region["prompt"] == "a blue square" and "box" not in region
+    assert np.array_equal(np.asarray(region["mask"], bool), right_half())
+    spec = tmp_path / "record.json"  # the record's spec is one `attnkit regional` runs to the same image
+    spec.write_text(json.dumps(record_of(png)["spec"]))
+    out = tmp_path / "cli.png"
+    assert main(["regional", MODEL, "--spec", str(spec), "--out", str(out), "--steps", str(STEPS)]) == 0
+    assert np.array_equal(pixels(png), pixels(out))
+
+
+def test_a_region_with_a_box_and_a_mask_or_a_mask_without_its_row_is_an_error(client, tmp_path):
+    editor = {"background": None, "layers": [handle_file(str(layer_file(tmp_path, right_half())))],
+              "composite": None}
+    boxed = [masked_rows()[0], ["a blue square", "", 0.5, 0.0, 1.0, 1.0]]
+    with pytest.raises(AppError, match="region 2 has a box and a mask: clear its box cells"):
+        client.predict(table(boxed), "", BASE, 0.5, "", 0, STEPS, None, None, None, None, editor, 2,
+                       api_name="/regional")
+    with pytest.raises(AppError, match=re.escape("a mask is painted for region 2, but the table has 1 row(s)")):
+        client.predict(table(boxed[:1]), "", BASE, 0.5, "", 0, STEPS, None, None, None, None, editor, 2,
+                       api_name="/regional")
+
+
+def test_a_saved_spec_with_a_mask_loads_back_with_its_mask_png(served, client, tmp_path):
+    editor = {"background": None, "layers": [handle_file(str(layer_file(tmp_path, right_half())))],
+              "composite": None}
+    saved = client.predict(table(masked_rows()), "", BASE, 0.5, "", None, None, editor, 2, api_name="/save_spec")
+    names = [Path(path).name for path in saved]
+    assert names == ["spec.yaml", "spec.json", "mask-2.png"]
+    import yaml
+
+    data = yaml.safe_load(Path(saved[0]).read_text())
+    assert data["regions"][1] == {"prompt": "a blue square", "mask": "mask-2.png"}
+    assert np.array_equal(np.asarray(Image.open(saved[2])) > 0, right_half())
+    session = Client(served[1], verbose=False)  # a page of its own: the loaded masks stay with it
+    rows, grid, base, weight, negative, boxes, shown, painting = session.predict(
+        [handle_file(saved[0]), handle_file(saved[2])], api_name="/load_spec")
+    assert rows["data"][0] == masked_rows()[0] and rows["data"][1][:2] == ["a blue square", ""]
+    assert [(b["xmin"], b["xmax"], b["label"]) for b in boxes["boxes"]] == [(0, 192, "1 · a red circle")]
+    assert painting["value"] == 1 and not canvas.mask_from_layer(Image.open(shown["layers"][0])).any()
+    # the loaded mask stays with the page: a generation without a canvas layer runs it
+    _, png = session.predict(table(rows["data"]), grid, base, weight, negative, 0, STEPS, None, None, None, None, None,
+                            1, api_name="/regional")
+    assert np.array_equal(np.asarray(record_of(png)["spec"]["regions"][1]["mask"], bool), right_half())
+
+
+@pytest.mark.parametrize("mask, message", [
+    ("/etc/hostname", "mask '/etc/hostname' points outside the upload"),
+    ("../x.png", "mask '../x.png' points outside the upload"),
+    ("mask-9.png", "the mask 'mask-9.png' was not uploaded"),
+])
+def test_a_spec_naming_a_mask_outside_its_upload_is_refused_and_the_app_serves_on(served, tmp_path, mask, message):
+    session = Client(served[1], verbose=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"regions:\n  - {{prompt: a red circle, mask: '{mask}'}}\n")
+    with pytest.raises(AppError, match=re.escape(message)):
+        session.predict([handle_file(str(spec))], api_name="/load_spec")
+    assert record_of(regional(session, ROWS)[1])["command"] == "regional"
+
+
+def test_bad_image_uploads_are_messages_and_the_app_serves_on(client, tmp_path):
+    for path, message in bad_uploads(tmp_path):
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict("a red circle", handle_file(str(path)), 0, STEPS, None, None, None, api_name="/segment")
+        assert record_of(client.predict("a red circle", 0, 2, None, None, None, api_name="/generate")[1])["seed"] == 0
+
+
+@pytest.mark.parametrize("rows, base, message", [
+    ([["a red circle", "", -0.1, 0.0, 0.5, 1.0]], BASE, "box [-0.1, 0.0, 0.5, 1.0] lies outside [0, 1]"),
+    ([["", "", 0.0, 0.0, 1.0, 1.0]], "", "region 1 has no prompt: type what it shows"),
+])
+def test_a_negative_box_or_an_empty_prompt_is_a_message_and_the_app_serves_on(client, rows, base, message):
+    with pytest.raises(AppError, match=re.escape(message)):
+        regional(client, rows, base=base)
+    assert record_of(regional(client, ROWS)[1])["command"] == "regional"
+
+
+def test_a_segment_clicked_becomes_a_region_whose_mask_is_the_segment(served, tmp_path):
+    from types import SimpleNamespace
+
+    studio, _ = served
+    _, png = studio.generate("a red circle", 0, STEPS, None, None, None, progress=lambda *a, **k: None)
+    overlay, found = studio.segment_regions(Image.open(png), "a red circle", 0, None,
+                                            progress=lambda *a, **k: None)
+    assert overlay.size == (SHOWN_SIDE, SHOWN_SIDE)
+    labels = found["labels"]
+    x, y = 20, 30  # an output pixel; the overlay shows it 6 times as large
+    rows, boxes, masks, region, editor, painting = studio.pick_segment(
+        found, ROWS, None, None, None, None, 1, {}, SimpleNamespace(index=[x * 6 + 3, y * 6 + 3]))
+    picked = labels[y, x]
+    assert region == 3 and rows[2] == [found["names"][picked] or "", "", None, None, None, None]
+    assert np.array_equal(masks[3], labels == picked)
+    assert np.array_equal(canvas.mask_from_layer(editor["layers"][0])[::6, ::6], labels == picked)

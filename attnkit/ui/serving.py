@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, NoReturn
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
@@ -48,19 +49,23 @@ def read_upload(path: str | Path, what: str, limits: Limits) -> Image.Image:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > limits.max_pixels:
-                raise AttnkitError(f"{what} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); this "
-                                   f"server takes images up to {limits.max_pixels / 1e6:.0f} megapixels "
-                                   "(`attnkit ui --max-upload-mpx`). Scale it down first.")
+                _too_many(what, f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels)", limits)
             image.load()
             return image.copy()
-    except Image.DecompressionBombError:
-        raise AttnkitError(f"{what} has more pixels than Pillow will decode safely; this server takes images up to "
-                           f"{limits.max_pixels / 1e6:.0f} megapixels. Scale it down first.") from None
+    except Image.DecompressionBombError as error:  # Pillow refuses to open it at all
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        _too_many(what, f"{int(found[1]) / 1e6:.0f} megapixels" if found else "too many pixels to decode safely",
+                  limits)
     except UnidentifiedImageError:
         raise AttnkitError(f"{what} is not an image (its content is no PNG, JPEG, WebP or other image format, "
                            "whatever its name says); upload an image file.") from None
     except OSError as error:  # truncated or corrupt data
         raise AttnkitError(f"{what} is a damaged image ({error}); save it again and upload the new file.") from None
+
+
+def _too_many(what: str, size: str, limits: Limits) -> NoReturn:
+    raise AttnkitError(f"{what} is {size}; this server takes images up to {limits.max_pixels / 1e6:.0f} megapixels "
+                       "(`attnkit ui --max-upload-mpx`). Scale it down first.")
 
 
 class CheckedImage(gr.Image):
