@@ -798,7 +798,7 @@ def test_a_segment_clicked_becomes_a_region_whose_mask_is_the_segment(served, tm
 
     studio, _ = served
     _, png = studio.generate("a red circle", 0, STEPS, None, None, None, progress=lambda *a, **k: None)
-    overlay, found = studio.segment_regions(Image.open(png), "a red circle", 0, None,
+    overlay, found = studio.segment_regions(png, "a red circle", 0, None,
                                             progress=lambda *a, **k: None)
     assert overlay.size == (SHOWN_SIDE, SHOWN_SIDE)
     labels = found["labels"]

@@ -36,7 +36,6 @@ from ..run import checks
 from . import canvas
 from .canvas import SHOWN_SIDE, enlarged
 from .serving import (
-    CheckedImage,
     Keep,
     Keeper,
     Limits,
@@ -228,6 +227,8 @@ def _progress(progress: gr.Progress, steps: int) -> Callable[..., dict[str, Any]
 Masks = dict[int, np.ndarray]  # region number (a row of the table, from 1) -> where it is painted
 #: The choice of the mask canvas's region list that adds a row to paint a new region's mask.
 _NEW_REGION = 0
+#: What each image upload is called in its errors.
+_BACKGROUND, _SOURCE, _GIVEN = "the background image", "the image to find regions in", "the image to segment"
 
 
 class Studio:
@@ -274,6 +275,22 @@ class Studio:
 
         side = default_size(self.pipe)
         return _size(width, "width") or side, _size(height, "height") or side
+
+    def _picture(self, path: str | None, what: str) -> Image.Image | None:
+        """An uploaded image (None when none was), read within the upload limits."""
+        return None if not path else read_upload(path, what, self.limits)
+
+    def check_upload(self, path: str | None, what: str) -> None:
+        """Read an upload as soon as it arrives, so that a bad one is named then, not at the next click."""
+        self._picture(path, what)
+
+    def draw_over_last(self, last: Image.Image | None) -> str:
+        """The last image generated on the Regional tab, as the canvases' background file."""
+        if last is None:
+            raise AttnkitError("generate an image on this tab first; it then becomes the background to draw over.")
+        path = self._request_folder() / "background.png"
+        last.save(path)
+        return str(path)
 
     def generate(self, prompt: str, seed: Any, steps: Any, height: Any, width: Any, guidance: Any,
                  progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
@@ -345,10 +362,11 @@ class Studio:
         return [str(folder / "spec.yaml"), str(folder / "spec.json"), *(str(p) for p in files.values())]
 
     def load_spec(self, paths: str | Sequence[str] | None, height: Any = None, width: Any = None,
-                  background: Image.Image | None = None) -> tuple[Any, ...]:
+                  background: str | None = None) -> tuple[Any, ...]:
         """A YAML or JSON spec file, uploaded with the mask images it names, as the Regional tab's fields and
         canvases: rows, grid, base prompt, base weight, negative, the box canvas, the masks, the region painted, the
         mask canvas and its region list. Mask names that lead outside the upload are refused."""
+        background = self._picture(background, _BACKGROUND)
         from ..regional.spec import RegionSpec
 
         paths = [paths] if isinstance(paths, str) else list(paths or [])
@@ -386,9 +404,10 @@ class Studio:
         """The box canvas: the table's boxes over the background, the masks tinted."""
         return {"image": canvas.backdrop(size, background, masks), "boxes": canvas.table_boxes(rows, size)}
 
-    def show_table(self, rows: Any, height: Any, width: Any, background: Image.Image | None,
+    def show_table(self, rows: Any, height: Any, width: Any, background: str | None,
                    masks: Masks | None) -> tuple[Any, ...]:
         """The box canvas and the region list after the table was typed in."""
+        background = self._picture(background, _BACKGROUND)
         size = canvas.canvas_size(*self._output_size(height, width))
         return self._boxes(rows, size, background, masks), _painting(rows, masks or {})
 
@@ -408,19 +427,21 @@ class Studio:
         return (table, {"image": value["image"], "boxes": canvas.table_boxes(table, size)},
                 _painting(table, masks or {}))
 
-    def redraw(self, rows: Any, height: Any, width: Any, background: Image.Image | None, editor: dict | None,
+    def redraw(self, rows: Any, height: Any, width: Any, background: str | None, editor: dict | None,
                painting: Any, masks: Masks | None) -> tuple[Any, ...]:
         """Both canvases at the output size over the background (after either changed), and the masks with what the
         mask canvas holds."""
+        background = self._picture(background, _BACKGROUND)
         size = canvas.canvas_size(*self._output_size(height, width))
         masks = _painted(masks, editor, painting)
         region = painting if isinstance(painting, int) and painting >= 1 else 1
         return self._boxes(rows, size, background, masks), _editor(size, background, rows, masks, region), masks
 
-    def switch_region(self, choice: Any, rows: Any, height: Any, width: Any, background: Image.Image | None,
+    def switch_region(self, choice: Any, rows: Any, height: Any, width: Any, background: str | None,
                       editor: dict | None, editing: Any, masks: Masks | None) -> tuple[Any, ...]:
         """The mask canvas on region `choice` (a new row for "new region"), the region it held kept in the masks:
         rows, masks, the region painted, the mask canvas, the region list."""
+        background = self._picture(background, _BACKGROUND)
         masks = _painted(masks, editor, editing)
         table = [list(row) for row in rows or []]
         if choice == _NEW_REGION or choice is None:
@@ -429,10 +450,11 @@ class Studio:
         size = canvas.canvas_size(*self._output_size(height, width))
         return table, masks, choice, _editor(size, background, table, masks, choice), _painting(table, masks, choice)
 
-    def upload_mask(self, path: str | None, rows: Any, height: Any, width: Any, background: Image.Image | None,
+    def upload_mask(self, path: str | None, rows: Any, height: Any, width: Any, background: str | None,
                     editor: dict | None, painting: Any, masks: Masks | None) -> tuple[Any, ...]:
         """An uploaded mask image (white = the region) as the mask of the region being painted; its box, if any, is
         cleared, since a region takes one or the other: rows, box canvas, masks, mask canvas, region list."""
+        background = self._picture(background, _BACKGROUND)
         if not path:
             raise AttnkitError("no mask image arrived; choose a PNG or JPEG where white marks the region.")
         table = [list(row) + [None] * (len(REGION_COLUMNS) - len(row)) for row in rows or []]
@@ -450,13 +472,13 @@ class Studio:
         return (table, self._boxes(table, size, background, masks), masks,
                 _editor(size, background, table, masks, painting), _painting(table, masks, painting))
 
-    def segment_regions(self, image: Image.Image | None, prompt: str, seed: Any, last: Image.Image | None,
+    def segment_regions(self, image: str | None, prompt: str, seed: Any, last: Image.Image | None,
                         progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, dict[str, Any]]:
         """Segments of the uploaded image, or else of the last image generated on this tab (`attnkit.segment`, as
         `attnkit segment` runs it): the overlay to click, and the segmentation (the page's state)."""
         from ..run import segment
 
-        source = image if image is not None else last
+        source = self._picture(image, _SOURCE) or last
         if source is None:
             raise AttnkitError("upload an image to find regions in, or generate one on this tab first (the last "
                                "generated image is used when none is uploaded).")
@@ -469,10 +491,11 @@ class Studio:
         return enlarged(found.overlay()), {"labels": found.labels, "names": [s.label for s in found.segments]}
 
     def pick_segment(self, found: dict[str, Any] | None, rows: Any, height: Any, width: Any,
-                     background: Image.Image | None, editor: dict | None, painting: Any, masks: Masks | None,
+                     background: str | None, editor: dict | None, painting: Any, masks: Masks | None,
                      event: gr.SelectData) -> tuple[Any, ...]:
         """The segment clicked on the overlay as a new region: a row named by the segment's word (blank without a
         prompt) whose mask is the segment: rows, box canvas, masks, region painted, mask canvas, region list."""
+        background = self._picture(background, _BACKGROUND)
         if not found:
             raise AttnkitError("find the segments first (the Segment button), then click one on the overlay.")
         labels = found["labels"]
@@ -514,7 +537,7 @@ class Studio:
         return (enlarged(image), gr.Radio(choices=list(overlays), value=first), overlays[first],
                 str(folder / "maps.safetensors"), overlays)
 
-    def segment(self, prompt: str, image: Image.Image | None, seed: Any, steps: Any, height: Any, width: Any,
+    def segment(self, prompt: str, image: str | None, seed: Any, steps: Any, height: Any, width: Any,
                 guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, Image.Image, list[list]]:
         """Segments of the uploaded image, or of one generated from the prompt, as `attnkit segment`: the image, its
         overlay, and a row (id, label, area, box) per segment."""
@@ -522,6 +545,7 @@ class Studio:
 
         prompt = _text(prompt)
         seed, steps = self._sampling(seed, steps)
+        image = self._picture(image, _GIVEN)
         if image is None and not prompt:
             raise AttnkitError("enter a prompt to segment a generated image, or upload an image (a prompt describing "
                                "it then names the segments).")
@@ -590,14 +614,6 @@ def _painting(rows: Any, masks: Masks, value: int | None = None) -> gr.Radio:
     return gr.Radio(choices=[*choices, ("new region", _NEW_REGION)], **({} if value is None else {"value": value}))
 
 
-def _last_image(last: Image.Image | None) -> Image.Image:
-    """The last image generated on the Regional tab, as the canvases' background."""
-    if last is None:
-        raise gr.Error("generate an image on this tab first; it then becomes the background to draw over.",
-                       print_exception=False)
-    return last
-
-
 def _prompt(prompt: Any) -> str:
     if not _text(prompt):
         raise AttnkitError("the prompt is empty; enter what to generate, e.g. 'a red circle'.")
@@ -627,7 +643,6 @@ def build_app(studio: Studio) -> gr.Blocks:
     size = default_size(studio.pipe)
     shown = canvas.canvas_size(size, size)
     keep = studio.keeper.keep
-    limits = studio.limits
     with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False,
                    delete_cache=(max(60, int(keep.max_age // 4)), max(1, int(keep.max_age)))) as app:
         gr.Markdown(f"## attnkit · `{studio.model}`")
@@ -662,17 +677,15 @@ def build_app(studio: Studio) -> gr.Blocks:
                             mask_file = gr.UploadButton("Upload a mask for this region (white = inside)",
                                                         file_types=["image"], elem_id="upload-mask")
                         with gr.Tab("Regions from an image", id="from-image-tab"):
-                            source = CheckedImage(label="image to find regions in (blank: the last image generated "
-                                                        "here)", sources=["upload", "clipboard"], limits=limits,
-                                                  what="the image to find regions in", elem_id="regions-source")
+                            source = gr.File(label="image to find regions in (blank: the last image generated here)",
+                                             file_types=["image"], elem_id="regions-source")
                             describe = gr.Textbox(label="what it shows (names the segments), e.g. a red circle",
                                                   elem_id="regions-prompt")
                             find = gr.Button("Segment", elem_id="regions-segment")
                             segments = gr.Image(label="segments: click one to make it a region", format="png",
                                                 interactive=False, elem_id="regions-segments")
-                    background = CheckedImage(label="background to draw over (optional)", limits=limits,
-                                              sources=["upload", "clipboard"], what="the background image",
-                                              height=160, elem_id="canvas-background")
+                    background = gr.File(label="background image to draw over (optional)", file_types=["image"],
+                                         elem_id="canvas-background")
                     use_last = gr.Button("Draw over the last generated image", size="sm", elem_id="use-last")
                 with gr.Column(scale=2):
                     rows = gr.Dataframe(value=_EXAMPLE_REGIONS, headers=list(REGION_COLUMNS),
@@ -721,14 +734,15 @@ def build_app(studio: Studio) -> gr.Blocks:
             mask_file.upload(_shown(studio.upload_mask),
                              [mask_file, rows, height, width, background, editor, painting, masks],
                              [rows, boxes, masks, editor, painting], **private)
-            use_last.click(_last_image, last, background, **private)
+            use_last.click(_shown(studio.draw_over_last), last, background, **private)
             find.click(_shown(studio.segment_regions), [source, describe, sampling[0], last], [segments, found],
                        api_name="regions_from_image")
             segments.select(_shown(studio.pick_segment),
                             [found, rows, height, width, background, editor, painting, masks],
                             [rows, boxes, masks, editing, editor, painting], **private)
-            for upload_field in (source, background):  # a bad upload is named at once, not at the next click
-                upload_field.upload(_shown(lambda image: None), upload_field, None, **private)
+            for upload_field, what in ((source, _SOURCE), (background, _BACKGROUND)):
+                upload_field.upload(_shown(functools.partial(studio.check_upload, what=what)), upload_field, None,
+                                    **private)  # a bad upload is named at once, not at the next click
 
         with gr.Tab("Maps", id="maps"):
             with gr.Row():
@@ -751,9 +765,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Column():
                     prompt = gr.Textbox(label="prompt (with an uploaded image: its description, to name segments)",
                                         value="a red circle", elem_id="segment-prompt")
-                    given = CheckedImage(label="image to segment (optional; it keeps its own size: height and width "
-                                               "apply to a generated image)", limits=limits, what="the image to segment",
-                                         sources=["upload", "clipboard"], elem_id="segment-input")
+                    given = gr.File(label="image to segment (optional; it keeps its own size: height and width apply "
+                                          "to a generated image)", file_types=["image"], elem_id="segment-input")
                     sampling = _sampling_inputs("segment", size)
                     run = gr.Button("Segment", variant="primary", elem_id="segment-run")
                 with gr.Column():
@@ -762,7 +775,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     labels = gr.Dataframe(headers=["id", "label", "area", "box (left top right bottom)"],
                                           interactive=False, label="segments", elem_id="segment-labels")
             run.click(_shown(studio.segment), [prompt, given] + sampling, [image, overlay, labels], api_name="segment")
-            given.upload(_shown(lambda image: None), given, None, api_visibility="private")
+            given.upload(_shown(functools.partial(studio.check_upload, what=_GIVEN)), given, None,
+                         api_visibility="private")
 
         with gr.Tab("Video", id="video"):
             with gr.Row():

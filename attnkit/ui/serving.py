@@ -1,5 +1,6 @@
 """What keeps `attnkit ui` up for whoever reaches it: uploads checked before anything decodes them (bytes, pixels,
-format), mask files of an uploaded spec confined to that upload, each request's files removed once they are old or
+format; the page takes images as plain file uploads, since Gradio's image field decodes an upload before any check
+and fails with no message), mask files of an uploaded spec confined to that upload, each request's files removed once they are old or
 over a size budget, and the address and login it serves on.
 
 Gradio only, like the rest of `attnkit.ui`.
@@ -22,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import AttnkitError
 
-__all__ = ["CheckedImage", "Keep", "Keeper", "Limits", "check_mask_name", "exposed", "read_upload"]
+__all__ = ["Keep", "Keeper", "Limits", "check_mask_name", "exposed", "read_upload"]
 
 
 @dataclass(frozen=True)
@@ -66,28 +67,6 @@ def read_upload(path: str | Path, what: str, limits: Limits) -> Image.Image:
 def _too_many(what: str, size: str, limits: Limits) -> NoReturn:
     raise AttnkitError(f"{what} is {size}; this server takes images up to {limits.max_pixels / 1e6:.0f} megapixels "
                        "(`attnkit ui --max-upload-mpx`). Scale it down first.")
-
-
-class CheckedImage(gr.Image):
-    """`gr.Image` whose upload is checked by `read_upload` before anything decodes it, so that a file too large, a
-    file that is no image, or a truncated one is a message in the page (Gradio's own decoding would fail the
-    request with no message). The value is the decoded PIL image."""
-
-    is_template = True  # the page draws it as gr.Image
-
-    def __init__(self, *args: Any, limits: Limits | None = None, what: str = "the uploaded image",
-                 **kwargs: Any) -> None:
-        self.limits = limits or Limits()
-        self.what = what
-        super().__init__(*args, type="pil", **kwargs)
-
-    def preprocess(self, payload: Any) -> Image.Image | None:
-        if payload is None or payload.path is None:
-            return None
-        try:
-            return read_upload(payload.path, self.what, self.limits)
-        except AttnkitError as error:
-            raise gr.Error(str(error), duration=None, print_exception=False) from None
 
 
 def check_mask_name(name: Any, where: str) -> str:
