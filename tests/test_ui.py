@@ -431,11 +431,20 @@ class Page:
         return self.find(f'#regions [data-testid="cell-{row}-{column}"]')
 
     def edit_cell(self, row, column, text):
+        from selenium.webdriver.support.ui import WebDriverWait
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.keys import Keys
 
-        ActionChains(self.driver).double_click(self.cell(row, column)).perform()
-        self.wait.until(lambda d: d.switch_to.active_element.tag_name == "textarea")
+        from selenium.common.exceptions import TimeoutException
+
+        for attempt in range(3):  # a double click that lands while the page still lays itself out misses the cell
+            ActionChains(self.driver).double_click(self.cell(row, column)).perform()
+            try:
+                WebDriverWait(self.driver, 10).until(lambda d: d.switch_to.active_element.tag_name == "textarea")
+                break
+            except TimeoutException:
+                if attempt == 2:
+                    raise
         editor = self.driver.switch_to.active_element
         editor.send_keys(Keys.CONTROL, "a")
         editor.send_keys(text, Keys.ENTER)
