@@ -812,9 +812,221 @@ def test_a_segment_clicked_becomes_a_region_whose_mask_is_the_segment(served, tm
     assert overlay.size == (SHOWN_SIDE, SHOWN_SIDE)
     labels = found["labels"]
     x, y = 20, 30  # an output pixel; the overlay shows it 6 times as large
-    rows, boxes, masks, region, editor, painting = studio.pick_segment(
-        found, ROWS, None, None, None, None, 1, {}, SimpleNamespace(index=[x * 6 + 3, y * 6 + 3]))
+    rows, boxes, masks, region, editor, painting, _ = studio.pick_segment(
+        found, ROWS, None, None, None, None, 1, {}, [], SimpleNamespace(index=[x * 6 + 3, y * 6 + 3]))
     picked = labels[y, x]
     assert region == 3 and rows[2] == [found["names"][picked] or "", "", None, None, None, None]
     assert np.array_equal(masks[3], labels == picked)
     assert np.array_equal(canvas.mask_from_layer(editor["layers"][0])[::6, ::6], labels == picked)
+
+
+def test_the_box_canvas_showing_boxes_this_server_sent_changes_no_row(served, tmp_path):
+    """Typing outruns the canvas: its echo of an older table must not write the older boxes back."""
+    studio, _ = served
+    older = [["a red circle", "", 0.0, 0.0, 0.5, 1.0]]
+    typed = [["a red circle", "", 0.0, 0.0, 0.25, 1.0]]
+    shown, _, sent = studio.show_table(older, None, None, None, {}, [])
+    shown["image"].save(tmp_path / "canvas.png")
+    shown["image"] = str(tmp_path / "canvas.png")  # the page sends the canvas's image as a file
+    import gradio as gr
+
+    assert all(out == gr.skip() for out in studio.boxes_drawn(shown, typed, {}, sent))  # an echo: no change
+    moved = shown | {"boxes": [shown["boxes"][0] | {"xmax": 288}]}
+    assert studio.boxes_drawn(moved, typed, {}, sent)[0] == [["a red circle", "", 0.0, 0.0, 0.75, 1.0]]
+
+
+# ---- the canvas in a browser ----
+
+def image_point(element, image_size, zoom, fx, fy):
+    """Offsets from `element`'s centre (what Selenium moves to) of the point at fractions (fx, fy) of an image of
+    `image_size` drawn centred in it at `zoom`."""
+    width, height = image_size
+    return (fx - 0.5) * width * zoom, (fy - 0.5) * height * zoom
+
+
+def drag(driver, element, start, end, steps=8):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    actions = ActionChains(driver).move_to_element_with_offset(element, *start).click_and_hold()
+    for k in range(1, steps + 1):
+        actions.move_to_element_with_offset(element, start[0] + (end[0] - start[0]) * k / steps,
+                                            start[1] + (end[1] - start[1]) * k / steps)
+    actions.release().perform()
+
+
+def rows_shown(page):
+    return len(page.driver.find_elements("css selector", '#regions [data-testid^="cell-"][data-col="0"]'))
+
+
+def generate_and_download(page, downloads, steps=STEPS, seed=0):
+    """Generate on the Regional tab and download the PNG; its record."""
+    page.fill("#regional-steps", str(steps))
+    page.fill("#regional-seed", str(seed))
+    old = page.image_source("#regional-image")
+    png = downloads / "regional.png"
+    png.unlink(missing_ok=True)
+    page.find("#regional-generate").click()
+    page.wait.until(lambda d: page.image_source("#regional-image") not in (None, old) or page.error_text())
+    assert not page.error_text(), page.error_text()
+    page.wait.until(lambda d: d.find_elements("css selector", "#regional-png a[href]"))
+    page.find("#regional-png a[href]").click()
+    page.wait.until(lambda d: png.is_file() and png.stat().st_size > 0)
+    return record_of(png)
+
+
+def shots_folder(tmp_path):
+    shots = Path(os.environ.get("ATTNKIT_UI_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def test_page_two_boxes_dragged_on_the_canvas_are_the_pngs_spec_boxes(served, browser, downloads, tmp_path):
+    """docs/ui-canvas.png is the screenshot `canvas.png` (set ATTNKIT_UI_SCREENSHOTS to a folder to keep it)."""
+    page = Page(browser, served[1])
+    board = page.find("#box-canvas canvas")
+    page.wait.until(lambda d: board.size["height"] >= CANVAS[1])
+    page.find("#box-canvas button[aria-label='Create box']").click()
+    drawn = {"a green circle": (0.08, 0.1, 0.42, 0.55), "a yellow square": (0.55, 0.35, 0.93, 0.9)}
+    for count, box in enumerate(drawn.values(), start=3):
+        drag(browser, board, image_point(board, CANVAS, 1.0, *box[:2]), image_point(board, CANVAS, 1.0, *box[2:]))
+        page.wait.until(lambda d: rows_shown(page) == count)
+    for row, prompt in enumerate(drawn, start=2):
+        page.edit_cell(row, 0, prompt)
+    record = generate_and_download(page, downloads, seed=3)
+    browser.save_screenshot(str(shots_folder(tmp_path) / "canvas.png"))
+    regions = record["spec"]["regions"]
+    assert [r["prompt"] for r in regions] == ["a red circle", "a blue square", *drawn]
+    for region, box in zip(regions[2:], drawn.values()):
+        assert np.allclose(region["box"], box, atol=0.01), (region["box"], box)
+    typed = regions[2]["box"][2]
+    page.wait.until(lambda d: page.cell(2, 4).text.splitlines()[0] == f"{typed:g}")  # the table shows the drag
+
+
+def capsule(shape, start, end, radius):
+    """Boolean image of the points within `radius` of the segment from `start` to `end` (x, y in pixels)."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    (x0, y0), (x1, y1) = start, end
+    t = np.clip(((xs - x0) * (x1 - x0) + (ys - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2), 0, 1)
+    return np.hypot(xs - x0 - t * (x1 - x0), ys - y0 - t * (y1 - y0)) <= radius
+
+
+def test_page_a_mask_painted_with_the_brush_is_the_pngs_spec_mask(served, browser, downloads, tmp_path):
+    page = Page(browser, served[1])
+    page.driver.find_element("xpath", "//button[@role='tab'][normalize-space()='Masks']").click()
+    browser.find_element("xpath", "//*[@id='painting']//label[contains(normalize-space(), 'new region')]").click()
+    page.wait.until(lambda d: rows_shown(page) == 3)
+    page.edit_cell(2, 0, "a green circle")
+    board = page.find("#mask-canvas canvas")
+    zoom = float(browser.find_element("xpath", "//*[@id='mask-canvas']//*[contains(text(), '%')]").text[:-1]) / 100
+    page.find("#mask-canvas button[aria-label='Brush']").click()
+    # a band of strokes, wide enough to take whole 8-px tokens from the example's boxes (later regions win ties)
+    strokes = [((0.25, y), (0.7, y + 0.05)) for y in np.arange(0.35, 0.6, 0.03)]
+    for start, end in strokes:
+        drag(browser, board, image_point(board, CANVAS, zoom, *start), image_point(board, CANVAS, zoom, *end), 12)
+    record = generate_and_download(page, downloads)
+    browser.save_screenshot(str(shots_folder(tmp_path) / "masks.png"))
+    region = record["spec"]["regions"][2]
+    assert region["prompt"] == "a green circle" and "box" not in region
+    mask = np.asarray(region["mask"], bool)
+
+    def painted(radius):
+        return np.any([capsule(mask.shape, np.multiply(start, 64), np.multiply(end, 64), radius)
+                       for start, end in strokes], axis=0)
+
+    brush = 12 / 6  # the brush's radius on the 384-px canvas, in pixels of the 64-px image
+    assert (mask & painted(brush)).sum() / (mask | painted(brush)).sum() > 0.8, (mask.sum(), painted(brush).sum())
+    assert not (mask & ~painted(brush + 1.5)).any()
+
+
+def canvas_pixel(page, selector, fx, fy, image_size=CANVAS):
+    """The RGB of the box canvas at fractions (fx, fy) of the image drawn centred on it at its own size."""
+    return page.driver.execute_script("""
+        const canvas = document.querySelector(arguments[0]);
+        const x = Math.round(canvas.width / 2 + (arguments[1] - 0.5) * arguments[3]);
+        const y = Math.round(canvas.height / 2 + (arguments[2] - 0.5) * arguments[4]);
+        return Array.from(canvas.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3));
+    """, selector, fx, fy, *image_size)
+
+
+def test_page_a_saved_spec_loads_back_onto_the_canvas(served, client, browser, tmp_path):
+    editor = {"background": None, "layers": [handle_file(str(layer_file(tmp_path, right_half())))],
+              "composite": None}
+    rows = [["a red circle", "", 0.0, 0.0, 0.3, 0.4], ["a blue square", "", None, None, None, None]]
+    saved = client.predict(table(rows), "", BASE, 0.5, "", None, None, editor, 2, api_name="/save_spec")
+    page = Page(browser, served[1])
+    board = "#box-canvas canvas"
+    assert canvas_pixel(page, board, 0.15, 0.2) == canvas_pixel(page, board, 0.15, 0.8)  # one box over both
+    page.find("#load-spec").find_element("xpath", "preceding-sibling::input[@type='file']").send_keys(
+        f"{saved[0]}\n{saved[2]}")
+    page.wait.until(lambda d: page.cell(0, 4).text.splitlines()[0] == "0.3")
+    inside, outside = canvas_pixel(page, board, 0.15, 0.2), canvas_pixel(page, board, 0.15, 0.8)
+    assert inside[0] - inside[1] > 40 and max(outside) - min(outside) < 10, (inside, outside)  # red box on grey
+    browser.find_element("xpath", "//button[@role='tab'][normalize-space()='Masks']").click()
+    page.wait.until(lambda d: "2 · a blue square (mask)" in [label.text for label in
+                                                               d.find_elements("css selector", "#painting label")])
+
+
+def test_page_a_segment_clicked_becomes_a_region(served, browser, downloads, tmp_path):
+    from attnkit.shapes.data import random_scene
+
+    studio, url = served
+    scene = random_scene(1, 1)  # a drawn shape on a plain ground
+    png = str(tmp_path / "scene.png")
+    Image.fromarray(scene.image).save(png)
+    _, found = studio.segment_regions(png, scene.caption, 0, None, 0.15, progress=lambda *a, **k: None)
+    page = Page(browser, url)
+    browser.find_element("xpath", "//button[@role='tab'][normalize-space()='Regions from an image']").click()
+    page.find("#regions-source input[type=file]").send_keys(png)
+    page.fill("#regions-prompt", scene.caption)
+    page.fill("#regions-threshold", "0.15")
+    page.find("#regions-segment").click()
+    page.wait_for_new_image("#regions-segments")
+    shown = page.find("#regions-segments img")
+    page.wait.until(lambda d: shown.get_attribute("naturalWidth") == str(SHOWN_SIDE))
+    from scipy.ndimage import distance_transform_edt
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    assert len(found["names"]) > 1
+    shape = min(range(len(found["names"])), key=lambda i: (found["labels"] == i).sum())  # takes some tokens only
+    depth = distance_transform_edt(found["labels"] == shape)
+    y, x = np.unravel_index(depth.argmax(), depth.shape)  # its pixel farthest inside
+
+    scale = shown.size["width"] / SHOWN_SIDE
+    ActionChains(browser).move_to_element_with_offset(
+        shown, ((x + 0.5) * 6 - SHOWN_SIDE / 2) * scale, ((y + 0.5) * 6 - SHOWN_SIDE / 2) * scale).click().perform()
+    page.wait.until(lambda d: rows_shown(page) == 3)
+    picked = found["labels"][y, x]
+    assert page.cell(2, 0).text.strip() == (found["names"][picked] or "")
+    if not page.cell(2, 0).text.strip():
+        page.edit_cell(2, 0, "a shape")
+    browser.save_screenshot(str(shots_folder(tmp_path) / "regions-from-image.png"))
+    region = generate_and_download(page, downloads)["spec"]["regions"][2]
+    assert np.array_equal(np.asarray(region["mask"], bool), found["labels"] == picked)
+
+
+def test_page_bad_uploads_are_messages_and_the_page_generates_after_them(served, browser, downloads, tmp_path):
+    page = Page(browser, served[1])
+    spec = tmp_path / "outside.yaml"
+    spec.write_text("regions:\n  - {prompt: a red circle, mask: /etc/hostname}\n")
+    def background():
+        return page.find("#canvas-background input[type=file]")
+
+    def spec_input():
+        return page.find("#load-spec").find_element("xpath", "preceding-sibling::input[@type='file']")
+
+    uploads = [(background, path, message) for path, message in bad_uploads(tmp_path)]
+    uploads.append((spec_input, spec, "mask '/etc/hostname' points outside the upload"))
+    for field, path, message in uploads:
+        for close in browser.find_elements("css selector", ".toast-close"):
+            close.click()
+        page.wait.until(lambda d: not page.error_text())
+        field().send_keys(str(path))
+        page.wait.until(lambda d: message in page.error_text())
+        if field is background:
+            browser.find_element("css selector", "#canvas-background button[aria-label='Clear']").click()
+    assert "Traceback" not in browser.page_source
+    browser.save_screenshot(str(shots_folder(tmp_path) / "bad-upload.png"))
+    for close in browser.find_elements("css selector", ".toast-close"):
+        close.click()
+    page.wait.until(lambda d: not page.error_text())
+    assert generate_and_download(page, downloads)["command"] == "regional"

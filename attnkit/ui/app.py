@@ -33,6 +33,7 @@ from PIL import Image
 from ..errors import AttnkitError
 from ..kv.defaults import ATTEND, VIDEO_METHODS
 from ..run import checks
+from ..segment.defaults import DEFAULT_THRESHOLDS
 from . import canvas
 from .canvas import SHOWN_SIDE, enlarged
 from .serving import (
@@ -362,10 +363,11 @@ class Studio:
         return [str(folder / "spec.yaml"), str(folder / "spec.json"), *(str(p) for p in files.values())]
 
     def load_spec(self, paths: str | Sequence[str] | None, height: Any = None, width: Any = None,
-                  background: str | None = None) -> tuple[Any, ...]:
+                  background: str | None = None, sent: list | None = None) -> tuple[Any, ...]:
         """A YAML or JSON spec file, uploaded with the mask images it names, as the Regional tab's fields and
         canvases: rows, grid, base prompt, base weight, negative, the box canvas, the masks, the region painted, the
-        mask canvas and its region list. Mask names that lead outside the upload are refused."""
+        mask canvas and its region list (and the boxes sent, `sent`). Mask names that lead outside the upload are
+        refused."""
         background = self._picture(background, _BACKGROUND)
         from ..regional.spec import RegionSpec
 
@@ -394,8 +396,9 @@ class Studio:
         spec = RegionSpec.from_dict(data)
         rows, grid, base, weight, negative = _spec_fields(spec)
         size = canvas.canvas_size(*self._output_size(height, width))
-        return (rows, grid, base, weight, negative, self._boxes(rows, size, background, masks), masks, 1,
-                _editor(size, background, rows, masks, 1), _painting(rows, masks, 1))
+        boxes = self._boxes(rows, size, background, masks)
+        return (rows, grid, base, weight, negative, boxes, masks, 1, _editor(size, background, rows, masks, 1),
+                _painting(rows, masks, 1), _sent(sent, boxes))
 
     # ---- the canvases ----
 
@@ -404,38 +407,46 @@ class Studio:
         """The box canvas: the table's boxes over the background, the masks tinted."""
         return {"image": canvas.backdrop(size, background, masks), "boxes": canvas.table_boxes(rows, size)}
 
-    def show_table(self, rows: Any, height: Any, width: Any, background: str | None,
-                   masks: Masks | None) -> tuple[Any, ...]:
+    def show_table(self, rows: Any, height: Any, width: Any, background: str | None, masks: Masks | None,
+                   sent: list | None = None) -> tuple[Any, ...]:
         """The box canvas and the region list after the table was typed in."""
         background = self._picture(background, _BACKGROUND)
         size = canvas.canvas_size(*self._output_size(height, width))
-        return self._boxes(rows, size, background, masks), _painting(rows, masks or {})
+        boxes = self._boxes(rows, size, background, masks)
+        return boxes, _painting(rows, masks or {}), _sent(sent, boxes)
 
-    def boxes_drawn(self, value: dict | None, rows: Any, masks: Masks | None) -> tuple[Any, ...]:
+    def boxes_drawn(self, value: dict | None, rows: Any, masks: Masks | None,
+                    sent: list | None = None) -> tuple[Any, ...]:
         """The table after a box was drawn, moved, resized or removed on the box canvas; the boxes relabelled with
-        their region numbers; the region list. Nothing changes while a box is still being drawn."""
+        their region numbers; the region list; the boxes sent. Nothing changes while a box is still being drawn, nor
+        when the canvas only shows boxes this server sent (`sent`): those are the table's own, perhaps older than
+        what was typed since."""
+        skip = gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if not value or not value.get("image"):
-            return gr.skip(), gr.skip(), gr.skip()
+            return skip
         if value.get("orientation"):
             raise AttnkitError("the box canvas is turned; turn it back upright (the rotate buttons under it): boxes "
                                "are read on the upright image.")
+        if _signature(value.get("boxes") or []) in (sent or []):
+            return skip
         with Image.open(value["image"]) as image:
             size = image.size
         table = canvas.rows_from_boxes(rows, value.get("boxes") or [], size)
         if table is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        return (table, {"image": value["image"], "boxes": canvas.table_boxes(table, size)},
-                _painting(table, masks or {}))
+            return skip
+        boxes = {"image": value["image"], "boxes": canvas.table_boxes(table, size)}
+        return table, boxes, _painting(table, masks or {}), _sent(sent, boxes)
 
     def redraw(self, rows: Any, height: Any, width: Any, background: str | None, editor: dict | None,
-               painting: Any, masks: Masks | None) -> tuple[Any, ...]:
+               painting: Any, masks: Masks | None, sent: list | None = None) -> tuple[Any, ...]:
         """Both canvases at the output size over the background (after either changed), and the masks with what the
         mask canvas holds."""
         background = self._picture(background, _BACKGROUND)
         size = canvas.canvas_size(*self._output_size(height, width))
         masks = _painted(masks, editor, painting)
         region = painting if isinstance(painting, int) and painting >= 1 else 1
-        return self._boxes(rows, size, background, masks), _editor(size, background, rows, masks, region), masks
+        boxes = self._boxes(rows, size, background, masks)
+        return boxes, _editor(size, background, rows, masks, region), masks, _sent(sent, boxes)
 
     def switch_region(self, choice: Any, rows: Any, height: Any, width: Any, background: str | None,
                       editor: dict | None, editing: Any, masks: Masks | None) -> tuple[Any, ...]:
@@ -451,7 +462,8 @@ class Studio:
         return table, masks, choice, _editor(size, background, table, masks, choice), _painting(table, masks, choice)
 
     def upload_mask(self, path: str | None, rows: Any, height: Any, width: Any, background: str | None,
-                    editor: dict | None, painting: Any, masks: Masks | None) -> tuple[Any, ...]:
+                    editor: dict | None, painting: Any, masks: Masks | None, sent: list | None = None
+                    ) -> tuple[Any, ...]:
         """An uploaded mask image (white = the region) as the mask of the region being painted; its box, if any, is
         cleared, since a region takes one or the other: rows, box canvas, masks, mask canvas, region list."""
         background = self._picture(background, _BACKGROUND)
@@ -469,13 +481,15 @@ class Studio:
             table[painting - 1][2:6] = [None] * 4
             gr.Info(f"region {painting} now takes its area from the uploaded mask; its box was cleared.")
         size = canvas.canvas_size(*self._output_size(height, width))
-        return (table, self._boxes(table, size, background, masks), masks,
-                _editor(size, background, table, masks, painting), _painting(table, masks, painting))
+        boxes = self._boxes(table, size, background, masks)
+        return (table, boxes, masks, _editor(size, background, table, masks, painting),
+                _painting(table, masks, painting), _sent(sent, boxes))
 
     def segment_regions(self, image: str | None, prompt: str, seed: Any, last: Image.Image | None,
+                        threshold: Any = DEFAULT_THRESHOLDS[0],
                         progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, dict[str, Any]]:
         """Segments of the uploaded image, or else of the last image generated on this tab (`attnkit.segment`, as
-        `attnkit segment` runs it): the overlay to click, and the segmentation (the page's state)."""
+        `attnkit segment --threshold` runs it): the overlay to click, and the segmentation (the page's state)."""
         from ..run import segment
 
         source = self._picture(image, _SOURCE) or last
@@ -483,16 +497,18 @@ class Studio:
             raise AttnkitError("upload an image to find regions in, or generate one on this tab first (the last "
                                "generated image is used when none is uploaded).")
         seed = _field(checks.SEED, seed, "seed")
+        kl = _field(checks.KL, threshold, "threshold")
         progress(0, desc="waiting for the model")
         with self.lock:
             progress(0, desc="segmenting")
-            result = segment(self.model, self.pipe, _text(prompt), source.convert("RGB"), seed, {})
+            result = segment(self.model, self.pipe, _text(prompt), source.convert("RGB"), seed, {},
+                             {"thresholds": (kl,) * len(DEFAULT_THRESHOLDS)})
         found = result.segmentation
         return enlarged(found.overlay()), {"labels": found.labels, "names": [s.label for s in found.segments]}
 
     def pick_segment(self, found: dict[str, Any] | None, rows: Any, height: Any, width: Any,
                      background: str | None, editor: dict | None, painting: Any, masks: Masks | None,
-                     event: gr.SelectData) -> tuple[Any, ...]:
+                     sent: list | None, event: gr.SelectData) -> tuple[Any, ...]:
         """The segment clicked on the overlay as a new region: a row named by the segment's word (blank without a
         prompt) whose mask is the segment: rows, box canvas, masks, region painted, mask canvas, region list."""
         background = self._picture(background, _BACKGROUND)
@@ -509,8 +525,9 @@ class Studio:
         region = len(table)
         masks[region] = labels == segment
         size = canvas.canvas_size(*self._output_size(height, width))
-        return (table, self._boxes(table, size, background, masks), masks, region,
-                _editor(size, background, table, masks, region), _painting(table, masks, region))
+        boxes = self._boxes(table, size, background, masks)
+        return (table, boxes, masks, region, _editor(size, background, table, masks, region),
+                _painting(table, masks, region), _sent(sent, boxes))
 
     def maps(self, prompt: str, seed: Any, steps: Any, height: Any, width: Any, guidance: Any,
              progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, Any, str, str, dict[str, str]]:
@@ -599,6 +616,16 @@ def _painted(masks: Masks | None, editor: dict | None, region: Any) -> Masks:
     return masks
 
 
+def _signature(boxes: Sequence[dict[str, Any]]) -> tuple:
+    """What identifies a set of boxes on the box canvas: labels and pixels, in any order."""
+    return tuple(sorted((str(b.get("label")), b["xmin"], b["ymin"], b["xmax"], b["ymax"]) for b in boxes))
+
+
+def _sent(sent: list | None, boxes: dict[str, Any], kept: int = 16) -> list:
+    """The signatures of the last `kept` box sets this server put on a page's box canvas, `boxes` the newest."""
+    return [*(sent or [])[-(kept - 1):], _signature(boxes["boxes"])]
+
+
 def _editor(size: tuple[int, int], background: Image.Image | None, rows: Any, masks: Masks,
             region: int) -> dict[str, Any]:
     """The mask canvas painting `region`: its mask as the one layer, over the background with the other regions'
@@ -651,12 +678,14 @@ def build_app(studio: Studio) -> gr.Blocks:
             editing = gr.State(1)  # the region the mask canvas holds
             last = gr.State(None)  # the last image generated on this tab
             found = gr.State(None)  # the segmentation whose segments can be clicked
+            first = studio._boxes(_EXAMPLE_REGIONS, shown, None, {})
+            sent = gr.State(_sent([], first))  # box sets this server put on the box canvas, to tell echoes from drawing
             with gr.Row():
                 with gr.Column(scale=3):
                     with gr.Tabs():
                         with gr.Tab("Boxes", id="boxes-tab"):
                             boxes = image_annotator(
-                                studio._boxes(_EXAMPLE_REGIONS, shown, None, {}), image_type="filepath",
+                                first, image_type="filepath",
                                 disable_edit_boxes=True, sources=[], show_clear_button=False,
                                 show_download_button=False, show_share_button=False, box_min_size=4,
                                 label="boxes: the square button draws a new region, the hand moves and resizes; "
@@ -675,12 +704,15 @@ def build_app(studio: Studio) -> gr.Blocks:
                                 eraser=gr.Eraser(default_size=12), label="mask of the region chosen above",
                                 elem_id="mask-canvas")
                             mask_file = gr.UploadButton("Upload a mask for this region (white = inside)",
-                                                        file_types=["image"], elem_id="upload-mask")
+                                                        file_types=["image"], size="sm", elem_id="upload-mask")
                         with gr.Tab("Regions from an image", id="from-image-tab"):
                             source = gr.File(label="image to find regions in (blank: the last image generated here)",
                                              file_types=["image"], elem_id="regions-source")
                             describe = gr.Textbox(label="what it shows (names the segments), e.g. a red circle",
                                                   elem_id="regions-prompt")
+                            threshold = gr.Number(label="threshold: KL distance under which segments merge; lower "
+                                                        "splits more (the shapes models need about 0.15)",
+                                                  value=DEFAULT_THRESHOLDS[0], elem_id="regions-threshold")
                             find = gr.Button("Segment", elem_id="regions-segment")
                             segments = gr.Image(label="segments: click one to make it a region", format="png",
                                                 interactive=False, elem_id="regions-segments")
@@ -719,27 +751,29 @@ def build_app(studio: Studio) -> gr.Blocks:
                       [outlined, png, last], api_name="regional")
             save.click(_shown(studio.save_spec), fields + [height, width, editor, painting, masks], spec_files,
                        api_name="save_spec")
-            upload.upload(_shown(studio.load_spec), [upload, height, width, background],
-                          fields + [boxes, masks, editing, editor, painting], api_name="load_spec")
-            rows.input(_shown(studio.show_table), [rows, height, width, background, masks], [boxes, painting],
-                       **private)
-            boxes.change(_shown(studio.boxes_drawn), [boxes, rows, masks], [rows, boxes, painting], **private)
-            redraw = (_shown(studio.redraw), [rows, height, width, background, editor, painting, masks],
-                      [boxes, editor, masks])
+            upload.upload(_shown(studio.load_spec), [upload, height, width, background, sent],
+                          fields + [boxes, masks, editing, editor, painting, sent], api_name="load_spec")
+            rows.input(_shown(studio.show_table), [rows, height, width, background, masks, sent],
+                       [boxes, painting, sent], **private)
+            boxes.change(_shown(studio.boxes_drawn), [boxes, rows, masks, sent], [rows, boxes, painting, sent],
+                         **private)
+            redraw = (_shown(studio.redraw), [rows, height, width, background, editor, painting, masks, sent],
+                      [boxes, editor, masks, sent])
             for changed in (background.change, height.input, width.input):
                 changed(*redraw, **private)
             painting.input(_shown(studio.switch_region),
                            [painting, rows, height, width, background, editor, editing, masks],
                            [rows, masks, editing, editor, painting], **private)
             mask_file.upload(_shown(studio.upload_mask),
-                             [mask_file, rows, height, width, background, editor, painting, masks],
-                             [rows, boxes, masks, editor, painting], **private)
+                             [mask_file, rows, height, width, background, editor, painting, masks, sent],
+                             [rows, boxes, masks, editor, painting, sent], **private)
             use_last.click(_shown(studio.draw_over_last), last, background, **private)
-            find.click(_shown(studio.segment_regions), [source, describe, sampling[0], last], [segments, found],
+            find.click(_shown(studio.segment_regions), [source, describe, sampling[0], last, threshold],
+                       [segments, found],
                        api_name="regions_from_image")
             segments.select(_shown(studio.pick_segment),
-                            [found, rows, height, width, background, editor, painting, masks],
-                            [rows, boxes, masks, editing, editor, painting], **private)
+                            [found, rows, height, width, background, editor, painting, masks, sent],
+                            [rows, boxes, masks, editing, editor, painting, sent], **private)
             for upload_field, what in ((source, _SOURCE), (background, _BACKGROUND)):
                 upload_field.upload(_shown(functools.partial(studio.check_upload, what=what)), upload_field, None,
                                     **private)  # a bad upload is named at once, not at the next click
