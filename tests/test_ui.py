@@ -1030,3 +1030,25 @@ def test_page_bad_uploads_are_messages_and_the_page_generates_after_them(served,
         close.click()
     page.wait.until(lambda d: not page.error_text())
     assert generate_and_download(page, downloads)["command"] == "regional"
+
+
+def test_under_16_concurrent_then_100_sequential_requests_every_image_equals_its_request_alone_and_nothing_piles_up(
+        served, tmp_path, monkeypatch):
+    """benchmarks/ui_load.py runs the same measurement at any size and reports its figures."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ui_load", Path(__file__).parent.parent / "benchmarks" / "ui_load.py")
+    ui_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ui_load)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # this app's Gradio files apart, to be measured
+    app, studio, url = ui_load.serve(MODEL, served[0].pipe, tmp_path / "requests")
+    try:
+        figures = ui_load.measure(url, studio, tmp_path / "gradio", concurrent=16, sequential=100, steps=2)
+    finally:
+        app.close()
+    assert figures["mismatched"] == []
+    assert figures["open_files"]["end"] <= figures["open_files"]["start"], figures["open_files"]
+    temp = figures["temp_bytes"]
+    assert temp["served"] > temp["start"] and temp["after_keeper"] == temp["start"], temp
+    memory = figures["resident_mb"]
+    assert memory["last"] - memory["tenth"] < 30, memory  # no growth beyond allocator noise over the 100
