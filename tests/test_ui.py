@@ -874,15 +874,21 @@ def generate_and_download(page, downloads, steps=STEPS, seed=0):
     return record_of(png)
 
 
-def shots_folder(tmp_path):
+def screenshot(browser, tmp_path, name):
+    """The whole Regional tab in one picture, kept in ATTNKIT_UI_SCREENSHOTS when it names a folder."""
     shots = Path(os.environ.get("ATTNKIT_UI_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    return shots
+    size = browser.get_window_size()
+    browser.set_window_size(1400, 1750)
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(shots / name))
+    browser.set_window_size(size["width"], size["height"])
 
 
 def test_page_two_boxes_dragged_on_the_canvas_are_the_pngs_spec_boxes(served, browser, downloads, tmp_path):
     """docs/ui-canvas.png is the screenshot `canvas.png` (set ATTNKIT_UI_SCREENSHOTS to a folder to keep it)."""
     page = Page(browser, served[1])
+    page.wait.until(lambda d: d.find_elements("css selector", "#box-canvas canvas"))
     board = page.find("#box-canvas canvas")
     page.wait.until(lambda d: board.size["height"] >= CANVAS[1])
     page.find("#box-canvas button[aria-label='Create box']").click()
@@ -893,7 +899,7 @@ def test_page_two_boxes_dragged_on_the_canvas_are_the_pngs_spec_boxes(served, br
     for row, prompt in enumerate(drawn, start=2):
         page.edit_cell(row, 0, prompt)
     record = generate_and_download(page, downloads, seed=3)
-    browser.save_screenshot(str(shots_folder(tmp_path) / "canvas.png"))
+    screenshot(browser, tmp_path, "canvas.png")
     regions = record["spec"]["regions"]
     assert [r["prompt"] for r in regions] == ["a red circle", "a blue square", *drawn]
     for region, box in zip(regions[2:], drawn.values()):
@@ -916,6 +922,7 @@ def test_page_a_mask_painted_with_the_brush_is_the_pngs_spec_mask(served, browse
     browser.find_element("xpath", "//*[@id='painting']//label[contains(normalize-space(), 'new region')]").click()
     page.wait.until(lambda d: rows_shown(page) == 3)
     page.edit_cell(2, 0, "a green circle")
+    page.wait.until(lambda d: d.find_elements("css selector", "#mask-canvas canvas"))
     board = page.find("#mask-canvas canvas")
     zoom = float(browser.find_element("xpath", "//*[@id='mask-canvas']//*[contains(text(), '%')]").text[:-1]) / 100
     page.find("#mask-canvas button[aria-label='Brush']").click()
@@ -924,7 +931,7 @@ def test_page_a_mask_painted_with_the_brush_is_the_pngs_spec_mask(served, browse
     for start, end in strokes:
         drag(browser, board, image_point(board, CANVAS, zoom, *start), image_point(board, CANVAS, zoom, *end), 12)
     record = generate_and_download(page, downloads)
-    browser.save_screenshot(str(shots_folder(tmp_path) / "masks.png"))
+    screenshot(browser, tmp_path, "masks.png")
     region = record["spec"]["regions"][2]
     assert region["prompt"] == "a green circle" and "box" not in region
     mask = np.asarray(region["mask"], bool)
@@ -955,6 +962,7 @@ def test_page_a_saved_spec_loads_back_onto_the_canvas(served, client, browser, t
     saved = client.predict(table(rows), "", BASE, 0.5, "", None, None, editor, 2, api_name="/save_spec")
     page = Page(browser, served[1])
     board = "#box-canvas canvas"
+    page.wait.until(lambda d: d.find_elements("css selector", board))
     assert canvas_pixel(page, board, 0.15, 0.2) == canvas_pixel(page, board, 0.15, 0.8)  # one box over both
     page.find("#load-spec").find_element("xpath", "preceding-sibling::input[@type='file']").send_keys(
         f"{saved[0]}\n{saved[2]}")
@@ -999,7 +1007,7 @@ def test_page_a_segment_clicked_becomes_a_region(served, browser, downloads, tmp
     assert page.cell(2, 0).text.strip() == (found["names"][picked] or "")
     if not page.cell(2, 0).text.strip():
         page.edit_cell(2, 0, "a shape")
-    browser.save_screenshot(str(shots_folder(tmp_path) / "regions-from-image.png"))
+    screenshot(browser, tmp_path, "regions-from-image.png")
     region = generate_and_download(page, downloads)["spec"]["regions"][2]
     assert np.array_equal(np.asarray(region["mask"], bool), found["labels"] == picked)
 
@@ -1025,7 +1033,7 @@ def test_page_bad_uploads_are_messages_and_the_page_generates_after_them(served,
         if field is background:
             browser.find_element("css selector", "#canvas-background button[aria-label='Clear']").click()
     assert "Traceback" not in browser.page_source
-    browser.save_screenshot(str(shots_folder(tmp_path) / "bad-upload.png"))
+    screenshot(browser, tmp_path, "bad-upload.png")
     for close in browser.find_elements("css selector", ".toast-close"):
         close.click()
     page.wait.until(lambda d: not page.error_text())

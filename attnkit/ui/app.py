@@ -736,14 +736,15 @@ def build_app(studio: Studio) -> gr.Blocks:
                     true_cfg = gr.Textbox(label="true CFG scale, against the negatives (blank: none)",
                                           elem_id="true-cfg", visible=takes_true_cfg(studio.pipe))
                     run = gr.Button("Generate", variant="primary", elem_id="regional-generate")
-                    with gr.Row():
-                        upload = gr.UploadButton("Load spec (YAML / JSON, with its mask images)",
-                                                 file_types=[".yaml", ".yml", ".json", "image"],
-                                                 file_count="multiple", elem_id="load-spec")
-                        save = gr.Button("Save spec", elem_id="save-spec")
-                    spec_files = gr.File(label="spec files", file_count="multiple", elem_id="spec-files")
                     outlined = gr.Image(label="image with region outlines", format="png", elem_id="regional-image")
                     png = gr.File(label="PNG with the spec embedded", elem_id="regional-png")
+                    with gr.Row():
+                        upload = gr.UploadButton("Load spec (with its mask images)",
+                                                 file_types=[".yaml", ".yml", ".json", "image"],
+                                                 file_count="multiple", size="sm", elem_id="load-spec")
+                        save = gr.Button("Save spec", size="sm", elem_id="save-spec")
+                    spec_files = gr.File(label="spec files (YAML, JSON and mask PNGs)", file_count="multiple",
+                                         height=120, elem_id="spec-files")
             height, width = sampling[2], sampling[3]
             fields = [rows, grid, base, weight, negative]
             private = {"api_visibility": "private"}
