@@ -474,7 +474,7 @@ class Page:
 
 
 def test_page_regional_maps_and_a_bad_box(served, browser, downloads, tmp_path):
-    """Set ATTNKIT_UI_SCREENSHOTS to a folder to keep the screenshots (docs/ui.png is regional.png)."""
+    """Set ATTNKIT_UI_SCREENSHOTS to a folder to keep the screenshots."""
     shots = Path(os.environ.get("ATTNKIT_UI_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     page = Page(browser, served[1])
