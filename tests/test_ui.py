@@ -22,8 +22,10 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from attnkit.cli import main  # noqa: E402
 from attnkit.errors import AttnkitError  # noqa: E402
+from attnkit.ui import canvas  # noqa: E402
 from attnkit.ui.app import (REGION_COLUMNS, SHOWN_SIDE, Studio, _progress, _shown, build_app,  # noqa: E402
                             enlarged, load, region_spec)
+from attnkit.ui.serving import Keep, Keeper, Limits, check_mask_name, exposed, read_upload  # noqa: E402
 
 MODEL = "shapes-sd3"
 STEPS = 4  # segmentation reads noise level 300, which a run of 4 steps reaches
@@ -533,9 +535,6 @@ def test_page_segment_shows_the_overlay_and_a_row_per_segment(served, browser):
 
 # ---- the canvas, uploads and files ----
 
-from attnkit.ui import canvas  # noqa: E402
-from attnkit.ui.serving import Keep, Keeper, Limits, check_mask_name, exposed, read_upload  # noqa: E402
-
 CANVAS = (384, 384)
 
 
@@ -812,7 +811,7 @@ def test_a_segment_clicked_becomes_a_region_whose_mask_is_the_segment(served, tm
     assert overlay.size == (SHOWN_SIDE, SHOWN_SIDE)
     labels = found["labels"]
     x, y = 20, 30  # an output pixel; the overlay shows it 6 times as large
-    rows, boxes, masks, region, editor, painting, _ = studio.pick_segment(
+    rows, _, masks, region, editor, _, _ = studio.pick_segment(
         found, ROWS, None, None, None, None, 1, {}, [], SimpleNamespace(index=[x * 6 + 3, y * 6 + 3]))
     picked = labels[y, x]
     assert region == 3 and rows[2] == [found["names"][picked] or "", "", None, None, None, None]
@@ -895,7 +894,7 @@ def test_page_two_boxes_dragged_on_the_canvas_are_the_pngs_spec_boxes(served, br
     drawn = {"a green circle": (0.08, 0.1, 0.42, 0.55), "a yellow square": (0.55, 0.35, 0.93, 0.9)}
     for count, box in enumerate(drawn.values(), start=3):
         drag(browser, board, image_point(board, CANVAS, 1.0, *box[:2]), image_point(board, CANVAS, 1.0, *box[2:]))
-        page.wait.until(lambda d: rows_shown(page) == count)
+        page.wait.until(lambda d, count=count: rows_shown(page) == count)
     for row, prompt in enumerate(drawn, start=2):
         page.edit_cell(row, 0, prompt)
     record = generate_and_download(page, downloads, seed=3)
@@ -1029,7 +1028,7 @@ def test_page_bad_uploads_are_messages_and_the_page_generates_after_them(served,
             close.click()
         page.wait.until(lambda d: not page.error_text())
         field().send_keys(str(path))
-        page.wait.until(lambda d: message in page.error_text())
+        page.wait.until(lambda d, message=message: message in page.error_text())
         if field is background:
             browser.find_element("css selector", "#canvas-background button[aria-label='Clear']").click()
     assert "Traceback" not in browser.page_source
@@ -1060,3 +1059,27 @@ def test_under_16_concurrent_then_100_sequential_requests_every_image_equals_its
     assert temp["served"] > temp["start"] and temp["after_keeper"] == temp["start"], temp
     memory = figures["resident_mb"]
     assert memory["last"] - memory["tenth"] < 30, memory  # no growth beyond allocator noise over the 100
+
+
+def test_switching_the_painted_region_keeps_what_was_painted_and_a_new_region_adds_a_row(served):
+    studio, _ = served
+    painted = {"background": None, "layers": [canvas.mask_layer(right_half(), CANVAS, 1)], "composite": None}
+    rows, masks, editing, editor, _ = studio.switch_region(0, ROWS, None, None, None, painted, 1, {})
+    assert len(rows) == 3 and rows[2] == ["", "", None, None, None, None] and editing == 3
+    assert np.array_equal(masks[1][::6, ::6], right_half())
+    assert not canvas.mask_from_layer(editor["layers"][0]).any()  # the new region's layer starts empty
+    _, masks, editing, editor, _ = studio.switch_region(1, rows, None, None, None, editor, 3, masks)
+    assert editing == 1 and np.array_equal(canvas.mask_from_layer(editor["layers"][0])[::6, ::6], right_half())
+
+
+def test_an_uploaded_mask_becomes_the_painted_regions_mask_and_clears_its_box(served, tmp_path):
+    studio, _ = served
+    mask = tmp_path / "mask.png"
+    Image.fromarray(right_half().astype(np.uint8) * 255).save(mask)
+    rows, _, masks, _, _, _ = studio.upload_mask(str(mask), ROWS, None, None, None, None, 2, {})
+    assert rows[1] == ["a blue square", "", None, None, None, None] and rows[0] == ROWS[0]
+    assert np.array_equal(masks[2], right_half())
+    black = tmp_path / "black.png"
+    Image.new("L", (64, 64)).save(black)
+    with pytest.raises(AttnkitError, match="the mask image is entirely black"):
+        studio.upload_mask(str(black), ROWS, None, None, None, None, 2, {})
