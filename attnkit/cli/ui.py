@@ -29,7 +29,7 @@ def register(commands: Any) -> None:
                    help="address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface, "
                         "which lets anyone on the network use the page and the GPU: add --auth)")
     p.add_argument("--port", type=port, default=7860, help="port to serve on (default 7860)")
-    p.add_argument("--auth", type=_auth, help="USER:PASS: ask for this login before serving the page")
+    p.add_argument("--auth", type=_auth, metavar="USER:PASS", help="ask for this login before serving the page")
     p.add_argument("--keep-minutes", type=_positive, default=60.0,
                    help="remove each request's files (outputs, uploads) this many minutes after it (default 60)")
     p.add_argument("--keep-mb", type=_positive, default=2048.0,
