@@ -9,6 +9,7 @@ The endpoints are named (`/generate`, `/regional`, `/maps`, `/segment`, `/video_
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
@@ -669,9 +670,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
     size = default_size(studio.pipe)
     shown = canvas.canvas_size(size, size)
-    keep = studio.keeper.keep
-    with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False,
-                   delete_cache=(max(60, int(keep.max_age // 4)), max(1, int(keep.max_age)))) as app:
+    with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False) as app:
         gr.Markdown(f"## attnkit · `{studio.model}`")
         with gr.Tab("Regional", id="regional"):
             masks = gr.State({})
@@ -895,4 +894,5 @@ def launch(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860
     except OSError as error:
         raise AttnkitError(f"cannot serve on {host}:{port} ({error}); pick a free port with --port.") from None
     studio.keeper.run_every(min(60.0, studio.keeper.keep.max_age / 2))
+    atexit.register(studio.keeper.sweep, math.inf)  # what is left goes with the server
     return app

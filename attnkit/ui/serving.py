@@ -96,7 +96,8 @@ class Keep:
 
 class Keeper:
     """Removes the files of an app's requests under a `Keep` budget: the request folders under `folder` and the
-    files Gradio recorded for the app (uploads and its cached copies of outputs, in `gradio_files`)."""
+    files Gradio recorded for the app (uploads and its cached copies of outputs). It replaces Gradio's own
+    `delete_cache`, which goes by age only and whose loop over those records must not meet a second remover."""
 
     def __init__(self, folder: Path, keep: Keep) -> None:
         self.folder = folder
@@ -125,7 +126,7 @@ class Keeper:
             return entries
         lasting = set().union(*(getattr(block, "keep_in_cache", set()) for block in self._blocks.blocks.values()))
         for recorded in self._blocks.temp_file_sets:
-            for name in list(recorded):
+            for name in _snapshot(recorded):
                 if name in lasting:
                     continue
                 try:
@@ -164,6 +165,15 @@ class Keeper:
         thread = threading.Thread(target=loop, name="attnkit-ui-keeper", daemon=True)
         thread.start()
         return thread
+
+
+def _snapshot(recorded: set[str]) -> list[str]:
+    """The names in a set that Gradio's request threads may add to while it is copied."""
+    while True:
+        try:
+            return list(recorded)
+        except RuntimeError:  # it changed size during the copy: copy again
+            continue
 
 
 def _remove(path: Path, recorded: set[str] | None) -> None:
