@@ -247,8 +247,14 @@ def test_eval_json_contract(capsys, model: str) -> None:
     result = json.loads(lines[0])
     assert set(result) == {"model", "prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                            "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
-                           "regional_adherence_4", "map_iou_output", "segment_miou"}
+                           "regional_adherence_4", "map_iou_output", "segment_miou", "lora_inside", "lora_leak",
+                           "lora_whole"}
     assert result["model"] == model
+    lora = [result[key] for key in ("lora_inside", "lora_leak", "lora_whole")]
+    if (MODELS_DIR / model / "lora").is_dir():
+        assert all(0.0 <= value <= 1.0 for value in lora)
+    else:  # no LoRA ships with this model
+        assert lora == [None, None, None]
     if model == "shapes-sd15":  # a UNet has no joint text stream for concepts
         assert result["map_iou_output"] is None
     else:

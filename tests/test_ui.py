@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 from PIL import Image
 
@@ -29,8 +30,8 @@ from attnkit.ui.serving import Keep, Keeper, Limits, check_mask_name, exposed, r
 
 MODEL = "shapes-sd3"
 STEPS = 4  # segmentation reads noise level 300, which a run of 4 steps reaches
-ROWS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.5, 0.0, 1.0, 1.0]]
-SWAPPED = [["a blue square", "", 0.0, 0.0, 0.5, 1.0], ["a red circle", "green", 0.5, 0.0, 1.0, 1.0]]
+ROWS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0, ""], ["a blue square", "", 0.5, 0.0, 1.0, 1.0, ""]]
+SWAPPED = [["a blue square", "", 0.0, 0.0, 0.5, 1.0, ""], ["a red circle", "green", 0.5, 0.0, 1.0, 1.0, ""]]
 BASE = "a red circle and a blue square"
 
 
@@ -86,7 +87,7 @@ def test_regional_png_is_the_one_attnkit_regional_writes_for_the_same_spec(clien
     outlined, png = regional(client, ROWS, seed=3)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"base": {"prompt": BASE, "weight": 0.5},
-                                "regions": [{"prompt": r[0], "box": r[2:]} for r in ROWS]}))
+                                "regions": [{"prompt": r[0], "box": r[2:6]} for r in ROWS]}))
     out = tmp_path / "cli.png"
     assert main(["regional", MODEL, "--spec", str(spec), "--out", str(out), "--steps", str(STEPS), "--seed", "3"]) == 0
     assert record_of(png) == record_of(out)
@@ -553,7 +554,7 @@ def test_a_box_drawn_adds_a_row_a_moved_box_rewrites_only_its_row_a_removed_one_
     drawn = {"xmin": 10, "ymin": 20, "xmax": 100, "ymax": 200, "label": "", "color": (0, 0, 0)}
     table = canvas.rows_from_boxes(rows, [drawn, *boxes], CANVAS)  # the canvas lists the newest box first
     assert table == [rows[0], ["a blue square", "", 0.25, 0.25, 0.75, 0.75],
-                     ["", "", round(10 / 384, 4), round(20 / 384, 4), round(100 / 384, 4), round(200 / 384, 4)]]
+                     ["", "", round(10 / 384, 4), round(20 / 384, 4), round(100 / 384, 4), round(200 / 384, 4), ""]]
     assert canvas.rows_from_boxes(rows, boxes[1:], CANVAS)[0] == ["a red circle", "", None, None, None, None]
 
 
@@ -704,7 +705,7 @@ def test_ui_auth_without_user_and_password_is_a_usage_error(auth, capsys):
 
 def masked_rows():
     """Region 1 a box, region 2 a mask (no box)."""
-    return [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", None, None, None, None]]
+    return [["a red circle", "", 0.0, 0.0, 0.5, 1.0, ""], ["a blue square", "", None, None, None, None, ""]]
 
 
 def layer_file(tmp_path, mask):
@@ -1065,7 +1066,7 @@ def test_switching_the_painted_region_keeps_what_was_painted_and_a_new_region_ad
     studio, _ = served
     painted = {"background": None, "layers": [canvas.mask_layer(right_half(), CANVAS, 1)], "composite": None}
     rows, masks, editing, editor, _ = studio.switch_region(0, ROWS, None, None, None, painted, 1, {})
-    assert len(rows) == 3 and rows[2] == ["", "", None, None, None, None] and editing == 3
+    assert len(rows) == 3 and rows[2] == ["", "", None, None, None, None, ""] and editing == 3
     assert np.array_equal(masks[1][::6, ::6], right_half())
     assert not canvas.mask_from_layer(editor["layers"][0]).any()  # the new region's layer starts empty
     _, masks, editing, editor, _ = studio.switch_region(1, rows, None, None, None, editor, 3, masks)
@@ -1077,9 +1078,30 @@ def test_an_uploaded_mask_becomes_the_painted_regions_mask_and_clears_its_box(se
     mask = tmp_path / "mask.png"
     Image.fromarray(right_half().astype(np.uint8) * 255).save(mask)
     rows, _, masks, _, _, _ = studio.upload_mask(str(mask), ROWS, None, None, None, None, 2, {})
-    assert rows[1] == ["a blue square", "", None, None, None, None] and rows[0] == ROWS[0]
+    assert rows[1] == ["a blue square", "", None, None, None, None, ""] and rows[0] == ROWS[0]
     assert np.array_equal(masks[2], right_half())
     black = tmp_path / "black.png"
     Image.new("L", (64, 64)).save(black)
     with pytest.raises(AttnkitError, match="the mask image is entirely black"):
         studio.upload_mask(str(black), ROWS, None, None, None, None, 2, {})
+
+
+def test_regional_endpoint_gives_a_region_the_lora_its_lora_cell_names(client, tmp_path):
+    """The lora column names the shapes model's shipped LoRA for the left region: the PNG's spec records it and its
+    file, and the image is the one `attnkit regional --lora` makes from that spec."""
+    rows = [["a red circle", "", 0.0, 0.0, 0.5, 1.0, "red-to-yellow:1"], ["a red square", "", 0.5, 0.0, 1.0, 1.0, ""]]
+    _, png = client.predict(table(rows), "", "", 0.5, "", 3, STEPS, None, None, None, api_name="/regional")
+    record = json.loads(Image.open(png).text["attnkit"])
+    assert record["spec"]["regions"][0]["lora"] == {"red-to-yellow": 1.0}
+    assert record["spec"]["loras"]["red-to-yellow"].endswith("shapes-sd3/lora/red-to-yellow.safetensors")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(record["spec"]))
+    assert main(["regional", MODEL, "--spec", str(spec), "--seed", "3", "--steps", str(STEPS),
+                 "--out", str(tmp_path / "cli.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "cli.png")))
+    plain = [row[:6] + [""] for row in rows]
+    _, without = client.predict(table(plain), "", "", 0.5, "", 3, STEPS, None, None, None, api_name="/regional")
+    assert not np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(without)))
+    with pytest.raises(AppError, match="the weight of LoRA 'red-to-yellow' is 'strong', not a number"):
+        client.predict(table([rows[0][:6] + ["red-to-yellow:strong"], rows[1]]), "", "", 0.5, "", 3, STEPS, None,
+                       None, None, api_name="/regional")

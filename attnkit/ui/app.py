@@ -54,10 +54,11 @@ __all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "SHOWN_SIDE", "Keep", "Limits", "S
 
 DEFAULT_MODEL = "shapes-sd3"
 
-#: Columns of the regions table: a prompt, its optional negative, and its box as fractions of the image.
-REGION_COLUMNS = ("prompt", "negative", "x0", "y0", "x1", "y1")
-_BOX_COLUMNS = REGION_COLUMNS[2:]
-_EXAMPLE_REGIONS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.5, 0.0, 1.0, 1.0]]
+#: Columns of the regions table: a prompt, its optional negative, its box as fractions of the image, and the LoRA
+#: adapters for its tokens ("name" or "name:weight", several separated by commas).
+REGION_COLUMNS = ("prompt", "negative", "x0", "y0", "x1", "y1", "lora")
+_BOX_COLUMNS = REGION_COLUMNS[2:6]
+_EXAMPLE_REGIONS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0, ""], ["a blue square", "", 0.5, 0.0, 1.0, 1.0, ""]]
 _EXAMPLE_BASE = "a red circle and a blue square"
 
 _LOG = logging.getLogger(__name__)
@@ -127,11 +128,12 @@ def _fraction(cell: Any, where: str) -> float:
 
 def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, base: str | None = None,
                 weight: float | None = None, negative: str | None = None,
-                masks: dict[int, Any] | None = None) -> RegionSpec:
-    """The RegionSpec of the Regional tab: table rows (prompt, negative, x0, y0, x1, y1; blank rows skipped), the
-    grid string that places them instead of boxes, the base prompt and weight, the global negative, and the masks
-    painted or uploaded for regions (region number -> the spec's mask: rows of 0 and 1, or an image); a region takes
-    its area from its box or from its mask."""
+                masks: dict[int, Any] | None = None, loras: dict[str, str] | None = None) -> RegionSpec:
+    """The RegionSpec of the Regional tab: table rows (prompt, negative, x0, y0, x1, y1, lora; blank rows skipped),
+    the grid string that places them instead of boxes, the base prompt and weight, the global negative, the masks
+    painted or uploaded for regions (region number -> the spec's mask: rows of 0 and 1, or an image), and LoRA files
+    by adapter name (those the regions name go into the spec's `loras`); a region takes its area from its box or from
+    its mask."""
     from ..regional.spec import RegionSpec
 
     grid = _text(grid)
@@ -149,7 +151,10 @@ def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, b
         entry: dict[str, Any] = {"prompt": _text(cells[0])}
         if _text(cells[1]):
             entry["negative"] = _text(cells[1])
-        box = cells[2:len(REGION_COLUMNS)]
+        lora = _lora_cell(cells[6], where)
+        if lora:
+            entry["lora"] = lora
+        box = cells[2:6]
         if not all(_blank(cell) for cell in box):
             if mask is not None:
                 raise AttnkitError(f"{where} has a box and a mask: clear its box cells (x0, y0, x1, y1) to use the "
@@ -178,7 +183,37 @@ def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, b
         data["base"] = {"prompt": _text(base)} | ({} if weight in (None, "") else {"weight": weight})
     if _text(negative):
         data["negative"] = _text(negative)
+    named = {name for entry in regions for name in entry.get("lora", {})}
+    if loras and named & set(loras):
+        data["loras"] = {name: path for name, path in loras.items() if name in named}
     return RegionSpec.from_dict(data)
+
+
+def _shipped_loras(model: str) -> str:
+    """What the page says of the model's own LoRAs: the shapes models ship theirs."""
+    from ..shapes import MODELS_DIR
+    from ..shapes.lora import LORA_DIR
+
+    names = sorted(path.stem for path in (MODELS_DIR / model / LORA_DIR).glob("*.safetensors"))
+    return f"{model} ships {', '.join(names)}" if names else "upload .safetensors files"
+
+
+def _lora_cell(cell: Any, where: str) -> dict[str, float] | None:
+    """A lora cell ("purple", "purple:0.8, striped:0.5") as {adapter: weight}; blank: None."""
+    if _blank(cell):
+        return None
+    adapters = {}
+    for part in str(cell).split(","):
+        name, _, weight = part.strip().partition(":")
+        if not name.strip():
+            raise AttnkitError(f"{where}: the lora cell {cell!r} has an empty adapter name; write name or "
+                               "name:weight, several separated by commas, e.g. 'red-to-yellow:0.8'.")
+        try:
+            adapters[name.strip()] = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise AttnkitError(f"{where}: the weight of LoRA {name.strip()!r} is {weight.strip()!r}, not a number; "
+                               "write name:weight, e.g. 'red-to-yellow:0.8'.") from None
+    return adapters
 
 
 def _spec_fields(spec: RegionSpec) -> tuple[list[list[Any]], str, str, float, str]:
@@ -191,7 +226,8 @@ def _spec_fields(spec: RegionSpec) -> tuple[list[list[Any]], str, str, float, st
     if spec.method is not None:
         raise AttnkitError(f"the spec sets method {spec.method!r}, which this page does not offer: remove it, or run "
                            "the spec with `attnkit regional`.")
-    rows = [[r.prompt, r.negative or "", *(r.box if r.box is not None else [None] * 4)] for r in spec.regions]
+    rows = [[r.prompt, r.negative or "", *(r.box if r.box is not None else [None] * 4),
+             ", ".join(f"{name}:{weight:g}" for name, weight in (r.lora or {}).items())] for r in spec.regions]
     base = spec.base
     return rows, spec.grid or "", base.prompt if base else "", base.weight if base else 1.0, spec.negative or ""
 
@@ -309,17 +345,20 @@ class Studio:
 
     def regional(self, rows: Any, grid: str, base: str, weight: Any, negative: str, seed: Any, steps: Any,
                  height: Any, width: Any, guidance: Any, true_cfg: Any = None, editor: dict | None = None,
-                 painting: Any = None, masks: Masks | None = None,
+                 painting: Any = None, masks: Masks | None = None, lora_files: Sequence[str] | None = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str, Image.Image]:
         """Regional prompting, as `attnkit regional`: the image with region outlines, the PNG (no outlines) with the
         record `attnkit regional` embeds (painted masks in it as rows of 0 and 1), and the image for the page's
         "draw over" and "regions from an image". `true_cfg` is `--true-cfg-scale`, on the pipelines that take it;
-        `editor` is the mask canvas, painting region `painting`; `masks` the other regions' masks."""
+        `editor` is the mask canvas, painting region `painting`; `masks` the other regions' masks; `lora_files` are
+        LoRA files, each under its file name as the adapter name (`--lora NAME=PATH`; a shapes model's shipped LoRAs
+        are there by name)."""
         from ..regional.outline import draw_outlines
         from ..run import regional, true_cfg_options
 
         size = self._output_size(height, width)
-        spec = region_spec(rows, grid, base, weight, negative, self._spec_masks(rows, editor, painting, masks, size))
+        spec = region_spec(rows, grid, base, weight, negative, self._spec_masks(rows, editor, painting, masks, size),
+                           self._lora_files(lora_files))
         seed, steps = self._sampling(seed, steps)
         scale = _field(checks.GUIDANCE, true_cfg, "true CFG scale", "none")
         true_cfg = true_cfg_options(self.pipe, scale, "true CFG scale")
@@ -328,6 +367,20 @@ class Studio:
             options = self._options(steps, height, width, guidance) | true_cfg
             result = regional(self.model, self.pipe, spec, seed, options, out=path, **extra)
         return draw_outlines(enlarged(result.image), result.spec, result.grid), str(path), result.image
+
+    def _lora_files(self, paths: Sequence[str] | None) -> dict[str, str]:
+        """Adapter name -> LoRA file: the shapes model's shipped LoRAs, then the uploads (named by file name)."""
+        from ..shapes import MODELS_DIR
+        from ..shapes.lora import LORA_DIR
+
+        shipped = {path.stem: str(path) for path in (MODELS_DIR / self.model / LORA_DIR).glob("*.safetensors")}
+        uploaded = {}
+        for path in paths or []:
+            if Path(path).suffix != ".safetensors":
+                raise AttnkitError(f"{Path(path).name} is not a .safetensors LoRA file; upload the LoRA's "
+                                   ".safetensors file (its name without the suffix is the adapter name).")
+            uploaded[Path(path).stem] = str(path)
+        return shipped | uploaded
 
     def _spec_masks(self, rows: Any, editor: dict | None, painting: Any, masks: Masks | None,
                     size: tuple[int, int]) -> dict[int, list[list[int]]]:
@@ -457,7 +510,7 @@ class Studio:
         masks = _painted(masks, editor, editing)
         table = [list(row) for row in rows or []]
         if choice == _NEW_REGION or choice is None:
-            table.append(["", "", None, None, None, None])
+            table.append(["", "", None, None, None, None, ""])
             choice = len(table)
         size = canvas.canvas_size(*self._output_size(height, width))
         return table, masks, choice, _editor(size, background, table, masks, choice), _painting(table, masks, choice)
@@ -720,17 +773,22 @@ def build_app(studio: Studio) -> gr.Blocks:
                     use_last = gr.Button("Draw over the last generated image", size="sm", elem_id="use-last")
                 with gr.Column(scale=2):
                     rows = gr.Dataframe(value=_EXAMPLE_REGIONS, headers=list(REGION_COLUMNS),
-                                        datatype=["str", "str", "number", "number", "number", "number"],
+                                        datatype=["str", "str", "number", "number", "number", "number", "str"],
                                         column_count=len(REGION_COLUMNS), type="array",
                                         interactive=True, elem_id="regions",
                                         label="regions: a prompt per row, its box as fractions of the image "
-                                              "(x0, y0 top left; x1, y1 bottom right); later rows win overlaps")
+                                              "(x0, y0 top left; x1, y1 bottom right; later rows win overlaps), "
+                                              "and LoRA adapters for its tokens (name or name:weight)")
                     grid = gr.Textbox(label="grid instead of boxes (regional-prompter ratios, e.g. 1,1)",
                                       elem_id="grid")
                     with gr.Row():
                         base = gr.Textbox(label="base prompt (whole image)", value=_EXAMPLE_BASE, elem_id="base")
                         weight = gr.Number(label="base weight", value=0.5, elem_id="base-weight")
                     negative = gr.Textbox(label="negative prompt", elem_id="negative")
+                    with gr.Accordion(f"LoRA files for the lora column ({_shipped_loras(studio.model)})",
+                                      open=False):
+                        lora_files = gr.File(label="adapter name = file name", file_count="multiple",
+                                             file_types=[".safetensors"], elem_id="lora-files")
                     sampling = _sampling_inputs("regional", size)
                     true_cfg = gr.Textbox(label="true CFG scale, against the negatives (blank: none)",
                                           elem_id="true-cfg", visible=takes_true_cfg(studio.pipe))
@@ -747,7 +805,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             height, width = sampling[2], sampling[3]
             fields = [rows, grid, base, weight, negative]
             private = {"api_visibility": "private"}
-            run.click(_shown(studio.regional), fields + sampling + [true_cfg, editor, painting, masks],
+            run.click(_shown(studio.regional), fields + sampling + [true_cfg, editor, painting, masks, lora_files],
                       [outlined, png, last], api_name="regional")
             save.click(_shown(studio.save_spec), fields + [height, width, editor, painting, masks], spec_files,
                        api_name="save_spec")

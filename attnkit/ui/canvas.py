@@ -146,7 +146,7 @@ def rows_from_boxes(rows: Sequence[Sequence[Any]] | None, boxes: Sequence[dict[s
             row[2:6] = _fractions(pixels, width, height)
             changed = True
     for box in new:
-        table.append(["", "", *_fractions((box["xmin"], box["ymin"], box["xmax"], box["ymax"]), width, height)])
+        table.append(["", "", *_fractions((box["xmin"], box["ymin"], box["xmax"], box["ymax"]), width, height), ""])
         changed = True
     return table if changed else None
 
