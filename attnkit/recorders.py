@@ -3,9 +3,9 @@
 `MapRecorder` is an attnkit `Control`. At every selected site and step it takes one block of the attention
 probabilities, normalised as the model normalises them: over all keys of the call, so in joint attention e.g. the
 text columns of a softmax over image and text keys. It sums the block over heads, upsamples the site's token grid to
-one common resolution, and adds it to one fp32 buffer per batch item of the chosen CFG branch. Nothing per layer or
-per step is kept, and the block is computed in query chunks: memory is O(text tokens x image tokens) however many
-steps and sites are recorded.
+one common resolution, and adds it to one fp32 buffer (fp64 for a float64 model, which keeps its precision) per batch
+item of the chosen CFG branch. Nothing per layer or per step is kept, and the block is computed in query chunks:
+memory is O(text tokens x image tokens) however many steps and sites are recorded.
 
 Relations and the map each adds per call (summed over heads):
 - "image->text": for every text token, its probability at each image query: (text, rows, cols);
@@ -198,7 +198,7 @@ class MapRecorder(Control):
 
     def _add(self, heat: torch.Tensor, weight: float) -> None:
         if self.total is None:
-            self.total = torch.zeros_like(heat, dtype=torch.float32)
+            self.total = torch.zeros_like(heat, dtype=ops.working(heat.dtype))
         if heat.shape != self.total.shape:
             raise AttnkitError(f"this trace recorded maps of shape {tuple(self.total.shape)}, now gets "
                                f"{tuple(heat.shape)}: run one generation per trace.")

@@ -208,6 +208,7 @@ class _StateHook(ModelHook):
         step = state.step
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
+        state.timesteps = self.steps.run_timesteps(state.num_steps) if state.step is not None else ()
         self.forwards_in_step = self.forwards_in_step + 1 if state.step == step and step is not None else 0
         state.branches = self._branches(_batch(bound), bound)
         return args, kwargs

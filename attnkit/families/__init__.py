@@ -154,7 +154,11 @@ class Family:
       "joint"/"single" (one sequence of text and image in `order`). A family whose sequences hold anything else
       (padding, reference images) gives its own.
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000);
-      `timestep`: the forward's timestep in scheduler units, where it is not its `timestep` argument times that.
+      `timestep`: the forward's timestep in scheduler units, where it is not its `timestep` argument times that;
+      `timestep_argument` and `forward_timestep`: where a forward takes its timestep and what it takes for one in
+      scheduler units (default: that divided by `timestep_scale`), so that a forward can be run at a timestep of
+      attnkit's choosing (`set_timestep`).
+    - `latent_argument`: the forward argument that holds the (packed) latents.
     - `video`: whether the image tokens span several frames.
     - `cfg`: how the pipeline batches classifier-free guidance without naming its branches (`cache_context`):
       in one batch, "uncond-first" (diffusers' usual [uncond, cond]) or "cond-first", or "sequential" (a cond
@@ -189,6 +193,9 @@ class Family:
     layout: Callable[[Family, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     timestep: Callable[[Mapping[str, Any]], Any] | None = None
+    timestep_argument: str = "timestep"
+    forward_timestep: Callable[[float], float] | None = None
+    latent_argument: str = "hidden_states"
     video: bool = False
     cfg: Literal["uncond-first", "cond-first", "sequential"] = "uncond-first"
     guided: Callable[[Any, Mapping[str, Any]], bool] = _do_classifier_free_guidance
@@ -221,6 +228,12 @@ class Family:
             return self.timestep(bound)
         timestep = bound.get("timestep")
         return None if timestep is None else timestep * self.timestep_scale
+
+    def set_timestep(self, bound: dict[str, Any], timestep: float) -> None:
+        """Put `timestep` (scheduler units) into a forward's bound arguments, in the form the forward takes it."""
+        value = self.forward_timestep(timestep) if self.forward_timestep is not None else timestep / self.timestep_scale
+        old = bound.get(self.timestep_argument)
+        bound[self.timestep_argument] = torch.full_like(old, value) if isinstance(old, torch.Tensor) else value
 
     def stride_of(self, model: torch.nn.Module) -> int:
         """Latent pixels per cell of `grid`."""

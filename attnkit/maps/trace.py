@@ -67,9 +67,9 @@ class Trace:
 
     @property
     def total(self) -> torch.Tensor:
-        """Sum over heads, sites and steps, fp32, checked complete: (batch items, text tokens, rows, cols) for
-        image->text and text->image, (batch items, 1, rows, cols) for image->image, (items, text, text) for
-        text->text."""
+        """Sum over heads, sites and steps, fp32 (fp64 for a float64 model), checked complete: (batch items, text
+        tokens, rows, cols) for image->text and text->image, (batch items, 1, rows, cols) for image->image, (items,
+        text, text) for text->text."""
         return self._checked().total
 
     @property
