@@ -124,7 +124,8 @@ def image_pipeline(pipe: Any, inpaint: bool = False, controlnet: Any = None) -> 
 
 
 def clean_latent(pipe: Any, image: Image.Image) -> torch.Tensor:
-    """(1, channels, rows, cols): `image` encoded by the pipeline's VAE, the posterior mean (no sample drawn), shifted
+    """(1, channels, rows, cols): `image` (sides the pipeline takes) as x / 127.5 - 1, computed in the VAE's dtype
+    (a float64 VAE reads exact pixels), encoded by the pipeline's VAE, the posterior mean (no sample drawn), shifted
     and scaled as the pipeline's latents are."""
     vae = getattr(pipe, "vae", None)
     config = getattr(vae, "config", {})
@@ -132,11 +133,9 @@ def clean_latent(pipe: Any, image: Image.Image) -> torch.Tensor:
         raise AttnkitError(f"{type(pipe).__name__}'s VAE is not one whose latents attnkit reads (a scaling factor and "
                            "optional shift, as SD1.x, SDXL, SD3 and Flux have): read the image through the pipeline's "
                            "img2img variant instead.")
-    processor = getattr(pipe, "image_processor", None)
-    if processor is None:
-        raise AttnkitError(f"{type(pipe).__name__} has no `image_processor` to turn an image into VAE input.")
     weight = next(vae.parameters())
-    pixels = processor.preprocess(image, height=image.height, width=image.width).to(weight.device, weight.dtype)
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float64)).permute(2, 0, 1)[None]
+    pixels = (pixels / 127.5 - 1).to(weight.device, weight.dtype)
     with torch.no_grad():
         posterior = vae.encode(pixels).latent_dist
     return (posterior.mean - (config.get("shift_factor") or 0.0)) * config["scaling_factor"]

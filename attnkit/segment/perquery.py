@@ -51,6 +51,8 @@ class PerQuery(Reduction):
         work = ops.working(view.q.dtype)
         to_rows, to_cols = to_rows.to(work), to_cols.to(work)
         total = torch.zeros(items, out[0], out[1], out[0] * out[1], device=view.q.device, dtype=work)
+        tiled = out[0] >= grid[0] and out[1] >= grid[1]  # each anchor query takes its one source query's map
+        source_rows, source_cols = to_rows.argmax(0), to_cols.argmax(0)
         for first in range(0, grid[0], chunk):
             last = min(first + chunk, grid[0])
             queries = slice(rows.start + first * grid[1], rows.start + last * grid[1])
@@ -60,9 +62,13 @@ class PerQuery(Reduction):
                 probs = F.interpolate(probs, size=out, mode="bilinear", align_corners=False)
             probs = probs / probs.sum((-2, -1), keepdim=True)
             probs = probs.reshape(items, last - first, grid[1], out[0] * out[1])
-            total += torch.einsum("nrcm,rR,cC->nRCm", probs, to_rows[first:last], to_cols)
+            if tiled:
+                mine = (source_rows >= first) & (source_rows < last)
+                total[:, mine] += probs[:, source_rows[mine] - first][:, :, source_cols]
+            else:
+                total += torch.einsum("nrcm,rR,cC->nRCm", probs, to_rows[first:last], to_cols)
         weight = resolution_weight([s.grid(latent) for s in recorder.sites], grid)
-        return weight * total.reshape(items, out[0] * out[1], *out), weight
+        return total.mul_(weight).reshape(items, out[0] * out[1], *out), weight
 
 
 def resolution_weight(grids: list[tuple[int, int]], grid: tuple[int, int]) -> float:

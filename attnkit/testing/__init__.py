@@ -6,6 +6,8 @@ paths, but the real checkpoints are gigabytes behind a network. This module give
 * tiny pipelines (``tiny_*_pipeline``): the stock pipeline classes of SD1.5, SDXL,
   SD3, SD3.5 and FLUX.1 with random weights small enough that a 2-step 64x64
   generation takes well under a second on one CPU thread;
+* :func:`sd15_layout_pipeline`: SD1.5's UNet layout and VAE factor with small channels, for
+  checks of methods that read SD1.x's exact attention layout;
 * :func:`random_sd15_pipeline`: the full-size SD1.5 architecture, random weights,
   for realistic shapes and timings; :func:`random_full_size_pipeline`: the full-size SDXL UNet,
   SD3-medium or FLUX.1-dev transformer in its pipeline, on any device and dtype, for GPU benchmarks;
@@ -39,6 +41,7 @@ from .pipelines import (
     build_pipeline,
     random_full_size_pipeline,
     random_sd15_pipeline,
+    sd15_layout_pipeline,
     tiny_flux_pipeline,
     tiny_sd3_pipeline,
     tiny_sd15_pipeline,
@@ -67,6 +70,7 @@ __all__ = [
     "meta_denoiser",
     "random_full_size_pipeline",
     "random_sd15_pipeline",
+    "sd15_layout_pipeline",
     "tiny_clip_tokenizer",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",

@@ -69,6 +69,7 @@ __all__ = [
     "FULL_SIZE_NAMES",
     "random_full_size_pipeline",
     "random_sd15_pipeline",
+    "sd15_layout_pipeline",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sd15_pipeline",
@@ -274,6 +275,39 @@ def tiny_sd15_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
             text_encoder=CLIPTextModel(_tiny_clip_text_config(tokenizer)),
             tokenizer=tokenizer,
             unet=_tiny_unet(),
+            scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    return _finish(pipe)
+
+
+#: Channels of `sd15_layout_pipeline`'s UNet levels (SD1.5: 320, 640, 1280, 1280) and VAE levels (SD1.5: 128, 256,
+#: 512, 512); its 8 heads are SD1.5's.
+_SD15_LAYOUT_UNET_CHANNELS = (32, 32, 64, 64)
+_SD15_LAYOUT_VAE_CHANNELS = (8, 8, 16, 16)
+
+
+def sd15_layout_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's layout with small channels: its UNet (four levels, two transformer layers per level,
+    attention in the first three and the mid block, 8 heads) and a VAE of its factor 8, so that a 512 px image has
+    SD1.5's self-attention grids (64, 32, 16 and 8 tokens a side: 16 self-attention sites), with the tiny CLIP.
+
+    For checks of methods whose published code reads SD1.x's exact layout (DiffSeg's per-resolution weights,
+    DAAM's choice of layers) without SD1.5's 860M UNet parameters."""
+    with _seeded(seed):
+        tokenizer = tiny_clip_tokenizer()
+        text_encoder = CLIPTextModel(_tiny_clip_text_config(tokenizer))
+        unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "block_out_channels": _SD15_LAYOUT_UNET_CHANNELS,
+                                       "norm_num_groups": _TINY_NORM_GROUPS,
+                                       "cross_attention_dim": text_encoder.config.hidden_size})
+        pipe = StableDiffusionPipeline(
+            vae=_tiny_vae(scaling_factor=_SD_VAE_SCALING, channels=_SD15_LAYOUT_VAE_CHANNELS,
+                          sample_size=SD15_VAE_CONFIG["sample_size"]),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
             scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
             safety_checker=None,
             feature_extractor=None,

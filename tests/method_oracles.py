@@ -1,0 +1,206 @@
+"""Independent implementations of published attention-observation methods, for the parity tests of
+`tests/test_methods.py`.
+
+Each is written from the method's equations and the hyperparameters its reference code uses (the file and commit are
+named on each function), never copied from it, and shares no code with attnkit: attention probabilities are computed
+here explicitly in float64 from the q, k (and mask) every stock diffusers processor hands to
+`torch.nn.functional.scaled_dot_product_attention`, with no attnkit processor installed. DiffSeg's TensorFlow
+bilinear upsampling (`tf.keras.layers.UpSampling2D(interpolation="bilinear")`: half-pixel centres, edges clamped) is
+torch's `F.interpolate(mode="bilinear", align_corners=False)`.
+
+`report(name, **figures)` appends the figures a test measured to the file named by ATTNKIT_METHODS_REPORT, from which
+`benchmarks/methods.py` writes benchmarks/results/methods.json and the README's methods table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPORT = "ATTNKIT_METHODS_REPORT"
+
+
+def report(name: str, **figures: object) -> None:
+    """Append one test's measured figures to the report file, when a run asked for one."""
+    path = os.environ.get(REPORT)
+    if path:
+        with open(path, "a") as file:
+            file.write(json.dumps({"test": name, **figures}) + "\n")
+
+
+# --- attention probabilities, read around the stock processors --------------------------------------------------
+
+
+@contextlib.contextmanager
+def attention_calls(keep: Callable[[torch.Tensor, int, int], object]) -> Iterator[list[object]]:
+    """While the block runs, every `scaled_dot_product_attention` call (the stock processors' kernel) also computes
+    its probabilities explicitly in float64, (batch, heads, queries, keys), one head at a time, and appends
+    `keep(probabilities of one head, head, heads)`'s results to the yielded list as one list per call."""
+    original = F.scaled_dot_product_attention
+    calls: list[object] = []
+
+    def observed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        scale_ = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+        heads = query.shape[1]
+        kept = []
+        for head in range(heads):
+            scores = query[:, head].double() @ key[:, head].double().transpose(-1, -2) * scale_
+            if attn_mask is not None:
+                mask = attn_mask[:, head if attn_mask.shape[1] == heads else 0] if attn_mask.ndim == 4 else attn_mask
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            kept.append(keep(scores.softmax(-1), head, heads))
+        calls.append(kept)
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, enable_gqa=enable_gqa)
+
+    torch.nn.functional.scaled_dot_product_attention = observed
+    try:
+        yield calls
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+# --- DiffSeg (Tian et al., CVPR 2024): github google/diffseg at 77ea59657da1be832c89e48085e04b97952e2a36 ----------
+
+
+def clean_latent(pipe, image) -> torch.Tensor:
+    """The image in [-1, 1] (x / 127.5 - 1), the VAE posterior mean, shifted and scaled as the pipeline's latents
+    (DiffSeg: `image_encoder.layers[-1]` keeps the mean, times 0.18215)."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float64) / 127.5 - 1).permute(2, 0, 1)[None]
+    vae = pipe.vae
+    with torch.no_grad():
+        mean = vae.encode(pixels.to(vae.dtype)).latent_dist.mean
+    return (mean - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def self_attention_maps(run: Callable[[], object], image: Callable[[int, int], slice | None]) -> list[torch.Tensor]:
+    """Per attention call of `run()` with image queries over image keys (`image(queries, keys)`: the image tokens'
+    slice of the sequence, or None for a call without them): their maps (tokens, tokens), averaged over heads
+    (DiffSeg's `weights.mean(0)`) and renormalised over the image keys (a no-op for UNet self-attention, which has
+    no other keys; joint attention's image block is renormalised after the head mean)."""
+
+    def image_block(probs: torch.Tensor, head: int, heads: int) -> torch.Tensor | None:
+        part = image(*probs.shape[-2:])
+        return None if part is None else probs[0, part, part] / heads
+
+    with attention_calls(image_block) as calls, torch.no_grad():
+        run()
+    maps = []
+    for kept in calls:
+        if kept[0] is not None:
+            block = sum(kept)
+            maps.append(block / block.sum(-1, keepdim=True))
+    return maps
+
+
+def diffseg_aggregate(maps: list[torch.Tensor]) -> torch.Tensor:
+    """DiffSeg's `aggregate_weights` (diffseg/segmentor.py) over maps (side^2, side^2) of any number of grids: the
+    mean of each grid's layers, its key axes upsampled (bilinear) to the finest grid and renormalised, its query
+    axes tiled (`tf.repeat`), weighted side / sum of sides. Returns (finest^2, finest, finest)."""
+    grids: dict[int, list[torch.Tensor]] = defaultdict(list)
+    for m in maps:
+        grids[math.isqrt(m.shape[0])].append(m)
+    finest = max(grids)
+    total = sum(grids)
+    out = torch.zeros(finest, finest, finest, finest, dtype=torch.float64)
+    for side, layers in grids.items():
+        mean = torch.stack(layers).mean(0)
+        ratio = finest // side
+        keys = F.interpolate(mean.reshape(side * side, 1, side, side), size=(finest, finest), mode="bilinear",
+                             align_corners=False)
+        keys = keys / keys.sum((-2, -1), keepdim=True)
+        tiled = keys.reshape(side, side, finest, finest).repeat_interleave(ratio, 0).repeat_interleave(ratio, 1)
+        out += tiled * side / total
+    return out.reshape(finest * finest, finest, finest)
+
+
+def sampling_grid(side: int, points: int = 16) -> np.ndarray:
+    """DiffSeg's `generate_sampling_grid` with its 63 (the last index of its 64 grid) as side - 1: (points^2, 2)
+    (row, col) pairs, row-major."""
+    segment = (side - 1) // (points - 1)
+    total = segment * (points - 1)
+    start = (side - 1 - total) // 2
+    axis = np.linspace(start, total + start, points)
+    rows, cols = np.meshgrid(axis, axis, indexing="ij")
+    return np.concatenate([rows.reshape(-1, 1), cols.reshape(-1, 1)], axis=-1).astype(int)
+
+
+def symmetric_kl(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """DiffSeg's `KL`: sum x (log x - log Y) / 2 - sum Y (log x - log Y) / 2 over the last two axes, no epsilon."""
+    quotient = np.log(x) - np.log(y)
+    return (x * quotient).sum((-2, -1)) / 2 - (y * quotient).sum((-2, -1)) / 2
+
+
+def diffseg_merge(attns: np.ndarray, thresholds: list[float], refine: bool, points: int = 16,
+                  max_iter: int = 300, tol: float = 1e-4) -> np.ndarray:
+    """DiffSeg's `generate_masks` up to the proposals (K, side, side): `mask_merge` round 0 (anchors' matched maps
+    averaged), later rounds (in index order, unmatched proposals gather all proposals within the threshold), and with
+    `refine` scikit-learn 1.3.2's `KMeans(init=proposals, n_init=1)` (Lloyd, max_iter 300, tol 1e-4 of the mean
+    variance) re-implemented here, its clusters' member means as the proposals. Distances in float64 (the reference
+    computes round 0 in float16)."""
+    side = attns.shape[-1]
+    grid = sampling_grid(side, points)
+    square = attns.reshape(side, side, side, side)
+    anchors = square[grid[:, 0], grid[:, 1]]
+    flat = attns.reshape(side * side, -1)
+    rows = []
+    for anchor in anchors:
+        matched = symmetric_kl(anchor[None], attns) < thresholds[0]
+        rows.append(flat[matched].sum(0) / matched.sum())
+    proposals = np.stack(rows).reshape(-1, side, side)
+    for threshold in thresholds[1:]:
+        matched_set: set[int] = set()
+        merged = []
+        for i, anchor in enumerate(proposals):
+            if i in matched_set:
+                continue
+            matched_set.add(i)
+            close = symmetric_kl(anchor[None], proposals) < threshold
+            matched_set.update(np.flatnonzero(close).tolist())
+            merged.append(proposals[close].mean(0))
+        proposals = np.stack(merged)
+    if refine:
+        labels = lloyd(flat, proposals.reshape(len(proposals), -1), max_iter, tol)
+        proposals = np.stack([flat[labels == k].mean(0) for k in range(len(proposals))]).reshape(-1, side, side)
+    return proposals
+
+
+def lloyd(points: np.ndarray, centres: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
+    """Lloyd's k-means as scikit-learn's `_kmeans_single_lloyd` runs: assign, move the centres to their members'
+    means, stop when the labels repeat or the centres' squared shift sums to at most tol x the mean variance; labels
+    of the final centres. Asserts that no cluster ever empties (scikit-learn would relocate it)."""
+    limit = tol * points.var(0).mean()
+    previous = None
+    for _ in range(max_iter):
+        labels = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+        assert len(np.unique(labels)) == len(centres), "an empty cluster: scikit-learn would relocate it"
+        updated = np.stack([points[labels == k].mean(0) for k in range(len(centres))])
+        shift = ((updated - centres) ** 2).sum()
+        centres = updated
+        if previous is not None and np.array_equal(labels, previous):
+            return labels
+        if shift <= limit:
+            break
+        previous = labels
+    return np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+
+
+def diffseg_labels(proposals: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """DiffSeg's final step: proposals upsampled (bilinear) to the image size, each pixel the proposal largest there
+    (the first on a tie), as proposal indices."""
+    upsampled = F.interpolate(torch.from_numpy(proposals)[None], size=size, mode="bilinear", align_corners=False)[0]
+    return upsampled.argmax(0).numpy()
+
+
+def reading_order(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0, 1, ... in the order they first appear (row-major)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse].reshape(labels.shape)
