@@ -40,14 +40,19 @@ def report(name: str, **figures: object) -> None:
 
 
 @contextlib.contextmanager
-def attention_calls(keep: Callable[[torch.Tensor, int, int], object]) -> Iterator[list[object]]:
-    """While the block runs, every `scaled_dot_product_attention` call (the stock processors' kernel) also computes
-    its probabilities explicitly in float64, (batch, heads, queries, keys), one head at a time, and appends
-    `keep(probabilities of one head, head, heads)`'s results to the yielded list as one list per call."""
+def attention_calls(keep: Callable[[torch.Tensor, int, int], object],
+                    only: Callable[[int, int], bool] | None = None) -> Iterator[list[object]]:
+    """While the block runs, every `scaled_dot_product_attention` call (the stock processors' kernel; those with
+    `only(queries, keys)`, where given) also computes its probabilities explicitly in float64, one head at a time,
+    (batch, queries, keys), and appends `keep(probabilities of one head, head, heads)`'s results to the yielded list
+    as one list per call."""
     original = F.scaled_dot_product_attention
     calls: list[object] = []
 
     def observed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if only is not None and not only(query.shape[-2], key.shape[-2]):
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa)
         scale_ = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
         heads = query.shape[1]
         kept = []
@@ -204,3 +209,53 @@ def reading_order(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 0, 1, ... in the order they first appear (row-major)."""
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     return np.argsort(np.argsort(first))[inverse].reshape(labels.shape)
+
+
+# --- DAAM (Tang et al., ACL 2023): github castorini/daam 0.2.0 at 09564e048cf5ffc1523aa0605736e7f178ca505a ----------
+
+
+@contextlib.contextmanager
+def named_attention(model: torch.nn.Module, keep: Callable[[str, int, torch.Tensor], None],
+                    only: Callable[[int, int], bool] | None = None) -> Iterator[None]:
+    """While the block runs, every attention call of `model` (with `only(queries, keys)`, where given) also hands
+    `keep(module name, head, probabilities)` each head's float64 probabilities (batch, queries, keys)."""
+    current: list[str] = [""]
+
+    def entering(name: str) -> Callable[..., None]:
+        def note(module: torch.nn.Module, args: tuple) -> None:
+            current[0] = name
+
+        return note
+
+    handles = [module.register_forward_pre_hook(entering(name))
+               for name, module in model.named_modules() if type(module).__name__ == "Attention"]
+    try:
+        with attention_calls(lambda probs, head, heads: keep(current[0], head, probs), only):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def daam_global_heat_map(sums: dict[tuple[str, int], torch.Tensor], normalize: bool,
+                         prompt_tokens: int) -> torch.Tensor:
+    """DAAM's `compute_global_heat_map` (daam/trace.py): every (layer, head) map summed over time (77, h, w)
+    upsampled bicubic to the finest side, clamped at 0, averaged; the start token, the prompt's tokens and the first
+    end token kept; with `normalize` divided by the prompt tokens' sum + 1e-6."""
+    side = max(m.shape[-1] for m in sums.values())
+    merged = [F.interpolate(m.unsqueeze(1), size=(side, side), mode="bicubic").clamp_(min=0) for m in sums.values()]
+    maps = torch.stack(merged, 0).mean(0)[:, 0]
+    maps = maps[:prompt_tokens + 2]
+    if normalize:
+        maps = maps / (maps[1:-1].sum(0, keepdim=True) + 1e-6)
+    return maps
+
+
+def daam_word_map(tokenizer, prompt: str, word: str, global_map: torch.Tensor) -> torch.Tensor:
+    """DAAM's `compute_word_heat_map` with `compute_token_merge_indices` (daam/heatmap.py, daam/utils.py): the mean
+    of the global map over every token of every occurrence of the word (positions after the start token)."""
+    tokens = [t.replace("</w>", "") for t in tokenizer.tokenize(prompt.lower())]
+    search = [t.replace("</w>", "") for t in tokenizer.tokenize(word.lower())]
+    starts = [i for i in range(len(tokens)) if tokens[i:i + len(search)] == search]
+    indices = [start + offset + 1 for start in starts for offset in range(len(search))]
+    return global_map[indices].mean(0)

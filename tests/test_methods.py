@@ -9,6 +9,8 @@ benchmarks/results/methods.json and the README's methods table.
 from __future__ import annotations
 
 import functools
+import math
+from contextlib import ExitStack
 
 import method_oracles as oracle
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import attnkit.maps as maps
 import attnkit.segment as seg
 from attnkit.pipeline import clean_latent, single_forward
 from attnkit.testing import build_pipeline, sd15_layout_pipeline
@@ -179,3 +182,69 @@ def test_diffseg_labels_of_an_existing_image_equal_the_references(name, protocol
     if protocol == "tight":
         assert want.max() > 0
     assert agreement == 1.0
+
+
+DAAM = "castorini/daam@09564e048cf5ffc1523aa0605736e7f178ca505a"
+#: DAAM reads UNets; SD1.5's layout at 512 px is DAAM's own geometry (its output side 64 is the finest grid there).
+DAAM_MODELS = {"sd15-layout": 512, "tiny-sdxl": 64}
+PROMPT = "a red circle and a blue square"
+DAAM_STEPS = 2
+
+
+def daam_reference(pipe, side: int) -> dict[tuple[str, int], torch.Tensor]:
+    """DAAM's `UNetCrossAttentionLocator` and `UNetCrossAttentionHooker` (daam/hook.py, daam/trace.py): every head of
+    the down- and up-block cross-attention layers (`attn2` with 77 keys), the conditional half of the CFG batch
+    (`map_[B*H//2:]`), summed over the steps of one generation, (77, h, w) per (layer, head)."""
+    sums: dict[tuple[str, int], torch.Tensor] = {}
+
+    def keep(name: str, head: int, probs: torch.Tensor) -> None:
+        if name.endswith(".attn2") and name.startswith(("down_blocks", "up_blocks")):
+            cond = probs[probs.shape[0] // 2:][0]  # (queries, 77)
+            grid = math.isqrt(cond.shape[0])
+            heat = cond.T.reshape(cond.shape[1], grid, grid)
+            sums[name, head] = sums.get((name, head), 0) + heat
+
+    text = pipe.tokenizer.model_max_length
+    with oracle.named_attention(pipe.unet, keep, only=lambda queries, keys: keys == text), torch.no_grad():
+        pipe(PROMPT, num_inference_steps=DAAM_STEPS, height=side, width=side, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+    return sums
+
+
+@pytest.mark.parametrize("name", DAAM_MODELS)
+def test_daam_word_maps_equal_the_references(name):
+    """`attnkit.maps.trace(method="daam")`, with and without `normalize`, against DAAM 0.2.0's `trace`
+    (daam/trace.py, daam/heatmap.py, daam/utils.py at 09564e0; the `daam` package pins diffusers 0.21 and does not
+    install beside this diffusers): down- and up-block cross-attention of the conditional half, each (layer, head)
+    summed over the steps, bicubic to the finest grid and clamped at 0, averaged, optionally normalised over the
+    prompt's tokens; every word's map the mean over its tokens and occurrences ("a" occurs twice)."""
+    pipe = float64_pipeline(name)
+    side = DAAM_MODELS[name]
+    tokens = len(pipe.tokenizer.tokenize(PROMPT.lower()))
+    sums = daam_reference(pipe, side)
+    with ExitStack() as stack:
+        traces = {normalize: stack.enter_context(maps.trace(pipe, PROMPT, method="daam", normalize=normalize))
+                  for normalize in (False, True)}
+        with torch.inference_mode():
+            pipe(PROMPT, num_inference_steps=DAAM_STEPS, height=side, width=side, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+    for normalize, tc in traces.items():
+        reference = oracle.daam_global_heat_map(sums, normalize, tokens)
+        errors, scale = [], 0.0
+        for word in dict.fromkeys(PROMPT.split()):
+            want = oracle.daam_word_map(pipe.tokenizer, PROMPT, word, reference)
+            got = tc.heatmap(word)
+            assert got.shape == want.shape and got.dtype == torch.float64
+            errors.append(float((got - want).abs().max()))
+            scale = max(scale, float(want.abs().max()))
+        oracle.report(f"daam {name} {'normalized' if normalize else 'plain'}", method="DAAM", reference=DAAM,
+                      model=name, normalize=normalize, words=len(errors), layers=len(tc.recorder.sites),
+                      max_abs_difference=max(errors), largest_value=scale)
+        assert max(errors) < MAPS_TOLERANCE
+
+
+def test_daam_is_refused_on_a_denoiser_without_down_and_up_blocks():
+    from attnkit.errors import AttnkitError
+
+    with pytest.raises(AttnkitError, match="method='daam' reads the cross-attention of a UNet's down and up blocks"):
+        maps.trace(build_pipeline("tiny-sd3"), PROMPT, method="daam")

@@ -141,7 +141,8 @@ class Family:
       read it from the model; `block_stride(model)`: where sites of different blocks see different token grids (the
       UNet's down- and up-sampling), the stride of each block ("down.1", "mid.0"), which `multiscale` families round
       up when a side is odd (each down-sampling convolution does); `decoder`: the stage of such a family that draws
-      the image back up to the latent's resolution once the layout is set (the UNet's "up" blocks).
+      the image back up to the latent's resolution once the layout is set (the UNet's "up" blocks), `encoder` the
+      one that draws it down to the bottleneck (the UNet's "down" blocks; its middle stage is neither).
     - `grid`: the token grid of one forward, from the denoiser forward's bound arguments and the model.
     - `streams`: (tokenizer, first position, length) of each tokenizer's stream within the text part of the
       attention calls, given the pipeline and the number of text tokens: which word is which position.
@@ -188,6 +189,7 @@ class Family:
     block_stride: Callable[[torch.nn.Module], Mapping[str, int]] | None = None
     multiscale: bool = False
     decoder: str | None = None
+    encoder: str | None = None
     text_tokens: Callable[[Mapping[str, Any]], int | None] = _text_tokens
     item_text_tokens: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
     layout: Callable[[Family, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None

@@ -80,6 +80,7 @@ FAMILY = Family(
     block_stride=_block_strides,
     multiscale=True,
     decoder="up",
+    encoder="down",
     latent_argument="sample",
     text=TextInput(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",)),
     replay=True,
