@@ -6,6 +6,7 @@ every later step); the step is read from the pipeline's scheduler before each de
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,9 @@ class State:
     grid is (frames x rows, cols): maps of a video are one tall picture of its frames.
     `text_tokens` is the text length of the first batch item, `item_text_tokens` that of every item where items
     differ (empty where one length holds for all).
+    `arguments` holds the current forward's bound arguments while it runs (read them, never change them), for a
+    feature that needs more of the forward's input (output-space concept maps recompute the conditioning with another
+    pooled vector).
     `phase` and `exclusive` are set while a session runs a pass of its own through the denoiser's blocks
     (output-space concept maps: `phase` names the pass): that pass's attention calls are seen only by the controls of
     that session, never by other sessions' features.
@@ -63,6 +67,7 @@ class State:
     text_tokens: int | None = None
     item_text_tokens: tuple[int, ...] = ()
     forwards: int = 0
+    arguments: Mapping[str, Any] | None = None
     phase: str | None = None
     exclusive: bool = False
 

@@ -259,3 +259,160 @@ def daam_word_map(tokenizer, prompt: str, word: str, global_map: torch.Tensor) -
     starts = [i for i in range(len(tokens)) if tokens[i:i + len(search)] == search]
     indices = [start + offset + 1 for start in starts for offset in range(len(search))]
     return global_map[indices].mean(0)
+
+
+# --- ConceptAttention (Helbling et al., ICML 2025): github helblazer811/ConceptAttention ----------------------------
+# Flux: concept_attention/modified_double_stream_block.py, modified_flux_dit.py, utils.py and
+# concept_attention_pipeline.py at 8c2709cd34f542b73fc403d8c6a3b684b62142ad; SD3: concept_attention/sd3/dit_block.py,
+# pipeline.py and concept_attention_pipeline.py at db30c4dcee01184c4d3f9fc9e46477eeb4e3eef3.
+
+
+@contextlib.contextmanager
+def block_inputs(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> Iterator[list[dict]]:
+    """While the block runs, every forward of `model` appends {"forward": its bound arguments, "blocks": the bound
+    arguments of each of `blocks` in order} to the yielded list."""
+    import inspect
+
+    records: list[dict] = []
+
+    def bind(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+        bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    handles = [model.register_forward_pre_hook(
+        lambda module, args, kwargs: records.append({"forward": bind(module, args, kwargs), "blocks": []}),
+        with_kwargs=True)]
+    handles += [block.register_forward_pre_hook(
+        lambda module, args, kwargs: records[-1]["blocks"].append(bind(module, args, kwargs)), with_kwargs=True)
+        for block in blocks]
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Flux's rotary embedding on (batch, heads, tokens, dim) with per-token (tokens, dim) cos and sin of interleaved
+    pairs, (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed in float32 as the reference's `apply_rope`
+    computes it (`xq.float()`), then cast back."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    first, second = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos.float()[..., ::2], sin.float()[..., ::2]
+    return torch.stack([first * cos - second * sin, second * cos + first * sin], -1).flatten(-2).to(x.dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (batch, heads, tokens, dim), heads merged into (batch, tokens, heads * dim)."""
+    out = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1) @ v
+    return out.transpose(1, 2).flatten(2)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def flux_concept_maps(pipe, records: list[dict], concepts: list[str], layers: list[int]) -> torch.Tensor:
+    """ConceptAttention's Flux maps (concepts, image tokens) of the recorded forwards: each concept's first T5 token
+    (`embed_concepts`, at the prompt's T5 length) through `txt_in`, conditioned on `time_in(t) + guidance_in(g) +
+    vector_in(0)`; in each double block (`ModifiedDoubleStreamBlock.forward`) the concept queries attend to the
+    concept and image keys (image keys and values modulated by the prompt's vector, concept rotary positions 0); the
+    concept outputs (before `proj`) dotted with the image outputs of the normal call, softmax over concepts, mean
+    over the forwards and `layers`; the concepts updated with the text stream's gates, projection and MLP."""
+    model = pipe.transformer
+    text_tokens = records[0]["forward"]["encoder_hidden_states"].shape[1]
+    with torch.no_grad():
+        tokens = torch.stack([pipe.encode_prompt(c, prompt_2=None, max_sequence_length=text_tokens)[0][0, 0]
+                              for c in concepts])
+        maps = []
+        for record in records:
+            forward = record["forward"]
+            dtype = forward["hidden_states"].dtype
+            guidance = forward["guidance"]
+            vector = model.time_text_embed(forward["timestep"].to(dtype) * 1000, guidance.to(dtype) * 1000,
+                                           torch.zeros_like(forward["pooled_projections"]))
+            stream = model.context_embedder(tokens)[None]
+            ids = forward["img_ids"]
+            concept_cos, concept_sin = model.pos_embed(torch.cat([torch.zeros(len(concepts), ids.shape[-1],
+                                                                              dtype=ids.dtype), ids]))
+            for index, args in enumerate(record["blocks"][:len(model.transformer_blocks)]):
+                block, attn = model.transformer_blocks[index], model.transformer_blocks[index].attn
+                image, text, temb = args["hidden_states"], args["encoder_hidden_states"], args["temb"]
+                cos, sin = args["image_rotary_emb"]
+                normed_image = block.norm1(image, emb=temb)[0]
+                normed_text = block.norm1_context(text, emb=temb)[0]
+                normed_concepts, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(stream,
+                                                                                                        emb=vector)
+                qi, ki, vi = (_heads(f(normed_image), attn.heads) for f in (attn.to_q, attn.to_k, attn.to_v))
+                qi, ki = attn.norm_q(qi), attn.norm_k(ki)  # RMS norms over each head's features
+
+                def added(x):
+                    q, k, v = (_heads(f(x), attn.heads) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+                    return attn.norm_added_q(q), attn.norm_added_k(k), v
+
+                qt, kt, vt = added(normed_text)
+                qc, kc, vc = added(normed_concepts)
+                q = rotate(torch.cat([qt, qi], 2), cos, sin)
+                k = rotate(torch.cat([kt, ki], 2), cos, sin)
+                image_out = attend(q, k, torch.cat([vt, vi], 2))[:, text.shape[1]:]
+                q = rotate(torch.cat([qc, qi], 2), concept_cos, concept_sin)
+                k = rotate(torch.cat([kc, ki], 2), concept_cos, concept_sin)
+                concept_out = attend(q[:, :, :len(concepts)], k, torch.cat([vc, vi], 2))
+                if index in layers:
+                    maps.append(torch.einsum("bcd,bnd->bcn", concept_out, image_out).softmax(1))
+                stream = stream + c_gate_msa[:, None] * attn.to_add_out(concept_out)
+                normed = block.norm2_context(stream) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+                stream = stream + c_gate_mlp[:, None] * block.ff_context(normed)
+    return torch.stack(maps).mean(0)[0]
+
+
+def sd3_concept_maps(pipe, records: list[dict], concepts: list[str]) -> torch.Tensor:
+    """ConceptAttention's SD3 maps (concepts, image tokens) of the recorded forwards: the concepts joined into one
+    prompt, its first len(concepts) + 1 tokens (CLIP start token kept) through `context_embedder`; in each joint block
+    (`CustomJointTransformerBlock.forward`) a second joint attention of the image and the concepts, both conditioned
+    on the prompt's `temb`, whose image and concept outputs (before `to_out` / `to_add_out`) are kept; the concepts
+    updated with the context stream's gates and MLP (not in the last, context-pre-only block). Heat
+    (`_compute_heatmaps` with `average_over_timesteps`): vectors averaged over the forwards, start token dropped,
+    concept vectors L2-normalised (+1e-8), dot products, softmax over concepts, mean over every layer."""
+    model = pipe.transformer
+    text_tokens = records[0]["forward"]["encoder_hidden_states"].shape[1]
+    with torch.no_grad():
+        joined = pipe.encode_prompt(" ".join(concepts), None, None, do_classifier_free_guidance=False,
+                                    max_sequence_length=text_tokens - pipe.tokenizer_max_length)[0]
+        first = model.context_embedder(joined[:, :len(concepts) + 1])
+        concept_vectors: dict[int, list[torch.Tensor]] = defaultdict(list)
+        image_vectors: dict[int, list[torch.Tensor]] = defaultdict(list)
+        for record in records:
+            stream = first
+            for index, args in enumerate(record["blocks"]):
+                block, attn = model.transformer_blocks[index], model.transformer_blocks[index].attn
+                image, temb = args["hidden_states"], args["temb"]
+                normed_image = block.norm1(image, emb=temb)[0]
+                if block.context_pre_only:
+                    normed_concepts = block.norm1_context(stream, temb)
+                else:
+                    normed_concepts, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(stream,
+                                                                                                            emb=temb)
+                qi, ki, vi = (_heads(f(normed_image), attn.heads) for f in (attn.to_q, attn.to_k, attn.to_v))
+                qc, kc, vc = (_heads(f(normed_concepts), attn.heads)
+                              for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+                if attn.norm_q is not None:
+                    qi, ki = attn.norm_q(qi), attn.norm_k(ki)
+                if attn.norm_added_q is not None:
+                    qc, kc = attn.norm_added_q(qc), attn.norm_added_k(kc)
+                out = attend(torch.cat([qi, qc], 2), torch.cat([ki, kc], 2), torch.cat([vi, vc], 2))
+                image_out, concept_out = out[:, :image.shape[1]], out[:, image.shape[1]:]
+                concept_vectors[index].append(concept_out)
+                image_vectors[index].append(image_out)
+                if not block.context_pre_only:
+                    stream = stream + c_gate_msa[:, None] * attn.to_add_out(concept_out)
+                    normed = block.norm2_context(stream) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+                    stream = stream + c_gate_mlp[:, None] * block.ff_context(normed)
+        maps = []
+        for index in sorted(concept_vectors):
+            concept = torch.stack(concept_vectors[index]).mean(0)[:, 1:]
+            concept = concept / (concept.norm(dim=-1, keepdim=True) + 1e-8)
+            image = torch.stack(image_vectors[index]).mean(0)
+            maps.append(torch.einsum("bcd,bpd->bcp", concept, image).softmax(-2))
+    return torch.stack(maps).mean(0)[0]

@@ -8,6 +8,7 @@ benchmarks/results/methods.json and the README's methods table.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from contextlib import ExitStack
@@ -248,3 +249,97 @@ def test_daam_is_refused_on_a_denoiser_without_down_and_up_blocks():
 
     with pytest.raises(AttnkitError, match="method='daam' reads the cross-attention of a UNet's down and up blocks"):
         maps.trace(build_pipeline("tiny-sd3"), PROMPT, method="daam")
+
+
+CONCEPT_ATTENTION = {"tiny-flux": "helblazer811/ConceptAttention@8c2709cd34f542b73fc403d8c6a3b684b62142ad",
+                     "tiny-sd3": "helblazer811/ConceptAttention@db30c4dcee01184c4d3f9fc9e46477eeb4e3eef3",
+                     "tiny-sd35": "helblazer811/ConceptAttention@db30c4dcee01184c4d3f9fc9e46477eeb4e3eef3"}
+#: One token each in every tiny tokenizer, as ConceptAttention's SD3 code assumes of every concept.
+CONCEPTS = ["sky", "tree", "cat"]
+#: ConceptAttention's published runs do not guide (FLUX.1-schnell, SD3.5-large-turbo).
+UNGUIDED = {"tiny-flux": {}, "tiny-sd3": {"guidance_scale": 1.0}, "tiny-sd35": {"guidance_scale": 1.0}}
+
+
+def concept_reference(name: str, pipe, records: list[dict]) -> torch.Tensor:
+    if name == "tiny-flux":
+        double = len(pipe.transformer.transformer_blocks)
+        layers = list(range(max(0, double - 4), double))  # the last four double blocks: FLUX.1's layers 15-18 of 19
+        return oracle.flux_concept_maps(pipe, records, CONCEPTS, layers)
+    return oracle.sd3_concept_maps(pipe, records, CONCEPTS)
+
+
+@pytest.mark.parametrize("name", CONCEPT_ATTENTION)
+def test_concept_attention_maps_of_a_generation_equal_the_references(name):
+    """`attnkit.maps.trace(space="output")` with its defaults against ConceptAttention's code for the family, on a
+    3-step generation: Flux (concept_attention/modified_double_stream_block.py, modified_flux_dit.py, utils.py,
+    concept_attention_pipeline.py at 8c2709c: first-token concepts, zero pooled vector, the prompt call's image
+    outputs, softmax per layer and step) and SD3 (concept_attention/sd3/dit_block.py, pipeline.py,
+    concept_attention_pipeline.py at db30c4d: joined concepts with the start token, the concept call's own image
+    outputs, vectors averaged over steps, L2-normalised concepts, softmax per layer)."""
+    pipe = float64_pipeline(name)
+    model = pipe.transformer
+    with oracle.block_inputs(model, list(model.transformer_blocks)) as records, torch.no_grad():
+        pipe(PROMPT, num_inference_steps=3, output_type="latent", generator=torch.Generator().manual_seed(0),
+             **UNGUIDED[name])
+    want = concept_reference(name, pipe, records)
+    with maps.trace(pipe, PROMPT, space="output", concepts=CONCEPTS) as tc, torch.inference_mode():
+        pipe(PROMPT, num_inference_steps=3, output_type="latent", generator=torch.Generator().manual_seed(0),
+             **UNGUIDED[name])
+    got = tc.maps[0].reshape(len(CONCEPTS), -1)
+    error = float((got - want).abs().max())
+    options = tc.recorder.options
+    oracle.report(f"concept attention {name} generation", method="ConceptAttention", reference=CONCEPT_ATTENTION[name],
+                  model=name, protocol="generation", encoding=options.encoding, pooled=options.pooled,
+                  image_outputs=options.image_outputs, combine=options.combine, max_abs_difference=error)
+    assert got.dtype == torch.float64 and error < MAPS_TOLERANCE
+
+
+def flux_sigma(pipe, steps: int, step: int, tokens: int) -> float:
+    """FLUX.1's schedule as its reference code makes it (`get_schedule`: linspace(1, 0, steps + 1), time-shifted by
+    mu, linear in the image's token count; schnell: unshifted), a float32 tensor there: the noise level of step
+    `step`."""
+    config = pipe.scheduler.config
+    slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+    mu = config.base_shift + slope * (tokens - config.base_image_seq_len)
+    t = 1 - step / steps
+    shifted = math.exp(mu) / (math.exp(mu) + (1 / t - 1)) if config.use_dynamic_shifting else t
+    return float(torch.tensor(shifted, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", CONCEPT_ATTENTION)
+def test_concept_maps_of_an_existing_image_equal_the_references(name):
+    """`attnkit.maps.concept_maps_of_image` against the code's `encode_image`: the image's latent noised to step 2 of
+    a 4-step schedule (x = sigma noise + (1 - sigma) latent; the posterior mean and a seeded noise where the code
+    draws unseeded ones), one forward (Flux: empty prompt, zero pooled vector, guidance 0; SD3: the caption's
+    embeddings), the family's rule as above."""
+    pipe = float64_pipeline(name)
+    model = pipe.transformer
+    image = scene(64)
+    latent = oracle.clean_latent(pipe, image)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5), dtype=latent.dtype)
+    rows, cols = latent.shape[-2:]
+    prompt = "" if name == "tiny-flux" else PROMPT
+    with oracle.block_inputs(model, list(model.transformer_blocks)) as records, torch.no_grad():
+        if name == "tiny-flux":
+            sigma = flux_sigma(pipe, 4, 2, (rows // 2) * (cols // 2))
+            text, _, text_ids = pipe.encode_prompt(prompt, prompt_2=None)
+            noised = sigma * noise + (1 - sigma) * latent
+            model(hidden_states=pipe._pack_latents(noised, 1, latent.shape[1], rows, cols),
+                  timestep=torch.tensor([sigma], dtype=latent.dtype), guidance=torch.zeros(1, dtype=latent.dtype),
+                  pooled_projections=torch.zeros(1, model.config.pooled_projection_dim, dtype=latent.dtype),
+                  encoder_hidden_states=text, txt_ids=text_ids,
+                  img_ids=pipe._prepare_latent_image_ids(1, rows // 2, cols // 2, latent.device, latent.dtype))
+        else:
+            scheduler = copy.deepcopy(pipe.scheduler)
+            scheduler.set_timesteps(4)
+            sigma = scheduler.sigmas[2]
+            text, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False)
+            model(hidden_states=sigma * noise + (1 - sigma) * latent, encoder_hidden_states=text,
+                  pooled_projections=pooled, timestep=scheduler.timesteps[2:3])
+    want = concept_reference(name, pipe, records)
+    tc = maps.concept_maps_of_image(pipe, image, CONCEPTS, prompt, seed=5)
+    got = tc.maps[0].reshape(len(CONCEPTS), -1)
+    error = float((got - want).abs().max())
+    oracle.report(f"concept attention {name} image", method="ConceptAttention", reference=CONCEPT_ATTENTION[name],
+                  model=name, protocol="existing image", max_abs_difference=error)
+    assert error < MAPS_TOLERANCE

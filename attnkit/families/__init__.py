@@ -173,6 +173,10 @@ class Family:
     - `stream_blocks`: (attribute, stage) of the denoiser's block lists whose blocks take and return both streams
       (`forward(hidden_states, encoder_hidden_states, temb, ...) -> (encoder_hidden_states, hidden_states)`, after a
       `context_embedder`), in execution order: where another text stream can be run through the same blocks.
+    - `conditioning(model, bound, pooled)`: the conditioning vector (`temb`) the stream blocks take, from a forward's
+      bound arguments with `pooled` in place of its pooled text embedding (None: not described).
+    - `concept_defaults`: the settings of ConceptAttention's code (github helblazer811/ConceptAttention) for this
+      family's output-space concept maps, where it has code for the family (`attnkit.maps.concepts` names them).
     - `replay`: attnkit replays the stock processors (the UNet's `AttnProcessor2_0` and `AttnProcessor`) instead of
       running their own code; `restore`: how a user gets the stock processors back (`{denoiser}` is filled in).
     - `size_multiple(pipe)`: what image sides must be multiples of (default: the VAE factor times the stride).
@@ -205,6 +209,8 @@ class Family:
     text: TextInput | None = None
     pack_latents: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
     stream_blocks: tuple[tuple[str, str], ...] = ()
+    conditioning: Callable[[torch.nn.Module, Mapping[str, Any], torch.Tensor], torch.Tensor] | None = None
+    concept_defaults: Mapping[str, Any] = field(default_factory=dict)
     replay: bool = False
     restore: str | None = None
     size_multiple: Callable[[Any], int] | None = None

@@ -13,13 +13,14 @@ use, so the command line starts without torch.
 
 from .. import _lazy
 
-__all__ = ["ConceptRecorder", "ConceptTrace", "DaamTrace", "METHODS", "MapRecorder", "PromptTokens", "RELATIONS",
-           "Reduction", "SPACES", "Summed", "Trace", "WORD_RELATIONS", "Word", "prompt_tokens", "trace"]
+__all__ = ["ConceptOptions", "ConceptRecorder", "ConceptTrace", "DaamTrace", "METHODS", "MapRecorder", "PromptTokens",
+           "RELATIONS", "Reduction", "SPACES", "Summed", "Trace", "WORD_RELATIONS", "Word", "concept_maps_of_image",
+           "prompt_tokens", "trace"]
 
 _lazy.make_lazy(__name__, {
     "..recorders": ("RELATIONS", "MapRecorder", "Reduction", "Summed"),
     "..tokens": ("PromptTokens", "Word", "prompt_tokens"),
     ".trace": ("METHODS", "SPACES", "WORD_RELATIONS", "Trace", "trace"),
-    ".concepts": ("ConceptRecorder", "ConceptTrace"),
+    ".concepts": ("ConceptOptions", "ConceptRecorder", "ConceptTrace", "concept_maps_of_image"),
     ".daam": ("DaamTrace",),
 }, submodules=("concepts", "daam"), moved={"PerQuery": "attnkit.segment"})

@@ -183,8 +183,11 @@ def trace(
     method: str = "mean",
     normalize: bool = False,
     concepts: Sequence[str] | None = None,
-    combine: str = "logits",
-    template: str = "{}",
+    combine: str | None = None,
+    template: str | None = None,
+    encoding: str | None = None,
+    pooled: str | None = None,
+    image_outputs: str | None = None,
     relation: Relation = "image->text",
     steps: Iterable[int] | None = None,
     branch: str = "cond",
@@ -206,8 +209,10 @@ def trace(
     `normalize` divides every token's map by the prompt tokens' sum; see `attnkit.maps.daam`) and returns a
     `DaamTrace`.
     `space="output"` records output-space concept maps of `concepts` instead (SD3, SD3.5, Flux; see
-    `attnkit.maps.concepts`), combined over sites and steps by `combine` ("logits" or "softmax"), each concept
-    encoded within `template` ("{}": alone); it returns a `ConceptTrace` with the same `heatmap`, `word_maps`, `save`.
+    `attnkit.maps.concepts`): `encoding` ("alone", "first-token", "joined", within `template`), `pooled` ("prompt",
+    "zero"), `image_outputs` ("prompt", "concepts") and `combine` ("logits", "softmax", "vectors") default to what
+    ConceptAttention's code does for the family; it returns a `ConceptTrace` with the same `heatmap`, `word_maps`,
+    `save`.
     """
     if space not in SPACES:
         raise AttnkitError(f"unknown space {space!r}: choose 'probability' (attention probabilities over the "
@@ -227,11 +232,14 @@ def trace(
                                "from attention outputs: leave them out.")
         from .concepts import concept_trace
 
-        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, combine=combine,
-                             template=template, sites_=sites_, **selection)
-    if concepts is not None or combine != "logits" or template != "{}":
-        raise AttnkitError("`concepts`, `combine` and `template` belong to output-space maps: pass space='output' "
-                           "as well (probability maps read the prompt's own words).")
+        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, sites_=sites_, combine=combine,
+                             template=template, encoding=encoding, pooled=pooled, image_outputs=image_outputs,
+                             **selection)
+    given = {"concepts": concepts, "combine": combine, "template": template, "encoding": encoding, "pooled": pooled,
+             "image_outputs": image_outputs}
+    if any(value is not None for value in given.values()):
+        raise AttnkitError(f"{', '.join(f'`{k}`' for k, v in given.items() if v is not None)} belong to output-space "
+                           "maps: pass space='output' as well (probability maps read the prompt's own words).")
     if method == "daam":
         from .daam import DaamTrace, PerHead, daam_sites
 
