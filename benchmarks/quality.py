@@ -1,7 +1,12 @@
 """Quality benchmark of the shapes models: writes benchmarks/results/quality-<model>.json.
 
     python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite the README's quality table
+    python benchmarks/quality.py --only segment_miou [MODEL ...]   # measure again only the metrics named
     python benchmarks/quality.py --readme                     # only rewrite the table from the JSON files
+
+`--only` (`segment_miou`, `map_iou_output`) measures those metrics again, with the settings of the saved file, and
+writes them (and their details) into it; the file's `partial_runs` says which metrics were measured again, when the
+rest were not.
 
 Numbers in the README and the model cards come from these files, never typed by hand.
 """
@@ -18,7 +23,7 @@ import torch
 
 from attnkit.shapes import CONTROLNETS, MODEL_NAMES, load
 from attnkit.shapes.controlnet import load_controlnet
-from attnkit.shapes.evaluate import evaluate
+from attnkit.shapes.evaluate import evaluate, output_maps, segmentation
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
@@ -58,6 +63,31 @@ def readme_with_table(readme: str, results: list[dict]) -> str:
     return f"{head}{START}\n{quality_table(results)}\n{END}{rest.split(END, 1)[1]}"
 
 
+#: Metrics `--only` measures again: (the evaluation part, its key in the details, its key in the part's result).
+PARTS = {"segment_miou": (segmentation, "segmentation", "miou"),
+         "map_iou_output": (output_maps, "output_maps", "map_iou_output")}
+
+
+def remeasure(model: str, metrics: list[str]) -> dict:
+    """The saved result of `model` with `metrics` measured again (same seeds, steps and guidance)."""
+    path = RESULTS / f"quality-{Path(model).name}.json"
+    result = json.loads(path.read_text())
+    details = result["details"]
+    start = time.monotonic()
+    pipe = load(model)
+    pipe.set_progress_bar_config(disable=True)
+    for metric in metrics:
+        measure, detail, key = PARTS[metric]
+        with torch.inference_mode():
+            part = measure(pipe, details["seeds"], steps=details["steps"], guidance=details["guidance"])
+        details[detail] = part
+        result[metric] = part[key]
+    result.setdefault("partial_runs", []).append({"metrics": metrics, "seconds": round(time.monotonic() - start, 1),
+                                                  "torch": torch.__version__})
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def saved_results() -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality-*.json"))]
 
@@ -68,11 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="images per single-object prompt (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--only", default=None, help=f"comma-separated metrics to measure again ({', '.join(PARTS)}) "
+                        "into the saved files")
     args = parser.parse_args(argv)
     if args.readme:
         README.write_text(readme_with_table(README.read_text(), saved_results()))
         return 0
     torch.set_num_threads(args.threads)
+    if args.only is not None:
+        metrics = [m.strip() for m in args.only.split(",") if m.strip()]
+        unknown = sorted(set(metrics) - set(PARTS))
+        if unknown or not metrics:
+            parser.error(f"--only {args.only!r}: choose from {', '.join(PARTS)}")
+        for model in args.models:
+            result = remeasure(model, metrics)
+            print(json.dumps({k: result[k] for k in ("model", *metrics)}))
+        README.write_text(readme_with_table(README.read_text(), saved_results()))
+        return 0
     RESULTS.mkdir(exist_ok=True)
     for model in args.models:
         start = time.monotonic()
