@@ -343,3 +343,22 @@ def test_concept_maps_of_an_existing_image_equal_the_references(name):
     oracle.report(f"concept attention {name} image", method="ConceptAttention", reference=CONCEPT_ATTENTION[name],
                   model=name, protocol="existing image", max_abs_difference=error)
     assert error < MAPS_TOLERANCE
+
+
+def test_readme_methods_table_is_the_methods_results_json():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "methods.py"
+    spec = importlib.util.spec_from_file_location("methods_benchmark", path)
+    methods = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(methods)
+    results = json.loads(methods.RESULTS.read_text())
+    assert set(results["methods"]) == set(methods.METHODS), "every method is in the table: run benchmarks/methods.py"
+    readme = methods.README.read_text()
+    assert methods.readme_with_table(readme, results) == readme, "run `python benchmarks/methods.py --readme`"
+    for name, entry in results["methods"].items():  # each cell is what its tests gave, and they all passed
+        assert entry["tests"] and set(entry["tests"].values()) == {"passed"}
+        assert entry["parity"] == methods.parity(name, entry["figures"])
+        assert all(f["max_abs_difference"] < MAPS_TOLERANCE for f in entry["figures"] if "max_abs_difference" in f)
