@@ -314,7 +314,7 @@ def test_cli_segments_a_two_step_run_of_every_tiny_family_and_says_which_step_it
     code = main(["segment", name, "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path)])
     captured = capsys.readouterr()
     if family_of(pipe).video:
-        assert code == 2 and "makes videos; segmentation reads the self-attention of one still image" in captured.err
+        assert code == 2 and "makes videos; `attnkit segment` segments one still image" in captured.err
         return
     if not any(s.kind in RELATIONS["image->image"][2] for s in attnkit.sites(pipe)):
         assert code == 2 and "no self-attention sites" in captured.err  # linear attention only (Sana)

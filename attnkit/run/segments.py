@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import AttnkitError
+from ..families import family_of
 from ..pipeline import default_size
 from .images import generate
 from .models import call_kwargs
@@ -32,7 +34,6 @@ def segment(model: str, pipe: Any, prompt: str | None, image: Any, seed: int | N
     `callback_on_step_end`) goes to the pipeline only."""
     from ..segment import PROTOCOLS, segment_image, trace
     from ..segment.defaults import DEFAULT_PROTOCOL
-    from ..segment.trace import check_model
 
     segment_options = segment_options or {}
     if image is not None:
@@ -40,7 +41,9 @@ def segment(model: str, pipe: Any, prompt: str | None, image: Any, seed: int | N
         seeded = {"seed": seed} if protocol is not None and not protocol.clean else {}
         result = segment_image(pipe, image, prompt or "", call=call_kwargs(model, pipe), **seeded, **segment_options)
     else:
-        check_model(pipe)  # before the default size, which a video pipeline has not
+        if family_of(pipe).video:  # checked before the default size, which a video pipeline does not have
+            raise AttnkitError(f"{type(pipe).__name__} makes videos; `attnkit segment` segments one still image: use "
+                               "an image model.")
         seed = 0 if seed is None else seed
         height, width = options.get("height") or default_size(pipe), options.get("width") or default_size(pipe)
         options = options | {"height": height, "width": width}

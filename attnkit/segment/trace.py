@@ -50,7 +50,7 @@ from .diffseg import segment_maps
 from .perquery import PerQuery
 from .result import BACKGROUND, Segmentation, describe
 
-__all__ = ["Options", "SegmentTrace", "check_model", "nearest_step", "segment_image", "trace"]
+__all__ = ["Options", "SegmentTrace", "nearest_step", "segment_image", "trace"]
 
 #: Denoising steps of the schedule the img2img protocol noises an existing image on (only one of them runs).
 IMAGE_STEPS = 50
@@ -162,13 +162,11 @@ def nearest_step(timesteps: Sequence[float], timestep: float) -> int | None:
     return min(range(len(timesteps)), key=lambda i: abs(timesteps[i] - timestep))
 
 
-def _img2img_step(num_steps: int, timestep: float) -> int:
-    """The loop index an img2img run at strength timestep / 1000 over `num_steps` steps starts at."""
-    start = num_steps - int(num_steps * timestep / 1000)
-    if start >= num_steps:
+def _check_img2img_timestep(num_steps: int, timestep: float) -> None:
+    """An error unless an img2img run at strength timestep / 1000 over `num_steps` steps runs a step."""
+    if int(num_steps * timestep / 1000) == 0:
         raise AttnkitError(f"timestep={timestep} is below the first noise level of a {num_steps}-step img2img run: "
                            f"give at least {int(np.ceil(1000 / num_steps))}.")
-    return start
 
 
 @dataclass(frozen=True)
@@ -247,13 +245,6 @@ def trace(pipe: Any, prompt: str | None = None, *, height: int | None = None, wi
                         lambda state: state.step == nearest_step(state.timesteps, chosen.timestep), chosen)
 
 
-def check_model(pipe: Any) -> None:
-    """An error unless `pipe` makes still images, whose self-attention segmentation reads."""
-    if family_of(pipe).video:
-        raise AttnkitError(f"{type(pipe).__name__} makes videos; segmentation reads the self-attention of one still "
-                           "image: use an image model.")
-
-
 def _word_sites(pipe: Any) -> SiteList:
     """The sites whose image->text maps name the segments: every one that has the relation."""
     kinds = RELATIONS["image->text"][2]
@@ -263,7 +254,6 @@ def _word_sites(pipe: Any) -> SiteList:
 def _self_sites(pipe: Any, resolutions: Iterable[int] | None, height: int | None, width: int | None,
                 given: Iterable[Site] | None) -> SiteList:
     """The image->image sites to record: given, or all of them, or those of the chosen resolutions."""
-    check_model(pipe)
     if given is not None:
         return SiteList(given)
     kinds = RELATIONS["image->image"][2]
@@ -311,7 +301,7 @@ def segment_image(pipe: Any, image: Image.Image, prompt: str = "", *, seed: int 
         with segmenter, torch.inference_mode():
             single_forward(pipe, clean_latent(pipe, image), prompt, timestep=chosen.timestep, call=call)
         return segmenter.segmentation(image)
-    _img2img_step(IMAGE_STEPS, chosen.timestep)
+    _check_img2img_timestep(IMAGE_STEPS, chosen.timestep)
     sibling = image_pipeline(pipe, inpaint=False)
     segmenter = _image_segmenter(sibling, image, prompt, chosen)
 
