@@ -1,7 +1,8 @@
 """Facts about a loaded pipeline that features ask for, answered from its family's description and its own
-`__call__`: which arguments it takes, what size it generates at and must be a multiple of, and its img2img /
-inpaint sibling on the same modules; and one denoiser forward of the pipeline on a latent of attnkit's choosing (an
-existing image's clean latent, or that latent noised to one step), which observation methods read images with.
+`__call__`: which arguments it takes, what size it generates at and must be a multiple of, its img2img / inpaint
+sibling on the same modules and its scheduler run backwards (for inversion); and one denoiser forward of the pipeline
+on a latent of attnkit's choosing (an existing image's clean latent, or that latent noised to one step), which
+observation methods read images with.
 
 Region boxes and masks are fractions of the generated image, and an img2img or inpaint pipeline resizes its init
 image to `height` x `width`; so with an init image the size comes from the image, and a different requested size is
@@ -11,6 +12,7 @@ an error instead of a silent resize.
 from __future__ import annotations
 
 import inspect
+from functools import cache, wraps
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,8 @@ from .errors import AttnkitError
 from .families import call_parameters, denoiser_of, family_of
 
 __all__ = ["call_parameters", "check_size", "clean_latent", "default_of", "default_size", "image_pipeline",
-           "init_size", "output_size", "single_forward", "size_multiple", "takes_size", "takes_true_cfg"]
+           "init_size", "inverse_scheduler", "output_size", "single_forward", "size_multiple", "takes_size",
+           "takes_true_cfg"]
 
 
 def takes_true_cfg(pipe: Any) -> bool:
@@ -160,6 +163,8 @@ def single_forward(pipe: Any, latent: torch.Tensor, prompt: str | None = "", *, 
     if not 0 <= step < steps:
         raise AttnkitError(f"step={step} is not a step of a {steps}-step run: give 0 to {steps - 1}.")
     forwards = 0
+    scheduler = pipe.scheduler
+    kept: list[torch.Tensor] = []  # the run's timesteps while the forward's own stands in them
 
     def substitute(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
         nonlocal forwards
@@ -167,9 +172,15 @@ def single_forward(pipe: Any, latent: torch.Tensor, prompt: str | None = "", *, 
         if forwards > 1:
             return args, kwargs
         bound = signature.bind(module, *args, **kwargs)
-        wanted = timestep if timestep is not None else float(pipe.scheduler.timesteps[step])
+        wanted = timestep if timestep is not None else float(scheduler.timesteps[step])
+        if isinstance(scheduler.timesteps, torch.Tensor) and float(scheduler.timesteps[step]) != wanted:
+            # for the forward only: sessions find the step of a scheduler that keeps no step count (DDIM, DDPM) by
+            # its timestep, and schedulers that do count find their first step by the run's own
+            kept.append(scheduler.timesteps)
+            scheduler.timesteps = scheduler.timesteps.clone()
+            scheduler.timesteps[step] = wanted
         given = bound.arguments.get(family.latent_argument)
-        replaced = latent if noise is None else _noised(pipe.scheduler, latent, noise, step, wanted)
+        replaced = latent if noise is None else _noised(scheduler, latent, noise, step, wanted)
         replaced = family.pack_latents(pipe, replaced) if family.pack_latents is not None else replaced
         if not isinstance(given, torch.Tensor) or given.shape != replaced.shape:
             raise AttnkitError(f"{type(model).__name__} takes its latents in a form attnkit cannot replace "
@@ -183,19 +194,25 @@ def single_forward(pipe: Any, latent: torch.Tensor, prompt: str | None = "", *, 
                                "its forward takes a timestep.")
         return bound.args[1:], bound.kwargs
 
+    def restore(*_: Any) -> None:
+        if kept:
+            scheduler.timesteps = kept.pop()
+
     def stop(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         pipeline._interrupt = True  # the loop skips every later step
         return tensors
 
     unguided = {"guidance_scale": 1.0} if family.guidance == "cfg" else {}  # else an embedding: left as is
     text = {} if prompt is None else {"prompt": prompt}
-    handle = model.register_forward_pre_hook(substitute, with_kwargs=True)
+    handles = [model.register_forward_pre_hook(substitute, with_kwargs=True), model.register_forward_hook(restore)]
     try:
         with torch.no_grad():
             pipe(**text, num_inference_steps=steps, output_type="latent", callback_on_step_end=stop,
                  generator=torch.Generator().manual_seed(0), **{**unguided, **size, **(call or {})})
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+        restore()
     if forwards == 0:
         raise AttnkitError(f"{type(pipe).__name__} ran no denoiser forward.")
 
@@ -206,3 +223,49 @@ def _noised(scheduler: Any, latent: torch.Tensor, noise: torch.Tensor, step: int
         sigma = scheduler.sigmas[step].to(latent.device, latent.dtype)
         return (1 - sigma) * latent + sigma * noise.to(latent.device, latent.dtype)
     return scheduler.add_noise(latent, noise.to(latent.device, latent.dtype), torch.tensor([int(round(timestep))]))
+
+
+def inverse_scheduler(pipe: Any) -> Any:
+    """`pipe`'s scheduler run backwards, with its config: DDIM's inverse for a DDIM scheduler, flow matching's Euler
+    steps from sigma 0 up for a flow-matching Euler scheduler; an error naming the fix for any other."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    scheduler = pipe.scheduler
+    if type(scheduler) is DDIMScheduler:
+        if scheduler.config.timestep_spacing not in ("leading", "trailing"):
+            raise AttnkitError(
+                f"DDIM runs backwards only with 'leading' or 'trailing' timesteps, and this scheduler spaces them "
+                f"{scheduler.config.timestep_spacing!r}: set `pipe.scheduler = DDIMScheduler.from_config("
+                "pipe.scheduler.config, timestep_spacing='trailing')`.")
+        return DDIMInverseScheduler.from_config(_settings(scheduler, DDIMInverseScheduler))
+    if type(scheduler) is FlowMatchEulerDiscreteScheduler and not scheduler.config.get("stochastic_sampling"):
+        inverse = _flow_match_euler_inverse()
+        return inverse.from_config(_settings(scheduler, inverse))
+    raise AttnkitError(
+        f"inversion runs DDIM's steps or flow matching's Euler steps backwards, and {type(pipe).__name__} samples "
+        f"with {type(scheduler).__name__}: set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` "
+        "for the inversion and for the runs that start from it.")
+
+
+def _settings(scheduler: Any, inverse: type) -> dict[str, Any]:
+    """`scheduler`'s settings that `inverse` takes, all as the run has them: `from_config` would drop those the
+    config marks as defaults even where a pipeline has since changed them (SD's `steps_offset`)."""
+    taken = inspect.signature(inverse.__init__).parameters
+    return {name: value for name, value in scheduler.config.items() if name in taken}
+
+
+@cache
+def _flow_match_euler_inverse() -> type:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    class FlowMatchEulerInverseScheduler(FlowMatchEulerDiscreteScheduler):
+        """The run's sigmas backwards, from 0 up to its first sigma: each Euler step adds the velocity at its start
+        times the (now positive) difference of sigmas."""
+
+        @wraps(FlowMatchEulerDiscreteScheduler.set_timesteps)  # pipelines read its parameters (`sigmas`, `mu`)
+        def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+            super().set_timesteps(*args, **kwargs)
+            self.sigmas = self.sigmas.flip(0)
+            self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).to(self.timesteps.dtype)
+
+    return FlowMatchEulerInverseScheduler

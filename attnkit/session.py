@@ -2,9 +2,10 @@
 
 A session is a context manager. On entry it checks every selected site first (nothing is changed when one cannot be
 handled), registers a named diffusers hook on the denoiser that fills the session's `State` from the pipeline before
-each forward, and adds its controls to the site processors. On exit, also after an exception, it removes its
-controls; a site whose processor has no controls left gets back the very processor object it had before. Sessions
-nest, and may end in any order.
+each forward, and adds its controls to the site processors (and, for controls that name module types, a named hook
+on every such module of the models their sites lie in). On exit, also after an exception, it removes its controls and hooks; a
+site whose processor has no controls left gets back the very processor object it had before. Sessions nest, and may
+end in any order.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 
 from .errors import AttnkitError
-from .families import Family, denoiser_of, family_of
-from .processors import Control, SiteProcessor, stand_in
+from .families import Family, component_of, denoiser_of, family_of
+from .processors import Control, ModuleCall, SiteProcessor, stand_in
 from .sites import Site, SiteList, choose
 from .state import State, StepReader
 
@@ -26,18 +27,22 @@ __all__ = ["Session", "attach"]
 
 
 class Session:
-    """Controls attached to sites of one pipeline (or denoiser), with the state they read."""
+    """Controls attached to sites of one pipeline (or denoiser), with the state they read. Sites may lie in the
+    denoiser or in other models of the pipeline (a ControlNet: `attnkit.sites(pipe, component="controlnet")`); each
+    model the session touches fills the one state before its own forward."""
 
     def __init__(self, target: Any,
                  placements: Mapping[Control, Iterable[Site]] | Iterable[tuple[Control, Iterable[Site]]]):
         self.target = target
         self.model = denoiser_of(target)
-        self.family = family_of(self.model)
         items = placements.items() if isinstance(placements, Mapping) else placements
         self.placements: list[tuple[Control, SiteList]] = [(control, SiteList(chosen)) for control, chosen in items]
+        self.models = {"": self.model} | {site.component: component_of(target, site.component)
+                                          for _, chosen in self.placements for site in chosen if site.component}
         self.state = State()
         self._hook_name = f"attnkit.state.{id(self):x}"
         self._installed: list[tuple[torch.nn.Module, SiteProcessor, Control]] = []
+        self._hooked: list[torch.nn.Module] = []
         self._active = False
 
     def __enter__(self) -> Session:
@@ -46,12 +51,14 @@ class Session:
         modules = self._check()
         self.state.reset()
         try:
-            HookRegistry.check_if_exists_or_initialize(self.model).register_hook(
-                _StateHook(self.state, self.target, self.model, self.family), self._hook_name
-            )
+            for model in self.models.values():
+                HookRegistry.check_if_exists_or_initialize(model).register_hook(
+                    _StateHook(self.state, self.target, model, family_of(model)), self._hook_name
+                )
             for control, chosen in self.placements:
                 for site in chosen:
                     self._add(modules[site.name], site, control)
+            self._hook_modules()
         except BaseException:
             self._remove()
             raise
@@ -63,8 +70,7 @@ class Session:
 
     def _check(self) -> dict[str, torch.nn.Module]:
         """Every selected site's module, after checking that each one can be taken over; an error lists the rest."""
-        family = self.family
-        named = dict(self.model.named_modules())
+        named = {component: dict(model.named_modules()) for component, model in self.models.items()}
         modules, refused = {}, []
         for control, chosen in self.placements:
             for site in chosen:
@@ -73,22 +79,24 @@ class Session:
                         f"{site.name} is linear attention (no softmax): no attention probabilities, masks or keys to "
                         "swap exist there, so no attnkit control can run at it. Select other sites, e.g. kind='cross'."
                     )
-                module = named.get(site.module_name)
+                module = named[site.component].get(site.model_path)
                 if module is None:
-                    raise AttnkitError(f"site {site.name} is not in {type(self.model).__name__}; "
+                    model = self.models[site.component]
+                    raise AttnkitError(f"site {site.name} is not in {type(model).__name__}; "
                                        "take sites from `attnkit.sites()` of the same pipeline.")
                 processor = module.get_processor()
-                if not isinstance(processor, SiteProcessor) and not family.replaces(processor):
-                    refused.append((site.name, type(processor).__name__))
+                if not isinstance(processor, SiteProcessor) and not site.family.replaces(processor):
+                    refused.append((site, type(processor).__name__))
                 modules[site.name] = module
                 _check_parallel(control, site, processor)
         if refused:
-            allowed = ", ".join(family.processors)
-            listed = "; ".join(f"{name}: {cls}" for name, cls in refused[:5])
+            site = refused[0][0]
+            listed = "; ".join(f"{refusal.name}: {cls}" for refusal, cls in refused[:5])
             raise AttnkitError(
                 f"attnkit cannot take over {len(refused)} attention site(s), whose processors it cannot replay "
                 f"exactly: {listed}{' ...' if len(refused) > 5 else ''}. It composes with the stock processors "
-                f"({allowed}): {family.advice({cls for _, cls in refused}, _denoiser_attr(self.target))}."
+                f"({', '.join(site.family.processors)}): "
+                f"{site.family.advice({cls for _, cls in refused}, _model_attr(self.target, site.component))}."
             )
         return modules
 
@@ -100,15 +108,37 @@ class Session:
         processor.entries.append((control, self.state))
         self._installed.append((module, processor, control))
 
+    def _hook_modules(self) -> None:
+        """One hook on every module of a type some control names in `modules`, in the models that hold that control's
+        sites (every model of the session for a control without sites), running those controls in placement order."""
+        wanting: dict[tuple[str, str], tuple[torch.nn.Module, list[Control]]] = {}
+        for control, chosen in self.placements:
+            if not control.modules:
+                continue
+            components = dict.fromkeys(site.component for site in chosen) if chosen else self.models
+            for component in components:
+                for name, module in self.models[component].named_modules():
+                    if isinstance(module, control.modules):
+                        wanting.setdefault((component, name), (module, []))[1].append(control)
+        for (component, name), (module, controls) in wanting.items():
+            named = f"{component}.{name}" if component else name
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(
+                _ModuleHook(named, controls, self.state), self._hook_name)
+            self._hooked.append(module)
+
     def _remove(self) -> None:
+        for module in reversed(self._hooked):
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(self._hook_name, recurse=False)
+        self._hooked.clear()
         for module, processor, control in reversed(self._installed):
             processor.entries = [(c, s) for c, s in processor.entries if not (c is control and s is self.state)]
             if not processor.entries and module.get_processor() is processor:
                 module.set_processor(processor.original)
         self._installed.clear()
-        registry = HookRegistry.check_if_exists_or_initialize(self.model)
-        if registry.get_hook(self._hook_name) is not None:
-            registry.remove_hook(self._hook_name, recurse=False)
+        for model in self.models.values():
+            registry = HookRegistry.check_if_exists_or_initialize(model)
+            if registry.get_hook(self._hook_name) is not None:
+                registry.remove_hook(self._hook_name, recurse=False)
         self._active = False
 
 
@@ -121,6 +151,23 @@ def attach(
     """A session running `control` at the sites chosen by `sites_` or by `SiteList.select(**selection)` (all by
     default): `with attnkit.attach(pipe, MyControl(), kind="cross") as session: pipe(...)`."""
     return Session(target, [(control, choose(target, sites_, selection))])
+
+
+class _ModuleHook(ModelHook):
+    """Hands one module's forward to the session's controls that name its type; the output one returns replaces the
+    module's own, and a second control that returns one too is an error (two replacements cannot compose)."""
+
+    def __init__(self, name: str, controls: list[Control], state: State) -> None:
+        super().__init__()
+        self.name, self.controls, self.state = name, controls, state
+
+    def new_forward(self, module: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        call = ModuleCall(self.name, module, x, args, kwargs, self.state)
+        outputs = [(control, out) for control in self.controls if (out := control.module_forward(call)) is not None]
+        if len(outputs) > 1:
+            raise AttnkitError(f"{self.name}: {', '.join(repr(c.name) for c, _ in outputs)} each replace this "
+                               f"{type(module).__name__}'s output; run them in sessions on different steps or models.")
+        return outputs[0][1] if outputs else self.fn_ref.original_forward(x, *args, **kwargs)
 
 
 def _check_parallel(control: Control, site: Site, processor: object) -> None:
@@ -137,9 +184,12 @@ def _check_parallel(control: Control, site: Site, processor: object) -> None:
     )
 
 
-def _denoiser_attr(target: Any) -> str:
+def _model_attr(target: Any, component: str) -> str:
+    """How a user names the model of `component` ("": the denoiser) in their own code."""
     if isinstance(target, torch.nn.Module):
         return "model"
+    if component:
+        return f"pipe.{component}"
     return "pipe.transformer" if getattr(target, "transformer", None) is not None else "pipe.unet"
 
 

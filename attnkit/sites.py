@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import AttnkitError
-from .families import KINDS, Family, Kind, denoiser_of, families, family_of
+from .families import KINDS, Family, Kind, component_of, denoiser_of, families, family_of
 
 __all__ = ["Site", "SiteList", "KINDS", "choose", "sites", "denoiser_of",
            # earlier names: an architecture is a family
@@ -26,11 +26,13 @@ __all__ = ["Site", "SiteList", "KINDS", "choose", "sites", "denoiser_of",
 
 @dataclass(frozen=True)
 class Site:
-    """One attention module of a denoiser.
+    """One attention module of a denoiser (or of another model of its pipeline, such as a ControlNet).
 
-    `index` is the 1-based position among sites of the same kind in execution order (the numbering of per-layer shape tables such as `attnkit inspect`'s).
-    `stride` is how many latent pixels one token spans per side; `resolution` is the token grid (rows, cols) once
-    an image size is known.
+    `index` is the 1-based position among sites of the same kind in execution order (the numbering of per-layer shape
+    tables such as `attnkit inspect`'s). `stride` is how many latent pixels one token spans per side; `resolution` is
+    the token grid (rows, cols) once an image size is known. `component` is where the model lies in its pipeline
+    when it is not the denoiser ("controlnet"); the site's name then starts with it, so that names stay unique
+    across the pipeline's models.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Site:
     stride: int
     family: Family = field(compare=False, repr=False)
     resolution: tuple[int, int] | None = None
+    component: str = ""
 
     @property
     def architecture(self) -> str:
@@ -51,6 +54,11 @@ class Site:
     @property
     def module_name(self) -> str:
         return self.name.removesuffix(".processor")
+
+    @property
+    def model_path(self) -> str:
+        """The module's path inside its own model (the component's, or the denoiser's)."""
+        return self.module_name[len(self.component) + 1:] if self.component else self.module_name
 
     @property
     def stage(self) -> str:
@@ -158,17 +166,28 @@ def _summary(values: Iterable[str]) -> str:
 def sites(
     obj: Any,
     *,
+    component: str | None = None,
     height: int | None = None,
     width: int | None = None,
     latent: tuple[int, int] | None = None,
 ) -> SiteList:
-    """Every attention site of a pipeline's denoiser (or of a denoiser model), in execution order.
+    """Every attention site of a pipeline's denoiser (or of a denoiser model), in execution order; with
+    `component`, of that model of the pipeline instead ("controlnet": its ControlNet, or every ControlNet of a
+    `MultiControlNetModel`, one after the other).
 
     With `height`/`width` (pixels, needs a pipeline) or `latent` (latent pixels), each site's token-grid
     `resolution` is filled in.
     """
-    model = denoiser_of(obj)
+    if component:
+        model = component_of(obj, component)
+        nets = getattr(model, "nets", None)
+        if isinstance(nets, torch.nn.ModuleList):  # a MultiControlNetModel holds its ControlNets in `nets`
+            return SiteList(site for i in range(len(nets)) for site in
+                            sites(obj, component=f"{component}.nets.{i}", height=height, width=width, latent=latent))
+    else:
+        model = denoiser_of(obj)
     family = family_of(model)
+    prefix = f"{component}." if component else ""
     if (height is None) != (width is None):
         raise AttnkitError("give both `height` and `width`, or neither.")
     if height is not None:
@@ -186,8 +205,8 @@ def sites(
         block = f"{stage}.{block_index}"
         heads = int(module.heads)
         head_dim = int(getattr(module, "head_dim", None) or module.inner_dim // heads)
-        site = Site(f"{module_name}.processor", kind, block, heads, head_dim, 0,
-                    stride if strides is None else strides[block], family)
+        site = Site(f"{prefix}{module_name}.processor", kind, block, heads, head_dim, 0,
+                    stride if strides is None else strides[block], family, component=component or "")
         found.append(((order, block_index, _natural(module_name)), site))
     if not found:
         raise AttnkitError(f"{type(model).__name__} has no attention processors; nothing for attnkit to attach to.")

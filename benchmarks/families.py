@@ -21,6 +21,9 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_table import between  # noqa: E402
+
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results" / "families.json"
 README = ROOT / "README.md"
@@ -82,10 +85,7 @@ def family_table(results: dict) -> str:
 
 
 def readme_with_table(readme: str, results: dict) -> str:
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {START!r} ... {END!r}: put them where the table goes")
-    head, rest = readme.split(START, 1)
-    return f"{head}{START}\n{family_table(results)}\n{END}{rest.split(END, 1)[1]}"
+    return between(readme, START, END, family_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,12 @@
 
     python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite the README's quality table
     python benchmarks/quality.py --only segment_miou [MODEL ...]   # measure again only the metrics named
+    python benchmarks/quality.py --lora-only [MODEL ...]      # the same as --only lora_inside,lora_leak,lora_whole
     python benchmarks/quality.py --readme                     # only rewrite the table from the JSON files
 
-`--only` (`segment_miou`, `map_iou_output`) measures those metrics again, with the settings of the saved file, and
-writes them (and their details) into it; the file's `partial_runs` says which metrics were measured again, when the
-rest were not.
+`--only` (`segment_miou`, `map_iou_output`, `lora_inside`, `lora_leak`, `lora_whole`) measures those metrics again,
+with the settings of the saved file, and writes them (and their details) into it; the file's `partial_runs` says which
+metrics were measured again, when the rest were not.
 
 Numbers in the README and the model cards come from these files, never typed by hand.
 """
@@ -21,15 +22,19 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_table import between  # noqa: E402
+
 from attnkit.shapes import CONTROLNETS, MODEL_NAMES, load
 from attnkit.shapes.controlnet import load_controlnet
-from attnkit.shapes.evaluate import evaluate, output_maps, segmentation
+from attnkit.shapes.evaluate import LORA_METRICS, evaluate, output_maps, region_lora, segmentation, shipped_lora
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- quality table: written by benchmarks/quality.py -->", "<!-- end of quality table -->"
 COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "regional_adherence_4", "map_iou",
-           "map_iou_output", "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence")
+           "map_iou_output", "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence",
+           "lora_inside", "lora_leak", "lora_whole")
 
 
 def _settings(result: dict) -> str:
@@ -57,31 +62,34 @@ def quality_table(results: list[dict]) -> str:
 
 def readme_with_table(readme: str, results: list[dict]) -> str:
     """`readme` with the text between the quality-table markers replaced by the table of `results`."""
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {START!r} ... {END!r}: put them where the table goes")
-    head, rest = readme.split(START, 1)
-    return f"{head}{START}\n{quality_table(results)}\n{END}{rest.split(END, 1)[1]}"
+    return between(readme, START, END, quality_table(results))
 
 
 #: Metrics `--only` measures again: (the evaluation part, its key in the details, its key in the part's result).
 PARTS = {"segment_miou": (segmentation, "segmentation", "miou"),
-         "map_iou_output": (output_maps, "output_maps", "map_iou_output")}
+         "map_iou_output": (output_maps, "output_maps", "map_iou_output"),
+         **{key: (region_lora, "lora", key) for key in LORA_METRICS}}
 
 
 def remeasure(model: str, metrics: list[str]) -> dict:
-    """The saved result of `model` with `metrics` measured again (same seeds, steps and guidance)."""
+    """The saved result of `model` with `metrics` measured again (same seeds, steps and guidance); metrics of one
+    evaluation part (the three LoRA metrics) are measured together, once."""
     path = RESULTS / f"quality-{Path(model).name}.json"
     result = json.loads(path.read_text())
     details = result["details"]
     start = time.monotonic()
     pipe = load(model)
     pipe.set_progress_bar_config(disable=True)
+    measured: dict[str, dict] = {}
     for metric in metrics:
         measure, detail, key = PARTS[metric]
-        with torch.inference_mode():
-            part = measure(pipe, details["seeds"], steps=details["steps"], guidance=details["guidance"])
-        details[detail] = part
-        result[metric] = part[key]
+        if detail not in measured:
+            gen = {"steps": details["steps"], "guidance": details["guidance"]}
+            with torch.inference_mode():
+                measured[detail] = (region_lora(pipe, shipped_lora(model), details["seeds"], **gen)
+                                    if measure is region_lora else measure(pipe, details["seeds"], **gen))
+        details[detail] = measured[detail]
+        result[metric] = measured[detail][key]
     result.setdefault("partial_runs", []).append({"metrics": metrics, "seconds": round(time.monotonic() - start, 1),
                                                   "torch": torch.__version__})
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -100,11 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
     parser.add_argument("--only", default=None, help=f"comma-separated metrics to measure again ({', '.join(PARTS)}) "
                         "into the saved files")
+    parser.add_argument("--lora-only", action="store_true",
+                        help="measure only the LoRA metrics and put them into each model's saved JSON")
     args = parser.parse_args(argv)
     if args.readme:
         README.write_text(readme_with_table(README.read_text(), saved_results()))
         return 0
     torch.set_num_threads(args.threads)
+    if args.lora_only:
+        args.only = ",".join(LORA_METRICS)
     if args.only is not None:
         metrics = [m.strip() for m in args.only.split(",") if m.strip()]
         unknown = sorted(set(metrics) - set(PARTS))
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.set_progress_bar_config(disable=True)
         controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
         with torch.inference_mode():
-            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet)
+            result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet, lora=shipped_lora(model))
         result = {"model": model, **result, "seconds": round(time.monotonic() - start, 1),
                   "torch": torch.__version__}
         name = Path(model).name

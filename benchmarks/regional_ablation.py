@@ -32,6 +32,9 @@ from attnkit.shapes.evaluate import generate, halves, layouts  # noqa: E402
 from attnkit.shapes.regional import regional_images  # noqa: E402
 from attnkit.shapes.scorer import region_success  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_table import between  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- regional ablation: written by benchmarks/regional_ablation.py -->", "<!-- end of regional ablation -->"
@@ -124,12 +127,8 @@ def ablation_table(results: list[dict]) -> str:
 
 
 def write_readme() -> None:
-    readme = README.read_text()
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {START!r} ... {END!r}: put them where the table goes")
     results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("regional-ablation-*.json"))]
-    head, rest = readme.split(START, 1)
-    README.write_text(f"{head}{START}\n{ablation_table(results)}\n{END}{rest.split(END, 1)[1]}")
+    README.write_text(between(README.read_text(), START, END, ablation_table(results)))
 
 
 def main() -> int:

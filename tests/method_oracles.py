@@ -7,34 +7,18 @@ here explicitly in float64 from the q, k (and mask) every stock diffusers proces
 `torch.nn.functional.scaled_dot_product_attention`, with no attnkit processor installed. DiffSeg's TensorFlow
 bilinear upsampling (`tf.keras.layers.UpSampling2D(interpolation="bilinear")`: half-pixel centres, edges clamped) is
 torch's `F.interpolate(mode="bilinear", align_corners=False)`.
-
-`report(name, **figures)` appends the figures a test measured to the file named by ATTNKIT_METHODS_REPORT, from which
-`benchmarks/methods.py` writes benchmarks/results/methods.json and the README's methods table.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-REPORT = "ATTNKIT_METHODS_REPORT"
-
-
-def report(name: str, **figures: object) -> None:
-    """Append one test's measured figures to the report file, when a run asked for one."""
-    path = os.environ.get(REPORT)
-    if path:
-        with open(path, "a") as file:
-            file.write(json.dumps({"test": name, **figures}) + "\n")
-
 
 # --- attention probabilities, read around the stock processors --------------------------------------------------
 

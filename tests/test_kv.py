@@ -191,17 +191,19 @@ def test_first_frame_is_plain_img2img_and_later_frames_follow_the_attend_mode(pi
 
 @pytest.mark.parametrize(("attend", "later"), [("first", (1, 0)), ("first+previous", (2, 1))])
 def test_the_first_frame_pass_stores_and_each_later_pass_loads(pipelines, monkeypatch, attend, later):
-    seen = {}
+    seen = []
     before = kv.KVControl.before
 
     def spy(self, call):
-        seen.setdefault(id(self), (len(self.load), len(self.record)))
+        if not getattr(self, "seen", False):  # once per control: one per frame's pass
+            self.seen = True
+            seen.append((len(self.load), len(self.record)))
         return before(self, call)
 
     monkeypatch.setattr(kv.KVControl, "before", spy)
     list(kv.edit_video(pipelines["tiny-sd15"], video(3), "a blue square", attend=attend, num_inference_steps=2,
                        progress=False))
-    assert list(seen.values()) == [(0, 1), later, later]  # (stores loaded, stores recorded) of each frame's pass
+    assert seen == [(0, 1), later, later]  # (stores loaded, stores recorded) of each frame's pass
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
@@ -360,6 +362,21 @@ def test_video_edit_command_gives_one_clear_error_for_each_bad_input(tmp_path, c
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (name, lines)
     assert not (tmp_path / "out.gif").exists()
+
+
+def test_video_edit_command_runs_text2video_zero_with_the_shipped_edge_controlnet(tmp_path, capsys):
+    from attnkit.cli import main
+    from attnkit.videoio import read_frames, write_frames
+
+    write_frames(tmp_path / "in.gif", video(3), fps=5)
+    argv = ["video-edit", "shapes-sd15", "--video", str(tmp_path / "in.gif"), "--prompt", "a blue square", "--steps",
+            "3", "--frames", "2", "--method", "text2video-zero", "--controlnet", "shapes-sd15-edges"]
+    assert main([*argv, "--out", str(tmp_path / "out.gif")]) == 0
+    assert len(list(read_frames(tmp_path / "out.gif"))) == 2
+    assert main([*argv, "--out", str(tmp_path / "again.gif"), "--attend", "first"]) == 2
+    assert "--method text2video-zero sets which frames later frames attend to; leave out --attend" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "again.gif").exists()
 
 
 def test_reference_image_is_recorded_at_every_step_and_puts_the_generated_object_where_the_reference_has_its():

@@ -2,8 +2,8 @@
 runs it against an independent implementation of the reference's algorithm and hyperparameters
 (`tests/method_oracles.py`), on a UNet with SD1.5's layout, tiny SDXL, tiny SD3 and tiny Flux.
 
-`benchmarks/methods.py` runs this file and writes what the tests measured (`method_oracles.report`) to
-benchmarks/results/methods.json and the README's methods table.
+Each test puts what it measured into the `figures` fixture; `benchmarks/methods.py` runs this file with the K/V
+methods' parity tests and writes the figures to benchmarks/results/methods.json and the README's methods table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import attnkit.segment as seg
 from attnkit.pipeline import clean_latent, single_forward
 from attnkit.testing import build_pipeline, sd15_layout_pipeline
 
-DIFFSEG = "google/diffseg@77ea59657da1be832c89e48085e04b97952e2a36"
+# DiffSeg's reference: google/diffseg at 77ea59657da1be832c89e48085e04b97952e2a36.
 #: The models the methods are checked on, and the image side each is read at: SD1.5's layout at 256 px has grids
 #: 32, 16, 8 and 4 (DiffSeg's 64, 32, 16, 8 at 512 px, halved); the DiTs have 32 x 32 image tokens there.
 MODELS = {"sd15-layout": 256, "tiny-sdxl": 256, "tiny-sd3": 256, "tiny-flux": 256}
@@ -44,7 +44,7 @@ def scene(side: int) -> Image.Image:
 
 
 def float64_pipeline(name: str):
-    pipe = sd15_layout_pipeline() if name.startswith("sd15-layout") else build_pipeline(name)
+    pipe = sd15_layout_pipeline(sd15_vae=True) if name.startswith("sd15-layout") else build_pipeline(name)
     return pipe.to(torch.float64)
 
 
@@ -121,7 +121,7 @@ def diffseg_case(name: str) -> DiffSegCase:
 
 
 @pytest.mark.parametrize("name", [*MODELS, SD15_AT_512])
-def test_diffseg_aggregation_equals_the_references_weighted_layer_means(name):
+def test_diffseg_aggregation_equals_the_references_weighted_layer_means(name, figures):
     """DiffSeg's `aggregate_weights` (diffseg/segmentor.py at 77ea596): each grid's layer mean, head mean, keys
     bilinear to the finest grid and renormalised, queries tiled, weighted side / sum of sides; attnkit's
     `PerQuery` maps of the same one forward (clean latent, t=300, empty prompt) equal it."""
@@ -131,8 +131,7 @@ def test_diffseg_aggregation_equals_the_references_weighted_layer_means(name):
     error = float((case.maps - case.reference).abs().max())
     if name == SD15_AT_512:
         _cases.pop(name)  # 2 x 128 MB of maps, used once
-    oracle.report(f"diffseg aggregation {name}", method="DiffSeg", reference=DIFFSEG, model=name,
-                  max_abs_difference=error, maps=len(case.reference))
+    figures[f"diffseg/{name}/aggregation"] = error
     assert error < MAPS_TOLERANCE
 
 
@@ -142,7 +141,7 @@ THRESHOLD_SETS = {"benchmark": (1.1, 1.1, 1.1), "notebook": (0.9, 0.9, 0.9), "ti
 @pytest.mark.parametrize("refine", [False, True], ids=["no-refinement", "refinement"])
 @pytest.mark.parametrize("thresholds", THRESHOLD_SETS)
 @pytest.mark.parametrize("name", MODELS)
-def test_diffseg_merging_equals_the_references_proposals(name, thresholds, refine):
+def test_diffseg_merging_equals_the_references_proposals(name, thresholds, refine, figures):
     """DiffSeg's `generate_masks` (diffseg/segmentor.py at 77ea596, 16 x 16 anchors) with the published thresholds
     (benchmarks.ipynb: KL 1.1 x 3; diffseg.ipynb: 0.9 x 3) and a tighter one that splits these maps, with and without
     its k-means refinement (scikit-learn KMeans as the notebooks run it): attnkit's `merge` on the same maps gives the
@@ -153,9 +152,7 @@ def test_diffseg_merging_equals_the_references_proposals(name, thresholds, refin
     got = seg.merge(case.reference, chosen, refine=refine).numpy()
     assert got.shape == want.shape
     error = float(np.abs(got - want).max())
-    oracle.report(f"diffseg merging {name} {thresholds} {'refine' if refine else 'plain'}", method="DiffSeg",
-                  reference=DIFFSEG, model=name, thresholds=chosen, refine=refine, proposals=len(want),
-                  max_abs_difference=error)
+    figures[f"diffseg/{name}/merging/{thresholds},{'refinement' if refine else 'no-refinement'}"] = error
     if thresholds == "tight":
         assert len(want) > 1  # the check has something to merge
     assert error < MAPS_TOLERANCE
@@ -163,7 +160,7 @@ def test_diffseg_merging_equals_the_references_proposals(name, thresholds, refin
 
 @pytest.mark.parametrize("protocol", ["diffseg", "diffseg-notebook", "tight"])
 @pytest.mark.parametrize("name", MODELS)
-def test_diffseg_labels_of_an_existing_image_equal_the_references(name, protocol):
+def test_diffseg_labels_of_an_existing_image_equal_the_references(name, protocol, figures):
     """`segment_image(protocol=...)` end to end against the reference's pipeline (clean latent, one forward at t=300,
     aggregation, merging with the protocol's thresholds and refinement, bilinear upsampling, argmax): the same
     partition of every pixel (labels renumbered in reading order, as attnkit numbers them)."""
@@ -177,15 +174,14 @@ def test_diffseg_labels_of_an_existing_image_equal_the_references(name, protocol
         (case.image.height, case.image.width)))
     got = seg.segment_image(case.pipe, case.image, **options).labels
     agreement = float((got == want).mean())
-    oracle.report(f"diffseg labels {name} {protocol}", method="DiffSeg", reference=DIFFSEG, model=name,
-                  protocol=chosen.protocol, thresholds=list(chosen.thresholds), refine=chosen.refine,
-                  segments=int(want.max()) + 1, label_agreement=agreement)
+    figures[f"diffseg-labels/{name}/{protocol}"] = agreement
+    figures[f"diffseg-segments/{name}/{protocol}"] = int(want.max()) + 1
     if protocol == "tight":
         assert want.max() > 0
     assert agreement == 1.0
 
 
-DAAM = "castorini/daam@09564e048cf5ffc1523aa0605736e7f178ca505a"
+# DAAM's reference: castorini/daam at 09564e048cf5ffc1523aa0605736e7f178ca505a.
 #: DAAM reads UNets; SD1.5's layout at 512 px is DAAM's own geometry (its output side 64 is the finest grid there).
 DAAM_MODELS = {"sd15-layout": 512, "tiny-sdxl": 64}
 PROMPT = "a red circle and a blue square"
@@ -213,7 +209,7 @@ def daam_reference(pipe, side: int) -> dict[tuple[str, int], torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", DAAM_MODELS)
-def test_daam_word_maps_equal_the_references(name):
+def test_daam_word_maps_equal_the_references(name, figures):
     """`attnkit.maps.trace(method="daam")`, with and without `normalize`, against DAAM 0.2.0's `trace`
     (daam/trace.py, daam/heatmap.py, daam/utils.py at 09564e0; the `daam` package pins diffusers 0.21 and does not
     install beside this diffusers): down- and up-block cross-attention of the conditional half, each (layer, head)
@@ -231,16 +227,13 @@ def test_daam_word_maps_equal_the_references(name):
                  generator=torch.Generator().manual_seed(0))
     for normalize, tc in traces.items():
         reference = oracle.daam_global_heat_map(sums, normalize, tokens)
-        errors, scale = [], 0.0
+        errors = []
         for word in dict.fromkeys(PROMPT.split()):
             want = oracle.daam_word_map(pipe.tokenizer, PROMPT, word, reference)
             got = tc.heatmap(word)
             assert got.shape == want.shape and got.dtype == torch.float64
             errors.append(float((got - want).abs().max()))
-            scale = max(scale, float(want.abs().max()))
-        oracle.report(f"daam {name} {'normalized' if normalize else 'plain'}", method="DAAM", reference=DAAM,
-                      model=name, normalize=normalize, words=len(errors), layers=len(tc.recorder.sites),
-                      max_abs_difference=max(errors), largest_value=scale)
+        figures[f"daam/{name}/{'normalized' if normalize else 'plain'}"] = max(errors)
         assert max(errors) < MAPS_TOLERANCE
 
 
@@ -269,7 +262,7 @@ def concept_reference(name: str, pipe, records: list[dict]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", CONCEPT_ATTENTION)
-def test_concept_attention_maps_of_a_generation_equal_the_references(name):
+def test_concept_attention_maps_of_a_generation_equal_the_references(name, figures):
     """`attnkit.maps.trace(space="output")` with its defaults against ConceptAttention's code for the family, on a
     3-step generation: Flux (concept_attention/modified_double_stream_block.py, modified_flux_dit.py, utils.py,
     concept_attention_pipeline.py at 8c2709c: first-token concepts, zero pooled vector, the prompt call's image
@@ -287,10 +280,7 @@ def test_concept_attention_maps_of_a_generation_equal_the_references(name):
              **UNGUIDED[name])
     got = tc.maps[0].reshape(len(CONCEPTS), -1)
     error = float((got - want).abs().max())
-    options = tc.recorder.options
-    oracle.report(f"concept attention {name} generation", method="ConceptAttention", reference=CONCEPT_ATTENTION[name],
-                  model=name, protocol="generation", encoding=options.encoding, pooled=options.pooled,
-                  image_outputs=options.image_outputs, combine=options.combine, max_abs_difference=error)
+    figures[f"concept-attention/{name}/generation"] = error
     assert got.dtype == torch.float64 and error < MAPS_TOLERANCE
 
 
@@ -307,7 +297,7 @@ def flux_sigma(pipe, steps: int, step: int, tokens: int) -> float:
 
 
 @pytest.mark.parametrize("name", CONCEPT_ATTENTION)
-def test_concept_maps_of_an_existing_image_equal_the_references(name):
+def test_concept_maps_of_an_existing_image_equal_the_references(name, figures):
     """`attnkit.maps.concept_maps_of_image` against the code's `encode_image`: the image's latent noised to step 2 of
     a 4-step schedule (x = sigma noise + (1 - sigma) latent; the posterior mean and a seeded noise where the code
     draws unseeded ones), one forward (Flux: empty prompt, zero pooled vector, guidance 0; SD3: the caption's
@@ -340,25 +330,5 @@ def test_concept_maps_of_an_existing_image_equal_the_references(name):
     tc = maps.concept_maps_of_image(pipe, image, CONCEPTS, prompt, seed=5)
     got = tc.maps[0].reshape(len(CONCEPTS), -1)
     error = float((got - want).abs().max())
-    oracle.report(f"concept attention {name} image", method="ConceptAttention", reference=CONCEPT_ATTENTION[name],
-                  model=name, protocol="existing image", max_abs_difference=error)
+    figures[f"concept-attention/{name}/image"] = error
     assert error < MAPS_TOLERANCE
-
-
-def test_readme_methods_table_is_the_methods_results_json():
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "benchmarks" / "methods.py"
-    spec = importlib.util.spec_from_file_location("methods_benchmark", path)
-    methods = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(methods)
-    results = json.loads(methods.RESULTS.read_text())
-    assert set(results["methods"]) == set(methods.METHODS), "every method is in the table: run benchmarks/methods.py"
-    readme = methods.README.read_text()
-    assert methods.readme_with_table(readme, results) == readme, "run `python benchmarks/methods.py --readme`"
-    for name, entry in results["methods"].items():  # each cell is what its tests gave, and they all passed
-        assert entry["tests"] and set(entry["tests"].values()) == {"passed"}
-        assert entry["parity"] == methods.parity(name, entry["figures"])
-        assert all(f["max_abs_difference"] < MAPS_TOLERANCE for f in entry["figures"] if "max_abs_difference" in f)

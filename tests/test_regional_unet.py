@@ -34,13 +34,27 @@ class Outputs(Control):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", UNETS)
-def test_one_whole_image_region_is_the_plain_pipeline(pipelines, name, method):
+def test_one_whole_image_region_is_the_plain_pipeline_with_and_without_a_negative_prompt(pipelines, name, method):
+    """Called as users call it, without a negative prompt: SDXL then guides against zero embeddings, not the empty
+    prompt's; with a negative prompt, even the empty one, against its embeddings."""
     pipe = pipelines[name]
-    plain = latents(pipe, prompt="a red circle", negative_prompt="", num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(0))
-    with attnkit.regional(pipe, {"regions": [{"prompt": "a red circle", "box": [0, 0, 1, 1]}]}, method=method) as call:
-        got = latents(pipe, **call(seed=0, num_inference_steps=2))
-    torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    region = {"regions": [{"prompt": "a red circle", "box": [0, 0, 1, 1]}]}
+    for negative in ({}, {"negative_prompt": ""}, {"negative_prompt": "a blue square"}):
+        plain = latents(pipe, prompt="a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                        **negative)
+        spec = region | ({"negative": negative["negative_prompt"]} if negative else {})
+        with attnkit.regional(pipe, spec, method=method) as call:
+            got = latents(pipe, **call(seed=0, num_inference_steps=2))
+        torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+
+
+def test_sdxl_without_a_negative_prompt_guides_against_other_embeddings_than_the_empty_prompts(pipelines):
+    """What the test above tells apart: on SDXL no negative prompt and the empty one are different generations."""
+    pipe = pipelines["tiny-sdxl"]
+    none, empty = (latents(pipe, prompt="a red circle", num_inference_steps=2,
+                           generator=torch.Generator().manual_seed(0), **negative)
+                   for negative in ({}, {"negative_prompt": ""}))
+    assert (none - empty).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("name", UNETS)

@@ -199,6 +199,22 @@ def test_the_clean_protocol_runs_the_denoiser_once_on_the_vae_posterior_mean_at_
     torch.testing.assert_close(given["encoder_hidden_states"], empty)
 
 
+def test_an_existing_image_is_read_with_a_scheduler_that_finds_its_step_by_the_timestep(pipelines):
+    """DDIM keeps no step count, so sessions find its step by the forward's timestep: the one forward's own timestep
+    stands in the run's timesteps while it runs, and the scheduler has its run's timesteps back afterwards."""
+    from diffusers import DDIMScheduler
+
+    pipe = pipelines["tiny-sd15"]
+    scheduler = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(scheduler.config)
+    try:
+        result = seg.segment_image(pipe, Image.new("RGB", (64, 64), (200, 40, 40)), timestep=250)
+        assert result.timestep == 250 and result.labels.shape == (64, 64)
+        assert 250 not in pipe.scheduler.timesteps.tolist()
+    finally:
+        pipe.scheduler = scheduler
+
+
 def test_protocols_and_their_options_are_checked(pipelines):
     pipe = pipelines["tiny-sd15"]
     image = Image.new("RGB", (64, 64))

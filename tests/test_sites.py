@@ -85,3 +85,77 @@ def test_unsupported_models_get_one_clear_error():
         attnkit.sites("not a pipeline")
     with pytest.raises(AttnkitError, match="unsupported model Linear"):
         attnkit.sites(torch.nn.Linear(2, 2))
+
+
+# --- a pipeline's ControlNet -----------------------------------------------------------------------------------------
+
+def _controlnet_pipeline(nets: int = 1):
+    from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
+
+    from attnkit.testing import build_pipeline, tiny_controlnet
+
+    torch.set_num_threads(1)
+    base = build_pipeline("tiny-sd15")
+    controlnet = [tiny_controlnet(base.unet, seed=seed) for seed in range(nets)]
+    pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet[0] if nets == 1
+                                             else MultiControlNetModel(controlnet))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generate(pipe, nets: int = 1):
+    from PIL import Image
+
+    condition = Image.new("RGB", (64, 64), (255, 255, 255))
+    with torch.inference_mode():
+        return pipe("a red circle", image=[condition] * nets if nets > 1 else condition, num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+
+def test_controlnet_sites_are_its_down_and_mid_blocks_named_as_the_pipeline_holds_them():
+    pipe = _controlnet_pipeline()
+    bare = attnkit.sites(pipe.controlnet)
+    held = attnkit.sites(pipe, component="controlnet")
+    assert {s.stage for s in held} == {"down", "mid"} and {s.kind for s in held} == {"self", "cross"}
+    assert held.names == [f"controlnet.{name}" for name in bare.names]
+    assert set(bare.names) == set(pipe.controlnet.attn_processors)
+    assert [(s.kind, s.block, s.stride) for s in held] == [(s.kind, s.block, s.stride) for s in bare]
+    unet = attnkit.sites(pipe)
+    assert [(s.kind, s.block, s.stride) for s in held] == [(s.kind, s.block, s.stride) for s in unet
+                                                             if s.stage in ("down", "mid")]
+    two = _controlnet_pipeline(nets=2)
+    both = attnkit.sites(two, component="controlnet")
+    assert [s.component for s in both] == ["controlnet.nets.0"] * len(bare) + ["controlnet.nets.1"] * len(bare)
+
+
+class _Seen(attnkit.Control):
+    def __init__(self):
+        self.seen = []
+
+    def after(self, call, out, lse):
+        self.seen.append((call.site.component, call.state.step, call.state.branches, call.grid))
+
+
+def test_a_session_on_controlnet_sites_reads_the_pipelines_steps_and_branches_and_restores_its_processors():
+    pipe = _controlnet_pipeline()
+    plain = _generate(pipe)
+    before = dict(pipe.controlnet.attn_processors)
+    held = attnkit.sites(pipe, component="controlnet").select(kind="self")
+    seen = _Seen()
+    with attnkit.Session(pipe, [(seen, held), (seen, attnkit.sites(pipe).select(kind="self", block="up"))]):
+        watched = _generate(pipe)
+    assert torch.equal(watched, plain)  # an observing control leaves the generation bit-identical
+    steps = len(pipe.scheduler.timesteps)
+    assert sorted({step for component, step, _, _ in seen.seen if component}) == list(range(steps))
+    assert {branches for _, _, branches, _ in seen.seen} == {("uncond", "cond")}
+    assert len([s for s in seen.seen if s[0] == "controlnet"]) == len(held) * steps
+    assert {grid for component, _, _, grid in seen.seen if component} == {s.grid((16, 16)) for s in held}
+    assert all(pipe.controlnet.attn_processors[k] is v for k, v in before.items())
+
+
+def test_controlnet_sites_of_a_model_the_pipeline_lacks_or_of_a_bare_model_are_one_error_each():
+    pipe = _controlnet_pipeline()
+    with pytest.raises(AttnkitError, match="has no model component 'adapter'"):
+        attnkit.sites(pipe, component="adapter")
+    with pytest.raises(AttnkitError, match="names a part of a pipeline"):
+        attnkit.sites(pipe.unet, component="controlnet")

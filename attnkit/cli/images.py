@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import MODEL_HELP, add_generation_options, guidance, strength
+from .options import MODEL_HELP, add_generation_options, guidance, lora_file, strength
 
 __all__ = ["register"]
 
@@ -37,6 +37,9 @@ def register(commands: Any) -> None:
                    help="with --init-image: how much of it is re-noised, in (0, 1] (default: the pipeline's, 0.6)")
     p.add_argument("--mask-image", type=Path,
                    help="with --init-image: inpaint, repainting only where this mask is white")
+    p.add_argument("--lora", type=lora_file, action="append", default=[], metavar="NAME=PATH",
+                   help="load this LoRA file under adapter NAME for the run (repeat for more), as the spec's "
+                        "`loras` does; regions give it to their tokens with `lora: {NAME: weight}`")
     p.add_argument("--true-cfg-scale", type=guidance,
                    help="true classifier-free guidance against the spec's negatives, on pipelines that guide only when "
                         "given a negative (Flux.1, Qwen-Image); needed there when the spec has negatives")
@@ -63,8 +66,9 @@ def _generate(args: argparse.Namespace, load: Any) -> None:
 
 def _read_spec(args: argparse.Namespace) -> Any:
     from ..regional import load_spec
+    from ..run import with_lora_files
 
-    return load_spec(args.spec)
+    return with_lora_files(load_spec(args.spec), args.lora)
 
 
 def _regional(args: argparse.Namespace, load: Any) -> None:

@@ -45,6 +45,7 @@ timestep = argument(checks.TIMESTEP)
 kl = argument(checks.KL)
 fps = argument(checks.FPS)
 port = argument(checks.PORT)
+lora_file = argument(checks.LORA_FILE)
 
 #: The sampling options of every generating command, in help order.
 GENERATION_OPTIONS: tuple[str, ...] = ("--seed", "--steps", "--height", "--width", "--guidance")

@@ -27,8 +27,8 @@ import torch
 
 from ..errors import AttnkitError
 
-__all__ = ["Family", "Grid", "Kind", "KINDS", "Parts", "SitePattern", "TextInput", "call_parameters", "denoiser_of",
-           "dits", "duplicated_latents", "families", "family_of",
+__all__ = ["Family", "Grid", "Kind", "KINDS", "Parts", "SitePattern", "TextInput", "Tokens", "call_parameters", "component_of",
+           "denoiser_of", "dits", "duplicated_latents", "families", "family_of",
            # earlier names of the same things
            "DiT", "RegionalText", "dit_of"]
 
@@ -69,6 +69,16 @@ class SitePattern:
 Parts = tuple[tuple[str, int], ...]  # (part name, tokens) in sequence order; parts are "image", "text" or "pad"
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """What one tensor of a denoiser forward holds along its token axis: its `parts` in order (none: one vector per
+    batch item), and for image tokens their `grid` (rows, cols) and `stride` (latent pixels per token side)."""
+
+    parts: Parts
+    grid: tuple[int, int] | None
+    stride: int | None
+
+
 @dataclass(frozen=True, eq=False)
 class TextInput:
     """How a family's pipeline takes prompt text as embeddings.
@@ -90,7 +100,8 @@ class TextInput:
     than one tensor per argument (cond and `negative_` ones together), what it takes instead, e.g. Lumina 2's
     per-prompt token lists as one padded tensor with its attention mask. `encode_negative`: how negative prompts are
     encoded, where the pipeline encodes them otherwise than prompts (Lumina 2 leaves its system prompt out of the
-    negative); default `encode`.
+    negative); default `encode`. `zeros_without_negative(pipe)`: whether the pipeline, given no negative prompt,
+    guides against zero embeddings instead of the empty prompt's (SDXL's `force_zeros_for_empty_prompt`).
     """
 
     encode: Callable[[Any, list[str], int | None], dict[str, Any]]
@@ -104,6 +115,7 @@ class TextInput:
     pack: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     encode_negative: Callable[[Any, list[str], int | None], dict[str, Any]] | None = None
     fixed_tokens: Callable[[Any], int] = lambda pipe: 0
+    zeros_without_negative: Callable[[Any], bool] = lambda pipe: False
 
     def negative_encoder(self) -> Callable[[Any, list[str], int | None], dict[str, Any]]:
         return self.encode_negative if self.encode_negative is not None else self.encode
@@ -259,6 +271,41 @@ class Family:
             return math.ceil(latent[0] / stride), math.ceil(latent[1] / stride)
         return latent[0] // stride, latent[1] // stride
 
+    def tokens_in(self, shape: tuple[int, ...], latent: tuple[int, int], text_tokens: int | None,
+                  model: torch.nn.Module) -> list[Tokens]:
+        """Every reading of what a tensor of `shape` inside one denoiser forward holds along its token axis: a map
+        of image cells (batch, channels, rows, cols) or a sequence (batch, tokens, channels) of image tokens at some
+        stride of `latent`, of the forward's `text_tokens`, or of both in `order`; none for a vector per batch item
+        (batch, channels), and none where the shape fits nothing. Modules outside attention (a LoRA's layers) learn
+        their tokens this way."""
+        if len(shape) == 2:
+            return [Tokens((), None, None)]
+        own = self.stride_of(model)
+        strides = sorted({1, own, *(2 ** i for i in range(8) if self.multiscale)})
+        grids = {stride: self.token_grid(latent, stride) for stride in strides}
+        if len(shape) == 4:
+            return [Tokens((("image", rows * cols),), (rows, cols), stride) for stride, (rows, cols) in grids.items()
+                    if (rows, cols) == tuple(shape[2:])][:1]
+        if len(shape) != 3:
+            return []
+        tokens, found = shape[1], []
+        if text_tokens is not None and tokens == text_tokens:
+            found.append(Tokens((("text", tokens),), None, None))
+        for stride, (rows, cols) in grids.items():
+            image = ("image", rows * cols)
+            if tokens == rows * cols:
+                found.append(Tokens((image,), (rows, cols), stride))
+            elif text_tokens and tokens == rows * cols + text_tokens and self.joins_text:
+                text = ("text", text_tokens)
+                found.append(Tokens((text, image) if self.order == "text" else (image, text), (rows, cols), stride))
+        return found
+
+    @property
+    def joins_text(self) -> bool:
+        """Whether some sequence of this family holds text and image tokens together (joint or single-stream
+        sites)."""
+        return any(pattern.kind in ("joint", "single") for pattern in self.sites if not callable(pattern.kind))
+
     def pixels_per_cell(self, pipe: Any) -> int:
         """Image pixels per side of one cell of the grid region masks and sizes are laid on: one latent pixel on a
         `multiscale` family (each level averages the latent grid down), one token elsewhere."""
@@ -310,8 +357,26 @@ def families() -> tuple[Family, ...]:
 
 
 def dits() -> tuple[Family, ...]:
-    """The transformer families (one token grid per forward): every family but the UNet's."""
+    """The transformer families (one token grid per forward): every family but the UNet's and its ControlNet's."""
     return tuple(family for family in families() if not family.multiscale)
+
+
+def component_of(pipe: Any, component: str) -> torch.nn.Module:
+    """The model at `component` of a pipeline: a component's name ("controlnet"), or a dotted path inside one
+    ("controlnet.nets.0", a ControlNet of a `MultiControlNetModel`)."""
+    components = getattr(pipe, "components", None)
+    if isinstance(pipe, torch.nn.Module) or not isinstance(components, dict):
+        raise AttnkitError(f"component={component!r} names a part of a pipeline; got {type(pipe).__name__}. Pass "
+                           "the pipeline that holds it.")
+    head, _, rest = component.partition(".")
+    model = components.get(head)
+    if not isinstance(model, torch.nn.Module):
+        held = sorted(name for name, value in components.items() if isinstance(value, torch.nn.Module))
+        raise AttnkitError(f"{type(pipe).__name__} has no model component {head!r}; it has {', '.join(held)}.")
+    try:
+        return model.get_submodule(rest) if rest else model
+    except AttributeError as error:
+        raise AttnkitError(f"{component!r} is not a module of {type(pipe).__name__}: {error}.") from None
 
 
 def denoiser_of(obj: Any) -> torch.nn.Module:

@@ -25,10 +25,13 @@ from PIL import Image
 
 from ..errors import AttnkitError
 from ..pipeline import image_pipeline, takes_size
+from ..session import Session
 from ..sites import Site, SiteList
-from .control import Mode
+from ..state import StepRange, step_range
+from .control import KVControl, Mode
 from .defaults import ATTEND
-from .session import chosen_sites, inject, record
+from .methods import METHOD_OPTIONS, Setup, setup
+from .places import chosen_sites
 from .store import KVStore
 
 __all__ = ["ATTEND", "edit_video", "img2img_pipeline", "edges"]
@@ -67,7 +70,9 @@ def edit_video(
     frames: Iterable[Image.Image],
     prompt: str,
     *,
-    attend: str = "first+previous",
+    method: str | None = None,
+    attend: str | None = None,
+    steps: StepRange | None = None,
     strength: float = 0.6,
     num_inference_steps: int = 20,
     seed: int = 0,
@@ -82,15 +87,17 @@ def edit_video(
     """Edited frames, one per input frame, as they are made.
 
     `pipe` is any SD1.x, SDXL, SD3 or Flux pipeline (its img2img sibling is made from the same components);
-    `controlnet` runs ControlNet img2img with each frame's `edges` as the condition. `call_kwargs` go to every
-    pipeline call (guidance, negative prompt); frames must already have the size to edit at. `first` and `previous`
-    are where the first and the previous frame's K/V are kept (new `KVStore`s unless given: pass your own to keep them
-    as float16, on the CPU, or under a budget). `mode` is how later frames use the stored K/V: "replace" their own
-    image K/V or "extend" them (None: replace at self-attention sites, extend at joint ones). Processors are put back
-    after each
-    frame and the stores emptied after the last, also when a frame raises.
+    `controlnet` runs ControlNet img2img with each frame's `edges` as the condition. `method` ("text2video-zero",
+    "rerender"; `attnkit.kv.methods`, its options passed by their names, e.g. `cross_period=(0, 0.5)`) sets up the
+    cross-frame attention as that method's code does; without one, later frames attend to the stored frames of
+    `attend` (default "first+previous") at `sites_` (default `default_sites`) in `steps` ([start, end), default all),
+    and `mode` is how: "replace" their own image K/V or "extend" them (None: replace at self-attention sites, extend
+    at joint ones). `call_kwargs` go to every pipeline call (guidance, negative prompt); frames must already have the
+    size to edit at. `first` and `previous` are where the first and the previous frame's K/V are kept (new `KVStore`s
+    unless given: pass your own to keep them as float16, on the CPU, or under a budget). Processors are put back after
+    each frame and the stores emptied after the last, also when a frame raises.
     """
-    if attend not in ATTEND:
+    if attend not in (None, *ATTEND):
         raise AttnkitError(f"attend={attend!r}: choose one of {', '.join(ATTEND)}.")
     if mode not in (None, "replace", "extend"):
         raise AttnkitError(f"mode={mode!r}: cross-frame attention either replaces a frame's K/V with the stored "
@@ -100,24 +107,13 @@ def edit_video(
     editor = image_pipeline(pipe, controlnet=controlnet)
     if editor is not pipe:  # a sibling made here: the bar over frames says how far the edit is
         editor.set_progress_bar_config(disable=True)
-    chosen = None if attend == "none" else chosen_sites(editor, sites_, {})
+    plan = _plan(editor, method, attend, steps, sites_, mode, call_kwargs)
     sized = takes_size(editor)
-    if mode is None and chosen is not None:
-        mode = _mode(chosen)
     first = KVStore() if first is None else first
     previous = KVStore() if previous is None else previous
     bar = _progress(progress)
     try:
         for index, frame in enumerate(frames):
-            if attend == "none":
-                session = contextlib.nullcontext()
-            elif index == 0:
-                session = record(editor, first, chosen)
-            elif attend == "first":
-                session = inject(editor, first, mode, sites_=chosen)
-            else:  # frame 1 has no previous frame but the first; then `previous` is overwritten as it is read
-                session = inject(editor, [first, first if index == 1 else previous], mode, record=[previous],
-                                 sites_=chosen)
             kwargs = {"prompt": prompt, "image": frame, "strength": strength,
                       "num_inference_steps": num_inference_steps,
                       "generator": torch.Generator().manual_seed(seed), **call_kwargs}
@@ -125,7 +121,7 @@ def edit_video(
                 kwargs |= {"height": frame.height, "width": frame.width}
             if controlnet is not None:
                 kwargs["control_image"] = edges(frame)
-            with session, torch.inference_mode():
+            with _frame_session(editor, plan, index, first, previous), torch.inference_mode():
                 edited = editor(**kwargs).images[0]
             bar.update(1)
             yield edited
@@ -133,6 +129,40 @@ def edit_video(
         bar.close()
         first.clear()
         previous.clear()
+
+
+def _plan(editor: Any, method: str | None, attend: str | None, steps: StepRange | None,
+          sites_: Iterable[Site] | None, mode: Mode | None, call_kwargs: dict[str, Any]) -> Setup | None:
+    """How each later frame attends to the stored frames (None: plain per-frame img2img); a method's options are
+    taken out of `call_kwargs`, which go to the pipeline."""
+    if method is None:
+        attend = attend or "first+previous"
+        if attend == "none":
+            return None
+        chosen = chosen_sites(editor, sites_, {})
+        return Setup(chosen, mode or _mode(chosen), steps=step_range(steps or (0, None)), attend=attend)
+    given = [name for name, value in (("attend", attend), ("steps", steps), ("sites_", sites_), ("mode", mode))
+             if value is not None]
+    if given:
+        raise AttnkitError(f"method {method!r} sets its own frames, sites, steps and mode as its authors' code does; "
+                           f"leave out {', '.join(given)}, or give no method to choose them yourself.")
+    options = {name: call_kwargs.pop(name) for name in list(call_kwargs) if name in METHOD_OPTIONS}
+    return setup(editor, method, options, video=True)
+
+
+def _frame_session(editor: Any, plan: Setup | None, index: int, first: KVStore, previous: KVStore) -> Any:
+    """The session of frame `index`: the first frame records, later ones attend to the stored frames as `plan`
+    says; frame 1 has no previous frame but the first, then `previous` is overwritten as it is read."""
+    if plan is None:
+        return contextlib.nullcontext()
+    if index == 0:
+        control = KVControl(record=[first])
+    elif plan.attend == "first":
+        control = KVControl(load=[first], mode=plan.mode, steps=plan.steps, when=plan.when)
+    else:
+        control = KVControl(load=[first, first if index == 1 else previous], record=[previous], mode=plan.mode,
+                            steps=plan.steps, when=plan.when)
+    return Session(editor, [(control, plan.sites)])
 
 
 def _mode(chosen: SiteList) -> Mode:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from ..families import Family, family_of
 from ..sites import Site
-from .base import AttentionCall, Control, SiteProcessor, TokenLayout
+from .base import AttentionCall, Control, ModuleCall, SiteProcessor, TokenLayout
 from .dispatch import site_processor_class
 from .unet import UNetSiteProcessor
 
-__all__ = ["AttentionCall", "Control", "SiteProcessor", "TokenLayout", "stand_in",
+__all__ = ["AttentionCall", "Control", "ModuleCall", "SiteProcessor", "TokenLayout", "stand_in",
            # earlier names: a processor family is the pipeline's family
            "Family", "family_of"]
 

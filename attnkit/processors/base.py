@@ -20,7 +20,7 @@ from ..errors import AttnkitError
 from ..sites import Site
 from ..state import State
 
-__all__ = ["TokenLayout", "AttentionCall", "Control", "SiteProcessor", "sdpa"]
+__all__ = ["TokenLayout", "AttentionCall", "Control", "ModuleCall", "SiteProcessor", "sdpa"]
 
 Part = str  # "image" or "text"
 Kernel = Callable[["AttentionCall"], tuple[torch.Tensor, torch.Tensor | None]]  # lse None: no single softmax
@@ -177,22 +177,43 @@ AttentionCall.mask = property(_read_mask, _write_mask, doc="The attention mask (
                               "broadcastable to (B, H, Lq, Lk), or None; built on first read if set by `set_mask`.")
 
 
+@dataclass
+class ModuleCall:
+    """One forward of a module whose type a control names in `modules`, as the control sees it: the module's name in
+    its pipeline (as sites are named), the module, its input `x` and any further arguments."""
+
+    name: str
+    module: torch.nn.Module
+    x: torch.Tensor
+    args: tuple
+    kwargs: dict
+    state: State
+
+
 class Control:
     """One feature's behaviour at the sites it was installed on; override `before` and/or `after`.
 
     Controls keep nothing per call on themselves beyond what they aggregate: the step, CFG branches and frame come
-    from `call.state`, which the session fills from the pipeline.
+    from `call.state`, which the session fills from the pipeline. A control that names module types in `modules`
+    also sees every forward of such a module in the models its sites lie in (all the session's models if it has no
+    sites), and may replace its output (`module_forward`): GroupNorms that share statistics between images
+    (StyleAligned), LoRA layers whose adapters apply to some tokens only (a LoRA per region).
     """
 
     name: str = "control"
     needs_lse: bool = False
     masks: bool = False  # may restrict `call.mask` or supply a kernel: refused under context parallelism
+    modules: tuple[type, ...] = ()
 
     def before(self, call: AttentionCall) -> None:
         """Change `call.q/k/v`, restrict `call.mask`, or `call.use_kernel(...)` before attention runs."""
 
     def after(self, call: AttentionCall, out: torch.Tensor, lse: torch.Tensor | None) -> None:
         """Observe the attention output (B, H, Lq, D) and its lse (B, H, Lq), given when `needs_lse`."""
+
+    def module_forward(self, call: ModuleCall) -> torch.Tensor | None:
+        """The module's output in place of its own, or None to keep it (called only for types in `modules`)."""
+        return None
 
 
 class SiteProcessor:

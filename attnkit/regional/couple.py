@@ -83,7 +83,8 @@ class CoupleControl(Control):
 def _blend(call: AttentionCall, branches: tuple[str, ...], segments: dict[str, list[tuple[slice, torch.Tensor]]]
            ) -> torch.Tensor:
     """Σ over prompts of (that prompt's weight at the pixel) x (attention over that prompt's tokens only)."""
-    out = torch.zeros(call.q.shape, dtype=torch.float32, device=call.q.device)
+    total = torch.promote_types(call.q.dtype, torch.float32)  # at least float32, float64 in a float64 model
+    out = torch.zeros(call.q.shape, dtype=total, device=call.q.device)
     for branch, found in segments.items():
         items = [i for i, b in enumerate(branches) if b == branch]
         index = slice(items[0], items[-1] + 1) if items == list(range(items[0], items[-1] + 1)) else torch.tensor(
@@ -92,5 +93,5 @@ def _blend(call: AttentionCall, branches: tuple[str, ...], segments: dict[str, l
         for tokens, weight in found:
             part = F.scaled_dot_product_attention(q, call.k[index][:, :, tokens], call.v[index][:, :, tokens],
                                                   scale=call.scale)
-            out[index] += weight[:, None] * part.float()
+            out[index] += weight[:, None].to(total) * part.to(total)
     return out.to(call.q.dtype)

@@ -11,6 +11,8 @@ family's `TextInput` (`attnkit.families`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,9 +23,12 @@ from ..families import TextInput, family_of
 from .mask import PAD
 from .spec import BASE, RegionSpec
 
-__all__ = ["Encoded", "encode", "regional_text", "truncation_problems"]
+__all__ = ["Encoded", "TextAdapters", "encode", "regional_text", "truncation_problems"]
 
 Segments = tuple[tuple[int, int], ...]  # (owner, text tokens) in order
+#: Given the owner of each prompt of a batch (PAD: the negative every region shares), a context under which the text
+#: encoders encode each prompt with its owner's LoRA adapters.
+TextAdapters = Callable[[list[int]], AbstractContextManager]
 
 
 @dataclass(frozen=True)
@@ -55,28 +60,33 @@ class Encoded:
 
 
 def encode(pipe: Any, spec: RegionSpec, *, max_sequence_length: int | None, pooled: Literal["mean", "base"],
-           negatives: Literal["auto", "regional", "global"], with_negatives: bool) -> Encoded:
-    """Encode every region's prompt (and negatives when `with_negatives`) with `pipe.encode_prompt`."""
+           negatives: Literal["auto", "regional", "global"], with_negatives: bool,
+           adapters: TextAdapters | None = None) -> Encoded:
+    """Encode every region's prompt (and negatives when `with_negatives`) with `pipe.encode_prompt`, each under its
+    owner's LoRA adapters where `adapters` is given."""
+    adapters = adapters or (lambda owners: nullcontext())
     if pooled == "base" and spec.base is None:
         raise AttnkitError("pooled='base' takes the pooled embedding of the base prompt, but the spec has no `base`.")
     text = regional_text(pipe)
     regional = negatives == "regional" or (negatives == "auto" and any(r.negative for r in spec.regions))
     prompts = spec.prompts + ([spec.base.prompt] if spec.base else [])
     owners = list(range(len(spec.regions))) + ([BASE] if spec.base else [])
-    per_prompt = _encode(text, pipe, prompts, max_sequence_length)
+    with adapters(owners):
+        per_prompt = _encode(text, pipe, prompts, max_sequence_length)
     cond = _segments(text, per_prompt, owners)
     arguments = _join(text, per_prompt, pooled, len(spec.regions))
     if not with_negatives:
         return Encoded(_packed(text, arguments), cond, cond, regional)
-    global_negative = spec.negative or ""
     if regional:
-        negative_prompts = [r.negative if r.negative is not None else global_negative for r in spec.regions]
-        negative_prompts += [global_negative] if spec.base else []
-        negative = _encode(text, pipe, negative_prompts, max_sequence_length, negative=True)
+        negative_prompts = [r.negative if r.negative is not None else spec.negative for r in spec.regions]
+        negative_prompts += [spec.negative] if spec.base else []
+        with adapters(owners):
+            negative = _encode_negatives(text, pipe, negative_prompts, max_sequence_length)
         uncond = _segments(text, negative, owners)
     else:
-        negative = _repeat(text, _encode(text, pipe, [global_negative], max_sequence_length, negative=True),
-                           len(owners))
+        with adapters([PAD]):
+            shared = _encode_negatives(text, pipe, [spec.negative], max_sequence_length)
+        negative = _repeat(text, shared, len(owners))
         uncond = tuple(segment for name in _text_order(text) for segment in (
             (0, _lengths(text, negative, name, len(owners))[0]),
             (PAD, sum(_lengths(text, negative, name, len(owners))[1:]))))
@@ -94,6 +104,19 @@ def _encode(text: TextInput, pipe: Any, prompts: list[str], max_sequence_length:
     encoder = text.negative_encoder() if negative else text.encode
     with torch.no_grad():
         return encoder(pipe, prompts, max_sequence_length)
+
+
+def _encode_negatives(text: TextInput, pipe: Any, prompts: list[str | None], max_sequence_length: int | None
+                      ) -> dict[str, Any]:
+    """Negative prompts as the pipeline encodes them; None (no negative given) as the pipeline takes no negative
+    prompt: the empty prompt, or zero embeddings where it zeroes them (SDXL's `force_zeros_for_empty_prompt`)."""
+    encoded = _encode(text, pipe, [prompt or "" for prompt in prompts], max_sequence_length, negative=True)
+    if not text.zeros_without_negative(pipe):
+        return encoded
+    for name, value in encoded.items():
+        for row in (i for i, prompt in enumerate(prompts) if prompt is None and value is not None):
+            value[row] = torch.zeros_like(value[row])
+    return encoded
 
 
 def _text_order(text: TextInput) -> tuple[str, ...]:

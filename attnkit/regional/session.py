@@ -16,6 +16,7 @@ The img2img and inpaint pipelines of these families work the same way (`AutoPipe
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import AttnkitError
-from ..families import dits, family_of
+from ..families import denoiser_of, dits, family_of
 from ..pipeline import call_parameters, output_size, takes_size
 from ..session import Session
 from ..sites import SiteList, sites
@@ -32,6 +33,7 @@ from ..tokens import PromptSegment
 from .control import RegionalControl, Schedule
 from .couple import CoupleControl
 from .encode import Encoded, encode, regional_text, truncation_problems
+from .lora import Adapters, RegionLoRA, loaded, text_adapters
 from .mask import Rules, base_bias
 from .spec import BASE, METHODS, RegionSpec, load_spec
 
@@ -147,6 +149,7 @@ class Regional:
         self.control: RegionalControl | CoupleControl | None = None
         self.size: tuple[int, int] | None = None  # (height, width) of the latest `regions(...)`
         self._session: Session | None = None
+        self._stack: ExitStack | None = None
 
     def __enter__(self) -> Regional:
         if self._session is not None:
@@ -163,14 +166,21 @@ class Regional:
             raise AttnkitError(f"{type(self.pipe).__name__} takes no negative prompt (its guidance is distilled into "
                                "the model): remove `negative` from the spec and its regions.")
         with_negatives = self.text.negative == "always" or given
-        self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
-                              pooled=self.options.pooled, negatives=self.options.negatives,
-                              with_negatives=with_negatives)
-        self._attach()
+        with ExitStack() as stack:
+            adapters = Adapters.of(self.spec) if self.spec.adapters else None
+            if adapters is not None:
+                stack.enter_context(loaded(self.pipe, self.spec, adapters))
+            self.encoded = encode(self.pipe, self.spec, max_sequence_length=self.max_sequence_length,
+                                  pooled=self.options.pooled, negatives=self.options.negatives,
+                                  with_negatives=with_negatives,
+                                  adapters=None if adapters is None else text_adapters(
+                                      self.pipe, adapters, f"attnkit.regional-lora.{id(self):x}"))
+            self._attach(adapters)
+            self._stack = stack.pop_all()
         return self
 
-    def _attach(self) -> None:
-        """Install the controls of the spec."""
+    def _attach(self, adapters: Adapters | None) -> None:
+        """Install the controls of the spec (and, where it names LoRA adapters, the control that weights them)."""
         o = self.options
         weight = self.spec.base.weight if self.spec.base is not None else 1.0
         rules = Rules(image_to_text=o.image_to_text, text_to_image=o.text_to_image, text_isolation=o.text_isolation,
@@ -187,14 +197,22 @@ class Regional:
         else:
             self.control = RegionalControl(self.spec, self.encoded, schedule, o.kernel)
             placements = [(self.control, found)]
+        if adapters is not None:
+            placements.append((RegionLoRA(self.spec, self.encoded, adapters, self.family, denoiser_of(self.pipe),
+                                          self.method), []))
         session = Session(self.pipe, placements)
         session.__enter__()
         self._session = session
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            self._session.__exit__(*exc_info)
-            self._session = None
+        try:
+            if self._session is not None:
+                self._session.__exit__(*exc_info)
+                self._session = None
+        finally:
+            if self._stack is not None:
+                self._stack.close()
+                self._stack = None
 
     @property
     def prompt_segments(self) -> tuple[PromptSegment, ...]:

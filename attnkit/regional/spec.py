@@ -13,7 +13,9 @@ regions:
   - prompt: "a straw hat"
     from_word: hat                              # where the base prompt's "hat" went in a first pass
     threshold: 0.4                              # optional: share of the map's range that counts as inside
+    lora: {straw: 0.8}                          # optional: LoRA adapters for this region's tokens, with weights
 # or, instead of box / mask per region:  grid: "1,1"  (sd-webui-regional-prompter ratios)
+loras: {straw: straw-lora.safetensors}          # optional: LoRA files attnkit loads (and unloads) by adapter name
 ```
 
 Overlap rule: every image token belongs to exactly one region, the one covering the largest share of the token's
@@ -65,11 +67,13 @@ class Base:
 
     prompt: str
     weight: float = 1.0
+    lora: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         _check_prompt(self.prompt, "base")
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
             raise AttnkitError(f"base weight must be a finite number >= 0, got {self.weight!r}.")
+        _check_lora(self.lora, "base")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,9 @@ class Region:
     """One prompt and the part of the image it describes: a `box` (x0, y0, x1, y1 as fractions), a `mask` (an
     image path, a PIL image, a 2-D tensor or rows of numbers in [0, 1]; any size), or `from_word`: the pixels where
     that word of the base prompt went in a first pass (the regional-prompter "prompt" mode), thresholded at
-    `threshold` of the word map's range. Once derived, the mask is kept beside `from_word`."""
+    `threshold` of the word map's range. Once derived, the mask is kept beside `from_word`. `lora` names LoRA
+    adapters (loaded into the pipeline, or listed in the spec's `loras`) that apply to this region's tokens only,
+    each at its weight."""
 
     prompt: str
     box: tuple[float, float, float, float] | None = None
@@ -85,6 +91,7 @@ class Region:
     negative: str | None = None
     from_word: str | None = None
     threshold: float | None = None
+    lora: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,8 @@ class RegionSpec:
 
     `grid` (sd-webui-regional-prompter ratio syntax) replaces per-region boxes; `root` is the folder that relative
     mask paths are read from (the spec file's folder when loaded from a file). `method` picks how a UNet applies
-    the regions ("mask" or "couple"; see `attnkit.regional.RegionalOptions`), None for the default.
+    the regions ("mask" or "couple"; see `attnkit.regional.RegionalOptions`), None for the default. `loras` maps
+    adapter names to LoRA files (relative to `root`) that the regional session loads and unloads.
     """
 
     regions: tuple[Region, ...]
@@ -101,6 +109,7 @@ class RegionSpec:
     base: Base | None = None
     grid: str | None = None
     method: str | None = None
+    loras: dict[str, str] | None = None
     root: Path | None = field(default=None, compare=False)
     _areas: tuple[Callable[[tuple[int, int]], torch.Tensor] | None, ...] = field(init=False, repr=False, compare=False)
 
@@ -120,6 +129,7 @@ class RegionSpec:
                                    "dicts with `RegionSpec.from_dict` or `attnkit.regional.load_spec`.")
             where = f"region {i + 1} ({region.prompt!r})" if isinstance(region.prompt, str) else f"region {i + 1}"
             _check_prompt(region.prompt, where)
+            _check_lora(region.lora, where)
             if region.negative is not None:
                 _check_prompt(region.negative, f"{where} negative", allow_empty=True)
             if region.from_word is not None or region.threshold is not None:
@@ -139,10 +149,29 @@ class RegionSpec:
             else:
                 areas.append(_mask_area(region.mask, self.root, where))
         object.__setattr__(self, "_areas", tuple(areas))
+        if self.loras is not None and (not isinstance(self.loras, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, (str, Path)) for k, v in self.loras.items())):
+            raise AttnkitError(f"`loras` maps adapter names to LoRA files, e.g. {{purple: purple.safetensors}}; got "
+                               f"{self.loras!r}.")
+        unused = sorted(set(self.loras or {}) - {name for named in self.adapters.values() for name in named})
+        if unused:
+            raise AttnkitError(f"`loras` lists {unused}, which no region (and not the base) names in its `lora`: "
+                               "give a region `lora: {name: weight}`, or leave the file out.")
 
     @property
     def prompts(self) -> list[str]:
         return [r.prompt for r in self.regions]
+
+    @property
+    def adapters(self) -> dict[int, dict[str, float]]:
+        """The LoRA adapters and weights of every owner that names some: region indices, and `BASE`."""
+        named = {i: dict(r.lora) for i, r in enumerate(self.regions) if r.lora}
+        return named | ({BASE: dict(self.base.lora)} if self.base is not None and self.base.lora else {})
+
+    def lora_path(self, name: str) -> Path:
+        """Where the spec's `loras` says adapter `name`'s file is (relative paths from `root`)."""
+        path = Path(self.loras[name])
+        return path if self.root is None or path.is_absolute() else self.root / path
 
     @property
     def negatives_given(self) -> bool:
@@ -217,9 +246,11 @@ class RegionSpec:
         if self.negative is not None:
             data["negative"] = self.negative
         if self.base is not None:
-            data["base"] = asdict(self.base)
+            data["base"] = {k: v for k, v in asdict(self.base).items() if k != "lora" or v}
         if self.grid is not None:
             data["grid"] = self.grid
+        if self.loras:
+            data["loras"] = {name: str(path) for name, path in self.loras.items()}
         regions = []
         for region in self.regions:
             entry: dict[str, Any] = {"prompt": region.prompt}
@@ -233,6 +264,8 @@ class RegionSpec:
                 entry["from_word"] = region.from_word
             if region.threshold is not None:
                 entry["threshold"] = region.threshold
+            if region.lora:
+                entry["lora"] = dict(region.lora)
             regions.append(entry)
         data["regions"] = regions
         return data
@@ -242,7 +275,7 @@ class RegionSpec:
         """A spec from the parsed YAML / JSON form; unknown keys are an error naming the known ones."""
         if not isinstance(data, dict):
             raise AttnkitError(f"a region spec is a mapping with `regions:`, got {type(data).__name__}.")
-        _check_keys(data, {"method", "negative", "base", "regions", "grid"}, "the spec")
+        _check_keys(data, {"method", "negative", "base", "regions", "grid", "loras"}, "the spec")
         regions = data.get("regions")
         if not isinstance(regions, list):
             raise AttnkitError("the region spec has no regions: give `regions: [{prompt: ..., box: [...]}, ...]`.")
@@ -250,19 +283,22 @@ class RegionSpec:
         for i, entry in enumerate(regions):
             if not isinstance(entry, dict):
                 raise AttnkitError(f"region {i + 1} must be a mapping with `prompt` and `box` or `mask`, got {entry!r}.")
-            _check_keys(entry, {"prompt", "box", "mask", "negative", "from_word", "threshold"}, f"region {i + 1}")
+            _check_keys(entry, {"prompt", "box", "mask", "negative", "from_word", "threshold", "lora"},
+                        f"region {i + 1}")
             box = entry.get("box")
             parsed.append(Region(entry.get("prompt"), tuple(box) if isinstance(box, list) else box, entry.get("mask"),
-                                 entry.get("negative"), entry.get("from_word"), entry.get("threshold")))
+                                 entry.get("negative"), entry.get("from_word"), entry.get("threshold"),
+                                 entry.get("lora")))
         base = data.get("base")
         if base is not None:
             if isinstance(base, str):
                 base = {"prompt": base}
             if not isinstance(base, dict):
                 raise AttnkitError(f"`base` must be `{{prompt: ..., weight: ...}}`, got {base!r}.")
-            _check_keys(base, {"prompt", "weight"}, "base")
-            base = Base(base.get("prompt"), base.get("weight", 1.0))
-        return cls(tuple(parsed), data.get("negative"), base, data.get("grid"), data.get("method"), root)
+            _check_keys(base, {"prompt", "weight", "lora"}, "base")
+            base = Base(base.get("prompt"), base.get("weight", 1.0), base.get("lora"))
+        return cls(tuple(parsed), data.get("negative"), base, data.get("grid"), data.get("method"), data.get("loras"),
+                   root)
 
 
 def owners_of(cover: torch.Tensor) -> torch.Tensor:
@@ -330,6 +366,20 @@ def parse_grid(grid: str, count: int) -> list[tuple[float, float, float, float]]
 def _check_prompt(prompt: Any, where: str, allow_empty: bool = False) -> None:
     if not isinstance(prompt, str) or (not allow_empty and not prompt.strip()):
         raise AttnkitError(f"{where}: the prompt must be a non-empty string, got {prompt!r}.")
+
+
+def _check_lora(lora: Any, where: str) -> None:
+    """`lora`: adapter names with finite weights."""
+    if lora is None:
+        return
+    if not isinstance(lora, dict) or not lora:
+        raise AttnkitError(f"{where}: `lora` maps adapter names to weights, e.g. {{purple: 1.0}}; got {lora!r}.")
+    for name, weight in lora.items():
+        if not isinstance(name, str) or not name:
+            raise AttnkitError(f"{where}: LoRA adapter names are non-empty strings, got {name!r}.")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise AttnkitError(f"{where}: the weight of LoRA {name!r} must be a finite number (1: full strength), "
+                               f"got {weight!r}.")
 
 
 def _check_keys(data: dict, known: set[str], where: str) -> None:

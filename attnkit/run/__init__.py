@@ -10,11 +10,12 @@ from .. import _lazy
 
 __all__ = ["Generated", "InitImages", "Maps", "Pipelines", "Regional", "Segmented", "builtin_names", "call_kwargs",
            "generate", "guidance_kwargs", "init_images", "load_controlnet", "load_pipeline", "maps", "regional",
-           "sampling_options", "segment", "true_cfg_options", "video_edit", "word_mask", "word_regions"]
+           "sampling_options", "segment", "true_cfg_options", "video_edit", "with_lora_files", "word_mask",
+           "word_regions"]
 
 _lazy.make_lazy(__name__, {
     ".images": ("Generated", "InitImages", "Regional", "generate", "init_images", "regional", "sampling_options",
-                "true_cfg_options"),
+                "true_cfg_options", "with_lora_files"),
     ".attention_maps": ("Maps", "maps"),
     ".models": ("Pipelines", "builtin_names", "call_kwargs", "guidance_kwargs", "load_controlnet", "load_pipeline"),
     ".segments": ("Segmented", "segment"),

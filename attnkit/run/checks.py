@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Check", "FPS", "GUIDANCE", "KL", "PORT", "POSITIVE", "SEED", "STRENGTH", "TIMESTEP", "whole"]
+__all__ = ["Check", "FPS", "GUIDANCE", "KL", "LORA_FILE", "PORT", "POSITIVE", "SEED", "STRENGTH", "TIMESTEP",
+           "whole"]
 
 T = TypeVar("T")
 
@@ -69,5 +70,14 @@ TIMESTEP: Check[float] = Check(finite, lambda value: 0 < value <= 1000,
 KL: Check[float] = Check(finite, lambda value: value > 0, "a positive KL divergence, e.g. 1.1")
 #: Frames per second of a written video.
 FPS: Check[float] = Check(finite, lambda value: value > 0, "a positive number of frames per second, e.g. 8")
+def named_file(value: Any) -> tuple[str, str] | None:
+    """NAME=PATH as (name, path), both non-empty."""
+    name, equals, path = str(value).partition("=") if isinstance(value, str) else ("", "", "")
+    return (name.strip(), path.strip()) if equals and name.strip() and path.strip() else None
+
+
+#: A LoRA file under an adapter name.
+LORA_FILE: Check[tuple[str, str]] = Check(named_file, lambda value: True,
+                                          "NAME=PATH, an adapter name and its LoRA file, e.g. purple=purple.safetensors")
 #: A TCP port to serve on.
 PORT: Check[int] = Check(whole, lambda value: 1 <= value <= 65535, "a port number from 1 to 65535")

@@ -5,6 +5,7 @@ that an image carries its prompt or region spec."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from ..regional.spec import RegionSpec
 
 __all__ = ["Generated", "InitImages", "Regional", "generate", "init_images", "regional", "sampling_options",
-           "true_cfg_options"]
+           "true_cfg_options", "with_lora_files"]
 
 
 @dataclass
@@ -106,6 +107,20 @@ def init_images(init_image: Path | None, mask_image: Path | None = None, strengt
         arguments["mask_image"] = read_image(mask_image, "--mask-image", "L")
     return InitImages(arguments, {"init_image": str(init_image),
                                   "mask_image": None if mask_image is None else str(mask_image)})
+
+
+def with_lora_files(spec: RegionSpec, files: Iterable[tuple[str, str]]) -> RegionSpec:
+    """`spec` with LoRA files given beside it (`--lora NAME=PATH`, read from the working folder) added to its
+    `loras`; a name the spec already maps to a file is an error."""
+    files = {name: str(Path(path).resolve()) for name, path in files}
+    missing = [f"{name}={path}" for name, path in files.items() if not Path(path).is_file()]
+    if missing:
+        raise AttnkitError(f"--lora {', '.join(missing)}: no such file; give NAME=PATH of a LoRA file.")
+    clashing = sorted(set(files) & set(spec.loras or {}))
+    if clashing:
+        raise AttnkitError(f"LoRA {clashing} is given a file both in the spec's `loras` and with --lora; give it in one "
+                           "place.")
+    return dataclasses.replace(spec, loras={**(spec.loras or {}), **files}) if files else spec
 
 
 def regional(model: str, pipe: Any, spec: RegionSpec, seed: int, options: dict[str, Any],

@@ -58,8 +58,8 @@ def word_regions(pipe: Any, spec: RegionSpec | dict | Any, *, max_sequence_lengt
         max_sequence_length = text.max_sequence_length
     if max_sequence_length is not None:
         first["max_sequence_length"] = max_sequence_length
-    if (text is not None and text.negative == "always") or spec.negative is not None:
-        first["negative_prompt"] = spec.negative or ""
+    if spec.negative is not None:  # else the pipeline's own convention, as in the regional pass
+        first["negative_prompt"] = spec.negative
     generators = first.get("generator")
     generators = generators if isinstance(generators, list) else [generators] if generators is not None else []
     states = [g.get_state() for g in generators]

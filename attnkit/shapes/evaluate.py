@@ -19,13 +19,20 @@ Metrics, each a rate in [0, 1], or None where the feature it measures does not a
 - `edit_adherence`: the rate of first+previous frames whose mover is mostly the prompted colour;
 - `segment_miou`: DiffSeg segmentation (`attnkit.segment`) of generated two-object images, recorded while generating,
   against the true objects and the background: segments matched one-to-one to them (Hungarian matching on IoU), the
-  mean IoU over the true regions (an unmatched region scores 0).
+  mean IoU over the true regions (an unmatched region scores 0);
+- `lora_inside`, `lora_leak`, `lora_whole`: a LoRA per region, with the model's shipped LoRA (`attnkit.shapes.lora`;
+  None for a model without one), on two-object layouts of objects the LoRA changes, one prompt per half and no base
+  prompt, the LoRA given to one region: the share of regions with the LoRA whose object shows its effect, of regions
+  without it that show it anyway, and, for scale, of all regions when the LoRA is loaded for the whole image. The
+  details hold the same with `regional_adherence`'s base prompt, whose words (naming the region's object, without
+  the LoRA) every image token sees.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +47,7 @@ from ..regional import supports as regional_supported
 from ..tokens import word_area
 from . import GUIDANCE, STEPS, call_kwargs, guidance_kwargs, image_size
 from .data import COLORS, SHAPES, SIZE, random_video
+from .lora import EFFECTS, shows_effect
 from .regional import regional_images
 from .scorer import detect, follows_prompt, label_pixels, region_success
 
@@ -49,7 +57,9 @@ __all__ = ["METRICS", "OUTPUT_MAP_CONCEPTS", "SEGMENT_THRESHOLDS", "VIDEO_METRIC
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                             "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
-                            "regional_adherence_4", "map_iou_output", "segment_miou")
+                            "regional_adherence_4", "map_iou_output", "segment_miou", "lora_inside", "lora_leak",
+                            "lora_whole")
+LORA_METRICS: tuple[str, ...] = METRICS[-3:]
 VIDEO_METRICS: tuple[str, ...] = METRICS[4:8]
 #: img2img strength of the video edits: enough for these small models to repaint the mover's colour.
 VIDEO_STRENGTH = 0.8
@@ -133,10 +143,12 @@ def _flat(parts: Iterable[list[Any]]) -> list[Any]:
     return [item for part in parts for item in part]
 
 
-def _shared_regional(pipe: Any, cases: list[Any], seeds: list[int], **options: Any) -> list[np.ndarray]:
+def _shared_regional(pipe: Any, cases: list[Any], seeds: list[int], loras: list[Any] | None = None,
+                     **options: Any) -> list[np.ndarray]:
     """`regional_images`, one layout per unit of work (each is its own generation)."""
-    return _flat(shared_map(lambda index: regional_images(pipe, [cases[index]], [seeds[index]], **options),
-                            range(len(cases))))
+    return _flat(shared_map(lambda index: regional_images(
+        pipe, [cases[index]], [seeds[index]], loras=None if loras is None else [loras[index]], **options),
+        range(len(cases))))
 
 
 def layouts(count: int, seed: int = 0) -> list[tuple[tuple[str, str], tuple[str, str]]]:
@@ -340,21 +352,62 @@ def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
             "mean_segments": float(np.mean(counts))}
 
 
-def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, **gen: Any) -> dict[str, Any]:
+def region_lora(pipe: Any, lora: Path | None, seeds: int, effect: str = "red-to-yellow", **gen: Any
+                ) -> dict[str, Any]:
+    """`LORA_METRICS` over 4 x `seeds` layouts of two objects in the effect's source colour, the LoRA (file `lora`)
+    given to the left region in half of them and to the right in the other half (None each without a file)."""
+    if lora is None or not regional_supported(pipe):
+        return dict.fromkeys(LORA_METRICS)
+    source, _ = EFFECTS[effect]
+    rng = np.random.default_rng(7)
+    cases = [((source, SHAPES[rng.integers(3)]), (source, SHAPES[rng.integers(3)])) for _ in range(4 * seeds)]
+    gen_seeds = [3000 + k for k in range(len(cases))]
+    sides = [k % 2 for k in range(len(cases))]  # the region with the LoRA: left, then right
+    loras = [[{effect: 1.0} if side == k else None for k in range(2)] for side in sides]
+    pipe.load_lora_weights(str(lora), adapter_name=effect)
+    try:
+        pipe.disable_lora()
+        given = _shared_regional(pipe, cases, gen_seeds, **gen, loras=loras)
+        with_base = _shared_regional(pipe, cases, gen_seeds, **gen, base_weight=REGIONAL_BASE_WEIGHT, loras=loras)
+        pipe.enable_lora()
+        whole = _shared_regional(pipe, cases, gen_seeds, **gen)
+    finally:
+        pipe.delete_adapters([effect])
+    regions = halves(given[0].shape[0])
+
+    def shown(image: np.ndarray, region: int) -> bool:
+        return shows_effect([b for b in detect(image) if (b.mask & regions[region]).sum() > b.mask.sum() / 2],
+                            effect)
+
+    def rates(images: list[np.ndarray]) -> tuple[float, float]:
+        return (float(np.mean([shown(im, side) for im, side in zip(images, sides)])),
+                float(np.mean([shown(im, 1 - side) for im, side in zip(images, sides)])))
+
+    (inside, leak), (inside_base, leak_base) = rates(given), rates(with_base)
+    return {"lora_inside": inside, "lora_leak": leak, "lora_whole": float(np.mean([shown(im, k) for im in whole
+                                                                                   for k in range(2)])),
+            "lora_inside_with_base": inside_base, "lora_leak_with_base": leak_base,
+            "base_weight": REGIONAL_BASE_WEIGHT, "layouts": len(cases), "effect": effect}
+
+
+def evaluate(pipe: Any, seeds: int = 8, controlnet: Any = None, lora: Path | None = None, **gen: Any
+             ) -> dict[str, Any]:
     """All metrics plus details; `seeds` images per single-object prompt, 4 x `seeds` two-object layouts, `seeds`
-    four-object layouts and `seeds` videos (edited with `controlnet`, an edge ControlNet, where given)."""
+    four-object layouts and `seeds` videos (edited with `controlnet`, an edge ControlNet, where given); the LoRA
+    metrics with the LoRA file `lora`, where given."""
     single = prompt_following(pipe, seeds, **gen)
     pair = two_objects(pipe, seeds, **gen)
     four = four_objects(pipe, seeds, **gen)
     video = video_editing(pipe, seeds, controlnet, **gen)
     output = output_maps(pipe, seeds, **gen)
     segments = segmentation(pipe, seeds, **gen)
+    loras = region_lora(pipe, lora, seeds, **gen)
     return {"prompt_following": single["rate"], "regional_adherence": pair["regional"],
             "plain_adherence": pair["plain"], "map_iou": pair["map_iou"], "map_iou_output": output["map_iou_output"],
             **{key: video[key] for key in VIDEO_METRICS}, "regional_adherence_4": four["regional"],
-            "segment_miou": segments["miou"],
+            "segment_miou": segments["miou"], **{key: loras[key] for key in LORA_METRICS},
             "details": {"single": single, "two_objects": pair, "four_objects": four, "video": video,
-                        "output_maps": output, "segmentation": segments,
+                        "output_maps": output, "segmentation": segments, "lora": loras,
                         "steps": gen.get("steps", STEPS),
                         "guidance": gen.get("guidance", GUIDANCE), "seeds": seeds}}
 
@@ -369,5 +422,18 @@ def model_metrics(model: str, seeds: int = 8) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
     with torch.inference_mode():
-        result = evaluate(pipe, seeds=seeds, controlnet=controlnet)
+        result = evaluate(pipe, seeds=seeds, controlnet=controlnet, lora=shipped_lora(model))
     return {"model": model, **{key: result[key] for key in METRICS}}
+
+
+def shipped_lora(model: str) -> Path | None:
+    """The LoRA file that ships with shapes model `model`, or None."""
+    from . import MODEL_NAMES
+    from .lora import lora_file
+
+    if model not in MODEL_NAMES:
+        return None
+    try:
+        return lora_file(model)
+    except AttnkitError:
+        return None

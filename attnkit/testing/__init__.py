@@ -6,8 +6,8 @@ paths, but the real checkpoints are gigabytes behind a network. This module give
 * tiny pipelines (``tiny_*_pipeline``): the stock pipeline classes of SD1.5, SDXL,
   SD3, SD3.5 and FLUX.1 with random weights small enough that a 2-step 64x64
   generation takes well under a second on one CPU thread;
-* :func:`sd15_layout_pipeline`: SD1.5's UNet layout and VAE factor with small channels, for
-  checks of methods that read SD1.x's exact attention layout;
+* :func:`sd15_layout_pipeline`: SD1.5's UNet layout with small channels (and, on request, SD1.5's
+  VAE factor and size), for checks of published methods that read SD1.x's exact attention layout;
 * :func:`random_sd15_pipeline`: the full-size SD1.5 architecture, random weights,
   for realistic shapes and timings; :func:`random_full_size_pipeline`: the full-size SDXL UNet,
   SD3-medium or FLUX.1-dev transformer in its pipeline, on any device and dtype, for GPU benchmarks;
@@ -34,6 +34,7 @@ from .configs import (
     meta_denoiser,
 )
 from .pipelines import (
+    METHODS_DDIM_CONFIG,
     PIPELINE_NAMES,
     TINY_IMAGE_SIZE,
     TINY_VAE_SCALE_FACTOR,
@@ -42,6 +43,7 @@ from .pipelines import (
     random_full_size_pipeline,
     random_sd15_pipeline,
     sd15_layout_pipeline,
+    tiny_controlnet,
     tiny_flux_pipeline,
     tiny_sd3_pipeline,
     tiny_sd15_pipeline,
@@ -52,6 +54,7 @@ from .tokenizers import VOCABULARY_WORDS, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = [
     "DENOISER_NAMES",
+    "METHODS_DDIM_CONFIG",
     "FULL_SIZE_NAMES",
     "FLUX_DEV_TRANSFORMER_CONFIG",
     "PIPELINE_NAMES",
@@ -72,6 +75,7 @@ __all__ = [
     "random_sd15_pipeline",
     "sd15_layout_pipeline",
     "tiny_clip_tokenizer",
+    "tiny_controlnet",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sd15_pipeline",

@@ -26,6 +26,8 @@ from typing import TypeVar
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -62,6 +64,7 @@ from .configs import (
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = [
+    "METHODS_DDIM_CONFIG",
     "PIPELINE_NAMES",
     "TINY_IMAGE_SIZE",
     "TINY_VAE_SCALE_FACTOR",
@@ -70,6 +73,7 @@ __all__ = [
     "random_full_size_pipeline",
     "random_sd15_pipeline",
     "sd15_layout_pipeline",
+    "tiny_controlnet",
     "tiny_flux_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sd15_pipeline",
@@ -283,32 +287,52 @@ def tiny_sd15_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
     return _finish(pipe)
 
 
-#: Channels of `sd15_layout_pipeline`'s UNet levels (SD1.5: 320, 640, 1280, 1280) and VAE levels (SD1.5: 128, 256,
-#: 512, 512); its 8 heads are SD1.5's.
-_SD15_LAYOUT_UNET_CHANNELS = (32, 32, 64, 64)
+def tiny_controlnet(unet: UNet2DConditionModel, *, seed: int = DEFAULT_SEED) -> ControlNetModel:
+    """A ControlNet of a tiny UNet: its encoder copied (`ControlNetModel.from_unet`), a conditioning embedding that
+    downsamples the condition image as much as the tiny VAE downsamples images, and the zero convolutions drawn at
+    random instead of zeros, so that the ControlNet changes the image (as a trained one does)."""
+    with _seeded(seed):
+        net = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=(8,) * (len(_TINY_VAE_CHANNELS) - 1) + (16,))
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+    return net.eval()
+
+
+#: The DDIM scheduler of MasaCtrl's and StyleAligned's demos: SD's betas, no clipping, the first alpha kept.
+METHODS_DDIM_CONFIG: Mapping[str, object] = MappingProxyType({
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
+    "set_alpha_to_one": False})
+
+#: VAE levels of `sd15_layout_pipeline(sd15_vae=True)`: four, as SD1.5's (128, 256, 512, 512), so its factor 8.
 _SD15_LAYOUT_VAE_CHANNELS = (8, 8, 16, 16)
 
 
-def sd15_layout_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
-    """Stable Diffusion 1.5's layout with small channels: its UNet (four levels, two transformer layers per level,
-    attention in the first three and the mid block, 8 heads) and a VAE of its factor 8, so that a 512 px image has
-    SD1.5's self-attention grids (64, 32, 16 and 8 tokens a side: 16 self-attention sites), with the tiny CLIP.
+def sd15_layout_pipeline(*, seed: int = DEFAULT_SEED, sd15_vae: bool = False) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's UNet layout with small channels: the same blocks (three cross-attention down blocks,
+    a plain one, a mid block, a plain up block, three cross-attention up blocks), two layers per down block and three
+    per up block, so the same 16 transformer layers in the same order, at four resolutions (16x16 to 2x2 latent
+    tokens for a 64 px image); with MasaCtrl's and StyleAligned's DDIM scheduler. What published methods that pick
+    layers by their index in SD1.5 are checked on.
 
-    For checks of methods whose published code reads SD1.x's exact layout (DiffSeg's per-resolution weights,
-    DAAM's choice of layers) without SD1.5's 860M UNet parameters."""
+    `sd15_vae`: a VAE of SD1.5's factor 8 and SD1.5's default size (512 px) instead of the tiny VAE (factor 4, 64 px),
+    so that a 512 px image has SD1.5's self-attention grids (64, 32, 16 and 8 tokens a side): for methods whose
+    published code reads SD1.x's resolutions (DiffSeg's per-resolution weights, DAAM's finest grid)."""
     with _seeded(seed):
         tokenizer = tiny_clip_tokenizer()
-        text_encoder = CLIPTextModel(_tiny_clip_text_config(tokenizer))
-        unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "block_out_channels": _SD15_LAYOUT_UNET_CHANNELS,
-                                       "norm_num_groups": _TINY_NORM_GROUPS,
-                                       "cross_attention_dim": text_encoder.config.hidden_size})
+        unet = _tiny_unet(block_out_channels=(16, 32, 32, 32), layers_per_block=2,
+                          down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                          **({"sample_size": SD15_UNET_CONFIG["sample_size"]} if sd15_vae else {}))
+        vae = (_tiny_vae(scaling_factor=_SD_VAE_SCALING, channels=_SD15_LAYOUT_VAE_CHANNELS,
+                         sample_size=SD15_VAE_CONFIG["sample_size"]) if sd15_vae
+               else _tiny_vae(scaling_factor=_SD_VAE_SCALING))
         pipe = StableDiffusionPipeline(
-            vae=_tiny_vae(scaling_factor=_SD_VAE_SCALING, channels=_SD15_LAYOUT_VAE_CHANNELS,
-                          sample_size=SD15_VAE_CONFIG["sample_size"]),
-            text_encoder=text_encoder,
+            vae=vae,
+            text_encoder=CLIPTextModel(_tiny_clip_text_config(tokenizer)),
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
+            scheduler=DDIMScheduler(**METHODS_DDIM_CONFIG),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,

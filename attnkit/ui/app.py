@@ -9,11 +9,14 @@ The endpoints are named (`/generate`, `/regional`, `/maps`, `/segment`, `/video_
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
 import math
+import shutil
 import socket
+import sys
 import tempfile
 import threading
 import weakref
@@ -23,18 +26,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+import numpy as np
 import yaml
+from gradio_image_annotation import image_annotator
 from PIL import Image
 
 from ..errors import AttnkitError
-from ..kv.defaults import ATTEND
+from ..kv.defaults import ATTEND, VIDEO_METHODS
 from ..run import checks
+from ..segment.defaults import DEFAULT_THRESHOLDS
+from . import canvas
+from .canvas import SHOWN_SIDE, enlarged
+from .serving import (
+    Keep,
+    Keeper,
+    Limits,
+    check_mask_name,
+    exposed,
+    read_upload,
+)
 
 if TYPE_CHECKING:
     from ..regional.spec import RegionSpec
 
-__all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "SHOWN_SIDE", "Studio", "build_app", "check_port", "enlarged", "launch",
-           "load", "lock_of", "region_spec"]
+__all__ = ["DEFAULT_MODEL", "REGION_COLUMNS", "SHOWN_SIDE", "Keep", "Limits", "Studio", "build_app", "check_port",
+           "enlarged", "launch", "load", "lock_of", "region_spec"]
 
 DEFAULT_MODEL = "shapes-sd3"
 
@@ -43,9 +59,6 @@ REGION_COLUMNS = ("prompt", "negative", "x0", "y0", "x1", "y1")
 _BOX_COLUMNS = REGION_COLUMNS[2:]
 _EXAMPLE_REGIONS = [["a red circle", "", 0.0, 0.0, 0.5, 1.0], ["a blue square", "", 0.5, 0.0, 1.0, 1.0]]
 _EXAMPLE_BASE = "a red circle and a blue square"
-
-#: Smallest side the page shows an image at: small models (the shapes models draw 64 px) would be specks.
-SHOWN_SIDE = 384
 
 _LOG = logging.getLogger(__name__)
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -96,11 +109,7 @@ def _guidance(value: Any) -> float | None:
     return _field(checks.GUIDANCE, value, "guidance", "the model's")
 
 
-def _blank(cell: Any) -> bool:
-    """An empty table cell or field: None, NaN (pandas' blank) or whitespace."""
-    if isinstance(cell, str):
-        return not cell.strip()
-    return cell is None or (isinstance(cell, float) and math.isnan(cell))
+_blank = canvas.blank
 
 
 def _text(cell: Any) -> str:
@@ -117,23 +126,34 @@ def _fraction(cell: Any, where: str) -> float:
 
 
 def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, base: str | None = None,
-                weight: float | None = None, negative: str | None = None) -> RegionSpec:
+                weight: float | None = None, negative: str | None = None,
+                masks: dict[int, Any] | None = None) -> RegionSpec:
     """The RegionSpec of the Regional tab: table rows (prompt, negative, x0, y0, x1, y1; blank rows skipped), the
-    grid string that places them instead of boxes, the base prompt and weight, the global negative."""
+    grid string that places them instead of boxes, the base prompt and weight, the global negative, and the masks
+    painted or uploaded for regions (region number -> the spec's mask: rows of 0 and 1, or an image); a region takes
+    its area from its box or from its mask."""
     from ..regional.spec import RegionSpec
 
     grid = _text(grid)
+    masks = masks or {}
     regions = []
-    for row in rows or []:
+    for number, row in enumerate(rows or [], start=1):
         cells = list(row) + [None] * (len(REGION_COLUMNS) - len(row))
-        if all(_blank(cell) for cell in cells):
+        mask = masks.get(number)
+        if all(_blank(cell) for cell in cells) and mask is None:
             continue
         where = f"region {len(regions) + 1}"
+        if not _text(cells[0]):
+            raise AttnkitError(f"{where} has no prompt: type what it shows in its prompt cell, e.g. 'a red circle' "
+                               "(or delete the row).")
         entry: dict[str, Any] = {"prompt": _text(cells[0])}
         if _text(cells[1]):
             entry["negative"] = _text(cells[1])
         box = cells[2:len(REGION_COLUMNS)]
         if not all(_blank(cell) for cell in box):
+            if mask is not None:
+                raise AttnkitError(f"{where} has a box and a mask: clear its box cells (x0, y0, x1, y1) to use the "
+                                   "mask, or erase its mask on the mask canvas to use the box.")
             if grid:
                 raise AttnkitError(f"{where} has a box and the grid {grid!r} places it too: clear the grid to use the "
                                    "boxes, or clear the box cells to use the grid.")
@@ -142,9 +162,12 @@ def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, b
                 raise AttnkitError(f"{where}: the box has no {', '.join(missing)}; fill in x0, y0, x1, y1 as "
                                    "fractions of the image from 0 to 1.")
             entry["box"] = [_fraction(cell, f"{where}: {name}") for name, cell in zip(_BOX_COLUMNS, box)]
+        elif mask is not None:
+            entry["mask"] = mask
         elif not grid:
-            raise AttnkitError(f"{where} has no box: fill in x0, y0, x1, y1 (fractions of the image from 0 to 1), or "
-                               "give a grid such as '1,1' that places every region.")
+            raise AttnkitError(f"{where} has no box: fill in x0, y0, x1, y1 (fractions of the image from 0 to 1), draw "
+                               "it on the box canvas, paint its mask, or give a grid such as '1,1' that places every "
+                               "region.")
         regions.append(entry)
     if not regions:
         raise AttnkitError("the regions table is empty: add a row with a prompt and a box.")
@@ -159,11 +182,12 @@ def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, b
 
 
 def _spec_fields(spec: RegionSpec) -> tuple[list[list[Any]], str, str, float, str]:
-    """A spec as the Regional tab's fields: rows, grid, base prompt, base weight, negative."""
-    unfit = [i + 1 for i, r in enumerate(spec.regions) if r.mask is not None or r.from_word is not None]
+    """A spec as the Regional tab's fields: rows, grid, base prompt, base weight, negative (masks go to the mask
+    canvas)."""
+    unfit = [i + 1 for i, r in enumerate(spec.regions) if r.from_word is not None]
     if unfit:
-        raise AttnkitError(f"region(s) {unfit} take their area from a mask or a word, which the table cannot hold "
-                           "(it holds boxes or a grid): run this spec with `attnkit regional`.")
+        raise AttnkitError(f"region(s) {unfit} take their area from a word, which this page cannot hold (it holds "
+                           "boxes, masks or a grid): run this spec with `attnkit regional`.")
     if spec.method is not None:
         raise AttnkitError(f"the spec sets method {spec.method!r}, which this page does not offer: remove it, or run "
                            "the spec with `attnkit regional`.")
@@ -172,11 +196,24 @@ def _spec_fields(spec: RegionSpec) -> tuple[list[list[Any]], str, str, float, st
     return rows, spec.grid or "", base.prompt if base else "", base.weight if base else 1.0, spec.negative or ""
 
 
-def enlarged(image: Image.Image) -> Image.Image:
-    """`image` scaled up by a whole factor, pixels kept square (nearest neighbour), to at least SHOWN_SIDE a side
-    for the page; downloads keep the generated size."""
-    factor = max(1, math.ceil(SHOWN_SIDE / min(image.size)))
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+def _spec_file(paths: Sequence[str], limits: Limits) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """The parsed spec of an upload (a .yaml, .yml or .json file and the mask images it names), its file name, and
+    the other uploaded files by name."""
+    specs = [p for p in paths if Path(p).suffix.lower() in (".yaml", ".yml", ".json")]
+    if len(specs) != 1:
+        raise AttnkitError(f"the upload holds {len(specs)} spec files ({', '.join(Path(p).name for p in specs) or 'none'}"
+                           "); choose one .yaml, .yml or .json region spec, with the mask images it names.")
+    path = Path(specs[0])
+    limits.check_bytes(path, f"the spec {path.name!r}")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise AttnkitError(f"{path.name!r} is not valid {kind} ({error}); save the spec from this page or write it as "
+                           "`attnkit regional --spec` reads it.") from None
+    others = {Path(p).name: p for p in paths if p != specs[0]}
+    return data, path.name, others
 
 
 def _progress(progress: gr.Progress, steps: int) -> Callable[..., dict[str, Any]]:
@@ -189,17 +226,32 @@ def _progress(progress: gr.Progress, steps: int) -> Callable[..., dict[str, Any]
     return step_end
 
 
-class Studio:
-    """One loaded pipeline, its lock and the folder of the files it serves; the handlers of every tab."""
+Masks = dict[int, np.ndarray]  # region number (a row of the table, from 1) -> where it is painted
+#: The choice of the mask canvas's region list that adds a row to paint a new region's mask.
+_NEW_REGION = 0
+#: What each image upload is called in its errors.
+_BACKGROUND, _SOURCE, _GIVEN = "the background image", "the image to find regions in", "the image to segment"
 
-    def __init__(self, model: str, pipe: Any, folder: Path | None = None) -> None:
+
+class Studio:
+    """One loaded pipeline, its lock and the folder of the files it serves (removed under the `keep` budget);
+    the upload `limits`; the handlers of every tab."""
+
+    def __init__(self, model: str, pipe: Any, folder: Path | None = None, keep: Keep | None = None,
+                 limits: Limits | None = None) -> None:
         self.model = model
         self.pipe = pipe
         self.lock = lock_of(pipe)
         self.folder = Path(tempfile.mkdtemp(prefix="attnkit-ui-")) if folder is None else Path(folder)
+        if folder is None:  # a folder of its own goes with it
+            weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        self.keeper = Keeper(self.folder, keep or Keep())
+        self.limits = limits or Limits()
 
     def _request_folder(self) -> Path:
-        """A fresh folder for one request's files, so that downloads of concurrent requests never clash."""
+        """A fresh folder for one request's files, so that downloads of concurrent requests never clash; earlier
+        requests' files past the budget go first."""
+        self.keeper.sweep()
         self.folder.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=self.folder))
 
@@ -219,6 +271,29 @@ class Studio:
         return sampling_options(self.model, self.pipe, steps, _size(height, "height"), _size(width, "width"),
                                 _guidance(guidance))
 
+    def _output_size(self, height: Any, width: Any) -> tuple[int, int]:
+        """(width, height) of the image the fields ask for, blanks being the model's."""
+        from ..pipeline import default_size
+
+        side = default_size(self.pipe)
+        return _size(width, "width") or side, _size(height, "height") or side
+
+    def _picture(self, path: str | None, what: str) -> Image.Image | None:
+        """An uploaded image (None when none was), read within the upload limits."""
+        return None if not path else read_upload(path, what, self.limits)
+
+    def check_upload(self, path: str | None, what: str) -> None:
+        """Read an upload as soon as it arrives, so that a bad one is named then, not at the next click."""
+        self._picture(path, what)
+
+    def draw_over_last(self, last: Image.Image | None) -> str:
+        """The last image generated on the Regional tab, as the canvases' background file."""
+        if last is None:
+            raise AttnkitError("generate an image on this tab first; it then becomes the background to draw over.")
+        path = self._request_folder() / "background.png"
+        last.save(path)
+        return str(path)
+
     def generate(self, prompt: str, seed: Any, steps: Any, height: Any, width: Any, guidance: Any,
                  progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
         """Plain text-to-image, as `attnkit generate`: the image and its PNG with the record embedded."""
@@ -233,14 +308,18 @@ class Studio:
         return enlarged(result.image), str(path)
 
     def regional(self, rows: Any, grid: str, base: str, weight: Any, negative: str, seed: Any, steps: Any,
-                 height: Any, width: Any, guidance: Any, true_cfg: Any = None,
-                 progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
-        """Regional prompting, as `attnkit regional`: the image with region outlines, and the PNG (no outlines) with
-        the record `attnkit regional` embeds. `true_cfg` is `--true-cfg-scale`, on the pipelines that take it."""
+                 height: Any, width: Any, guidance: Any, true_cfg: Any = None, editor: dict | None = None,
+                 painting: Any = None, masks: Masks | None = None,
+                 progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str, Image.Image]:
+        """Regional prompting, as `attnkit regional`: the image with region outlines, the PNG (no outlines) with the
+        record `attnkit regional` embeds (painted masks in it as rows of 0 and 1), and the image for the page's
+        "draw over" and "regions from an image". `true_cfg` is `--true-cfg-scale`, on the pipelines that take it;
+        `editor` is the mask canvas, painting region `painting`; `masks` the other regions' masks."""
         from ..regional.outline import draw_outlines
         from ..run import regional, true_cfg_options
 
-        spec = region_spec(rows, grid, base, weight, negative)
+        size = self._output_size(height, width)
+        spec = region_spec(rows, grid, base, weight, negative, self._spec_masks(rows, editor, painting, masks, size))
         seed, steps = self._sampling(seed, steps)
         scale = _field(checks.GUIDANCE, true_cfg, "true CFG scale", "none")
         true_cfg = true_cfg_options(self.pipe, scale, "true CFG scale")
@@ -248,23 +327,208 @@ class Studio:
         with self._running(steps, progress) as extra:
             options = self._options(steps, height, width, guidance) | true_cfg
             result = regional(self.model, self.pipe, spec, seed, options, out=path, **extra)
-        return draw_outlines(enlarged(result.image), result.spec, result.grid), str(path)
+        return draw_outlines(enlarged(result.image), result.spec, result.grid), str(path), result.image
 
-    def save_spec(self, rows: Any, grid: str, base: str, weight: Any, negative: str) -> list[str]:
-        """The Regional tab's spec as spec.yaml and spec.json, checked as `attnkit regional --spec` would."""
-        data = region_spec(rows, grid, base, weight, negative).as_dict()
+    def _spec_masks(self, rows: Any, editor: dict | None, painting: Any, masks: Masks | None,
+                    size: tuple[int, int]) -> dict[int, list[list[int]]]:
+        """Every painted or uploaded mask as the spec's rows of 0 and 1 at the output `size`."""
+        masks = _painted(masks, editor, painting)
+        count = len(rows or [])
+        spec_masks = {}
+        for region, mask in sorted(masks.items()):
+            if region > count:
+                raise AttnkitError(f"a mask is painted for region {region}, but the table has {count} row(s): add "
+                                   "a row with its prompt, or erase that mask.")
+            spec_masks[region] = canvas.mask_rows(mask, *size)
+            if not any(any(row) for row in spec_masks[region]):
+                raise AttnkitError(f"region {region}'s mask covers no pixel of the {size[0]}x{size[1]} image (an output "
+                                   "pixel is in when half of it is painted): paint more of it.")
+        return spec_masks
+
+    def save_spec(self, rows: Any, grid: str, base: str, weight: Any, negative: str, height: Any = None,
+                  width: Any = None, editor: dict | None = None, painting: Any = None,
+                  masks: Masks | None = None) -> list[str]:
+        """The Regional tab's spec as spec.yaml and spec.json, checked as `attnkit regional --spec` would, with each
+        mask as mask-<region>.png beside them (white = the region, at the output size)."""
         folder = self._request_folder()
+        files = {}
+        for region, rows_of in self._spec_masks(rows, editor, painting, masks, self._output_size(height, width)).items():
+            files[region] = folder / f"mask-{region}.png"
+            Image.fromarray(np.asarray(rows_of, np.uint8) * 255).save(files[region])
+        data = region_spec(rows, grid, base, weight, negative, {k: str(v) for k, v in files.items()}).as_dict()
+        for entry in data["regions"]:
+            if isinstance(entry.get("mask"), str):
+                entry["mask"] = Path(entry["mask"]).name
         (folder / "spec.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         (folder / "spec.json").write_text(json.dumps(data, indent=2) + "\n")
-        return [str(folder / "spec.yaml"), str(folder / "spec.json")]
+        return [str(folder / "spec.yaml"), str(folder / "spec.json"), *(str(p) for p in files.values())]
 
-    def load_spec(self, path: str | None) -> tuple[list[list[Any]], str, str, float, str]:
-        """A YAML or JSON spec file as the Regional tab's fields."""
-        from ..regional.spec import load_spec
+    def load_spec(self, paths: str | Sequence[str] | None, height: Any = None, width: Any = None,
+                  background: str | None = None, sent: list | None = None) -> tuple[Any, ...]:
+        """A YAML or JSON spec file, uploaded with the mask images it names, as the Regional tab's fields and
+        canvases: rows, grid, base prompt, base weight, negative, the box canvas, the masks, the region painted, the
+        mask canvas and its region list (and the boxes sent, `sent`). Mask names that lead outside the upload are
+        refused."""
+        background = self._picture(background, _BACKGROUND)
+        from ..regional.spec import RegionSpec
 
+        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        if not paths:
+            raise AttnkitError("no spec file arrived; choose a .yaml, .yml or .json region spec (with the mask images "
+                               "it names).")
+        data, name, others = _spec_file(paths, self.limits)
+        masks: Masks = {}
+        for number, entry in enumerate(data.get("regions") or [] if isinstance(data, dict) else [], start=1):
+            if not isinstance(entry, dict) or "mask" not in entry:
+                continue
+            mask, where = entry["mask"], f"{name}: region {number}"
+            if isinstance(mask, list):
+                try:
+                    masks[number] = np.asarray(mask, dtype=np.float32) >= 0.5
+                except (TypeError, ValueError):
+                    raise AttnkitError(f"{where}: a mask given as a list must be rows of numbers in [0, 1].") from None
+                continue
+            mask = check_mask_name(mask, where)
+            if mask not in others:
+                raise AttnkitError(f"{where}: the mask {mask!r} was not uploaded; choose it together with the spec "
+                                   "(both files at once).")
+            masks[number] = canvas.mask_from_image(read_upload(others[mask], f"the mask {mask!r}", self.limits))
+            entry["mask"] = Image.fromarray(masks[number].astype(np.uint8) * 255)
+        spec = RegionSpec.from_dict(data)
+        rows, grid, base, weight, negative = _spec_fields(spec)
+        size = canvas.canvas_size(*self._output_size(height, width))
+        boxes = self._boxes(rows, size, background, masks)
+        return (rows, grid, base, weight, negative, boxes, masks, 1, _editor(size, background, rows, masks, 1),
+                _painting(rows, masks, 1), _sent(sent, boxes))
+
+    # ---- the canvases ----
+
+    def _boxes(self, rows: Any, size: tuple[int, int], background: Image.Image | None,
+               masks: Masks | None) -> dict[str, Any]:
+        """The box canvas: the table's boxes over the background, the masks tinted."""
+        return {"image": canvas.backdrop(size, background, masks), "boxes": canvas.table_boxes(rows, size)}
+
+    def show_table(self, rows: Any, height: Any, width: Any, background: str | None, masks: Masks | None,
+                   sent: list | None = None) -> tuple[Any, ...]:
+        """The box canvas and the region list after the table was typed in."""
+        background = self._picture(background, _BACKGROUND)
+        size = canvas.canvas_size(*self._output_size(height, width))
+        boxes = self._boxes(rows, size, background, masks)
+        return boxes, _painting(rows, masks or {}), _sent(sent, boxes)
+
+    def boxes_drawn(self, value: dict | None, rows: Any, masks: Masks | None,
+                    sent: list | None = None) -> tuple[Any, ...]:
+        """The table after a box was drawn, moved, resized or removed on the box canvas; the boxes relabelled with
+        their region numbers; the region list; the boxes sent. Nothing changes while a box is still being drawn, nor
+        when the canvas only shows boxes this server sent (`sent`): those are the table's own, perhaps older than
+        what was typed since."""
+        skip = gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if not value or not value.get("image"):
+            return skip
+        if value.get("orientation"):
+            raise AttnkitError("the box canvas is turned; turn it back upright (the rotate buttons under it): boxes "
+                               "are read on the upright image.")
+        if _signature(value.get("boxes") or []) in (sent or []):
+            return skip
+        with Image.open(value["image"]) as image:
+            size = image.size
+        table = canvas.rows_from_boxes(rows, value.get("boxes") or [], size)
+        if table is None:
+            return skip
+        boxes = {"image": value["image"], "boxes": canvas.table_boxes(table, size)}
+        return table, boxes, _painting(table, masks or {}), _sent(sent, boxes)
+
+    def redraw(self, rows: Any, height: Any, width: Any, background: str | None, editor: dict | None,
+               painting: Any, masks: Masks | None, sent: list | None = None) -> tuple[Any, ...]:
+        """Both canvases at the output size over the background (after either changed), and the masks with what the
+        mask canvas holds."""
+        background = self._picture(background, _BACKGROUND)
+        size = canvas.canvas_size(*self._output_size(height, width))
+        masks = _painted(masks, editor, painting)
+        region = painting if isinstance(painting, int) and painting >= 1 else 1
+        boxes = self._boxes(rows, size, background, masks)
+        return boxes, _editor(size, background, rows, masks, region), masks, _sent(sent, boxes)
+
+    def switch_region(self, choice: Any, rows: Any, height: Any, width: Any, background: str | None,
+                      editor: dict | None, editing: Any, masks: Masks | None) -> tuple[Any, ...]:
+        """The mask canvas on region `choice` (a new row for "new region"), the region it held kept in the masks:
+        rows, masks, the region painted, the mask canvas, the region list."""
+        background = self._picture(background, _BACKGROUND)
+        masks = _painted(masks, editor, editing)
+        table = [list(row) for row in rows or []]
+        if choice == _NEW_REGION or choice is None:
+            table.append(["", "", None, None, None, None])
+            choice = len(table)
+        size = canvas.canvas_size(*self._output_size(height, width))
+        return table, masks, choice, _editor(size, background, table, masks, choice), _painting(table, masks, choice)
+
+    def upload_mask(self, path: str | None, rows: Any, height: Any, width: Any, background: str | None,
+                    editor: dict | None, painting: Any, masks: Masks | None, sent: list | None = None
+                    ) -> tuple[Any, ...]:
+        """An uploaded mask image (white = the region) as the mask of the region being painted; its box, if any, is
+        cleared, since a region takes one or the other: rows, box canvas, masks, mask canvas, region list."""
+        background = self._picture(background, _BACKGROUND)
         if not path:
-            raise AttnkitError("no spec file arrived; choose a .yaml, .yml or .json region spec.")
-        return _spec_fields(load_spec(path))
+            raise AttnkitError("no mask image arrived; choose a PNG or JPEG where white marks the region.")
+        table = [list(row) + [None] * (len(REGION_COLUMNS) - len(row)) for row in rows or []]
+        if not isinstance(painting, int) or not 1 <= painting <= len(table):
+            raise AttnkitError("choose the region the mask is for in the mask canvas's region list first.")
+        mask = canvas.mask_from_image(read_upload(path, "the mask image", self.limits))
+        if not mask.any():
+            raise AttnkitError("the mask image is entirely black (or transparent): white marks the region; upload a "
+                               "mask with the region in white.")
+        masks = _painted(masks, editor, painting) | {painting: mask}
+        if not all(_blank(cell) for cell in table[painting - 1][2:6]):
+            table[painting - 1][2:6] = [None] * 4
+            gr.Info(f"region {painting} now takes its area from the uploaded mask; its box was cleared.")
+        size = canvas.canvas_size(*self._output_size(height, width))
+        boxes = self._boxes(table, size, background, masks)
+        return (table, boxes, masks, _editor(size, background, table, masks, painting),
+                _painting(table, masks, painting), _sent(sent, boxes))
+
+    def segment_regions(self, image: str | None, prompt: str, seed: Any, last: Image.Image | None,
+                        threshold: Any = DEFAULT_THRESHOLDS[0],
+                        progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, dict[str, Any]]:
+        """Segments of the uploaded image, or else of the last image generated on this tab (`attnkit.segment`, as
+        `attnkit segment --threshold` runs it): the overlay to click, and the segmentation (the page's state)."""
+        from ..run import segment
+
+        source = self._picture(image, _SOURCE) or last
+        if source is None:
+            raise AttnkitError("upload an image to find regions in, or generate one on this tab first (the last "
+                               "generated image is used when none is uploaded).")
+        seed = _field(checks.SEED, seed, "seed")
+        kl = _field(checks.KL, threshold, "threshold")
+        progress(0, desc="waiting for the model")
+        with self.lock:
+            progress(0, desc="segmenting")
+            result = segment(self.model, self.pipe, _text(prompt), source.convert("RGB"), seed, {},
+                             {"thresholds": (kl,) * len(DEFAULT_THRESHOLDS)})
+        found = result.segmentation
+        return enlarged(found.overlay()), {"labels": found.labels, "names": [s.label for s in found.segments]}
+
+    def pick_segment(self, found: dict[str, Any] | None, rows: Any, height: Any, width: Any,
+                     background: str | None, editor: dict | None, painting: Any, masks: Masks | None,
+                     sent: list | None, event: gr.SelectData) -> tuple[Any, ...]:
+        """The segment clicked on the overlay as a new region: a row named by the segment's word (blank without a
+        prompt) whose mask is the segment: rows, box canvas, masks, region painted, mask canvas, region list."""
+        background = self._picture(background, _BACKGROUND)
+        if not found:
+            raise AttnkitError("find the segments first (the Segment button), then click one on the overlay.")
+        labels = found["labels"]
+        height_px, width_px = labels.shape
+        factor = max(1, math.ceil(SHOWN_SIDE / min(height_px, width_px)))  # the overlay is shown enlarged
+        x, y = (int(v) for v in event.index)
+        segment = int(labels[min(max(y // factor, 0), height_px - 1), min(max(x // factor, 0), width_px - 1)])
+        name = found["names"][segment] if segment < len(found["names"]) else None
+        masks = _painted(masks, editor, painting)
+        table = [list(row) for row in rows or []] + [[name or "", "", None, None, None, None]]
+        region = len(table)
+        masks[region] = labels == segment
+        size = canvas.canvas_size(*self._output_size(height, width))
+        boxes = self._boxes(table, size, background, masks)
+        return (table, boxes, masks, region, _editor(size, background, table, masks, region),
+                _painting(table, masks, region), _sent(sent, boxes))
 
     def maps(self, prompt: str, seed: Any, steps: Any, height: Any, width: Any, guidance: Any,
              progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, Any, str, str, dict[str, str]]:
@@ -291,7 +555,7 @@ class Studio:
         return (enlarged(image), gr.Radio(choices=list(overlays), value=first), overlays[first],
                 str(folder / "maps.safetensors"), overlays)
 
-    def segment(self, prompt: str, image: Image.Image | None, seed: Any, steps: Any, height: Any, width: Any,
+    def segment(self, prompt: str, image: str | None, seed: Any, steps: Any, height: Any, width: Any,
                 guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, Image.Image, list[list]]:
         """Segments of the uploaded image, or of one generated from the prompt, as `attnkit segment`: the image, its
         overlay, and a row (id, label, area, box) per segment."""
@@ -299,20 +563,22 @@ class Studio:
 
         prompt = _text(prompt)
         seed, steps = self._sampling(seed, steps)
+        image = self._picture(image, _GIVEN)
         if image is None and not prompt:
             raise AttnkitError("enter a prompt to segment a generated image, or upload an image (a prompt describing "
                                "it then names the segments).")
         with self._running(steps, progress) as extra:
             options = {} if image is not None else self._options(steps, height, width, guidance)
-            result = segment(self.model, self.pipe, prompt, image, seed, options, **extra)
+            given = None if image is None else image.convert("RGB")
+            result = segment(self.model, self.pipe, prompt, given, seed, options, **extra)
         segments = result.segmentation.segments
         rows = [[s.id, s.label or "", s.area, " ".join(str(v) for v in s.bbox)] for s in segments]
         return enlarged(result.image), enlarged(result.segmentation.overlay()), rows
 
-
     def video_edit(self, video: str | None, prompt: str, attend: str, strength: Any, frames: Any, seed: Any,
                    steps: Any, guidance: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, list[Image.Image]]:
-        """A video (mp4, GIF) edited frame by frame, as `attnkit video-edit`: the mp4 and its frames."""
+        """A video (mp4, GIF) edited frame by frame, as `attnkit video-edit`: the mp4 and its frames. `attend` is a
+        published method's name (`--method`) or the frames later frames attend to (`--attend`)."""
         from ..run import video_edit
         from ..videoio import read_frames
 
@@ -326,10 +592,54 @@ class Studio:
         out = self._request_folder() / "video.mp4"
         progress(0, desc="waiting for the model")
         with self.lock:
-            video_edit(self.model, self.pipe, Path(video), out, prompt, attend=attend, strength=amount, steps=steps,
+            method = attend if attend in VIDEO_METHODS else None
+            video_edit(self.model, self.pipe, Path(video), out, prompt, method=method,
+                       attend=None if method else attend, strength=amount, steps=steps,
                        seed=seed, guidance=_guidance(guidance), frames=count,
                        on_frame=lambda done: progress((done, total), desc="editing frames", unit="frames"))
         return str(out), [enlarged(frame) for frame in read_frames(out)]
+
+
+def _painted(masks: Masks | None, editor: dict | None, region: Any) -> Masks:
+    """The masks with what the mask canvas holds for `region` (its one layer; erased to nothing, no mask)."""
+    masks = dict(masks or {})
+    layers = (editor or {}).get("layers") or []
+    if not isinstance(region, int) or region < 1 or not layers:
+        return masks
+    if len(layers) > 1:
+        raise AttnkitError(f"the mask canvas holds {len(layers)} layers; it paints one region at a time: send one "
+                           "layer, the mask of the region chosen in its region list.")
+    painted = canvas.mask_from_layer(layers[0])
+    if painted.any():
+        masks[region] = painted
+    else:
+        masks.pop(region, None)
+    return masks
+
+
+def _signature(boxes: Sequence[dict[str, Any]]) -> tuple:
+    """What identifies a set of boxes on the box canvas: labels and pixels, in any order."""
+    return tuple(sorted((str(b.get("label")), b["xmin"], b["ymin"], b["xmax"], b["ymax"]) for b in boxes))
+
+
+def _sent(sent: list | None, boxes: dict[str, Any], kept: int = 16) -> list:
+    """The signatures of the last `kept` box sets this server put on a page's box canvas, `boxes` the newest."""
+    return [*(sent or [])[-(kept - 1):], _signature(boxes["boxes"])]
+
+
+def _editor(size: tuple[int, int], background: Image.Image | None, rows: Any, masks: Masks,
+            region: int) -> dict[str, Any]:
+    """The mask canvas painting `region`: its mask as the one layer, over the background with the other regions'
+    masks and boxes."""
+    return {"background": canvas.backdrop(size, background, masks, rows, skip=region),
+            "layers": [canvas.mask_layer(masks.get(region), size, region)], "composite": None}
+
+
+def _painting(rows: Any, masks: Masks, value: int | None = None) -> gr.Radio:
+    """The mask canvas's region list: a choice per row (marked when it has a mask), and one for a new region."""
+    choices = [(canvas.box_label(number, row[0] if row else "") + (" (mask)" if number in masks else ""), number)
+               for number, row in enumerate(rows or [], start=1)]
+    return gr.Radio(choices=[*choices, ("new region", _NEW_REGION)], **({} if value is None else {"value": value}))
 
 
 def _prompt(prompt: Any) -> str:
@@ -359,11 +669,56 @@ def build_app(studio: Studio) -> gr.Blocks:
     from ..pipeline import default_size, takes_true_cfg
 
     size = default_size(studio.pipe)
+    shown = canvas.canvas_size(size, size)
     with gr.Blocks(title=f"attnkit · {studio.model}", analytics_enabled=False) as app:
         gr.Markdown(f"## attnkit · `{studio.model}`")
         with gr.Tab("Regional", id="regional"):
+            masks = gr.State({})
+            editing = gr.State(1)  # the region the mask canvas holds
+            last = gr.State(None)  # the last image generated on this tab
+            found = gr.State(None)  # the segmentation whose segments can be clicked
+            first = studio._boxes(_EXAMPLE_REGIONS, shown, None, {})
+            sent = gr.State(_sent([], first))  # box sets this server put on the box canvas, to tell echoes from drawing
             with gr.Row():
-                with gr.Column():
+                with gr.Column(scale=3):
+                    with gr.Tabs():
+                        with gr.Tab("Boxes", id="boxes-tab"):
+                            boxes = image_annotator(
+                                first, image_type="filepath",
+                                disable_edit_boxes=True, sources=[], show_clear_button=False,
+                                show_download_button=False, show_share_button=False, box_min_size=4,
+                                label="boxes: the square button draws a new region, the hand moves and resizes; "
+                                      "each box is a row of the table", elem_id="box-canvas")
+                        with gr.Tab("Masks", id="masks-tab"):
+                            painting = gr.Radio(label="region to paint (the brush paints it, the eraser unpaints; a "
+                                                      "region with a mask leaves its box cells blank)",
+                                                choices=[(canvas.box_label(i + 1, r[0]), i + 1)
+                                                         for i, r in enumerate(_EXAMPLE_REGIONS)]
+                                                + [("new region", _NEW_REGION)], value=1, elem_id="painting")
+                            editor = gr.ImageEditor(
+                                value=_editor(shown, None, _EXAMPLE_REGIONS, {}, 1), type="pil", image_mode="RGBA",
+                                layers=False, transforms=(), sources=(), format="png", canvas_size=shown,
+                                brush=gr.Brush(colors=["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"],
+                                               default_size=12, color_mode="fixed"),
+                                eraser=gr.Eraser(default_size=12), label="mask of the region chosen above",
+                                elem_id="mask-canvas")
+                            mask_file = gr.UploadButton("Upload a mask for this region (white = inside)",
+                                                        file_types=["image"], size="sm", elem_id="upload-mask")
+                        with gr.Tab("Regions from an image", id="from-image-tab"):
+                            source = gr.File(label="image to find regions in (blank: the last image generated here)",
+                                             file_types=["image"], elem_id="regions-source")
+                            describe = gr.Textbox(label="what it shows (names the segments), e.g. a red circle",
+                                                  elem_id="regions-prompt")
+                            threshold = gr.Number(label="threshold: KL distance under which segments merge; lower "
+                                                        "splits more (the shapes models need about 0.15)",
+                                                  value=DEFAULT_THRESHOLDS[0], elem_id="regions-threshold")
+                            find = gr.Button("Segment", elem_id="regions-segment")
+                            segments = gr.Image(label="segments: click one to make it a region", format="png",
+                                                interactive=False, elem_id="regions-segments")
+                    background = gr.File(label="background image to draw over (optional)", file_types=["image"],
+                                         elem_id="canvas-background")
+                    use_last = gr.Button("Draw over the last generated image", size="sm", elem_id="use-last")
+                with gr.Column(scale=2):
                     rows = gr.Dataframe(value=_EXAMPLE_REGIONS, headers=list(REGION_COLUMNS),
                                         datatype=["str", "str", "number", "number", "number", "number"],
                                         column_count=len(REGION_COLUMNS), type="array",
@@ -380,18 +735,48 @@ def build_app(studio: Studio) -> gr.Blocks:
                     true_cfg = gr.Textbox(label="true CFG scale, against the negatives (blank: none)",
                                           elem_id="true-cfg", visible=takes_true_cfg(studio.pipe))
                     run = gr.Button("Generate", variant="primary", elem_id="regional-generate")
-                    with gr.Row():
-                        upload = gr.UploadButton("Load spec (YAML / JSON)", file_types=[".yaml", ".yml", ".json"],
-                                                 elem_id="load-spec")
-                        save = gr.Button("Save spec", elem_id="save-spec")
-                    spec_files = gr.File(label="spec files", file_count="multiple", elem_id="spec-files")
-                with gr.Column():
                     outlined = gr.Image(label="image with region outlines", format="png", elem_id="regional-image")
                     png = gr.File(label="PNG with the spec embedded", elem_id="regional-png")
+                    with gr.Row():
+                        upload = gr.UploadButton("Load spec (with its mask images)",
+                                                 file_types=[".yaml", ".yml", ".json", "image"],
+                                                 file_count="multiple", size="sm", elem_id="load-spec")
+                        save = gr.Button("Save spec", size="sm", elem_id="save-spec")
+                    spec_files = gr.File(label="spec files (YAML, JSON and mask PNGs)", file_count="multiple",
+                                         height=120, elem_id="spec-files")
+            height, width = sampling[2], sampling[3]
             fields = [rows, grid, base, weight, negative]
-            run.click(_shown(studio.regional), fields + sampling + [true_cfg], [outlined, png], api_name="regional")
-            save.click(_shown(studio.save_spec), fields, spec_files, api_name="save_spec")
-            upload.upload(_shown(studio.load_spec), upload, fields, api_name="load_spec")
+            private = {"api_visibility": "private"}
+            run.click(_shown(studio.regional), fields + sampling + [true_cfg, editor, painting, masks],
+                      [outlined, png, last], api_name="regional")
+            save.click(_shown(studio.save_spec), fields + [height, width, editor, painting, masks], spec_files,
+                       api_name="save_spec")
+            upload.upload(_shown(studio.load_spec), [upload, height, width, background, sent],
+                          fields + [boxes, masks, editing, editor, painting, sent], api_name="load_spec")
+            rows.input(_shown(studio.show_table), [rows, height, width, background, masks, sent],
+                       [boxes, painting, sent], **private)
+            boxes.change(_shown(studio.boxes_drawn), [boxes, rows, masks, sent], [rows, boxes, painting, sent],
+                         **private)
+            redraw = (_shown(studio.redraw), [rows, height, width, background, editor, painting, masks, sent],
+                      [boxes, editor, masks, sent])
+            for changed in (background.change, height.input, width.input):
+                changed(*redraw, **private)
+            painting.input(_shown(studio.switch_region),
+                           [painting, rows, height, width, background, editor, editing, masks],
+                           [rows, masks, editing, editor, painting], **private)
+            mask_file.upload(_shown(studio.upload_mask),
+                             [mask_file, rows, height, width, background, editor, painting, masks, sent],
+                             [rows, boxes, masks, editor, painting, sent], **private)
+            use_last.click(_shown(studio.draw_over_last), last, background, **private)
+            find.click(_shown(studio.segment_regions), [source, describe, sampling[0], last, threshold],
+                       [segments, found],
+                       api_name="regions_from_image")
+            segments.select(_shown(studio.pick_segment),
+                            [found, rows, height, width, background, editor, painting, masks, sent],
+                            [rows, boxes, masks, editing, editor, painting, sent], **private)
+            for upload_field, what in ((source, _SOURCE), (background, _BACKGROUND)):
+                upload_field.upload(_shown(functools.partial(studio.check_upload, what=what)), upload_field, None,
+                                    **private)  # a bad upload is named at once, not at the next click
 
         with gr.Tab("Maps", id="maps"):
             with gr.Row():
@@ -414,9 +799,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Column():
                     prompt = gr.Textbox(label="prompt (with an uploaded image: its description, to name segments)",
                                         value="a red circle", elem_id="segment-prompt")
-                    given = gr.Image(label="image to segment (optional; it keeps its own size: height and width "
-                                           "apply to a generated image)", type="pil",
-                                     sources=["upload", "clipboard"], elem_id="segment-input")
+                    given = gr.File(label="image to segment (optional; it keeps its own size: height and width apply "
+                                          "to a generated image)", file_types=["image"], elem_id="segment-input")
                     sampling = _sampling_inputs("segment", size)
                     run = gr.Button("Segment", variant="primary", elem_id="segment-run")
                 with gr.Column():
@@ -425,6 +809,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     labels = gr.Dataframe(headers=["id", "label", "area", "box (left top right bottom)"],
                                           interactive=False, label="segments", elem_id="segment-labels")
             run.click(_shown(studio.segment), [prompt, given] + sampling, [image, overlay, labels], api_name="segment")
+            given.upload(_shown(functools.partial(studio.check_upload, what=_GIVEN)), given, None,
+                         api_visibility="private")
 
         with gr.Tab("Video", id="video"):
             with gr.Row():
@@ -432,7 +818,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     clip = gr.File(label="video to edit (.mp4 or .gif)", file_types=[".mp4", ".gif"],
                                    elem_id="video-input")
                     prompt = gr.Textbox(label="prompt: what the edited frames show", elem_id="video-prompt")
-                    attend = gr.Radio(label="cross-frame attention", choices=list(ATTEND),
+                    attend = gr.Radio(label="cross-frame attention: a published method, or the frames later frames "
+                                            "attend to", choices=[*VIDEO_METHODS, *ATTEND],
                                       value="first+previous", elem_id="video-attend")
                     with gr.Row():
                         strength = gr.Number(label="strength", value=0.6, elem_id="video-strength")
@@ -458,6 +845,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     png = gr.File(label="PNG with the prompt embedded", elem_id="generate-png")
             run.click(_shown(studio.generate), [prompt] + sampling, [image, png], api_name="generate")
     app.queue(default_concurrency_limit=None)  # the pipeline's lock orders generations; waiting ones show it
+    studio.keeper.attach(app)
     return app
 
 
@@ -487,13 +875,24 @@ def check_port(host: str, port: int) -> None:
 
 
 def launch(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 7860,
-           loader: Callable[[str], Any] | None = None, **launch_kwargs: Any) -> gr.Blocks:
-    """Load `model` once (with `loader`, default `attnkit.run.load_pipeline`) and serve the app on `host`:`port`;
-    `launch_kwargs` go to `gr.Blocks.launch` (e.g. `prevent_thread_lock=True` to return at once, serving on)."""
+           loader: Callable[[str], Any] | None = None, keep: Keep | None = None, limits: Limits | None = None,
+           auth: tuple[str, str] | None = None, **launch_kwargs: Any) -> gr.Blocks:
+    """Load `model` once (with `loader`, default `attnkit.run.load_pipeline`) and serve the app on `host`:`port`,
+    behind Gradio's login when `auth` (user, password) is given; request files are removed under the `keep` budget,
+    uploads refused past `limits`. `launch_kwargs` go to `gr.Blocks.launch` (e.g. `prevent_thread_lock=True` to
+    return at once, serving on). Serving beyond this machine prints a warning."""
     check_port(host, port)
-    app = build_app(Studio(model, load(model, loader)))
+    studio = Studio(model, load(model, loader), keep=keep, limits=limits)
+    app = build_app(studio)
+    if exposed(host):
+        print(f"attnkit: warning: serving on {host}: anyone who can reach this machine on the network can use this "
+              "page, and so its GPU" + ("" if auth else ", with no login (add --auth USER:PASS)")
+              + "; serve on 127.0.0.1 to keep it to this machine.", file=sys.stderr)
     try:
-        app.launch(server_name=host, server_port=port, **launch_kwargs)
+        app.launch(server_name=host, server_port=port, auth=auth, max_file_size=studio.limits.max_bytes,
+                   **launch_kwargs)
     except OSError as error:
         raise AttnkitError(f"cannot serve on {host}:{port} ({error}); pick a free port with --port.") from None
+    studio.keeper.run_every(min(60.0, studio.keeper.keep.max_age / 2))
+    atexit.register(studio.keeper.sweep, math.inf)  # what is left goes with the server
     return app
