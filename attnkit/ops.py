@@ -16,11 +16,17 @@ import torch.nn.functional as F
 
 from .errors import AttnkitWarning
 
-__all__ = ["attention", "explicit_attention", "merge", "additive", "allow_extra_keys", "probabilities"]
+__all__ = ["attention", "explicit_attention", "merge", "additive", "allow_extra_keys", "probabilities", "working"]
 
 _QUERY_CHUNK_BYTES = 256 * 2**20
 
 Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def working(dtype: torch.dtype) -> torch.dtype:
+    """The dtype probabilities and log-sum-exps are computed in: float32, or float64 for float64 inputs (so that a
+    float64 model's maps keep its precision)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -47,7 +53,8 @@ def attention(
     mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention output (B, H, Lq, D) and its log-sum-exp (B, H, Lq) in float32, from a fused kernel when one fits.
+    """Attention output (B, H, Lq, D) and its log-sum-exp (B, H, Lq) in float32 (float64 for float64 inputs), from a
+    fused kernel when one fits.
 
     `mask` broadcasts to (B, H, Lq, Lk), bool (True = attend) or additive float. A query row whose keys are all
     masked gives output 0 and log-sum-exp -inf on every path. Where no fused kernel that returns the lse takes these
@@ -63,7 +70,7 @@ def attention(
                       AttnkitWarning, stacklevel=2)
         return explicit_attention(q, k, v, mask, scale)
     out, lse = kernel(q, k, v, bias, scale)
-    return _empty_rows_zeroed(out, lse.float(), bias)
+    return _empty_rows_zeroed(out, lse.to(working(q.dtype)), bias)
 
 
 def _cpu_flash(q, k, v, bias, scale):
@@ -136,17 +143,18 @@ def explicit_attention(
     """Reference softmax(q k^T * scale + mask) v, chunked over queries so memory stays bounded; a row with no
     allowed key gives output 0 and lse -inf."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    bias = additive(mask, torch.float32)
+    work = working(q.dtype)
+    bias = additive(mask, work)
     rows_per_chunk = max(1, _QUERY_CHUNK_BYTES // max(1, 4 * q.shape[0] * q.shape[1] * k.shape[2]))
     outs, lses = [], []
     for start in range(0, q.shape[2], rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
-        scores = torch.matmul(q[:, :, rows].float(), k.float().transpose(-1, -2)) * scale
+        scores = torch.matmul(q[:, :, rows].to(work), k.to(work).transpose(-1, -2)) * scale
         if bias is not None:
             scores = scores + (bias[..., rows, :] if bias.shape[-2] != 1 else bias)
         lse = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - _finite(lse)[..., None])
-        outs.append(torch.matmul(weights, v.float()).to(q.dtype))
+        outs.append(torch.matmul(weights, v.to(work)).to(q.dtype))
         lses.append(lse)
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
@@ -154,10 +162,11 @@ def explicit_attention(
 def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention over the union of disjoint key sets from each set's (output, lse); a part whose lse is -inf
     (no key for that row, whatever its output holds) adds nothing."""
-    lses = torch.stack([lse.float() for _, lse in parts])
+    work = working(parts[0][0].dtype)
+    lses = torch.stack([lse.to(work) for _, lse in parts])
     total = torch.logsumexp(lses, dim=0)
     out = sum(
-        torch.where(torch.isneginf(lse)[..., None], 0.0, torch.exp(lse - _finite(total))[..., None] * o.float())
+        torch.where(torch.isneginf(lse)[..., None], 0.0, torch.exp(lse - _finite(total))[..., None] * o.to(work))
         for o, lse in parts
     )
     return out.to(parts[0][0].dtype), total
@@ -179,8 +188,9 @@ def probabilities(
 
     The score block is the one large tensor here: it is made once and updated in place (the same numbers, about
     half the time of out-of-place updates when a recorder calls this at every layer and step)."""
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)
-    bias = additive(mask, torch.float32)
+    work = working(q.dtype)
+    scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)).mul_(scale)
+    bias = additive(mask, work)
     if bias is not None:
         scores = scores + bias
-    return scores.sub_(lse[..., None]).exp_()
+    return scores.sub_(lse[..., None].to(work)).exp_()

@@ -1,6 +1,8 @@
 """Facts about a loaded pipeline that features ask for, answered from its family's description and its own
-`__call__`: which arguments it takes, what size it generates at and must be a multiple of, and its img2img /
-inpaint sibling on the same modules.
+`__call__`: which arguments it takes, what size it generates at and must be a multiple of, its img2img / inpaint
+sibling on the same modules and its scheduler run backwards (for inversion); and one denoiser forward of the pipeline
+on a latent of attnkit's choosing (an existing image's clean latent, or that latent noised to one step), which
+observation methods read images with.
 
 Region boxes and masks are fractions of the generated image, and an img2img or inpaint pipeline resizes its init
 image to `height` x `width`; so with an init image the size comes from the image, and a different requested size is
@@ -20,8 +22,9 @@ from PIL import Image
 from .errors import AttnkitError
 from .families import call_parameters, denoiser_of, family_of
 
-__all__ = ["call_parameters", "check_size", "default_of", "default_size", "image_pipeline", "init_size",
-           "inverse_scheduler", "output_size", "size_multiple", "takes_size", "takes_true_cfg"]
+__all__ = ["call_parameters", "check_size", "clean_latent", "default_of", "default_size", "image_pipeline",
+           "init_size", "inverse_scheduler", "output_size", "single_forward", "size_multiple", "takes_size",
+           "takes_true_cfg"]
 
 
 def takes_true_cfg(pipe: Any) -> bool:
@@ -121,6 +124,105 @@ def image_pipeline(pipe: Any, inpaint: bool = False, controlnet: Any = None) -> 
         raise AttnkitError(f"diffusers has no {what} pipeline for {type(pipe).__name__} ({error}); {fix}") from error
     sibling.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))  # from_pipe drops it
     return sibling
+
+
+def clean_latent(pipe: Any, image: Image.Image) -> torch.Tensor:
+    """(1, channels, rows, cols): `image` (sides the pipeline takes) as x / 127.5 - 1, computed in the VAE's dtype
+    (a float64 VAE reads exact pixels), encoded by the pipeline's VAE, the posterior mean (no sample drawn), shifted
+    and scaled as the pipeline's latents are."""
+    vae = getattr(pipe, "vae", None)
+    config = getattr(vae, "config", {})
+    if vae is None or config.get("scaling_factor") is None or config.get("latents_mean") is not None:
+        raise AttnkitError(f"{type(pipe).__name__}'s VAE is not one whose latents attnkit reads (a scaling factor and "
+                           "optional shift, as SD1.x, SDXL, SD3 and Flux have): read the image through the pipeline's "
+                           "img2img variant instead.")
+    weight = next(vae.parameters())
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float64)).permute(2, 0, 1)[None]
+    pixels = (pixels / 127.5 - 1).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        posterior = vae.encode(pixels).latent_dist
+    return (posterior.mean - (config.get("shift_factor") or 0.0)) * config["scaling_factor"]
+
+
+def single_forward(pipe: Any, latent: torch.Tensor, prompt: str | None = "", *, timestep: float | None = None,
+                   steps: int = 1, step: int = 0, noise: torch.Tensor | None = None,
+                   call: dict[str, Any] | None = None) -> None:
+    """Run `pipe` for exactly one denoiser forward, on `latent` ((1, channels, rows, cols), e.g. `clean_latent`'s)
+    and unguided; attention sessions attached to `pipe` see it as step 0 of a run.
+
+    The pipeline prepares everything else as it would for a generation of the latent's size (prompt embeddings,
+    position ids, conditioning), so the forward is the pipeline's own; only its latent and timestep are replaced:
+    the timestep is `timestep` (scheduler units, 0-1000) or, without one, that of step `step` of a `steps`-step run,
+    and with `noise` the latent is noised to it first (flow matching: (1 - sigma) x + sigma noise; else the
+    scheduler's `add_noise`). `call`: further keyword arguments of the pipeline (e.g. `max_sequence_length`)."""
+    family = family_of(pipe)
+    model = denoiser_of(pipe)
+    signature = inspect.signature(type(model).forward)
+    factor = int(pipe.vae_scale_factor)
+    size = {"height": latent.shape[-2] * factor, "width": latent.shape[-1] * factor} if takes_size(pipe) else {}
+    if not 0 <= step < steps:
+        raise AttnkitError(f"step={step} is not a step of a {steps}-step run: give 0 to {steps - 1}.")
+    forwards = 0
+    scheduler = pipe.scheduler
+    kept: list[torch.Tensor] = []  # the run's timesteps while the forward's own stands in them
+
+    def substitute(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        nonlocal forwards
+        forwards += 1
+        if forwards > 1:
+            return args, kwargs
+        bound = signature.bind(module, *args, **kwargs)
+        wanted = timestep if timestep is not None else float(scheduler.timesteps[step])
+        if isinstance(scheduler.timesteps, torch.Tensor) and float(scheduler.timesteps[step]) != wanted:
+            # for the forward only: sessions find the step of a scheduler that keeps no step count (DDIM, DDPM) by
+            # its timestep, and schedulers that do count find their first step by the run's own
+            kept.append(scheduler.timesteps)
+            scheduler.timesteps = scheduler.timesteps.clone()
+            scheduler.timesteps[step] = wanted
+        given = bound.arguments.get(family.latent_argument)
+        replaced = latent if noise is None else _noised(scheduler, latent, noise, step, wanted)
+        replaced = family.pack_latents(pipe, replaced) if family.pack_latents is not None else replaced
+        if not isinstance(given, torch.Tensor) or given.shape != replaced.shape:
+            raise AttnkitError(f"{type(model).__name__} takes its latents in a form attnkit cannot replace "
+                               f"(`{family.latent_argument}`): read the image through the pipeline's img2img variant "
+                               "instead.")
+        bound.arguments[family.latent_argument] = replaced.to(given.device, given.dtype)
+        family.set_timestep(bound.arguments, wanted)
+        read = family.scheduler_timestep(bound.arguments)
+        if read is None or abs(float(torch.as_tensor(read).flatten()[0]) - wanted) > 1e-3 * max(1.0, wanted):
+            raise AttnkitError(f"cannot run {type(model).__name__} at timestep {wanted}: its family does not say how "
+                               "its forward takes a timestep.")
+        return bound.args[1:], bound.kwargs
+
+    def restore(*_: Any) -> None:
+        if kept:
+            scheduler.timesteps = kept.pop()
+
+    def stop(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        pipeline._interrupt = True  # the loop skips every later step
+        return tensors
+
+    unguided = {"guidance_scale": 1.0} if family.guidance == "cfg" else {}  # else an embedding: left as is
+    text = {} if prompt is None else {"prompt": prompt}
+    handles = [model.register_forward_pre_hook(substitute, with_kwargs=True), model.register_forward_hook(restore)]
+    try:
+        with torch.no_grad():
+            pipe(**text, num_inference_steps=steps, output_type="latent", callback_on_step_end=stop,
+                 generator=torch.Generator().manual_seed(0), **{**unguided, **size, **(call or {})})
+    finally:
+        for handle in handles:
+            handle.remove()
+        restore()
+    if forwards == 0:
+        raise AttnkitError(f"{type(pipe).__name__} ran no denoiser forward.")
+
+
+def _noised(scheduler: Any, latent: torch.Tensor, noise: torch.Tensor, step: int, timestep: float) -> torch.Tensor:
+    """`latent` noised to step `step` (at `timestep`) of the scheduler's run."""
+    if hasattr(scheduler, "scale_noise"):  # flow matching: sigmas run alongside the timesteps
+        sigma = scheduler.sigmas[step].to(latent.device, latent.dtype)
+        return (1 - sigma) * latent + sigma * noise.to(latent.device, latent.dtype)
+    return scheduler.add_noise(latent, noise.to(latent.device, latent.dtype), torch.tensor([int(round(timestep))]))
 
 
 def inverse_scheduler(pipe: Any) -> Any:

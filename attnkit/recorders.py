@@ -3,9 +3,9 @@
 `MapRecorder` is an attnkit `Control`. At every selected site and step it takes one block of the attention
 probabilities, normalised as the model normalises them: over all keys of the call, so in joint attention e.g. the
 text columns of a softmax over image and text keys. It sums the block over heads, upsamples the site's token grid to
-one common resolution, and adds it to one fp32 buffer per batch item of the chosen CFG branch. Nothing per layer or
-per step is kept, and the block is computed in query chunks: memory is O(text tokens x image tokens) however many
-steps and sites are recorded.
+one common resolution, and adds it to one fp32 buffer (fp64 for a float64 model, which keeps its precision) per batch
+item of the chosen CFG branch. Nothing per layer or per step is kept, and the block is computed in query chunks:
+memory is O(text tokens x image tokens) however many steps and sites are recorded.
 
 Relations and the map each adds per call (summed over heads):
 - "image->text": for every text token, its probability at each image query: (text, rows, cols);
@@ -15,7 +15,8 @@ Relations and the map each adds per call (summed over heads):
 
 What is added per call is the recorder's `reduction`, chosen by the feature: `Summed` (the default) gives the maps
 above; a feature may give its own (`attnkit.segment.PerQuery` keeps every image query's whole map over the image keys,
-as DiffSeg segments them).
+as DiffSeg segments them). A reduction may keep one buffer per site (`per_site`), summed over steps, and combine them
+into `total` when it is read (DAAM's maps, `attnkit.maps.daam`, upsample and clamp each site's sum over steps).
 
 Two exact paths give the same numbers: `exact="lse"` rebuilds p = exp(q . k * scale - lse) for the wanted keys from
 the log-sum-exp that the fused kernel returns with the model's own output (the full matrix is never formed);
@@ -58,12 +59,19 @@ CHUNK_BYTES = 64 * 2**20
 
 class Reduction:
     """How one call's block of probabilities becomes the map a recorder adds to its buffer: `reduce` returns that
-    map for the chosen batch items and the weight it counts with (the recorder's `total / count` is the mean)."""
+    map for the chosen batch items and the weight it counts with (the recorder's `total / count` is the mean).
+    With `per_site`, the recorder keeps one buffer per site (`parts`, summed over steps), and `total` is what
+    `combine` makes of them."""
 
     relations: tuple[str, ...] = tuple(RELATIONS)
+    per_site = False
 
     def reduce(self, recorder: MapRecorder, view: AttentionCall, lse: torch.Tensor, rows: slice,
                latent: tuple[int, int]) -> tuple[torch.Tensor, float]:
+        raise NotImplementedError
+
+    def combine(self, recorder: MapRecorder, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`total` from the per-site buffers (reductions with `per_site` only)."""
         raise NotImplementedError
 
 
@@ -155,8 +163,9 @@ class MapRecorder(Control):
         self.branch = branch
         self.exact = exact
         self.needs_lse = exact == "lse"
-        self.total: torch.Tensor | None = None
+        self.parts: dict[str, torch.Tensor] = {}  # per site, for reductions that keep them
         self.count = 0
+        self._total: torch.Tensor | None = None
         self.steps_recorded: set[int | None] = set()
         self.frames = 1  # token frames of the recorded forwards (a video model's), stacked top to bottom in the maps
         self._expected = frozenset(self.sites.names)
@@ -192,17 +201,31 @@ class MapRecorder(Control):
             raise AttnkitError(f"{call.site.name}: the latent size is unknown. Run the pipeline or the denoiser "
                                "inside the trace.")
         heat, weight = self.reduction.reduce(self, view, lse, rows, state.latent)
-        self._add(heat, weight)
+        self._add(heat, weight, call.site.name)
         self.steps_recorded.add(state.step)
         self.frames = state.frames or 1
 
-    def _add(self, heat: torch.Tensor, weight: float) -> None:
-        if self.total is None:
-            self.total = torch.zeros_like(heat, dtype=torch.float32)
-        if heat.shape != self.total.shape:
-            raise AttnkitError(f"this trace recorded maps of shape {tuple(self.total.shape)}, now gets "
+    @property
+    def total(self) -> torch.Tensor | None:
+        """The maps added so far (None before any): the buffer, or what the reduction combines its sites' into."""
+        if self.reduction.per_site and self.parts and self._total is None:
+            self._total = self.reduction.combine(self, self.parts)
+        return self._total
+
+    def _add(self, heat: torch.Tensor, weight: float, site: str) -> None:
+        if self.reduction.per_site:
+            self._total = None  # combined again when read
+            buffer = self.parts.get(site)
+            if buffer is None:
+                buffer = self.parts[site] = torch.zeros_like(heat, dtype=ops.working(heat.dtype))
+        else:
+            if self._total is None:
+                self._total = torch.zeros_like(heat, dtype=ops.working(heat.dtype))
+            buffer = self._total
+        if heat.shape != buffer.shape:
+            raise AttnkitError(f"this trace recorded maps of shape {tuple(buffer.shape)}, now gets "
                                f"{tuple(heat.shape)}: run one generation per trace.")
-        self.total += heat
+        buffer += heat
         self.count += weight
 
     def _close_forward(self) -> None:
@@ -217,7 +240,8 @@ class MapRecorder(Control):
         self._close_forward()
         self._forward = None
         gaps = list(self._gaps)
-        if self._num_steps is not None and self.total is not None and self.when is None:
+        recorded = self._total is not None or bool(self.parts)
+        if self._num_steps is not None and recorded and self.when is None:
             run = set(range(self._num_steps))
             missing = sorted((run if self.steps is None else self.steps & run) - self.steps_recorded)
             if missing:
@@ -229,7 +253,7 @@ class MapRecorder(Control):
                 "Another feature changed those processors or the model skipped layers (skip-layer guidance?): "
                 "select only sites that run at every step."
             )
-        if self.total is None:
+        if not recorded:
             raise AttnkitError(
                 "no attention maps were recorded. Did you run the pipeline inside `with attnkit.maps.trace(...)`? "
                 f"Check also `steps` ({self._steps_text()}) and the "

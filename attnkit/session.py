@@ -250,6 +250,7 @@ class _StateHook(ModelHook):
         timestep = family.scheduler_timestep(bound)
         state = self.state
         state.forwards += 1
+        state.arguments = bound
         state.latent, state.frames = family.latent_of(bound, module)
         state.text_tokens = family.text_tokens(bound)
         items = family.item_text_tokens(bound) if family.item_text_tokens is not None else ()
@@ -258,9 +259,14 @@ class _StateHook(ModelHook):
         step = state.step
         state.step, state.num_steps = self.steps.read(getattr(self.pipeline, "scheduler", None), timestep,
                                                       getattr(self.pipeline, "num_timesteps", None))
+        state.timesteps = self.steps.run_timesteps(state.num_steps) if state.step is not None else ()
         self.forwards_in_step = self.forwards_in_step + 1 if state.step == step and step is not None else 0
         state.branches = self._branches(_batch(bound), bound)
         return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.state.arguments = None  # the forward's own inputs, held only while it runs
+        return output
 
     def _branches(self, batch: int, bound: Mapping[str, Any]) -> tuple[str, ...]:
         if self.contexts.name in ("cond", "uncond"):

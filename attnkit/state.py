@@ -6,6 +6,7 @@ every later step); the step is read from the pipeline's scheduler before each de
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +42,16 @@ class State:
 
     `step` is the 0-based step of the current pipeline run (the `i` of the pipeline's loop and of
     `callback_on_step_end`), `None` outside a pipeline. `branches` gives the CFG branch of every batch item.
-    `timestep` is the current forward's timestep in the scheduler's units (0 to 1000, whatever the denoiser takes).
+    `timestep` is the current forward's timestep in the scheduler's units (0 to 1000, whatever the denoiser takes);
+    `timesteps` those of every step of the run, in the same units (empty outside a pipeline run).
     `latent` is the denoiser input's spatial size in latent pixels; each site derives its token grid from it. A video
     denoiser's `frames` (token frames after temporal patching) are stacked top to bottom in `latent`, so that a site's
     grid is (frames x rows, cols): maps of a video are one tall picture of its frames.
     `text_tokens` is the text length of the first batch item, `item_text_tokens` that of every item where items
     differ (empty where one length holds for all).
+    `arguments` holds the current forward's bound arguments while it runs (read them, never change them), for a
+    feature that needs more of the forward's input (output-space concept maps recompute the conditioning with another
+    pooled vector).
     `phase` and `exclusive` are set while a session runs a pass of its own through the denoiser's blocks
     (output-space concept maps: `phase` names the pass): that pass's attention calls are seen only by the controls of
     that session, never by other sessions' features.
@@ -55,12 +60,14 @@ class State:
     step: int | None = None
     num_steps: int | None = None
     timestep: float | None = None
+    timesteps: tuple[float, ...] = ()
     branches: tuple[Branch, ...] = ()
     latent: tuple[int, int] | None = None
     frames: int | None = None
     text_tokens: int | None = None
     item_text_tokens: tuple[int, ...] = ()
     forwards: int = 0
+    arguments: Mapping[str, Any] | None = None
     phase: str | None = None
     exclusive: bool = False
 
@@ -98,6 +105,7 @@ class StepReader:
         self._start: int | None = None  # position in `scheduler.timesteps` of the run's first iteration
         self._last = 0
         self.runs = 0  # runs begun: a new timesteps tensor is a new run
+        self._run_timesteps: tuple[tuple[int, int, int] | None, tuple[float, ...]] = (None, ())
 
     def read(self, scheduler: Any, timestep: Any, loop_length: int | None = None) -> tuple[int | None, int | None]:
         """(step, number of loop iterations) of the current run; (None, None) outside a pipeline run.
@@ -113,6 +121,17 @@ class StepReader:
         if step is None:
             return None, None
         return step, loop_length if loop_length is not None else len(timesteps) - (self._start or 0)
+
+    def run_timesteps(self, num_steps: int | None) -> tuple[float, ...]:
+        """The timesteps of the current run's `num_steps` loop iterations: the scheduler's from where the run began
+        (a scheduler that counts its own steps, PNDM, runs the last `num_steps` of them)."""
+        if self._timesteps is None or not num_steps:
+            return ()
+        start = self._start if self._start is not None else len(self._timesteps) - num_steps
+        if self._run_timesteps[0] != (self.runs, start, num_steps):
+            values = self._timesteps[start: start + num_steps].tolist()
+            self._run_timesteps = ((self.runs, start, num_steps), tuple(float(t) for t in values))
+        return self._run_timesteps[1]
 
     def _step(self, scheduler: Any, timesteps: torch.Tensor, timestep: Any) -> int | None:
         counter = getattr(scheduler, "counter", None)

@@ -51,6 +51,7 @@ from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E
 import attnkit.maps  # noqa: E402
 import attnkit.segment  # noqa: E402
 from attnkit import AttentionCall, Site, State, TokenLayout, ops  # noqa: E402
+from attnkit.families.sd3 import FAMILY as SD3_FAMILY  # noqa: E402
 from attnkit.sites import architecture_of, denoiser_of  # noqa: E402
 from attnkit.testing import build_pipeline, random_full_size_pipeline  # noqa: E402
 
@@ -280,7 +281,7 @@ def attention_op(rounds: int, device: torch.device = torch.device("cpu")) -> dic
     from the rest of the model."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, OP_HEADS, OP_IMAGE + OP_TEXT, MID_HEAD_DIM).to(device) for _ in range(3))
-    site = Site("bench.processor", "joint", "joint.0", OP_HEADS, MID_HEAD_DIM, 1, 2, "sd3")
+    site = Site("bench.processor", "joint", "joint.0", OP_HEADS, MID_HEAD_DIM, 1, 2, SD3_FAMILY)
     state = State(step=0, branches=("uncond", "cond"), latent=(64, 64), forwards=1)
     parts = (("image", OP_IMAGE), ("text", OP_TEXT))
     call = AttentionCall(site, state, q, k, v, TokenLayout(parts, parts), (32, 32), MID_HEAD_DIM**-0.5)

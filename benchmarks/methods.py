@@ -1,11 +1,14 @@
-"""The published methods attnkit names, each with the largest difference its parity test measured against the
+"""The published methods attnkit names, each with the largest difference its parity tests measured against the
 method's own code: writes benchmarks/results/methods.json and the README's methods table.
 
     python benchmarks/methods.py            # run the parity tests, then rewrite the table
     python benchmarks/methods.py --readme   # only rewrite the table from the JSON
 
 The figures come from the tests themselves (`TESTS`; each puts what it measured into the `figures` fixture, which
-ATTNKIT_METHODS_JSON sends to the JSON file), so the table says only what the suite checks.
+ATTNKIT_METHODS_JSON sends to the JSON file with the test that measured it and the test's outcome), so the table says
+only what the suite checks: the K/V methods and inversion against their code's rule, the observation methods
+(DiffSeg, DAAM, ConceptAttention) against independent float64 implementations of their references
+(`tests/method_oracles.py`). A run whose tests do not all pass writes nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results" / "methods.json"
 README = ROOT / "README.md"
 START, END = "<!-- methods table: written by benchmarks/methods.py -->", "<!-- end of methods table -->"
-TESTS = ("tests/test_kv_methods.py", "tests/test_kv_inversion.py")
+TESTS = ("tests/test_kv_methods.py", "tests/test_kv_inversion.py", "tests/test_methods.py")
 README_TEST = "test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make"  # compares with this output
 
 
@@ -36,8 +39,9 @@ class Row:
     paper: str
     code: str  # repository, commit and file the test's oracle follows
     call: str
-    figures: tuple[str, ...]  # keys of the JSON: the largest difference on each layout
+    figures: tuple[str, ...]  # figures of the JSON: the largest difference on each layout ("m/layout/*": all under it)
     not_reproduced: str
+    labels: str = ""  # prefix of the figures that give the share of pixels labelled as the reference labels them
 
 
 ROWS = (
@@ -70,12 +74,39 @@ ROWS = (
         "williamyang1991/Rerender_A_Video `dfaf9d88` src/controller.py", '`kv.edit_video(..., method="rerender")`',
         ("rerender/sd15-layout", "rerender/sd15-layout/cross_period,loose_cfattn"),
         "optical-flow and pixel-aware fusion, colour AdaIN, keyframe propagation"),
+    Row("DiffSeg (segmentation)", "[Tian et al., CVPR 2024](https://arxiv.org/abs/2308.12469)",
+        "[google/diffseg@77ea596](https://github.com/google/diffseg/tree/77ea59657da1be832c89e48085e04b97952e2a36) "
+        "diffseg/segmentor.py", '`segment.segment_image(pipe, image)` (`protocol="diffseg"`, `"diffseg-notebook"`); '
+        "`segment.trace` while generating; `attnkit segment --protocol`",
+        ("diffseg/sd15-layout/*", "diffseg/sd15-layout-512/*", "diffseg/tiny-sdxl/*", "diffseg/tiny-sd3/*",
+         "diffseg/tiny-flux/*"),
+        "the first merging round's float16 distances (float64 here); segments named by word maps, not by the demo's "
+        "noun voting over BLIP captions; its TF Stable Diffusion 1.4 port's GELU", labels="diffseg-labels/"),
+    Row("DAAM (word maps)", "[Tang et al., ACL 2023](https://arxiv.org/abs/2210.04885)",
+        "[castorini/daam@09564e0](https://github.com/castorini/daam/tree/09564e048cf5ffc1523aa0605736e7f178ca505a)"
+        " (0.2.0)", '`maps.trace(pipe, prompt, method="daam", normalize=...)`; `attnkit maps --method daam`',
+        ("daam/sd15-layout/*", "daam/tiny-sdxl/*"),
+        "UNets only; without CFG every head of the single item (DAAM keeps the last half of its heads); the output "
+        "side is the finest grid of its layers (DAAM's fixed 64 or 96)"),
+    Row("ConceptAttention (concept maps)", "[Helbling et al., ICML 2025](https://arxiv.org/abs/2502.04320)",
+        "[helblazer811/ConceptAttention](https://github.com/helblazer811/ConceptAttention): Flux "
+        "[@8c2709c](https://github.com/helblazer811/ConceptAttention/tree/8c2709cd34f542b73fc403d8c6a3b684b62142ad),"
+        " SD3 [@db30c4d](https://github.com/helblazer811/ConceptAttention/tree/db30c4dcee01184c4d3f9fc9e46477eeb4e3eef3)",
+        '`maps.trace(pipe, prompt, space="output", concepts=[...])`; `maps.concept_maps_of_image`; '
+        "`attnkit maps --space output`",
+        ("concept-attention/tiny-flux/*", "concept-attention/tiny-sd3/*", "concept-attention/tiny-sd35/*"),
+        "an existing image's posterior mean and seeded noise (the code draws unseeded samples); the cond half of a "
+        "CFG batch (the SD3 code reads the first item); the Flux code's benchmark variants (linear normalisation, "
+        "blur)"),
 )
-LAYOUTS = {"sd15-layout": "SD1.5 layout", "tiny-sdxl": "tiny SDXL", "tiny-sd3": "tiny SD3", "tiny-flux": "tiny Flux"}
+LAYOUTS = {"sd15-layout": "SD1.5 layout", "sd15-layout-512": "SD1.5 layout at 512 px", "tiny-sdxl": "tiny SDXL",
+           "tiny-sd3": "tiny SD3", "tiny-sd35": "tiny SD3.5", "tiny-flux": "tiny Flux"}
 
 
-def run_tests() -> dict[str, float]:
-    """What the parity tests measured, from one pytest run."""
+def run_tests() -> dict:
+    """What the parity tests measured, with the test behind each figure and its outcome, from one pytest run."""
+    import diffusers
+
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "methods.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "ATTNKIT_METHODS_JSON": str(target)}
@@ -83,39 +114,67 @@ def run_tests() -> dict[str, float]:
                                "--deselect", f"{TESTS[0]}::{README_TEST}"], cwd=ROOT, env=env, check=False)
         if done.returncode != 0:
             raise SystemExit("the parity tests failed; the table keeps its last figures")
-        return json.loads(target.read_text())
+        return {"diffusers": diffusers.__version__, **json.loads(target.read_text())}
+
+
+def shown(name: str, figures: dict[str, float]) -> list[str]:
+    """The figures a table entry stands on: `name` itself, or all those under its prefix where it ends in "/*"."""
+    if name.endswith("/*"):
+        return [key for key in figures if key.startswith(name[:-1])]
+    return [name] if name in figures else []
 
 
 def _figure(name: str, figures: dict[str, float]) -> str:
-    """"7.5e-14 (SD1.5 layout, shared_group_norm)" from a figure named method/layout[+part][/option]."""
+    """"7.5e-14 (SD1.5 layout, shared_group_norm)" from a figure named method/layout[+part][/option]; "8.7e-18 (tiny
+    SD3, largest of 9)" from method/layout/*."""
     _, layout, *option = name.split("/")
+    if option == ["*"]:
+        values = [figures[key] for key in shown(name, figures)]
+        return f"{max(values):.1e} ({LAYOUTS[layout]}, largest of {len(values)})"
     base, _, part = layout.partition("+")
     where = LAYOUTS[base] + (f" + {part}" if part else "") + (f", {'/'.join(option)}" if option else "")
     return f"{figures[name]:.1e} ({where})"
 
 
-def methods_table(figures: dict[str, float]) -> str:
-    missing = [name for row in ROWS for name in row.figures if name not in figures]
+def _labels(prefix: str, figures: dict[str, float]) -> str:
+    """"labels 100% the same in 12 runs (1 to 54 segments)": the agreement figures under `prefix`, the segment counts
+    under the same names with "-segments/" for "-labels/"."""
+    runs = [key for key in figures if key.startswith(prefix)]
+    segments = [figures[key.replace("-labels/", "-segments/")] for key in runs]
+    return (f"labels {min(figures[key] for key in runs):.0%} the same in {len(runs)} runs ({min(segments):.0f} to "
+            f"{max(segments):.0f} segments; the published thresholds and a splitting one)")
+
+
+def methods_table(results: dict) -> str:
+    figures = results["figures"]
+    missing = [name for row in ROWS for name in (*row.figures, *([f"{row.labels}*"] if row.labels else ()))
+               if not shown(name, figures)]
     if missing:
         raise SystemExit(f"{RESULTS} lacks {missing}: run `python benchmarks/methods.py`")
     header = ["method", "paper", "reference code", "attnkit", "largest difference, float64", "not reproduced"]
     lines = [f"| {' | '.join(header)} |", "| --- |" + " --- |" * (len(header) - 1)]
     for row in ROWS:
-        measured = "; ".join(_figure(name, figures) for name in row.figures)
-        lines.append(f"| {row.method} | {row.paper} | {row.code} | {row.call} | {measured} | {row.not_reproduced} |")
+        measured = [_figure(name, figures) for name in row.figures]
+        measured += [_labels(row.labels, figures)] if row.labels else []
+        lines.append(f"| {row.method} | {row.paper} | {row.code} | {row.call} | {'; '.join(measured)} | "
+                     f"{row.not_reproduced} |")
     inverted = figures["inversion/shapes-sd15/mean-latent-error-over-range"]
     single = max(value for name, value in figures.items() if name.endswith("/float32"))
-    lines += ["", f"From `benchmarks/results/methods.json`, measured by {' and '.join(f'`{t}`' for t in TESTS)}: "
-              "each method run by attnkit (the reference recorded, then attended to) against the method's rule as "
-              "its code runs it (one batched pass), on a UNet with SD1.5's layout and small channels and on tiny "
-              "SDXL, and their declared adaptation written out on tiny SD3 and Flux (image tokens only); random "
-              f"weights, float64 (in float32, as the methods are used: {single:.1e} at most). A shapes-sd15 scene "
-              f"inverted with 50 DDIM steps and regenerated is off by {inverted:.1%} of its latent range on average."]
+    lines += ["", f"From `benchmarks/results/methods.json`, measured by {', '.join(f'`{t}`' for t in TESTS)} "
+              f"(diffusers {results['diffusers']}; random weights, float64). K/V methods: each run by attnkit (the "
+              "reference recorded, then attended to) against the method's rule as its code runs it (one batched "
+              "pass), on a UNet with SD1.5's layout and small channels and on tiny SDXL, and their declared "
+              "adaptation written out on tiny SD3 and Flux (image tokens only); in float32, as the methods are used, "
+              f"{single:.1e} at most. A shapes-sd15 scene inverted with 50 DDIM steps and regenerated is off by "
+              f"{inverted:.1%} of its latent range on average. Observation methods: each against an independent "
+              "implementation of its reference's algorithm and hyperparameters, written from the equations (the "
+              "`daam` package pins diffusers 0.21 and does not install beside this diffusers), on the same UNet "
+              "layout with SD1.5's VAE factor and on tiny SDXL, SD3, SD3.5 and Flux."]
     return "\n".join(lines)
 
 
-def readme_with_table(readme: str, figures: dict[str, float]) -> str:
-    return between(readme, START, END, methods_table(figures))
+def readme_with_table(readme: str, results: dict) -> str:
+    return between(readme, START, END, methods_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,13 @@
 """Quality benchmark of the shapes models: writes benchmarks/results/quality-<model>.json.
 
     python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite the README's quality table
+    python benchmarks/quality.py --only segment_miou [MODEL ...]   # measure again only the metrics named
+    python benchmarks/quality.py --lora-only [MODEL ...]      # the same as --only lora_inside,lora_leak,lora_whole
     python benchmarks/quality.py --readme                     # only rewrite the table from the JSON files
+
+`--only` (`segment_miou`, `map_iou_output`, `lora_inside`, `lora_leak`, `lora_whole`) measures those metrics again,
+with the settings of the saved file, and writes them (and their details) into it; the file's `partial_runs` says which
+metrics were measured again, when the rest were not.
 
 Numbers in the README and the model cards come from these files, never typed by hand.
 """
@@ -21,7 +27,7 @@ from readme_table import between  # noqa: E402
 
 from attnkit.shapes import CONTROLNETS, MODEL_NAMES, load
 from attnkit.shapes.controlnet import load_controlnet
-from attnkit.shapes.evaluate import LORA_METRICS, evaluate, region_lora, shipped_lora
+from attnkit.shapes.evaluate import LORA_METRICS, evaluate, output_maps, region_lora, segmentation, shipped_lora
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
@@ -59,16 +65,35 @@ def readme_with_table(readme: str, results: list[dict]) -> str:
     return between(readme, START, END, quality_table(results))
 
 
-def _add_lora_metrics(model: str, pipe: object, seeds: int) -> None:
-    """The LoRA metrics of `model` measured now, written into its saved quality JSON (the rest stays)."""
+#: Metrics `--only` measures again: (the evaluation part, its key in the details, its key in the part's result).
+PARTS = {"segment_miou": (segmentation, "segmentation", "miou"),
+         "map_iou_output": (output_maps, "output_maps", "map_iou_output"),
+         **{key: (region_lora, "lora", key) for key in LORA_METRICS}}
+
+
+def remeasure(model: str, metrics: list[str]) -> dict:
+    """The saved result of `model` with `metrics` measured again (same seeds, steps and guidance); metrics of one
+    evaluation part (the three LoRA metrics) are measured together, once."""
     path = RESULTS / f"quality-{Path(model).name}.json"
     result = json.loads(path.read_text())
-    with torch.inference_mode():
-        lora = region_lora(pipe, shipped_lora(model), seeds)
-    result.update({key: lora[key] for key in LORA_METRICS})
-    result["details"]["lora"] = lora
+    details = result["details"]
+    start = time.monotonic()
+    pipe = load(model)
+    pipe.set_progress_bar_config(disable=True)
+    measured: dict[str, dict] = {}
+    for metric in metrics:
+        measure, detail, key = PARTS[metric]
+        if detail not in measured:
+            gen = {"steps": details["steps"], "guidance": details["guidance"]}
+            with torch.inference_mode():
+                measured[detail] = (region_lora(pipe, shipped_lora(model), details["seeds"], **gen)
+                                    if measure is region_lora else measure(pipe, details["seeds"], **gen))
+        details[detail] = measured[detail]
+        result[metric] = measured[detail][key]
+    result.setdefault("partial_runs", []).append({"metrics": metrics, "seconds": round(time.monotonic() - start, 1),
+                                                  "torch": torch.__version__})
     path.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({"model": model, **{key: lora[key] for key in LORA_METRICS}}))
+    return result
 
 
 def saved_results() -> list[dict]:
@@ -81,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="images per single-object prompt (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--only", default=None, help=f"comma-separated metrics to measure again ({', '.join(PARTS)}) "
+                        "into the saved files")
     parser.add_argument("--lora-only", action="store_true",
                         help="measure only the LoRA metrics and put them into each model's saved JSON")
     args = parser.parse_args(argv)
@@ -88,14 +115,23 @@ def main(argv: list[str] | None = None) -> int:
         README.write_text(readme_with_table(README.read_text(), saved_results()))
         return 0
     torch.set_num_threads(args.threads)
+    if args.lora_only:
+        args.only = ",".join(LORA_METRICS)
+    if args.only is not None:
+        metrics = [m.strip() for m in args.only.split(",") if m.strip()]
+        unknown = sorted(set(metrics) - set(PARTS))
+        if unknown or not metrics:
+            parser.error(f"--only {args.only!r}: choose from {', '.join(PARTS)}")
+        for model in args.models:
+            result = remeasure(model, metrics)
+            print(json.dumps({k: result[k] for k in ("model", *metrics)}))
+        README.write_text(readme_with_table(README.read_text(), saved_results()))
+        return 0
     RESULTS.mkdir(exist_ok=True)
     for model in args.models:
         start = time.monotonic()
         pipe = load(model)
         pipe.set_progress_bar_config(disable=True)
-        if args.lora_only:
-            _add_lora_metrics(model, pipe, args.seeds)
-            continue
         controlnet = load_controlnet(CONTROLNETS[model]) if model in CONTROLNETS else None
         with torch.inference_mode():
             result = evaluate(pipe, seeds=args.seeds, controlnet=controlnet, lora=shipped_lora(model))

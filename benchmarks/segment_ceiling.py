@@ -28,7 +28,7 @@ from attnkit import sites
 from attnkit.segment import trace
 from attnkit.segment.diffseg import label_proposals
 from attnkit.shapes import MODEL_NAMES, load
-from attnkit.shapes.evaluate import _phrase, generate, layouts, matched_iou, segment_threshold, true_regions
+from attnkit.shapes.evaluate import _phrase, generate, layouts, matched_iou, segment_options, true_regions
 from per_model import per_model_main
 
 IMAGES = 16  # as `attnkit eval` (2 x 8 seeds)
@@ -67,14 +67,13 @@ def measure(model: str) -> dict:
     cases = layouts(IMAGES, seed=1)  # the images `attnkit eval` segments
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
     seeds = [5000 + k for k in range(IMAGES)]
-    threshold = segment_threshold(pipe)
     chosen = [s for s in sites(pipe) if s.kind in ("self", "self2", "joint", "single")]
     per_site: dict[str, list[torch.Tensor]] = {s.name: [] for s in chosen}
     images, diffseg = [], []
     for begin in range(0, IMAGES, 8):
         chunk = slice(begin, begin + 8)
         with ExitStack() as stack:
-            together = stack.enter_context(trace(pipe, thresholds=(threshold,) * 3))
+            together = stack.enter_context(trace(pipe, **segment_options(pipe)))
             alone = {s.name: stack.enter_context(trace(pipe, sites_=[s])) for s in chosen}
             made = generate(pipe, prompts[chunk], seeds[chunk])
         images += made

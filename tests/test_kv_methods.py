@@ -639,8 +639,17 @@ def test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make():
     spec = importlib.util.spec_from_file_location("methods_benchmark", path)
     methods = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
     spec.loader.exec_module(methods)
-    figures = json.loads(methods.RESULTS.read_text())
-    assert all(value < (1e-4 if name.endswith("float32") else 1e-6) for name, value in figures.items()
-               if not name.startswith("inversion/"))
+    results = json.loads(methods.RESULTS.read_text())
+    figures, tests = results["figures"], results["tests"]
+    # every figure was measured by a test of the parity files, and that test passed
+    assert set(tests) == set(figures)
+    assert all(test["test"].startswith(methods.TESTS) and test["outcome"] == "passed" for test in tests.values())
+    for name, value in figures.items():
+        if name.startswith("diffseg-labels/"):
+            assert value == 1.0
+        elif name.startswith(("diffseg/", "daam/", "concept-attention/")):
+            assert value < 1e-10
+        elif not name.startswith(("inversion/", "diffseg-segments/")):
+            assert value < (1e-4 if name.endswith("float32") else 1e-6)
     readme = methods.README.read_text()
-    assert methods.readme_with_table(readme, figures) == readme, "run `python benchmarks/methods.py --readme`"
+    assert methods.readme_with_table(readme, results) == readme, "run `python benchmarks/methods.py --readme`"

@@ -316,3 +316,50 @@ def test_maps_per_region_prompt_lie_in_their_segment_and_their_region(pipelines,
         tc.heatmap("red", region=2)
     with pytest.raises(AttnkitError, match="'blue' is not a word of the prompt 'a red circle'"):
         tc.heatmap("blue", region=0)
+
+
+def test_daam_buffers_are_per_layer_and_head_and_flat_over_steps(pipelines):
+    """DAAM keeps one sum over steps per (layer, head) at the layer's grid; the global map is what it reads."""
+    pipe = pipelines["tiny-sd15"]
+    one, _ = traced(pipe, steps=1, trace_kwargs={"method": "daam"})
+    five, _ = traced(pipe, steps=5, trace_kwargs={"method": "daam"})
+    assert isinstance(five, attnkit.maps.DaamTrace)
+    assert {name: part.shape for name, part in five.recorder.parts.items()} == \
+        {name: part.shape for name, part in one.recorder.parts.items()}
+    for site in five.recorder.sites:
+        assert five.recorder.parts[site.name].shape[1] == site.heads  # (items, heads, text, rows, cols)
+    assert not any(s.stage == "mid" for s in five.recorder.sites)  # DAAM reads the down and up blocks only
+    assert five.maps.shape == (1, 77, 16, 16) and float(five.maps.min()) >= 0  # bicubic undershoot clamped
+
+
+def test_daam_normalize_divides_by_the_prompt_words_maps(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    tc, _ = traced(pipe, steps=2, trace_kwargs={"method": "daam", "normalize": True})
+    positions = sorted({p for word in tc.tokens().words for p in word.positions})
+    torch.testing.assert_close(tc.maps[0, positions].sum(0), torch.ones(16, 16), atol=1e-4, rtol=0)
+    assert tc.heatmap("red").shape == (16, 16)
+
+
+def test_method_and_normalize_are_checked(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    with pytest.raises(AttnkitError, match="unknown method 'damm'"):
+        attnkit.maps.trace(pipe, PROMPT, method="damm")
+    with pytest.raises(AttnkitError, match="normalize= is DAAM's"):
+        attnkit.maps.trace(pipe, PROMPT, normalize=True)
+    with pytest.raises(AttnkitError, match="space='output' maps concepts"):
+        attnkit.maps.trace(pipelines["tiny-sd3"], PROMPT, space="output", concepts=["red"], method="daam")
+    with pytest.raises(AttnkitError, match="method='daam' maps image->text"):
+        attnkit.maps.trace(pipe, PROMPT, method="daam", relation="image->image")
+
+
+def test_cli_maps_by_daams_method_write_its_word_maps(tmp_path, capsys):
+    out = tmp_path / "daam"
+    assert main(["maps", "tiny-sd15", "--prompt", PROMPT, "--out", str(out), "--words", "red,square", "--steps", "2",
+                 "--method", "daam", "--normalize"]) == 0
+    with safe_open(out / "maps.safetensors", "pt") as f:
+        assert f.metadata()["method"] == "daam" and f.get_tensor("word.red").shape == (1, 16, 16)
+    assert main(["maps", "tiny-sd15", "--prompt", PROMPT, "--out", str(tmp_path / "x"), "--normalize"]) == 2
+    assert "--normalize is DAAM's normalisation" in capsys.readouterr().err
+    assert main(["maps", "tiny-sd3", "--prompt", PROMPT, "--out", str(tmp_path / "y"), "--method", "daam",
+                 "--steps", "1"]) == 2
+    assert "method='daam' reads the cross-attention of a UNet's down and up blocks" in capsys.readouterr().err

@@ -18,6 +18,9 @@ from attnkit.testing import meta_denoiser
 PROMPT = "a red circle and a blue square"
 CONCEPTS = ["zebra", "sky", "background"]  # none of them in the prompt
 TRANSFORMERS = ("tiny-sd3", "tiny-sd35", "tiny-flux")
+#: attnkit's earlier choices, kept as options: each concept alone, the block's conditioning, the prompt call's image
+#: outputs, the softmax of the mean logits.
+ATTNKIT_CHOICES = {"encoding": "alone", "pooled": "prompt", "image_outputs": "prompt", "combine": "logits"}
 
 
 def concept_traced(pipe, concepts=CONCEPTS, steps=2, trace_kwargs=None, **generate_kwargs):
@@ -83,7 +86,7 @@ def test_concepts_that_are_the_prompt_tokens_reproduce_the_text_stream(pipelines
                         lambda *_: (embeds[0], torch.eye(tokens)))
     capture = TextOutputs()
     tc = attnkit.maps.trace(pipe, PROMPT, space="output", concepts=[f"t{i}" for i in range(tokens)],
-                            kind=["joint", "single"])
+                            kind=["joint", "single"], **ATTNKIT_CHOICES)
     with tc, attnkit.attach(pipe, capture, tc.recorder.sites):
         generate(pipe, steps=2)
     assert len(capture.calls) == tc.count == 2 * len(tc.recorder.sites)  # the capture saw no concept pass
@@ -92,7 +95,7 @@ def test_concepts_that_are_the_prompt_tokens_reproduce_the_text_stream(pipelines
     torch.testing.assert_close(tc.total.double(), want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
 
 
-@pytest.mark.parametrize("combine", ["logits", "softmax"])
+@pytest.mark.parametrize("combine", ["logits", "softmax", "vectors"])
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 def test_maps_sum_to_one_over_concepts_at_every_image_token(pipelines, name, combine):
     tc, _ = concept_traced(pipelines[name], trace_kwargs={"combine": combine})
@@ -115,11 +118,13 @@ def test_default_sites_follow_concept_attention(pipelines):
     assert len(sd3) == 24 and {s.kind for s in sd3} == {"joint"}
 
 
-def test_the_buffer_does_not_grow_with_steps(pipelines):
+@pytest.mark.parametrize("combine", ["logits", "softmax", "vectors"])
+def test_the_buffer_does_not_grow_with_steps(pipelines, combine):
     pipe = pipelines["tiny-sd3"]
-    one, _ = concept_traced(pipe, steps=1)
-    many, _ = concept_traced(pipe, steps=12)
-    assert many.count == 12 * one.count and many.total.shape == one.total.shape == (1, 3, 8, 8)
+    one, _ = concept_traced(pipe, steps=1, trace_kwargs={"combine": combine})
+    many, _ = concept_traced(pipe, steps=12, trace_kwargs={"combine": combine})
+    per_step = combine != "vectors"  # "vectors" keeps one pair of step sums per site
+    assert many.count == (12 if per_step else 1) * one.count and many.total.shape == one.total.shape == (1, 3, 8, 8)
     assert held_tensor_bytes(many) == held_tensor_bytes(one)
 
 
@@ -201,12 +206,17 @@ def test_bad_inputs_are_one_clear_error_each(pipelines):
         attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky", " "])
     with pytest.raises(AttnkitError, match="unknown space 'outputs': choose 'probability'"):
         attnkit.maps.trace(sd3, PROMPT, space="outputs", concepts=["sky"])
-    with pytest.raises(AttnkitError, match="`concepts`, `combine` and `template` belong to output-space maps"):
-        attnkit.maps.trace(sd3, PROMPT, concepts=["sky"])
+    with pytest.raises(AttnkitError, match="`concepts`, `combine` belong to output-space maps"):
+        attnkit.maps.trace(sd3, PROMPT, concepts=["sky"], combine="softmax")
     with pytest.raises(AttnkitError, match="`relation` and `exact` choose probability maps"):
         attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky"], relation="text->image")
-    with pytest.raises(AttnkitError, match="combine='mean': choose 'logits'"):
+    with pytest.raises(AttnkitError, match="combine='mean': choose one of 'logits', 'softmax', 'vectors'"):
         attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky"], combine="mean")
+    for option, value in (("encoding", "whole"), ("pooled", "none"), ("image_outputs", "both")):
+        with pytest.raises(AttnkitError, match=f"{option}='{value}': choose one of"):
+            attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky"], **{option: value})
+    with pytest.raises(AttnkitError, match="encoding='joined' encodes the concepts as one prompt"):
+        attnkit.maps.trace(sd3, PROMPT, space="output", concepts=["sky"], template="a {}")
     with pytest.raises(AttnkitError, match=r"concept maps need sites with a text stream.*self2"):
         attnkit.maps.trace(pipelines["tiny-sd35"], PROMPT, space="output", concepts=["sky"], kind="self2")
     tc, _ = concept_traced(sd3, steps=1)
@@ -220,3 +230,50 @@ def test_bad_inputs_are_one_clear_error_each(pipelines):
         pass
     with pytest.raises(AttnkitError, match="no concept maps were recorded"):
         empty.maps
+
+
+def test_defaults_follow_concept_attentions_code_for_each_family(pipelines):
+    def options(pipe):
+        chosen = attnkit.maps.trace(pipe, PROMPT, space="output", concepts=["sky"]).recorder.options
+        return chosen.encoding, chosen.pooled, chosen.image_outputs, chosen.combine
+
+    assert options(pipelines["tiny-flux"]) == ("first-token", "zero", "prompt", "softmax")
+    assert options(pipelines["tiny-sd3"]) == options(pipelines["tiny-sd35"]) == ("joined", "prompt", "concepts",
+                                                                                   "vectors")
+    earlier = attnkit.maps.ConceptOptions()  # a family ConceptAttention has no code for: attnkit's earlier choices
+    assert (earlier.encoding, earlier.pooled, earlier.image_outputs, earlier.combine) == tuple(ATTNKIT_CHOICES.values())
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_each_option_changes_the_maps_and_keeps_them_distributions(pipelines, name):
+    """Every option away from the family's default gives other maps (concepts of several tokens: "zebra"), still a
+    distribution over the concepts at every image token, and leaves the image untouched."""
+    pipe = pipelines[name]
+    want = generate(pipe, steps=2)
+    default, _ = concept_traced(pipe)
+    for option, value in ATTNKIT_CHOICES.items():
+        if getattr(default.recorder.options, option) == value:
+            continue
+        other, latents = concept_traced(pipe, trace_kwargs={option: value})
+        assert torch.equal(latents, want)
+        torch.testing.assert_close(other.maps.sum(1), torch.ones_like(other.maps.sum(1)))
+        assert not torch.allclose(other.maps, default.maps), option
+
+
+def test_concept_maps_of_an_existing_image_read_one_noised_forward(pipelines):
+    from PIL import Image
+
+    pipe = pipelines["tiny-sd3"]
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    tc = attnkit.maps.concept_maps_of_image(pipe, image, ["sky", "tree"], "a red circle", seed=1)
+    assert tc.recorder.steps_recorded == {0} and tc.count == len(tc.recorder.sites)
+    torch.testing.assert_close(tc.maps.sum(1), torch.ones(1, 8, 8, dtype=tc.maps.dtype))
+    again = attnkit.maps.concept_maps_of_image(pipe, image, ["sky", "tree"], "a red circle", seed=1)
+    other = attnkit.maps.concept_maps_of_image(pipe, image, ["sky", "tree"], "a red circle", seed=2)
+    assert torch.equal(again.maps, tc.maps) and not torch.equal(other.maps, tc.maps)
+    with pytest.raises(AttnkitError, match="multiples of 8"):
+        attnkit.maps.concept_maps_of_image(pipe, Image.new("RGB", (60, 64)), ["sky"])
+    with pytest.raises(AttnkitError, match="PIL image"):
+        attnkit.maps.concept_maps_of_image(pipe, np.zeros((64, 64, 3)), ["sky"])
+    with pytest.raises(AttnkitError, match="step=4 is not a step of a 4-step run"):
+        attnkit.maps.concept_maps_of_image(pipe, image, ["sky"], step=4)

@@ -1,5 +1,6 @@
 """Segmentation from self-attention: DiffSeg's merging, the per-query recorder it reads, the API and the CLI."""
 
+import inspect
 import json
 
 import numpy as np
@@ -11,12 +12,13 @@ import attnkit
 import attnkit.segment as seg
 from attnkit.cli import main
 from attnkit.errors import AttnkitError
-from attnkit.recorders import MapRecorder
+from attnkit.families import family_of
+from attnkit.recorders import RELATIONS, MapRecorder
 from attnkit.segment import PerQuery
 from attnkit.segment.diffseg import anchor_grid, kl, merge, segment_maps
 from attnkit.shapes.scorer import detect
 from attnkit.sites import architecture_of, denoiser_of
-from attnkit.testing import TINY_IMAGE_SIZE
+from attnkit.testing import PIPELINE_NAMES, TINY_IMAGE_SIZE, build_pipeline
 from conftest import TINY
 
 PARTITION = np.zeros((8, 8), int)
@@ -143,15 +145,92 @@ def test_generated_and_existing_images_segment_on_every_tiny_architecture(pipeli
     assert sum(s.area for s in result.segments) == image.height * image.width
     assert [s.id for s in result.segments] == list(range(len(result.segments)))
     assert all(s.label in ("red", "circle", seg.BACKGROUND) for s in result.segments)
-    existing = seg.segment_image(pipe, image, timestep=500, thresholds=(0.01,) * 3)
-    assert existing.labels.shape == (image.height, image.width)
-    assert all(s.label is None for s in existing.segments)
-    # read at the one forward, half way along the schedule: DDPM-type timesteps there are about 500; flow matching's
-    # shifted schedules lie higher
-    unet = architecture_of(denoiser_of(pipe)).name == "unet"
-    assert 400 < existing.timestep < 600 if unet else 400 < existing.timestep < 1000
+    for protocol in seg.PROTOCOLS:
+        existing = seg.segment_image(pipe, image, timestep=500, thresholds=(0.01,) * 3, protocol=protocol)
+        assert existing.labels.shape == (image.height, image.width)
+        assert all(s.label is None for s in existing.segments) and existing.step is None
+        if seg.PROTOCOLS[protocol].clean:
+            assert existing.timestep == 500  # the clean latent, read at the very timestep asked for
+        else:  # img2img: the one forward half way along its schedule; flow matching's shifted schedules lie higher
+            unet = architecture_of(denoiser_of(pipe)).name == "unet"
+            assert 400 < existing.timestep < 600 if unet else 400 < existing.timestep < 1000
     after = denoiser_of(pipe).attn_processors
     assert all(after[k] is before[k] for k in before)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_a_generation_is_read_at_the_step_whose_timestep_is_nearest(pipelines, name, steps):
+    pipe = pipelines[name]
+    timesteps = []
+
+    def note(pipeline, i, t, tensors):
+        timesteps.append(float(t))
+        return tensors
+
+    with seg.trace(pipe, "a red circle") as tc, torch.inference_mode():
+        pipe("a red circle", num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+             output_type="latent", callback_on_step_end=note)
+    result = tc.segmentation()
+    distances = [abs(t - seg.DEFAULT_TIMESTEP) for t in timesteps]
+    assert result.steps == len(timesteps)
+    assert result.step == distances.index(min(distances)) and result.timestep == timesteps[result.step]
+
+
+def test_the_clean_protocol_runs_the_denoiser_once_on_the_vae_posterior_mean_at_the_timestep(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    seen = []
+    handle = pipe.unet.register_forward_hook(lambda module, args, kwargs, out: seen.append((args, kwargs)),
+                                             with_kwargs=True)
+    try:
+        seg.segment_image(pipe, image, timestep=250)
+    finally:
+        handle.remove()
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        mean = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        empty = pipe.text_encoder(pipe.tokenizer("", padding="max_length", max_length=77,
+                                                 return_tensors="pt").input_ids)[0]
+    (args, kwargs), = seen
+    given = inspect.signature(type(pipe.unet).forward).bind(pipe.unet, *args, **kwargs).arguments
+    torch.testing.assert_close(given["sample"], mean, rtol=1e-5, atol=1e-6)
+    assert float(given["timestep"]) == 250
+    torch.testing.assert_close(given["encoder_hidden_states"], empty)
+
+
+def test_an_existing_image_is_read_with_a_scheduler_that_finds_its_step_by_the_timestep(pipelines):
+    """DDIM keeps no step count, so sessions find its step by the forward's timestep: the one forward's own timestep
+    stands in the run's timesteps while it runs, and the scheduler has its run's timesteps back afterwards."""
+    from diffusers import DDIMScheduler
+
+    pipe = pipelines["tiny-sd15"]
+    scheduler = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(scheduler.config)
+    try:
+        result = seg.segment_image(pipe, Image.new("RGB", (64, 64), (200, 40, 40)), timestep=250)
+        assert result.timestep == 250 and result.labels.shape == (64, 64)
+        assert 250 not in pipe.scheduler.timesteps.tolist()
+    finally:
+        pipe.scheduler = scheduler
+
+
+def test_protocols_and_their_options_are_checked(pipelines):
+    pipe = pipelines["tiny-sd15"]
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(AttnkitError, match="unknown protocol 'diffsegg'.*'diffseg'"):
+        seg.trace(pipe, protocol="diffsegg")
+    with pytest.raises(AttnkitError, match="protocol 'img2img' reads an existing image"):
+        seg.trace(pipe, protocol="img2img")
+    with pytest.raises(AttnkitError, match="seed= draws the noise of protocol 'img2img'"):
+        seg.segment_image(pipe, image, seed=3)
+    with pytest.raises(AttnkitError, match="kmeans_iterations.*protocol 'diffseg' leaves out"):
+        seg.segment_image(pipe, image, kmeans_iterations=10)
+    assert seg.Options.of({"protocol": "diffseg-notebook", "kmeans_iterations": 10}).kmeans_iterations == 10
+    notebook = seg.Options.of({"protocol": "diffseg-notebook"})
+    assert (notebook.thresholds, notebook.refine) == ((0.9,) * 3, True)
+    benchmark = seg.Options.of({})
+    assert (benchmark.protocol, benchmark.thresholds, benchmark.refine) == ("diffseg", (1.1,) * 3, False)
 
 
 def test_segment_threshold_is_the_architectures_at_the_nearest_swept_image_size():
@@ -173,10 +252,11 @@ def test_segment_threshold_is_the_architectures_at_the_nearest_swept_image_size(
 
 def test_segments_of_a_shapes_image_are_named_by_its_words():
     from attnkit.shapes import load
-    from attnkit.shapes.evaluate import generate, segment_threshold
+    from attnkit.shapes.evaluate import generate, segment_options
 
     pipe = load("shapes-sd15")
-    with seg.trace(pipe, "a red circle", thresholds=(segment_threshold(pipe),) * 3) as tc:
+    # the 16x16 and 8x8 grids: the mid block's 4x4 grid, weighted 4/28 as DiffSeg weights it, blurs a 64-px circle
+    with seg.trace(pipe, "a red circle", resolutions=[16, 8], height=64, width=64, **segment_options(pipe)) as tc:
         image = generate(pipe, ["a red circle"], [0])[0]
     result = tc.segmentation()
     circle = max(detect(image), key=lambda blob: blob.area).mask
@@ -230,11 +310,35 @@ def test_cli_segments_a_generated_image_and_writes_every_file(tmp_path):
     assert Image.open(out / "overlay.png").size == labels.size
 
 
-def test_cli_segments_an_existing_image(tmp_path):
+@pytest.mark.parametrize("protocol", [[], ["--protocol", "diffseg-notebook", "--kmeans-iterations", "5"],
+                                      ["--protocol", "img2img", "--seed", "3"]])
+def test_cli_segments_an_existing_image_by_each_protocol(tmp_path, protocol):
     picture = tmp_path / "in.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
-    assert main(["segment", "tiny-flux", "--image", str(picture), "--out", str(tmp_path / "o")]) == 0
-    assert (tmp_path / "o" / "labels.png").is_file()
+    assert main(["segment", "tiny-flux", "--image", str(picture), "--out", str(tmp_path / "o"), *protocol]) == 0
+    described = json.loads((tmp_path / "o" / "segments.json").read_text())
+    assert (tmp_path / "o" / "labels.png").is_file() and described["step"] is None
+    assert (described["timestep"] == 300) == ("img2img" not in protocol)
+
+
+IMAGE_MODELS = [name for name in PIPELINE_NAMES if name.startswith("tiny-")]
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_cli_segments_a_two_step_run_of_every_tiny_family_and_says_which_step_it_read(tmp_path, capsys, name):
+    pipe = build_pipeline(name)
+    code = main(["segment", name, "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    if family_of(pipe).video:
+        assert code == 2 and "makes videos; `attnkit segment` segments one still image" in captured.err
+        return
+    if not any(s.kind in RELATIONS["image->image"][2] for s in attnkit.sites(pipe)):
+        assert code == 2 and "no self-attention sites" in captured.err  # linear attention only (Sana)
+        return
+    assert code == 0, captured.err
+    described = json.loads((tmp_path / "segments.json").read_text())
+    assert described["steps"] >= 2 and 0 <= described["step"] < described["steps"]
+    assert f"read at step {described['step']} of {described['steps']}" in captured.out
 
 
 @pytest.mark.parametrize("setup, argv, message", [
@@ -243,16 +347,28 @@ def test_cli_segments_an_existing_image(tmp_path):
     ("odd", ["--image", "{tmp}/in.png"], "multiples of"),
     (None, [], "give --prompt"),
     (None, ["--prompt", "a red circle", "--resolutions", "x"], "--resolutions"),
+    (None, ["--prompt", "a red circle", "--protocol", "img2img"], "--protocol img2img reads an existing image"),
+    ("ok", ["--image", "{tmp}/in.png", "--seed", "3"], "--seed draws the noise of --protocol img2img"),
+    (None, ["--prompt", "a red circle", "--kmeans-iterations", "5"], "--protocol diffseg leaves out"),
 ])
 def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, setup, argv, message):
     if setup == "text":
         (tmp_path / "in.png").write_text("not an image")
     elif setup == "odd":
         Image.new("RGB", (60, 64)).save(tmp_path / "in.png")
+    elif setup == "ok":
+        Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(["segment", "tiny-sd3", *args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("attnkit: error") == 1
+
+
+def test_cli_an_unknown_protocol_is_a_usage_error_listing_the_protocols(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", "tiny-sd3", "--prompt", "a red circle", "--protocol", "difseg", "--out", "o"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'difseg'" in err and "'diffseg-notebook'" in err
 
 
 def test_the_per_query_reduction_maps_once_exported_says_where_it_moved():

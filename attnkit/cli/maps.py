@@ -1,7 +1,8 @@
 """`attnkit maps MODEL --prompt P --out DIR`: generate one image and write its per-word attention maps.
 
 Writes DIR/image.png, DIR/<word>.png (overlay per word), DIR/grid.png (all words) and DIR/maps.safetensors. With
-`--space output --concepts a,b` the maps are output-space concept maps (SD3, SD3.5, Flux), one PNG per concept.
+`--space output --concepts a,b` the maps are output-space concept maps (SD3, SD3.5, Flux), one PNG per concept;
+`--method daam` aggregates probability maps as DAAM's code does (UNets).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def register(commands: Any) -> None:
                    "output-space concept maps of --concepts (SD3, SD3.5, Flux)")
     p.add_argument("--concepts", default=None, help="comma-separated concepts for --space output, in the prompt "
                    "or not, e.g. circle,square,background")
+    p.add_argument("--method", choices=("mean", "daam"), default="mean",
+                   help="how probability maps are aggregated: mean (default: the mean probability over heads, layers "
+                   "and steps, a word's tokens summed) or daam (DAAM's code: a UNet's down- and up-block "
+                   "cross-attention, each layer's and head's sum over steps upsampled bicubic and clamped at 0, "
+                   "averaged; a word's tokens averaged)")
+    p.add_argument("--normalize", action="store_true",
+                   help="with --method daam: divide each word's map by the prompt's words' sum at every pixel, as "
+                   "DAAM's normalize does")
     add_generation_options(p)
     p.add_argument("--size", type=positive_int, default=None, metavar="S",
                    help="shorthand for --height S --width S (not combined with them)")
@@ -37,6 +46,11 @@ def register(commands: Any) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[int | None, int | None, list[str] | None, list[str] | None]:
     """(height, width, words, concepts) of the options, checked: --size is both sides."""
+    if args.normalize and args.method != "daam":
+        raise AttnkitError("--normalize is DAAM's normalisation over the prompt's words: add --method daam.")
+    if args.method != "mean" and args.space == "output":
+        raise AttnkitError(f"--method {args.method} aggregates attention probabilities; --space output maps concepts "
+                           "from attention outputs: leave --method out.")
     height, width = args.height, args.width
     if args.size is not None:
         if height is not None or width is not None:
@@ -52,7 +66,8 @@ def _maps(args: argparse.Namespace, load: Any) -> None:
     height, width, words, concepts = _check(args)
     pipe = load(args.model)
     options = sampling_options(args.model, pipe, args.steps, height, width, args.guidance)
-    result = maps(args.model, pipe, args.prompt, args.seed, options, words=words, concepts=concepts, out=args.out)
+    result = maps(args.model, pipe, args.prompt, args.seed, options, words=words, concepts=concepts, out=args.out,
+                  method=args.method, normalize=args.normalize)
     print(f"wrote {args.out / 'image.png'}, {len(result.maps)} {'concept' if concepts else 'word'} map(s) "
           f"({', '.join(result.maps)}), {args.out / 'grid.png'}, {args.out / 'maps.safetensors'}")
 

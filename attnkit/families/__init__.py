@@ -153,7 +153,8 @@ class Family:
       read it from the model; `block_stride(model)`: where sites of different blocks see different token grids (the
       UNet's down- and up-sampling), the stride of each block ("down.1", "mid.0"), which `multiscale` families round
       up when a side is odd (each down-sampling convolution does); `decoder`: the stage of such a family that draws
-      the image back up to the latent's resolution once the layout is set (the UNet's "up" blocks).
+      the image back up to the latent's resolution once the layout is set (the UNet's "up" blocks), `encoder` the
+      one that draws it down to the bottleneck (the UNet's "down" blocks; its middle stage is neither).
     - `grid`: the token grid of one forward, from the denoiser forward's bound arguments and the model.
     - `streams`: (tokenizer, first position, length) of each tokenizer's stream within the text part of the
       attention calls, given the pipeline and the number of text tokens: which word is which position.
@@ -166,7 +167,11 @@ class Family:
       "joint"/"single" (one sequence of text and image in `order`). A family whose sequences hold anything else
       (padding, reference images) gives its own.
     - `timestep_scale`: what the forward's timestep is multiplied by to be in the scheduler's units (0-1000);
-      `timestep`: the forward's timestep in scheduler units, where it is not its `timestep` argument times that.
+      `timestep`: the forward's timestep in scheduler units, where it is not its `timestep` argument times that;
+      `timestep_argument` and `forward_timestep`: where a forward takes its timestep and what it takes for one in
+      scheduler units (default: that divided by `timestep_scale`), so that a forward can be run at a timestep of
+      attnkit's choosing (`set_timestep`).
+    - `latent_argument`: the forward argument that holds the (packed) latents.
     - `video`: whether the image tokens span several frames.
     - `cfg`: how the pipeline batches classifier-free guidance without naming its branches (`cache_context`):
       in one batch, "uncond-first" (diffusers' usual [uncond, cond]) or "cond-first", or "sequential" (a cond
@@ -180,6 +185,10 @@ class Family:
     - `stream_blocks`: (attribute, stage) of the denoiser's block lists whose blocks take and return both streams
       (`forward(hidden_states, encoder_hidden_states, temb, ...) -> (encoder_hidden_states, hidden_states)`, after a
       `context_embedder`), in execution order: where another text stream can be run through the same blocks.
+    - `conditioning(model, bound, pooled)`: the conditioning vector (`temb`) the stream blocks take, from a forward's
+      bound arguments with `pooled` in place of its pooled text embedding (None: not described).
+    - `concept_defaults`: the settings of ConceptAttention's code (github helblazer811/ConceptAttention) for this
+      family's output-space concept maps, where it has code for the family (`attnkit.maps.concepts` names them).
     - `replay`: attnkit replays the stock processors (the UNet's `AttnProcessor2_0` and `AttnProcessor`) instead of
       running their own code; `restore`: how a user gets the stock processors back (`{denoiser}` is filled in).
     - `size_multiple(pipe)`: what image sides must be multiples of (default: the VAE factor times the stride).
@@ -196,11 +205,15 @@ class Family:
     block_stride: Callable[[torch.nn.Module], Mapping[str, int]] | None = None
     multiscale: bool = False
     decoder: str | None = None
+    encoder: str | None = None
     text_tokens: Callable[[Mapping[str, Any]], int | None] = _text_tokens
     item_text_tokens: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
     layout: Callable[[Family, Kind, int, int, Grid, int | None], tuple[Parts, Parts]] | None = None
     timestep_scale: float = 1.0
     timestep: Callable[[Mapping[str, Any]], Any] | None = None
+    timestep_argument: str = "timestep"
+    forward_timestep: Callable[[float], float] | None = None
+    latent_argument: str = "hidden_states"
     video: bool = False
     cfg: Literal["uncond-first", "cond-first", "sequential"] = "uncond-first"
     guided: Callable[[Any, Mapping[str, Any]], bool] = _do_classifier_free_guidance
@@ -208,6 +221,8 @@ class Family:
     text: TextInput | None = None
     pack_latents: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
     stream_blocks: tuple[tuple[str, str], ...] = ()
+    conditioning: Callable[[torch.nn.Module, Mapping[str, Any], torch.Tensor], torch.Tensor] | None = None
+    concept_defaults: Mapping[str, Any] = field(default_factory=dict)
     replay: bool = False
     restore: str | None = None
     size_multiple: Callable[[Any], int] | None = None
@@ -233,6 +248,12 @@ class Family:
             return self.timestep(bound)
         timestep = bound.get("timestep")
         return None if timestep is None else timestep * self.timestep_scale
+
+    def set_timestep(self, bound: dict[str, Any], timestep: float) -> None:
+        """Put `timestep` (scheduler units) into a forward's bound arguments, in the form the forward takes it."""
+        value = self.forward_timestep(timestep) if self.forward_timestep is not None else timestep / self.timestep_scale
+        old = bound.get(self.timestep_argument)
+        bound[self.timestep_argument] = torch.full_like(old, value) if isinstance(old, torch.Tensor) else value
 
     def stride_of(self, model: torch.nn.Module) -> int:
         """Latent pixels per cell of `grid`."""

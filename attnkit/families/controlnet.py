@@ -20,6 +20,8 @@ FAMILY = Family(
     streams=streams,
     block_stride=block_strides,
     multiscale=True,
+    encoder="down",
+    latent_argument="sample",
     replay=True,
     restore=RESTORE,
 )

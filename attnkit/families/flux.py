@@ -28,6 +28,16 @@ def pack_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
     return type(pipe)._pack_latents(latents, *latents.shape)
 
 
+def conditioning(model: torch.nn.Module, bound: Mapping[str, Any], pooled: torch.Tensor) -> torch.Tensor:
+    """The blocks' `temb` as the transformer makes it (timestep and guidance times 1000), with `pooled`."""
+    dtype = bound["hidden_states"].dtype
+    timestep = bound["timestep"].to(dtype) * 1000
+    guidance = bound.get("guidance")
+    if guidance is None:
+        return model.time_text_embed(timestep, pooled)
+    return model.time_text_embed(timestep, guidance.to(dtype) * 1000, pooled)
+
+
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     """Flux's transformer sees T5 tokens only (CLIP gives just the pooled embedding)."""
     return [(pipe.tokenizer_2, 0, text_tokens)]
@@ -59,4 +69,11 @@ FAMILY = Family(
                    max_sequence_length=512, negative="given"),
     pack_latents=pack_latents,
     stream_blocks=(("transformer_blocks", "joint"), ("single_transformer_blocks", "single")),
+    conditioning=conditioning,
+    # ConceptAttention's Flux code at 8c2709c (concept_attention/modified_double_stream_block.py, utils.py,
+    # concept_attention_pipeline.py): each concept's first T5 token, a zero pooled vector for the concepts, the
+    # prompt call's image outputs, softmax per layer and step; an existing image read with a zero pooled vector
+    # and guidance 0.
+    concept_defaults={"encoding": "first-token", "pooled": "zero", "image_outputs": "prompt", "combine": "softmax",
+                      "image_pooled": "zero", "image_guidance": 0.0},
 )

@@ -95,6 +95,7 @@ FAMILY = Family(
     layout=_layout,
     timestep_scale=1.0,
     timestep=lambda bound: bound.get("timesteps"),  # the forward's argument is `timesteps` (scheduler units)
+    timestep_argument="timesteps",
     # several prompts' text: `prompt_embeds_t5` joined on its token axis 1, `prompt_embeds_llama3` (layers, batch,
     # tokens, width) on axis 2; every block's text is [T5 | Llama | Llama] of the joined arguments
     text=TextInput(_encode, {"prompt_embeds_t5": 1, "prompt_embeds_llama3": 2}, _limits,

@@ -136,6 +136,7 @@ FAMILY = Family(
     layout=_layout,
     cfg="sequential",
     timestep=lambda bound: 1000 * (1 - bound["timestep"]),  # the forward's timestep is 1 - t / 1000
+    forward_timestep=lambda t: 1 - t / 1000,
     text=TextInput(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=256, pack=_pack,
                    encode_negative=_encode_negative),
 )

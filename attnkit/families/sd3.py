@@ -18,6 +18,11 @@ def _grid(bound: Mapping[str, Any], model: torch.nn.Module) -> Grid:
     return Grid(1, rows // patch, cols // patch)
 
 
+def _conditioning(model: torch.nn.Module, bound: Mapping[str, Any], pooled: torch.Tensor) -> torch.Tensor:
+    """The blocks' `temb` as the transformer makes it, with `pooled`."""
+    return model.time_text_embed(bound["timestep"], pooled)
+
+
 def _streams(pipe: Any, text_tokens: int) -> list[tuple[Any, int, int]]:
     clip = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
     clip_length = min(clip.model_max_length, text_tokens)
@@ -57,4 +62,9 @@ FAMILY = Family(
     text=TextInput(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
                    max_sequence_length=256, fixed_tokens=lambda pipe: pipe.tokenizer_max_length),  # CLIP's, then T5's
     stream_blocks=(("transformer_blocks", "joint"),),
+    conditioning=_conditioning,
+    # ConceptAttention's SD3 code at db30c4d (concept_attention/sd3/dit_block.py, pipeline.py,
+    # concept_attention_pipeline.py): the concepts joined into one prompt (CLIP start token kept), the prompt's
+    # conditioning, the concept call's own image outputs, vectors averaged over steps and L2-normalised concepts.
+    concept_defaults={"encoding": "joined", "pooled": "prompt", "image_outputs": "concepts", "combine": "vectors"},
 )

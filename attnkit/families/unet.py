@@ -91,6 +91,8 @@ FAMILY = Family(
     block_stride=block_strides,
     multiscale=True,
     decoder="up",
+    encoder="down",
+    latent_argument="sample",
     text=TextInput(_encode, {"prompt_embeds": 1}, _limits, pooled=("pooled_prompt_embeds",),
                    zeros_without_negative=_zeros_without_negative),
     replay=True,

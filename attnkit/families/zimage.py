@@ -111,6 +111,9 @@ FAMILY = Family(
     item_text_tokens=_item_text_tokens,
     layout=_layout,
     timestep=lambda bound: 1000 * (1 - bound["t"]),  # the forward's `t` is (1000 - timestep) / 1000
+    timestep_argument="t",
+    forward_timestep=lambda t: (1000 - t) / 1000,
+    latent_argument="x",
     cfg="cond-first",
     text=TextInput(_encode, {"prompt_embeds": 0}, _limits, max_sequence_length=512),
 )

@@ -25,13 +25,17 @@ from ..session import Session
 from ..sites import choose
 from ..tokens import PromptSegment, PromptTokens, prompt_tokens, segment_tokens
 
-__all__ = ["SPACES", "Trace", "trace", "WORD_RELATIONS"]
+__all__ = ["METHODS", "SPACES", "Trace", "trace", "WORD_RELATIONS"]
 
 #: Relations whose maps have one spatial map per text token, so that words have heat maps.
 WORD_RELATIONS = ("image->text", "text->image")
 #: "probability": the model's attention probabilities over prompt tokens; "output": concept maps in the attention
 #: output space (`attnkit.maps.concepts`).
 SPACES = ("probability", "output")
+#: How probability maps are aggregated: "mean" (attnkit's: the mean probability over heads, sites and steps, summed
+#: over a word's tokens) or "daam" (DAAM's code: down and up cross-attention, each layer's and head's sum over steps
+#: upsampled bicubic and clamped, averaged, a word's tokens averaged; `attnkit.maps.daam`).
+METHODS = ("mean", "daam")
 
 
 class Segmented(Protocol):
@@ -43,6 +47,8 @@ class Segmented(Protocol):
 
 class Trace:
     """A map recorder attached to one pipeline for the span of a `with` block; results are read after it."""
+
+    method = "mean"
 
     def __init__(self, pipe: Any, recorder: MapRecorder, prompt: str | Sequence[str] | Segmented | None) -> None:
         self.pipe = pipe
@@ -67,9 +73,9 @@ class Trace:
 
     @property
     def total(self) -> torch.Tensor:
-        """Sum over heads, sites and steps, fp32, checked complete: (batch items, text tokens, rows, cols) for
-        image->text and text->image, (batch items, 1, rows, cols) for image->image, (items, text, text) for
-        text->text."""
+        """Sum over heads, sites and steps, fp32 (fp64 for a float64 model), checked complete: (batch items, text
+        tokens, rows, cols) for image->text and text->image, (batch items, 1, rows, cols) for image->image, (items,
+        text, text) for text->text."""
         return self._checked().total
 
     @property
@@ -153,6 +159,7 @@ class Trace:
         """Raw maps as safetensors: `maps` (mean per text token), `word.<w>` per word, and a JSON header."""
         tensors = {"maps": self.maps.contiguous()}
         metadata = {
+            "method": self.method,
             "relation": self.recorder.relation,
             "architecture": family_of(self.pipe).name,
             "sites": json.dumps(self.recorder.sites.names),
@@ -173,9 +180,14 @@ def trace(
     prompt: str | Sequence[str] | Segmented | None = None,
     *,
     space: str = "probability",
+    method: str = "mean",
+    normalize: bool = False,
     concepts: Sequence[str] | None = None,
-    combine: str = "logits",
-    template: str = "{}",
+    combine: str | None = None,
+    template: str | None = None,
+    encoding: str | None = None,
+    pooled: str | None = None,
+    image_outputs: str | None = None,
     relation: Relation = "image->text",
     steps: Iterable[int] | None = None,
     branch: str = "cond",
@@ -193,24 +205,51 @@ def trace(
     sites of the kinds that have the relation (image->text: UNet cross, SD3 joint, Flux joint and single).
     `steps`: 0-based denoising steps to record (default all). `branch`: the CFG branch ("cond").
     `exact`: "lse" (fused kernel) or "explicit" (fallback); the same numbers.
+    `method="daam"` aggregates as DAAM's code does (its sites by default: a UNet's down- and up-block cross-attention;
+    `normalize` divides every token's map by the prompt tokens' sum; see `attnkit.maps.daam`) and returns a
+    `DaamTrace`.
     `space="output"` records output-space concept maps of `concepts` instead (SD3, SD3.5, Flux; see
-    `attnkit.maps.concepts`), combined over sites and steps by `combine` ("logits" or "softmax"), each concept
-    encoded within `template` ("{}": alone); it returns a `ConceptTrace` with the same `heatmap`, `word_maps`, `save`.
+    `attnkit.maps.concepts`): `encoding` ("alone", "first-token", "joined", within `template`), `pooled` ("prompt",
+    "zero"), `image_outputs` ("prompt", "concepts") and `combine` ("logits", "softmax", "vectors") default to what
+    ConceptAttention's code does for the family; it returns a `ConceptTrace` with the same `heatmap`, `word_maps`,
+    `save`.
     """
     if space not in SPACES:
         raise AttnkitError(f"unknown space {space!r}: choose 'probability' (attention probabilities over the "
                            "prompt's words) or 'output' (concept maps, with concepts=[...]).")
+    if method not in METHODS:
+        raise AttnkitError(f"unknown method {method!r}: choose 'mean' (attnkit's mean probability over heads, sites "
+                           "and steps) or 'daam' (DAAM's aggregation of a UNet's cross-attention).")
+    if normalize and method != "daam":
+        raise AttnkitError("normalize= is DAAM's division of each token's map by the prompt tokens' sum: add "
+                           "method='daam'.")
+    if space == "output" and method != "mean":
+        raise AttnkitError(f"method={method!r} aggregates attention probabilities; space='output' maps concepts from "
+                           "attention outputs (ConceptAttention): leave method out.")
     if space == "output":
         if relation != "image->text" or exact != "lse":
             raise AttnkitError("`relation` and `exact` choose probability maps; space='output' maps concepts "
                                "from attention outputs: leave them out.")
         from .concepts import concept_trace
 
-        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, combine=combine,
-                             template=template, sites_=sites_, **selection)
-    if concepts is not None or combine != "logits" or template != "{}":
-        raise AttnkitError("`concepts`, `combine` and `template` belong to output-space maps: pass space='output' "
-                           "as well (probability maps read the prompt's own words).")
+        return concept_trace(pipe, prompt, concepts, steps=steps, branch=branch, sites_=sites_, combine=combine,
+                             template=template, encoding=encoding, pooled=pooled, image_outputs=image_outputs,
+                             **selection)
+    given = {"concepts": concepts, "combine": combine, "template": template, "encoding": encoding, "pooled": pooled,
+             "image_outputs": image_outputs}
+    if any(value is not None for value in given.values()):
+        raise AttnkitError(f"{', '.join(f'`{k}`' for k, v in given.items() if v is not None)} belong to output-space "
+                           "maps: pass space='output' as well (probability maps read the prompt's own words).")
+    if method == "daam":
+        from .daam import DaamTrace, PerHead, daam_sites
+
+        if relation != "image->text":
+            raise AttnkitError(f"method='daam' maps image->text attention (each word's map over the image); "
+                               f"relation={relation!r} is another part: leave relation out.")
+        chosen = choose(pipe, sites_, selection, daam_sites, kinds=RELATIONS[relation][2])
+        recorder = MapRecorder(chosen, relation=relation, steps=steps, branch=branch, exact=exact,
+                               reduction=PerHead())
+        return DaamTrace(pipe, recorder, prompt, normalize)
     # without a kind, only the kinds that have this relation; none at all: the recorder says which kinds do
     chosen = choose(pipe, sites_, selection, kinds=RELATIONS[relation][2] if relation in RELATIONS else ())
     recorder = MapRecorder(chosen, relation=relation, steps=steps, branch=branch, exact=exact)

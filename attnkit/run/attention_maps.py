@@ -27,9 +27,11 @@ class Maps:
 
 
 def maps(model: str, pipe: Any, prompt: str, seed: int, options: dict[str, Any], words: list[str] | None = None,
-         concepts: list[str] | None = None, out: Path | None = None, **extra: Any) -> Maps:
+         concepts: list[str] | None = None, out: Path | None = None, method: str = "mean", normalize: bool = False,
+         **extra: Any) -> Maps:
     """Generate `prompt` with `options` (sampling options) while recording the maps of `words` (default: every word
-    of the prompt) or, with `concepts`, output-space concept maps. With `out`, writes OUT/image.png, OUT/<word>.png
+    of the prompt), aggregated by `method` ("mean" or "daam", `normalize`d as DAAM's), or, with `concepts`,
+    output-space concept maps. With `out`, writes OUT/image.png, OUT/<word>.png
     (overlay per word; no map for a word named like the other files), OUT/grid.png and OUT/maps.safetensors. `extra`
     (e.g. `callback_on_step_end`) goes to the pipeline only."""
     import torch
@@ -37,7 +39,7 @@ def maps(model: str, pipe: Any, prompt: str, seed: int, options: dict[str, Any],
     from ..maps import plot
     from ..maps.trace import trace
 
-    space = {"space": "output", "concepts": concepts} if concepts else {}
+    space = {"space": "output", "concepts": concepts} if concepts else {"method": method, "normalize": normalize}
     size = {k: v for k, v in options.items() if k in ("height", "width") and v is not None}
     sampling = {k: v for k, v in options.items() if k not in ("height", "width")}
     with trace(pipe, prompt=prompt, **space) as tc, torch.inference_mode():

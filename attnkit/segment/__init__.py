@@ -12,13 +12,15 @@ prompt-token labelling name them. Names load on first use, so the command line s
 
 from .. import _lazy
 
-__all__ = ["BACKGROUND", "DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP", "Options", "PerQuery", "Segment",
-           "SegmentTrace", "Segmentation", "merge", "segment_image", "segment_maps", "trace"]
+__all__ = ["BACKGROUND", "DEFAULT_ANCHORS", "DEFAULT_KMEANS_ITERATIONS", "DEFAULT_PROTOCOL", "DEFAULT_THRESHOLDS",
+           "DEFAULT_TIMESTEP", "Options", "PROTOCOLS", "PerQuery", "Protocol", "Segment", "SegmentTrace",
+           "Segmentation", "merge", "segment_image", "segment_maps", "trace"]
 
 _lazy.make_lazy(__name__, {
     ".diffseg": ("merge", "segment_maps"),
     ".result": ("BACKGROUND", "Segment", "Segmentation"),
-    ".defaults": ("DEFAULT_ANCHORS", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEP"),
+    ".defaults": ("DEFAULT_ANCHORS", "DEFAULT_KMEANS_ITERATIONS", "DEFAULT_PROTOCOL", "DEFAULT_THRESHOLDS",
+                  "DEFAULT_TIMESTEP", "PROTOCOLS", "Protocol"),
     ".perquery": ("PerQuery",),
     ".trace": ("Options", "SegmentTrace", "segment_image", "trace"),
-}, submodules=("diffseg", "result"))
+}, submodules=("defaults", "diffseg", "result"))

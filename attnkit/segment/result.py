@@ -28,12 +28,16 @@ class Segment:
 
 @dataclass
 class Segmentation:
-    """`labels` (height, width) holds a segment id per pixel; `timestep` is the denoiser timestep that was read."""
+    """`labels` (height, width) holds a segment id per pixel; `timestep` is the denoiser timestep that was read, and
+    for a generation `step` the denoising step (0-based) of its `steps` (None for an existing image's one
+    forward)."""
 
     labels: np.ndarray
     segments: list[Segment]
     timestep: float | None
     image: Image.Image | None = None
+    step: int | None = None
+    steps: int | None = None
 
     def mask(self, segment: int) -> np.ndarray:
         """Boolean (height, width) mask of segment `segment`."""
@@ -60,13 +64,13 @@ class Segmentation:
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write labels.png (palette), overlay.png, segment-<id>.png (white = inside) per segment and segments.json
-        (id, label, area, bbox per segment); returns the paths written."""
+        (the timestep, step and steps read; id, label, area, bbox per segment); returns the paths written."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = [folder / "labels.png", folder / "overlay.png", folder / "segments.json"]
         self.coloured().save(written[0])
         self.overlay().save(written[1])
-        written[2].write_text(json.dumps({"timestep": self.timestep,
+        written[2].write_text(json.dumps({"timestep": self.timestep, "step": self.step, "steps": self.steps,
                                           "segments": [asdict(s) for s in self.segments]}, indent=2) + "\n")
         for segment in self.segments:
             path = folder / f"segment-{segment.id}.png"

@@ -53,7 +53,7 @@ from .scorer import detect, follows_prompt, label_pixels, region_success
 
 __all__ = ["METRICS", "OUTPUT_MAP_CONCEPTS", "SEGMENT_THRESHOLDS", "VIDEO_METRICS", "evaluate", "four_layouts",
            "generate", "halves", "layouts", "matched_iou", "output_maps", "quadrants", "segment_threshold",
-           "segmentation", "true_regions", "video_editing"]
+           "segment_options", "segmentation", "true_regions", "video_editing"]
 
 METRICS: tuple[str, ...] = ("prompt_following", "regional_adherence", "plain_adherence", "map_iou",
                             "flicker_per_frame", "flicker_first", "flicker_first_previous", "edit_adherence",
@@ -88,6 +88,12 @@ def segment_threshold(pipe: Any) -> float:
         raise AttnkitError(f"no DiffSeg threshold for the {arch} architecture: the shapes models are UNet, SD3 and "
                            "Flux pipelines.")
     return SEGMENT_THRESHOLDS[arch, min(swept, key=lambda size: abs(size - side))]
+
+
+def segment_options(pipe: Any) -> dict[str, Any]:
+    """The `attnkit.segment` options the benchmark segments `pipe`'s images with: its swept threshold in every round,
+    and k-means refinement, which the thresholds were swept with."""
+    return {"thresholds": (segment_threshold(pipe),) * 3, "refine": True}
 
 
 def halves(size: int = SIZE) -> list[np.ndarray]:
@@ -326,13 +332,13 @@ def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
     """DiffSeg segments of 2 x `seeds` generated two-object images vs their objects and background."""
     from ..segment import trace as segment_trace
 
-    threshold = segment_threshold(pipe)
+    options = segment_options(pipe)
     cases = layouts(2 * seeds, seed=1)
     prompts = [f"{_phrase(left)} and {_phrase(right)}" for left, right in cases]
     gen_seeds = [5000 + k for k in range(len(prompts))]
 
     def segment_chunk(chunk: slice) -> list[tuple[float, int]]:
-        with segment_trace(pipe, thresholds=(threshold,) * 3) as tc:
+        with segment_trace(pipe, **options) as tc:
             images = generate(pipe, prompts[chunk], gen_seeds[chunk], **gen)
         judged = []
         for item, image in enumerate(images):
@@ -342,7 +348,7 @@ def segmentation(pipe: Any, seeds: int, **gen: Any) -> dict[str, Any]:
 
     judged = _flat(shared_map(segment_chunk, _slices(len(prompts))))
     scores, counts = [score for score, _ in judged], [count for _, count in judged]
-    return {"miou": float(np.mean(scores)), "images": len(scores), "threshold": threshold,
+    return {"miou": float(np.mean(scores)), "images": len(scores), "threshold": options["thresholds"][0],
             "mean_segments": float(np.mean(counts))}
 
 

@@ -6,6 +6,8 @@ paths, but the real checkpoints are gigabytes behind a network. This module give
 * tiny pipelines (``tiny_*_pipeline``): the stock pipeline classes of SD1.5, SDXL,
   SD3, SD3.5 and FLUX.1 with random weights small enough that a 2-step 64x64
   generation takes well under a second on one CPU thread;
+* :func:`sd15_layout_pipeline`: SD1.5's UNet layout with small channels (and, on request, SD1.5's
+  VAE factor and size), for checks of published methods that read SD1.x's exact attention layout;
 * :func:`random_sd15_pipeline`: the full-size SD1.5 architecture, random weights,
   for realistic shapes and timings; :func:`random_full_size_pipeline`: the full-size SDXL UNet,
   SD3-medium or FLUX.1-dev transformer in its pipeline, on any device and dtype, for GPU benchmarks;

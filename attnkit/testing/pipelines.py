@@ -304,20 +304,31 @@ METHODS_DDIM_CONFIG: Mapping[str, object] = MappingProxyType({
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
     "set_alpha_to_one": False})
 
+#: VAE levels of `sd15_layout_pipeline(sd15_vae=True)`: four, as SD1.5's (128, 256, 512, 512), so its factor 8.
+_SD15_LAYOUT_VAE_CHANNELS = (8, 8, 16, 16)
 
-def sd15_layout_pipeline(*, seed: int = DEFAULT_SEED) -> StableDiffusionPipeline:
+
+def sd15_layout_pipeline(*, seed: int = DEFAULT_SEED, sd15_vae: bool = False) -> StableDiffusionPipeline:
     """Stable Diffusion 1.5's UNet layout with small channels: the same blocks (three cross-attention down blocks,
     a plain one, a mid block, a plain up block, three cross-attention up blocks), two layers per down block and three
     per up block, so the same 16 transformer layers in the same order, at four resolutions (16x16 to 2x2 latent
     tokens for a 64 px image); with MasaCtrl's and StyleAligned's DDIM scheduler. What published methods that pick
-    layers by their index in SD1.5 are checked on."""
+    layers by their index in SD1.5 are checked on.
+
+    `sd15_vae`: a VAE of SD1.5's factor 8 and SD1.5's default size (512 px) instead of the tiny VAE (factor 4, 64 px),
+    so that a 512 px image has SD1.5's self-attention grids (64, 32, 16 and 8 tokens a side): for methods whose
+    published code reads SD1.x's resolutions (DiffSeg's per-resolution weights, DAAM's finest grid)."""
     with _seeded(seed):
         tokenizer = tiny_clip_tokenizer()
         unet = _tiny_unet(block_out_channels=(16, 32, 32, 32), layers_per_block=2,
                           down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                          **({"sample_size": SD15_UNET_CONFIG["sample_size"]} if sd15_vae else {}))
+        vae = (_tiny_vae(scaling_factor=_SD_VAE_SCALING, channels=_SD15_LAYOUT_VAE_CHANNELS,
+                         sample_size=SD15_VAE_CONFIG["sample_size"]) if sd15_vae
+               else _tiny_vae(scaling_factor=_SD_VAE_SCALING))
         pipe = StableDiffusionPipeline(
-            vae=_tiny_vae(scaling_factor=_SD_VAE_SCALING),
+            vae=vae,
             text_encoder=CLIPTextModel(_tiny_clip_text_config(tokenizer)),
             tokenizer=tokenizer,
             unet=unet,
