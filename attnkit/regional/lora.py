@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ class Adapters:
         share = {BASE: float(counts[0])} | {i: float(counts[i + 1]) for i in range(len(spec.regions))}
         return cls(spec.adapters, share)
 
-    @property
+    @cached_property
     def names(self) -> frozenset[str]:
         return frozenset(name for weights in self.owners.values() for name in weights)
 
