@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import AttnkitError
 
 __all__ = ["CONTROLNETS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs",
-           "image_size", "load"]
+           "image_size", "load", "shipped_names"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux", "shapes-sd3-128", "shapes-flux-128")
@@ -54,6 +54,12 @@ def guidance_kwargs(pipe: Any, scale: float = GUIDANCE) -> dict[str, Any]:
     return {"true_cfg_scale": scale} if flux_without_embedding else {"guidance_scale": scale}
 
 
+def shipped_names() -> tuple[str, ...]:
+    """The shapes models present in this installation: all of `MODEL_NAMES` in a checkout; in the wheel,
+    shapes-sd3 and shapes-sd15 (shapes-flux and the 128-px research models stay in the repository)."""
+    return tuple(name for name in MODEL_NAMES if (MODELS_DIR / name / "model_index.json").is_file())
+
+
 def load(model: str, **from_pretrained_kwargs: Any) -> Any:
     """The stock diffusers pipeline of shipped model `model` (loaded with `from_pretrained` from the package
     folder), or of a folder written by `attnkit.shapes.train`."""
@@ -64,6 +70,9 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
     from ..families import family_of
 
     folder = MODELS_DIR / model if model in MODEL_NAMES else Path(model)
+    if model in MODEL_NAMES and not (folder / "model_index.json").is_file():
+        raise AttnkitError(f"{model} is kept in attnkit's repository, not in the wheel (which ships "
+                           f"{', '.join(shipped_names())}): install attnkit from a checkout (`pip install -e .`)")
     if not (folder / "model_index.json").is_file():
         raise AttnkitError(f"no shapes model at {folder}: give one of {', '.join(MODEL_NAMES)} or a pipeline folder "
                            "written by `python -m attnkit.shapes.train`")
