@@ -1,12 +1,13 @@
 """The wheel users install: what it holds, its size, and that it runs with no checkout on the path.
 
-The wheel is built from this checkout (`python -m build --wheel --no-isolation`) and installed without its
+The wheel is built from a copy of this checkout (`python -m build --wheel --no-isolation`) and installed without its
 dependencies into a fresh virtual environment that borrows this interpreter's site-packages for torch and diffusers
 (not the checkout, not attnkit's editable install); `.ci/run` does the same with a clean install of everything.
 """
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -24,11 +25,18 @@ SHIPPED = ("shapes-sd3", "shapes-sd15", "shapes-sd15-edges")
 MODELS = "attnkit/shapes/models/"
 
 
+#: what a build leaves in its source folder, or is no source: the wheel is built from a copy without them
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "site", "*.egg-info", "__pycache__",
+                                    ".hypothesis", ".pytest_cache", ".import_linter_cache", "attnkit-demo", "runs",
+                                    "out")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    source, out = tmp_path_factory.mktemp("source") / "attnkit", tmp_path_factory.mktemp("dist")
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(source)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = out.glob("attnkit-*.whl")
     return path
