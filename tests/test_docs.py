@@ -79,6 +79,14 @@ def test_every_block_says_what_it_is():
     assert not untagged, f"tag these blocks with one of {RUN + CHECK + SHOWN}: {untagged}"
 
 
+def test_the_readme_is_short_and_keeps_its_two_set_up_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200, "move detail into a page under docs/"
+    set_up = readme.split("## Set up", 1)[1].split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(set_up) == 2 and set_up[0].endswith("attnkit demo")
+    assert set_up[1].startswith("HF_HUB_OFFLINE=1 python -m pytest")  # the command .ci/run runs
+
+
 def test_the_pages_run_something():
     assert sum(b.language in RUN for page in PAGES for b in blocks(page)) >= 20
 
