@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 30 * 10**6  # bytes
 SHIPPED = ("shapes-sd3", "shapes-sd15", "shapes-sd15-edges")
 MODELS = "attnkit/shapes/models/"
+#: the second wheel, built from packaging/attnkit-shapes-extra: the models the first leaves out
+EXTRA = ("shapes-flux", "shapes-sd3-128", "shapes-flux-128")
+EXTRA_MODELS = "attnkit_shapes_extra/models/"
 
 
 #: what a build leaves in its source folder, or is no source: the wheel is built from a copy without them
@@ -34,11 +37,24 @@ NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "s
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     source, out = tmp_path_factory.mktemp("source") / "attnkit", tmp_path_factory.mktemp("dist")
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE, symlinks=True)
     command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(source)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = out.glob("attnkit-*.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def extra_wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist-extra")
+    source = tmp_path_factory.mktemp("source-extra") / "attnkit"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE, symlinks=True)  # the package's models are links into attnkit/
+    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
+               str(source / "packaging" / "attnkit-shapes-extra")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = out.glob("attnkit_shapes_extra-*.whl")
     return path
 
 
@@ -49,10 +65,14 @@ def installed(wheel, tmp_path_factory) -> Path:
     venv.create(env, with_pip=True)
     (purelib,) = (Path(p) for p in env.glob("lib/python*/site-packages"))
     (purelib / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    install(env, wheel)
+    return env
+
+
+def install(env: Path, wheel: Path) -> None:
     done = subprocess.run([env / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return env
 
 
 def run(env: Path, *argv, cwd: Path) -> subprocess.CompletedProcess:
@@ -98,4 +118,24 @@ def test_the_installed_wheel_runs_the_demo_without_a_checkout(installed, tmp_pat
     assert len(list((tmp_path / "demo").glob("*.png"))) >= 2
     done = run(installed, installed / "bin" / "attnkit", "generate", "shapes-flux", "--prompt", "a red circle",
                "--out", "x.png", cwd=tmp_path)
-    assert done.returncode == 2 and "kept in attnkit's repository" in done.stderr
+    assert done.returncode == 2 and "install the attnkit-shapes-extra wheel" in done.stderr
+
+
+def test_the_extra_wheel_holds_the_other_shapes_models_with_attnkits_version(extra_wheel):
+    assert extra_wheel.name.startswith(f"attnkit_shapes_extra-{attnkit.__version__}-")
+    print(f"{extra_wheel.name}: {extra_wheel.stat().st_size / 1e6:.1f} MB")
+    names = zipfile.ZipFile(extra_wheel).namelist()
+    data = [n for n in names if not n.endswith(".py") and ".dist-info/" not in n]
+    assert {n[len(EXTRA_MODELS):].split("/")[0] for n in data} == set(EXTRA)
+    assert not [n for n in names if n.endswith((".jsonl", "training.json"))]
+    assert not [n for n in names if n.startswith("attnkit/")]  # the link that gives it attnkit's version
+
+
+def test_with_the_extra_wheel_every_shapes_model_loads(installed, extra_wheel, tmp_path):
+    install(installed, extra_wheel)
+    done = run(installed, installed / "bin" / "python", "-c",
+               "from attnkit.shapes import shipped_names; print(','.join(shipped_names()))", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == [",".join(("shapes-sd3", "shapes-sd15") + EXTRA)]
+    done = run(installed, installed / "bin" / "attnkit", "generate", "shapes-flux", "--prompt", "a red circle",
+               "--steps", "2", "--out", "x.png", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "x.png").is_file(), done.stderr[-3000:]
