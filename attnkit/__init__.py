@@ -16,7 +16,8 @@ __all__ = [
     "AttnkitError", "AttnkitWarning", "AttentionCall", "ops", "Control", "Session", "ShapeRecord", "ShapeRecorder",
     "Site", "SiteList", "State", "TokenLayout", "attach", "inspect_shapes", "sites", "regional",
 ]
-__version__ = "0.1.0"
+#: The package version: written here only (pyproject.toml reads it; CHANGELOG.md has a section per release).
+__version__ = "0.3.0"
 
 _lazy.make_lazy(__name__, {
     ".inspector": ("ShapeRecord", "ShapeRecorder", "inspect_shapes"),

@@ -1,8 +1,8 @@
 """Which feature works on which model family, from the test suite's own results: writes
-benchmarks/results/families.json and the README's family table.
+benchmarks/results/families.json and the family table of README.md and docs/families.md.
 
     python benchmarks/families.py            # run the family tests, then rewrite the table
-    python benchmarks/families.py --readme   # only rewrite the table from the JSON
+    python benchmarks/families.py --table    # only rewrite the tables from the JSON
 
 Every cell is the outcome of the tests named in `FEATURES` for that family (tests/test_dits.py and
 tests/test_dits_regional.py, parametrized over every family of `attnkit.families`): "yes" when all passed, "no" when
@@ -26,7 +26,7 @@ from readme_table import between  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results" / "families.json"
-README = ROOT / "README.md"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "families.md")
 START, END = "<!-- family table: written by benchmarks/families.py -->", "<!-- end of family table -->"
 TESTS = ("tests/test_dits.py", "tests/test_dits_regional.py")
 #: feature column -> (tests that must pass for "yes", test whose pass means a clear refusal: "no")
@@ -84,15 +84,15 @@ def family_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def readme_with_table(readme: str, results: dict) -> str:
-    return between(readme, START, END, family_table(results))
+def page_with_table(page: str, results: dict) -> str:
+    return between(page, START, END, family_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--table", action="store_true", help="only rewrite the pages' tables from the saved JSON")
     args = parser.parse_args(argv)
-    if not args.readme:
+    if not args.table:
         import diffusers
 
         from attnkit.families import dits
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                    "families": {dit.name: {"model": dit.model, "features": cells(outcomes.get(dit.name, {})),
                                            "tests": outcomes.get(dit.name, {})} for dit in dits()}}
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    README.write_text(readme_with_table(README.read_text(), json.loads(RESULTS.read_text())))
+    for page in PAGES:
+        page.write_text(page_with_table(page.read_text(), json.loads(RESULTS.read_text())))
     return 0
 
 

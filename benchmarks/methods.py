@@ -1,8 +1,8 @@
 """The published methods attnkit names, each with the largest difference its parity tests measured against the
-method's own code: writes benchmarks/results/methods.json and the README's methods table.
+method's own code: writes benchmarks/results/methods.json and the methods table of docs/methods.md.
 
     python benchmarks/methods.py            # run the parity tests, then rewrite the table
-    python benchmarks/methods.py --readme   # only rewrite the table from the JSON
+    python benchmarks/methods.py --table    # only rewrite the table from the JSON
 
 The figures come from the tests themselves (`TESTS`; each puts what it measured into the `figures` fixture, which
 ATTNKIT_METHODS_JSON sends to the JSON file with the test that measured it and the test's outcome), so the table says
@@ -27,10 +27,10 @@ from readme_table import between  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results" / "methods.json"
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "methods.md"
 START, END = "<!-- methods table: written by benchmarks/methods.py -->", "<!-- end of methods table -->"
 TESTS = ("tests/test_kv_methods.py", "tests/test_kv_inversion.py", "tests/test_methods.py")
-README_TEST = "test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make"  # compares with this output
+TABLE_TEST = "test_the_docs_methods_table_is_the_one_the_saved_parity_figures_make"  # compares with this output
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def run_tests() -> dict:
         target = Path(folder) / "methods.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "ATTNKIT_METHODS_JSON": str(target)}
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS,
-                               "--deselect", f"{TESTS[0]}::{README_TEST}"], cwd=ROOT, env=env, check=False)
+                               "--deselect", f"{TESTS[0]}::{TABLE_TEST}"], cwd=ROOT, env=env, check=False)
         if done.returncode != 0:
             raise SystemExit("the parity tests failed; the table keeps its last figures")
         return {"diffusers": diffusers.__version__, **json.loads(target.read_text())}
@@ -173,17 +173,17 @@ def methods_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def readme_with_table(readme: str, results: dict) -> str:
-    return between(readme, START, END, methods_table(results))
+def page_with_table(page: str, results: dict) -> str:
+    return between(page, START, END, methods_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--table", action="store_true", help="only rewrite docs/methods.md's table from the saved JSON")
     args = parser.parse_args(argv)
-    if not args.readme:
+    if not args.table:
         RESULTS.write_text(json.dumps(run_tests(), indent=2, sort_keys=True) + "\n")
-    README.write_text(readme_with_table(README.read_text(), json.loads(RESULTS.read_text())))
+    PAGE.write_text(page_with_table(PAGE.read_text(), json.loads(RESULTS.read_text())))
     return 0
 
 

@@ -1,15 +1,15 @@
 """Quality benchmark of the shapes models: writes benchmarks/results/quality-<model>.json.
 
-    python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite the README's quality table
+    python benchmarks/quality.py [MODEL ...] [--seeds N]     # measure, then rewrite docs/shapes.md's quality table
     python benchmarks/quality.py --only segment_miou [MODEL ...]   # measure again only the metrics named
     python benchmarks/quality.py --lora-only [MODEL ...]      # the same as --only lora_inside,lora_leak,lora_whole
-    python benchmarks/quality.py --readme                     # only rewrite the table from the JSON files
+    python benchmarks/quality.py --table                      # only rewrite the table from the JSON files
 
 `--only` (`segment_miou`, `map_iou_output`, `lora_inside`, `lora_leak`, `lora_whole`) measures those metrics again,
 with the settings of the saved file, and writes them (and their details) into it; the file's `partial_runs` says which
 metrics were measured again, when the rest were not.
 
-Numbers in the README and the model cards come from these files, never typed by hand.
+Numbers in the docs and the model cards come from these files, never typed by hand.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from attnkit.shapes.controlnet import load_controlnet
 from attnkit.shapes.evaluate import LORA_METRICS, evaluate, output_maps, region_lora, segmentation, shipped_lora
 
 RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).parent.parent / "README.md"
+PAGE = Path(__file__).parent.parent / "docs" / "shapes.md"
 START, END = "<!-- quality table: written by benchmarks/quality.py -->", "<!-- end of quality table -->"
 COLUMNS = ("prompt_following", "regional_adherence", "plain_adherence", "regional_adherence_4", "map_iou",
            "map_iou_output", "segment_miou", "flicker_per_frame", "flicker_first_previous", "edit_adherence",
@@ -60,9 +60,9 @@ def quality_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def readme_with_table(readme: str, results: list[dict]) -> str:
-    """`readme` with the text between the quality-table markers replaced by the table of `results`."""
-    return between(readme, START, END, quality_table(results))
+def page_with_table(page: str, results: list[dict]) -> str:
+    """`page` with the text between the quality-table markers replaced by the table of `results`."""
+    return between(page, START, END, quality_table(results))
 
 
 #: Metrics `--only` measures again: (the evaluation part, its key in the details, its key in the part's result).
@@ -105,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", default=list(MODEL_NAMES), help="shapes models (default: all shipped)")
     parser.add_argument("--seeds", type=int, default=8, help="images per single-object prompt (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--table", action="store_true", help="only rewrite docs/shapes.md's table from the saved JSON")
     parser.add_argument("--only", default=None, help=f"comma-separated metrics to measure again ({', '.join(PARTS)}) "
                         "into the saved files")
     parser.add_argument("--lora-only", action="store_true",
                         help="measure only the LoRA metrics and put them into each model's saved JSON")
     args = parser.parse_args(argv)
-    if args.readme:
-        README.write_text(readme_with_table(README.read_text(), saved_results()))
+    if args.table:
+        PAGE.write_text(page_with_table(PAGE.read_text(), saved_results()))
         return 0
     torch.set_num_threads(args.threads)
     if args.lora_only:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             result = remeasure(model, metrics)
             print(json.dumps({k: result[k] for k in ("model", *metrics)}))
-        README.write_text(readme_with_table(README.read_text(), saved_results()))
+        PAGE.write_text(page_with_table(PAGE.read_text(), saved_results()))
         return 0
     RESULTS.mkdir(exist_ok=True)
     for model in args.models:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         name = Path(model).name
         (RESULTS / f"quality-{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps({k: result[k] for k in ("model", *COLUMNS)}))
-    README.write_text(readme_with_table(README.read_text(), saved_results()))
+    PAGE.write_text(page_with_table(PAGE.read_text(), saved_results()))
     return 0
 
 

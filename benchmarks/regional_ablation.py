@@ -3,7 +3,7 @@
 seeds `attnkit eval` uses; writes benchmarks/results/regional-ablation-MODEL.json.
 
     python benchmarks/regional_ablation.py shapes-sd3 [--layouts 64] [--variants "NAME;NAME"] [--threads 1]
-    python benchmarks/regional_ablation.py --readme      # rewrite README.md's ablation table from the saved JSON
+    python benchmarks/regional_ablation.py --table       # rewrite docs/shapes.md's ablation table from the saved JSON
 
 Results of a run with `--variants` are merged into the model's saved file, replacing rows of the same name.
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from readme_table import between  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).parent.parent / "README.md"
+PAGE = Path(__file__).parent.parent / "docs" / "shapes.md"
 START, END = "<!-- regional ablation: written by benchmarks/regional_ablation.py -->", "<!-- end of regional ablation -->"
 EARLY = (0, 6)  # the first steps of 28, where the layout forms
 
@@ -126,9 +126,9 @@ def ablation_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme() -> None:
+def write_table() -> None:
     results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("regional-ablation-*.json"))]
-    README.write_text(between(README.read_text(), START, END, ablation_table(results)))
+    PAGE.write_text(between(PAGE.read_text(), START, END, ablation_table(results)))
 
 
 def main() -> int:
@@ -138,13 +138,13 @@ def main() -> int:
     parser.add_argument("--variants", help="names of the option sets to run, separated by ; (default all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's table from the saved JSON")
+    parser.add_argument("--table", action="store_true", help="only rewrite docs/shapes.md's table from the saved JSON")
     args = parser.parse_args()
-    if args.readme:
-        write_readme()
+    if args.table:
+        write_table()
         return 0
     if args.model is None:
-        parser.error("give a shapes model, or --readme")
+        parser.error("give a shapes model, or --table")
     torch.set_num_threads(args.threads)
     pipe = load(args.model)
     pipe.set_progress_bar_config(disable=True)

@@ -41,7 +41,7 @@ class _Figures:
 def figures(request):
     """What the parity and inversion tests measured, by name; with ATTNKIT_METHODS_JSON set, merged into that JSON
     file at the end of the run with the test that measured each and its outcome (benchmarks/methods.py turns it into
-    the README's methods table)."""
+    the methods table of docs/methods.md)."""
     return _Figures(request.node.nodeid)
 
 

@@ -202,7 +202,7 @@ def test_an_unknown_denoiser_class_is_one_error_naming_it():
         attnkit.sites(model)
 
 
-def test_readme_family_table_is_the_family_results_json():
+def test_readme_and_docs_family_tables_are_the_family_results_json():
     import importlib.util
     from pathlib import Path
 
@@ -212,8 +212,10 @@ def test_readme_family_table_is_the_family_results_json():
     spec.loader.exec_module(families)
     results = json.loads(families.RESULTS.read_text())
     assert set(results["families"]) == set(FAMILIES), "every family is in the table: run benchmarks/families.py"
-    readme = families.README.read_text()
-    assert families.readme_with_table(readme, results) == readme, "run `python benchmarks/families.py --readme`"
+    for page in families.PAGES:
+        text = page.read_text()
+        assert families.page_with_table(text, results) == text, \
+            f"{page.name}: run `python benchmarks/families.py --table`"
     for entry in results["families"].values():  # each cell is what its tests gave
         assert entry["features"] == families.cells(entry["tests"])
 

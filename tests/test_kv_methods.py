@@ -5,7 +5,8 @@ layers each method picks on the full-size SD1.5 and SDXL layouts.
 
 The oracles below are written from the equations of the reference code named in each docstring (see also
 `attnkit.kv.methods`); none is a copy of it. Each parity test puts the largest difference it measured into the
-`figures` fixture (written out where ATTNKIT_METHODS_JSON is set: benchmarks/methods.py makes the README's table).
+`figures` fixture (written out where ATTNKIT_METHODS_JSON is set: benchmarks/methods.py makes the table of
+docs/methods.md).
 """
 
 import pytest
@@ -629,7 +630,7 @@ def test_rerender_picks_sd15s_nine_decoder_layers_or_six_loosely_and_text2video_
     assert len(setup(pipe, "rerender", {}, video=True).sites) == 9
 
 
-def test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make():
+def test_the_docs_methods_table_is_the_one_the_saved_parity_figures_make():
     import importlib.util
     import json
     import sys
@@ -651,5 +652,5 @@ def test_the_readmes_methods_table_is_the_one_the_saved_parity_figures_make():
             assert value < 1e-10
         elif not name.startswith(("inversion/", "diffseg-segments/")):
             assert value < (1e-4 if name.endswith("float32") else 1e-6)
-    readme = methods.README.read_text()
-    assert methods.readme_with_table(readme, results) == readme, "run `python benchmarks/methods.py --readme`"
+    page = methods.PAGE.read_text()
+    assert methods.page_with_table(page, results) == page, "run `python benchmarks/methods.py --table`"

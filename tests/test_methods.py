@@ -3,7 +3,7 @@ runs it against an independent implementation of the reference's algorithm and h
 (`tests/method_oracles.py`), on a UNet with SD1.5's layout, tiny SDXL, tiny SD3 and tiny Flux.
 
 Each test puts what it measured into the `figures` fixture; `benchmarks/methods.py` runs this file with the K/V
-methods' parity tests and writes the figures to benchmarks/results/methods.json and the README's methods table.
+methods' parity tests and writes the figures to benchmarks/results/methods.json and the methods table of docs/methods.md.
 """
 
 from __future__ import annotations

@@ -276,7 +276,7 @@ def test_demo_writes_its_pictures(tmp_path, model: str) -> None:
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
 
 
-def test_readme_quality_table_is_the_benchmark_json() -> None:
+def test_docs_quality_table_is_the_benchmark_json() -> None:
     import importlib.util
     from pathlib import Path
 
@@ -286,11 +286,11 @@ def test_readme_quality_table_is_the_benchmark_json() -> None:
     spec.loader.exec_module(quality)
     results = quality.saved_results()
     assert {r["model"] for r in results} == set(MODEL_NAMES), "every shipped model is measured"
-    readme = quality.README.read_text()
-    assert quality.readme_with_table(readme, results) == readme, "run `python benchmarks/quality.py --readme`"
+    page = quality.PAGE.read_text()
+    assert quality.page_with_table(page, results) == page, "run `python benchmarks/quality.py --table`"
 
 
-def test_readme_regional_ablation_table_is_the_benchmark_json() -> None:
+def test_docs_regional_ablation_table_is_the_benchmark_json() -> None:
     import importlib.util
     from pathlib import Path
 
@@ -300,9 +300,9 @@ def test_readme_regional_ablation_table_is_the_benchmark_json() -> None:
     spec.loader.exec_module(ablation)
     results = [json.loads(p.read_text()) for p in sorted(ablation.RESULTS.glob("regional-ablation-*.json"))]
     assert {r["model"] for r in results} == set(MODEL_NAMES), "every shipped model is measured"
-    readme = ablation.README.read_text()
-    table = readme.split(ablation.START, 1)[1].split(ablation.END, 1)[0]
-    assert table.strip() == ablation.ablation_table(results), "run `python benchmarks/regional_ablation.py --readme`"
+    page = ablation.PAGE.read_text()
+    table = page.split(ablation.START, 1)[1].split(ablation.END, 1)[0]
+    assert table.strip() == ablation.ablation_table(results), "run `python benchmarks/regional_ablation.py --table`"
 
 
 def test_model_card_says_when_a_run_trained_with_pooled_dropout() -> None:

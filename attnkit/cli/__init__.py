@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import __version__
 from ..errors import AttnkitError
 from . import batch, images, inspect, maps, segment, shapes, ui, video
 from .options import GENERATION_OPTIONS, MODEL_HELP, add_generation_options, checked_float, positive_int
@@ -31,6 +32,7 @@ Load = Callable[[str], Any]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit",
                                      description="Control and observe attention in diffusers pipelines.")
+    parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in (inspect, maps, shapes, images, video, segment, batch, ui):
         module.register(commands)

@@ -18,7 +18,8 @@ def register(commands: Any) -> None:
     p = commands.add_parser("demo", help="offline demo on a shipped shapes model: plain vs regional prompt, "
                             "attention maps; writes PNGs")
     p.add_argument("--out", type=Path, default=Path("attnkit-demo"), help="folder for the PNGs (default attnkit-demo)")
-    p.add_argument("--model", default="shapes-sd3", help="shapes-sd3 (default), shapes-flux or shapes-sd15")
+    p.add_argument("--model", default="shapes-sd3",
+                   help="shapes-sd3 (default), shapes-sd15, or shapes-flux (attnkit-shapes-extra)")
     add_generation_options(p, ("--seed",))  # size, steps and guidance are the shapes models' own
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1: the model is tiny, more "
                    "threads only add overhead)")

@@ -129,7 +129,7 @@ class Regional:
             raise AttnkitError(
                 f"regional prompting runs on SD1.x, SD2, SDXL and the transformer families "
                 f"{', '.join(_regional_families())}; {type(pipe).__name__} is a {self.family.name} model, where "
-                "attnkit does not offer it (the README's family table says why).")
+                "attnkit does not offer it (the family table of the documentation says why).")
         if self.text.max_sequence_length is None and options.max_sequence_length is not None:
             fixed = ", ".join(f"{name} keeps {keeps} tokens" for name, tokenizer, keeps in self.text.limits(pipe, None)
                               if tokenizer is not None)

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import AttnkitError
 
 __all__ = ["CONTROLNETS", "GUIDANCE", "MODEL_NAMES", "MODELS_DIR", "STEPS", "call_kwargs", "guidance_kwargs",
-           "image_size", "load"]
+           "image_size", "load", "model_folder", "shipped_names"]
 
 #: Models shipped in `attnkit/shapes/models/<name>/` (real `save_pretrained` folders).
 MODEL_NAMES: tuple[str, ...] = ("shapes-sd3", "shapes-sd15", "shapes-flux", "shapes-sd3-128", "shapes-flux-128")
@@ -54,6 +54,26 @@ def guidance_kwargs(pipe: Any, scale: float = GUIDANCE) -> dict[str, Any]:
     return {"true_cfg_scale": scale} if flux_without_embedding else {"guidance_scale": scale}
 
 
+def model_folder(name: str) -> Path:
+    """The folder of shipped model `name`: in this package (a checkout has them all; the attnkit wheel shapes-sd3
+    and shapes-sd15), else in the attnkit-shapes-extra package where that is installed (shapes-flux and the 128-px
+    research models)."""
+    folder = MODELS_DIR / name
+    if not folder.is_dir():
+        try:
+            from attnkit_shapes_extra import MODELS_DIR as extra
+        except ImportError:
+            return folder
+        if (extra / name).is_dir():
+            return extra / name
+    return folder
+
+
+def shipped_names() -> tuple[str, ...]:
+    """The shapes models of `MODEL_NAMES` present in this installation."""
+    return tuple(name for name in MODEL_NAMES if (model_folder(name) / "model_index.json").is_file())
+
+
 def load(model: str, **from_pretrained_kwargs: Any) -> Any:
     """The stock diffusers pipeline of shipped model `model` (loaded with `from_pretrained` from the package
     folder), or of a folder written by `attnkit.shapes.train`."""
@@ -63,7 +83,11 @@ def load(model: str, **from_pretrained_kwargs: Any) -> Any:
 
     from ..families import family_of
 
-    folder = MODELS_DIR / model if model in MODEL_NAMES else Path(model)
+    folder = model_folder(model) if model in MODEL_NAMES else Path(model)
+    if model in MODEL_NAMES and not (folder / "model_index.json").is_file():
+        raise AttnkitError(f"{model} is not in attnkit's wheel (which ships {', '.join(shipped_names())}): install "
+                           "the attnkit-shapes-extra wheel (`python -m build --wheel packaging/attnkit-shapes-extra` "
+                           "in attnkit's repository), or attnkit from a checkout (`pip install -e .`)")
     if not (folder / "model_index.json").is_file():
         raise AttnkitError(f"no shapes model at {folder}: give one of {', '.join(MODEL_NAMES)} or a pipeline folder "
                            "written by `python -m attnkit.shapes.train`")
