@@ -363,3 +363,18 @@ def test_the_shapes_lora_trainer_writes_a_file_diffusers_loads_and_a_region_can_
         with attnkit.regional(fresh, spec, **shapes.call_kwargs(fresh)) as regions:
             got = fresh(**regions(seed=0), **{k: v for k, v in call.items() if k != "max_sequence_length"}).images
     assert float((got - want).abs().max()) < 1e-5
+
+
+def test_shipped_loras_are_the_shapes_models_lora_files_and_a_missing_one_is_an_error_naming_them():
+    from attnkit.shapes import MODEL_NAMES, model_folder
+    from attnkit.shapes.lora import lora_file, shipped_loras
+
+    sd3 = model_folder("shapes-sd3") / "lora" / "red-to-yellow.safetensors"
+    assert shipped_loras("shapes-sd3") == {"red-to-yellow": sd3}
+    assert shipped_loras("tiny-sd3") == {} and shipped_loras("/some/model/folder") == {}
+    assert lora_file("shapes-sd15") == shipped_loras("shapes-sd15")["red-to-yellow"]
+    without = [name for name in MODEL_NAMES if not shipped_loras(name)]
+    with pytest.raises(AttnkitError, match=r"no LoRA 'red-to-yellow' ships with .*shipped: .*shapes-sd3/red-to-yellow"):
+        lora_file(without[0])
+    with pytest.raises(AttnkitError, match="no LoRA 'purple' ships with 'shapes-sd3'"):
+        lora_file("shapes-sd3", "purple")

@@ -427,13 +427,7 @@ def model_metrics(model: str, seeds: int = 8) -> dict[str, Any]:
 
 
 def shipped_lora(model: str) -> Path | None:
-    """The LoRA file that ships with shapes model `model`, or None."""
-    from . import MODEL_NAMES
-    from .lora import lora_file
+    """The red-to-yellow LoRA file that ships with shapes model `model`, or None."""
+    from .lora import shipped_loras
 
-    if model not in MODEL_NAMES:
-        return None
-    try:
-        return lora_file(model)
-    except AttnkitError:
-        return None
+    return shipped_loras(model).get("red-to-yellow")

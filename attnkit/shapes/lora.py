@@ -28,7 +28,7 @@ from ..errors import AttnkitError
 from ..families import denoiser_of
 from .data import caption_for, random_scene, render
 
-__all__ = ["EFFECTS", "LORA_DIR", "TARGETS", "lora_file", "main", "shows_effect", "train"]
+__all__ = ["EFFECTS", "LORA_DIR", "TARGETS", "lora_file", "main", "shipped_loras", "shows_effect", "train"]
 
 #: Every LoRA this package ships: name -> (colour the prompt says, colour it is drawn in).
 EFFECTS: dict[str, tuple[str, str]] = {"red-to-yellow": ("red", "yellow")}
@@ -38,13 +38,23 @@ LORA_DIR = "lora"
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
+def shipped_loras(model: str) -> dict[str, Path]:
+    """{effect: file} of the LoRAs that ship with shapes model `model` (in this package or in attnkit-shapes-extra);
+    empty for any other model."""
+    from . import MODEL_NAMES, model_folder
+
+    if model not in MODEL_NAMES:
+        return {}
+    return {path.stem: path for path in sorted((model_folder(model) / LORA_DIR).glob("*.safetensors"))}
+
+
 def lora_file(model: str, effect: str = "red-to-yellow") -> Path:
     """The shipped LoRA `effect` of shapes model `model`; an error naming those that exist."""
-    from . import MODELS_DIR
+    from . import MODEL_NAMES
 
-    path = MODELS_DIR / model / LORA_DIR / f"{effect}.safetensors"
-    if not path.is_file():
-        shipped = sorted(str(p.relative_to(MODELS_DIR)) for p in MODELS_DIR.glob(f"*/{LORA_DIR}/*.safetensors"))
+    path = shipped_loras(model).get(effect)
+    if path is None:
+        shipped = [f"{name}/{stem}" for name in MODEL_NAMES for stem in shipped_loras(name)]
         raise AttnkitError(f"no LoRA {effect!r} ships with {model!r}; shipped: {', '.join(shipped) or 'none'}.")
     return path
 

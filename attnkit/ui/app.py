@@ -191,10 +191,9 @@ def region_spec(rows: Sequence[Sequence[Any]] | None, grid: str | None = None, b
 
 def _shipped_loras(model: str) -> str:
     """What the page says of the model's own LoRAs: the shapes models ship theirs."""
-    from ..shapes import MODELS_DIR
-    from ..shapes.lora import LORA_DIR
+    from ..shapes.lora import shipped_loras
 
-    names = sorted(path.stem for path in (MODELS_DIR / model / LORA_DIR).glob("*.safetensors"))
+    names = list(shipped_loras(model))
     return f"{model} ships {', '.join(names)}" if names else "upload .safetensors files"
 
 
@@ -237,8 +236,9 @@ def _spec_file(paths: Sequence[str], limits: Limits) -> tuple[dict[str, Any], st
     the other uploaded files by name."""
     specs = [p for p in paths if Path(p).suffix.lower() in (".yaml", ".yml", ".json")]
     if len(specs) != 1:
-        raise AttnkitError(f"the upload holds {len(specs)} spec files ({', '.join(Path(p).name for p in specs) or 'none'}"
-                           "); choose one .yaml, .yml or .json region spec, with the mask images it names.")
+        named = ", ".join(Path(p).name for p in specs) or "none"
+        raise AttnkitError(f"the upload holds {len(specs)} spec files ({named}); choose one .yaml, .yml or .json "
+                           "region spec, with the mask images it names.")
     path = Path(specs[0])
     limits.check_bytes(path, f"the spec {path.name!r}")
     try:
@@ -370,10 +370,9 @@ class Studio:
 
     def _lora_files(self, paths: Sequence[str] | None) -> dict[str, str]:
         """Adapter name -> LoRA file: the shapes model's shipped LoRAs, then the uploads (named by file name)."""
-        from ..shapes import MODELS_DIR
-        from ..shapes.lora import LORA_DIR
+        from ..shapes.lora import shipped_loras
 
-        shipped = {path.stem: str(path) for path in (MODELS_DIR / self.model / LORA_DIR).glob("*.safetensors")}
+        shipped = {name: str(path) for name, path in shipped_loras(self.model).items()}
         uploaded = {}
         for path in paths or []:
             if Path(path).suffix != ".safetensors":
@@ -394,8 +393,8 @@ class Studio:
                                    "a row with its prompt, or erase that mask.")
             spec_masks[region] = canvas.mask_rows(mask, *size)
             if not any(any(row) for row in spec_masks[region]):
-                raise AttnkitError(f"region {region}'s mask covers no pixel of the {size[0]}x{size[1]} image (an output "
-                                   "pixel is in when half of it is painted): paint more of it.")
+                raise AttnkitError(f"region {region}'s mask covers no pixel of the {size[0]}x{size[1]} image (an "
+                                   "output pixel is in when half of it is painted): paint more of it.")
         return spec_masks
 
     def save_spec(self, rows: Any, grid: str, base: str, weight: Any, negative: str, height: Any = None,
@@ -405,7 +404,8 @@ class Studio:
         mask as mask-<region>.png beside them (white = the region, at the output size)."""
         folder = self._request_folder()
         files = {}
-        for region, rows_of in self._spec_masks(rows, editor, painting, masks, self._output_size(height, width)).items():
+        size = self._output_size(height, width)
+        for region, rows_of in self._spec_masks(rows, editor, painting, masks, size).items():
             files[region] = folder / f"mask-{region}.png"
             Image.fromarray(np.asarray(rows_of, np.uint8) * 255).save(files[region])
         data = region_spec(rows, grid, base, weight, negative, {k: str(v) for k, v in files.items()}).as_dict()
